@@ -181,7 +181,8 @@ def read_layer(path, kind: str, model=None, modules=None) -> LayerFile:
         raise StoreError(f"{path}: no such {kind} file")
     try:
         with xr.open_datatree(path, engine="h5netcdf") as dt:
-            attrs = dict(dt.attrs)
+            attrs = {k: (v.item() if isinstance(v, np.generic) else v)
+                     for k, v in dt.attrs.items()}
             groups = {
                 child.name: {var: child.dataset[var].values.copy() for var in child.dataset.data_vars}
                 for child in dt.children.values()

@@ -1,5 +1,205 @@
-"""(being written)"""
+"""collect, merge, eigen, edit: the curvature core's commands."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from curvmem.cli.common import add_model_args, cost, peak_rss_mb
 
 
 def register(sub, evaluate_sub) -> None:
-    pass
+    p = sub.add_parser(
+        "collect", help="collect K-FAC factors A and G for MLP modules, one netCDF file per layer",
+        description="Stream packed token sequences (or, for a ViT, images) through a model and "
+        "accumulate A = E[a aᵀ] (module inputs) and G = E[g gᵀ] (gradients of the summed "
+        "next-token cross-entropy at the module outputs) per requested layer and module. Writes "
+        "DIR/layer_<L>.nc.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--data", required=True,
+                   help="JSONL ('text' field) or text corpus, .npy token ids (1-D stream or 2-D "
+                   "[n_seq, seq_len]), a `datasets` directory or hf:NAME[:SPLIT]; for a ViT, "
+                   "the dataset file from `curvmem vision-data`")
+    p.add_argument("--layers", required=True, help="block indices, e.g. 5,6 or 3-5")
+    p.add_argument("--modules", default=None,
+                   help="modules inside a block, e.g. mlp.gate_proj,mlp.up_proj (default: all MLP "
+                   "linear modules)")
+    p.add_argument("--blocks-path", default=None,
+                   help="for an architecture curvmem does not know: the block list's attribute "
+                   "path (e.g. transformer.h); then --modules is required")
+    p.add_argument("--tokens", type=int, required=True,
+                   help="token budget (whole sequences of --seq-len are used); images for a ViT")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per packed sequence")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per batch")
+    p.add_argument("--fisher", choices=["sampled", "empirical"], default="sampled",
+                   help="sampled: targets drawn from the model (true Fisher, the paper's); "
+                   "empirical: gold next tokens")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled targets")
+    p.add_argument("--shard", default=None,
+                   help="k/n: process only the k-th (from 0) of n contiguous slices; combine "
+                   "the shard files with `curvmem merge`")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="accumulation and storage precision of the factors")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="save running sums every N batches (DIR/.checkpoint...) and resume from "
+                   "them when rerun; 0 = never")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=run_collect)
+
+    p = sub.add_parser("merge", help="combine shard factor files of one layer (token-weighted)")
+    p.add_argument("files", nargs="+", help="factor files of shards 0/n ... (n-1)/n")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=run_merge)
+
+    p = sub.add_parser("eigen", help="eigendecompose a factors file into an eigenbasis file",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--factors", required=True, help="layer_<L>.nc from `curvmem collect`")
+    p.add_argument("--out", required=True, help="output layer_<L>.nc")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                   help="precision of eigh")
+    p.add_argument("--device", default=None, help="default: cuda if present")
+    p.set_defaults(func=run_eigen)
+
+    p = sub.add_parser(
+        "edit", help="write an edited-weights file: K-FAC curvature-mass edit or SVD baseline",
+        description="K-FAC: keep the top-curvature pairs (λᵢμⱼ) holding a fraction rho of the "
+        "mass, W' = U_G (C ⊙ M) U_Aᵀ. --keep bottom keeps the complement, --keep random the same "
+        "number of pairs at random (controls). SVD: drop the smallest --svd-drop fraction of "
+        "singular values. Writes FILE.safetensors (full parameter names) + FILE.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--eigen", default=None, help="directory of eigen layer files (K-FAC)")
+    p.add_argument("--layers", default=None, help="e.g. 23,24,25")
+    p.add_argument("--modules", default=None, help="e.g. mlp.gate_proj,mlp.up_proj")
+    p.add_argument("--rho", type=float, default=None, help="mass fraction kept, in (0, 1]")
+    p.add_argument("--method", choices=["kfac", "svd"], default="kfac")
+    p.add_argument("--keep", choices=["top", "bottom", "random"], default="top")
+    p.add_argument("--svd-drop", type=float, default=None,
+                   help="SVD: fraction of singular values to drop")
+    p.add_argument("--spec", default=None,
+                   help='JSON {"layer": {"module": value}}: a rho (or drop) per layer and module')
+    p.add_argument("--seed", type=int, default=0, help="seed of --keep random")
+    p.add_argument("--tag", default=None,
+                   help="method label in the sidecar (e.g. kfac-shard for eigenbases from "
+                   "another shard)")
+    p.add_argument("--out", required=True, help="FILE.safetensors")
+    p.set_defaults(func=run_edit)
+
+
+def _layer_list(text):
+    from curvmem.models import parse_int_list
+
+    try:
+        return parse_int_list(text)
+    except ValueError:
+        raise ValueError(f"--layers must be like 5,6 or 3-5, got '{text}'") from None
+
+
+def run_collect(args) -> None:
+    import torch
+
+    from curvmem import corpus, factors, store, vision
+    from curvmem.models import (adapter_for, load_model, load_tokenizer, mlp_modules,
+                                model_fingerprint, model_id)
+
+    t0 = time.perf_counter()
+    if args.tokens < 1:
+        raise ValueError(f"--tokens must be positive, got {args.tokens}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    is_vit = vision.is_vision_model(args.model)
+    model = load_model(args.model, dtype=torch.bfloat16 if device.startswith("cuda") else None,
+                       trust_remote_code=args.trust_remote_code, device=device)
+    modules_arg = args.modules.split(",") if args.modules else None
+    adapter = adapter_for(model, args.blocks_path, modules_arg)
+    modules = mlp_modules(model, _layer_list(args.layers), modules_arg, adapter=adapter)
+    if is_vit:
+        images, labels = vision.load_images(args.data, split="train")
+        if images.shape[0] == 0:
+            raise ValueError(f"{args.data}: no training images")
+        images, labels = images[: args.tokens], labels[: args.tokens]
+        full = torch.cat([images.reshape(images.shape[0], -1), labels[:, None].float()], 1)
+        start, stop = corpus.shard_bounds(images.shape[0], args.shard)
+        items, task, seq_len = (images[start:stop], labels[start:stop]), \
+            factors.ClassificationTask(), 1
+    else:
+        tok = None if args.data.endswith(".npy") else load_tokenizer(args.model,
+                                                                     args.trust_remote_code)
+        full = corpus.load_token_sequences(args.data, args.seq_len, tok, args.tokens)
+        start, stop = corpus.shard_bounds(full.shape[0], args.shard)
+        items, task, seq_len = full[start:stop], factors.LMTask(), full.shape[1]
+    batches = factors.batched(items, args.batch_size)
+    dtype = getattr(torch, args.dtype)
+    fp = model_fingerprint(model)
+    corpus_fp = corpus.fingerprint_tensor(full)
+    out = Path(args.out)
+    key = factors.run_key(model=fp, corpus=corpus_fp, layers=sorted({m.layer for m in modules}),
+                          modules=[m.name for m in modules], fisher=args.fisher, seed=args.seed,
+                          shard=args.shard, batch_size=args.batch_size, dtype=args.dtype)
+    checkpoint = out / f".checkpoint-{key[:12]}.safetensors" if args.checkpoint_every else None
+    result = factors.collect(model, batches, modules, task, fisher=args.fisher, seed=args.seed,
+                             dtype=dtype, first_index=start, progress=True,
+                             checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
+                             checkpoint_key=key)
+    layers = sorted({m.layer for m in modules})
+    share = (time.perf_counter() - t0) / len(layers)  # each layer file carries its share
+    for layer in layers:
+        groups = {m.name: {"A": result.A[(layer, m.name)].cpu().numpy(),
+                           "G": result.G[(layer, m.name)].cpu().numpy()}
+                  for m in modules if m.layer == layer}
+        store.write_layer(store.layer_path(out, layer), "factors", layer, groups, {
+            "model_id": model_id(args.model), "model_fingerprint": fp,
+            "fisher": args.fisher, "n_tokens": result.n_tokens, "seq_len": seq_len,
+            "corpus_fingerprint": corpus_fp, "seed": args.seed, "shard": args.shard or "",
+            "task": task.name, "data": str(args.data), "dtype": args.dtype,
+            "cost_seconds": share, "cost_peak_rss_mb": peak_rss_mb()})
+    if checkpoint is not None and checkpoint.exists():
+        checkpoint.unlink()
+    print(f"collected {result.n_tokens} positions for layers {layers} -> {out}")
+
+
+def run_merge(args) -> None:
+    from curvmem.factors import merge_layer_files
+
+    merge_layer_files(args.files, args.out)
+    print(f"merged {len(args.files)} shard files -> {args.out}")
+
+
+def run_eigen(args) -> None:
+    import torch
+
+    from curvmem.eigen import eigen_layer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    eigen_layer(args.factors, args.out, dtype=getattr(torch, args.dtype), device=device)
+    print(f"eigenbases -> {args.out}")
+
+
+def run_edit(args) -> None:
+    from curvmem.edit import build_edit, parse_spec
+    from curvmem.models import load_model
+    from curvmem.store import write_edit
+
+    if not args.out.endswith(".safetensors"):
+        raise ValueError(f"--out must end in .safetensors, got '{args.out}'")
+    value = args.rho if args.method == "kfac" else args.svd_drop
+    if args.method == "kfac" and args.svd_drop is not None:
+        raise ValueError("--svd-drop is for --method svd")
+    if args.method == "svd" and args.keep != "top":
+        raise ValueError("--keep is for --method kfac")
+    spec = parse_spec(args.spec, args.layers, args.modules, value)
+    with cost() as c:
+        model = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        tensors, meta = build_edit(model, spec, method=args.method, eigen_dir=args.eigen,
+                                   keep=args.keep, seed=args.seed)
+    if args.tag:
+        meta["method"] = args.tag
+    meta["edit_seconds"] = c["seconds"]
+    meta["seconds"] = round(meta.pop("upstream_seconds") + c["seconds"], 3)
+    meta["peak_rss_mb"] = round(max(meta.pop("upstream_peak_rss_mb"), c["peak_rss_mb"]), 1)
+    meta["model"] = args.model
+    write_edit(args.out, tensors, meta)
+    kept = [s.get("mass_kept", s.get("singular_values_kept")) for s in meta["modules"].values()]
+    print(f"{meta['method']} edit of {len(tensors)} weights -> {args.out} (kept: {kept})")

@@ -1,0 +1,127 @@
+"""Token streams for factor collection: a corpus in, packed [n_seq, seq_len] token ids out.
+
+Sources: a JSONL file with a "text" field per line, a plain-text file (one document per non-empty
+line), a `.npy` array of token ids (1-D stream to pack, or 2-D [n_seq, seq_len] used as given),
+or a Hugging Face `datasets` dataset (a directory from `save_to_disk`, or `hf:NAME[:SPLIT]`).
+Documents are joined with the tokenizer's EOS token and packed without padding; the remainder
+that does not fill a whole sequence is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _iter_texts(data: str):
+    if data.startswith("hf:"):
+        import datasets
+
+        name, _, split = data[3:].partition(":")
+        yield from (row["text"] for row in datasets.load_dataset(name, split=split or "train"))
+        return
+    path = Path(data)
+    if path.is_dir():
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"]
+        if "text" not in ds.column_names:
+            raise ValueError(f"{path}: dataset has no 'text' column (has {ds.column_names})")
+        yield from ds["text"]
+        return
+    with path.open() as f:
+        if path.suffix in (".jsonl", ".json"):
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+                if "text" not in row:
+                    raise ValueError(f"{path}:{n}: a JSONL corpus needs a 'text' field per line")
+                yield row["text"]
+        else:
+            yield from (line.rstrip("\n") for line in f if line.strip())
+
+
+def load_token_sequences(data, seq_len: int | None, tokenizer=None,
+                         n_tokens: int | None = None) -> torch.Tensor:
+    """Packed token ids, LongTensor [n_seq, seq_len], at most n_tokens // seq_len sequences."""
+    data = str(data)
+    if not data.startswith("hf:") and not Path(data).exists():
+        raise ValueError(f"{data}: no such corpus file or directory")
+    if data.endswith(".npy"):
+        ids = np.load(data, allow_pickle=False)
+        if ids.ndim == 2:
+            if seq_len not in (None, ids.shape[1]):
+                raise ValueError(f"{data}: 2-D token array has sequences of {ids.shape[1]} tokens, "
+                                 f"but --seq-len is {seq_len}; pass --seq-len {ids.shape[1]}")
+            seqs = torch.as_tensor(ids.astype(np.int64))
+            if n_tokens is not None:
+                seqs = seqs[: max(n_tokens // ids.shape[1], 0)]
+            return _check_nonempty(seqs, data, seq_len or ids.shape[1])
+        if ids.ndim != 1:
+            raise ValueError(f"{data}: token array must be 1-D or 2-D, got {ids.ndim}-D")
+        stream = torch.as_tensor(ids.astype(np.int64))
+    else:
+        if tokenizer is None:
+            raise ValueError(f"{data}: a text corpus needs the model's tokenizer")
+        if not seq_len:
+            raise ValueError("--seq-len is required for a text corpus")
+        eos = tokenizer.eos_token_id
+        want = None if n_tokens is None else (n_tokens // seq_len) * seq_len
+        chunks, have = [], 0
+        for text in _iter_texts(data):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if eos is not None:
+                ids = ids + [eos]
+            chunks.append(ids)
+            have += len(ids)
+            if want is not None and have >= want:
+                break
+        stream = torch.tensor([t for c in chunks for t in c], dtype=torch.long)
+    if not seq_len or seq_len < 2:
+        raise ValueError(f"--seq-len must be >= 2 (a sequence needs a next token), got {seq_len}")
+    n_seq = stream.numel() // seq_len
+    if n_tokens is not None:
+        n_seq = min(n_seq, n_tokens // seq_len)
+    return _check_nonempty(stream[: n_seq * seq_len].view(n_seq, seq_len), data, seq_len)
+
+
+def _check_nonempty(seqs: torch.Tensor, data: str, seq_len: int) -> torch.Tensor:
+    if seqs.shape[0] == 0:
+        raise ValueError(f"{data}: the corpus yields no complete sequence of {seq_len} tokens "
+                         "(empty corpus, or --tokens smaller than --seq-len)")
+    return seqs
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    """'k/n' -> (k, n), 0 <= k < n. None -> (0, 1)."""
+    if shard in (None, ""):
+        return 0, 1
+    try:
+        k, n = (int(x) for x in str(shard).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like k/n (e.g. 0/4), got '{shard}'") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise ValueError(f"--shard {shard}: need 0 <= k < n (shards are numbered from 0)")
+    return k, n
+
+
+def shard_bounds(n_items: int, shard: str | None) -> tuple[int, int]:
+    """[start, stop) of the k-th of n contiguous, disjoint slices of n_items."""
+    k, n = parse_shard(shard)
+    if n > n_items:
+        raise ValueError(f"--shard {shard}: more shards than the {n_items} sequences available")
+    return k * n_items // n, (k + 1) * n_items // n
+
+
+def fingerprint_tensor(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]

@@ -1,0 +1,276 @@
+"""The curvature-mass edit, its controls, and the SVD baseline.
+
+In the K-FAC eigenbasis the weight is C = U_Gᵀ W U_A, and pair (i, j) carries curvature λᵢμⱼ
+(λ: eigenvalues of G, rows; μ: eigenvalues of A, columns; both descending). The edit keeps the
+smallest set of pairs of largest λᵢμⱼ whose mass reaches ρ·(Σλ)(Σμ) (ties broken by flat index
+i·n + j, so the set is deterministic), W' = U_G (C ⊙ M) U_Aᵀ, with no rescaling.
+
+Selection never sorts the m·n pairs. Because λ and μ are sorted, the pairs above a threshold t
+form a prefix of every row, found by binary search, and their mass is Σᵢ λᵢ · (μ₁ + … + μ_cᵢ).
+Bisecting t narrows the boundary to a thin band of pairs, which alone is sorted exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+BAND_LIMIT = 4096  # pairs sorted explicitly at the selection boundary
+
+
+def _check_spectrum(x, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D spectrum")
+    if not np.all(np.isfinite(x)) or np.any(x < 0):
+        raise ValueError(f"{name} must be finite and non-negative")
+    if np.any(np.diff(x) > 0):
+        raise ValueError(f"{name} must be sorted in descending order")
+    return x
+
+
+def check_rho(rho) -> float:
+    rho = float(rho)
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"rho must be in (0, 1], got {rho}")
+    return rho
+
+
+def _row_counts(lam: np.ndarray, mu: np.ndarray, t: float) -> np.ndarray:
+    """Per row i, the number of j with λᵢ·μⱼ >= t, computed on the exact float products."""
+    neg_mu = -mu  # ascending, for searchsorted
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(lam > 0, t / lam, np.inf)
+    c = np.searchsorted(neg_mu, -q, side="right")
+    n = mu.size
+    # t / λᵢ is rounded: move each count to where the exact product test switches.
+    while True:
+        up = (c < n) & (lam * mu[np.minimum(c, n - 1)] >= t)
+        down = (c > 0) & (lam * mu[np.maximum(c - 1, 0)] < t)
+        if not (up.any() or down.any()):
+            return c
+        c = c + up.astype(c.dtype) - down.astype(c.dtype)
+
+
+def select_pairs(lam, mu, rho) -> np.ndarray:
+    """Boolean mask (len(lam), len(mu)): the minimal top-curvature pair set holding ρ of the mass."""
+    lam, mu = _check_spectrum(lam, "G eigenvalues"), _check_spectrum(mu, "A eigenvalues")
+    rho = check_rho(rho)
+    m, n = lam.size, mu.size
+    if rho == 1.0:
+        return np.ones((m, n), dtype=bool)  # by definition: keep everything, W' = W
+    prefix_mu = np.concatenate([[0.0], np.cumsum(mu)])
+    target = rho * lam.sum() * mu.sum()
+
+    def mass(c):
+        return float(np.dot(lam, prefix_mu[c]))
+
+    hi = lam[0] * mu[0] * 2.0
+    if hi == 0.0:
+        raise ValueError("all curvature is zero: the factors hold no information")
+    positive = (lam[lam > 0].min() * mu[mu > 0].min()) / 2.0
+    lo = positive if mass(_row_counts(lam, mu, positive)) >= target else 0.0
+    c_lo, c_hi = _row_counts(lam, mu, lo), _row_counts(lam, mu, hi)
+    for _ in range(400):
+        if int((c_lo - c_hi).sum()) <= BAND_LIMIT:
+            break
+        mid = np.sqrt(lo * hi) if lo > 0 and hi / lo > 4.0 else (lo + hi) / 2.0
+        if not lo < mid < hi:
+            break  # ties: the band is a run of equal products
+        c_mid = _row_counts(lam, mu, mid)
+        if mass(c_mid) >= target:
+            lo, c_lo = mid, c_mid
+        else:
+            hi, c_hi = mid, c_mid
+    # Pairs with product >= hi are in; the band [lo, hi) is resolved by an exact sort.
+    width = c_lo - c_hi
+    rows = np.repeat(np.arange(m), width)
+    starts = np.repeat(c_hi - np.concatenate([[0], np.cumsum(width)[:-1]]), width)
+    cols = starts + np.arange(rows.size)
+    values = lam[rows] * mu[cols]
+    order = np.lexsort((rows * n + cols, -values))
+    cum = mass(c_hi) + np.cumsum(values[order])
+    k = min(int(np.searchsorted(cum, target, side="left")) + 1, order.size)
+    mask = np.arange(n)[None, :] < c_hi[:, None]
+    mask[rows[order[:k]], cols[order[:k]]] = True
+    return mask
+
+
+def band_mask(lam, mu, lo: float, hi: float) -> np.ndarray:
+    """Pairs whose cumulative curvature mass (in descending order) lies in the band (lo, hi]."""
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"a curvature band needs 0 <= lo < hi <= 1, got ({lo}, {hi})")
+    upper = select_pairs(lam, mu, hi)
+    return upper if lo == 0.0 else upper & ~select_pairs(lam, mu, lo)
+
+
+def pair_mask(lam, mu, rho, keep: str = "top", seed: int = 0) -> np.ndarray:
+    """The kept-pair mask: top (the edit), bottom (its complement) or random (same count, seeded)."""
+    top = select_pairs(lam, mu, rho)
+    if keep == "top":
+        return top
+    if keep == "bottom":
+        return ~top
+    if keep == "random":
+        rng = np.random.default_rng(seed)
+        flat = np.zeros(top.size, dtype=bool)
+        flat[rng.choice(top.size, size=int(top.sum()), replace=False)] = True
+        return flat.reshape(top.shape)
+    raise ValueError(f"--keep must be top, bottom or random, got '{keep}'")
+
+
+def _device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def kfac_edit_weight(W, UG, lam, UA, mu, mask) -> tuple[torch.Tensor, dict]:
+    """W' = U_G (C ⊙ M) U_Aᵀ with C = U_Gᵀ W U_A, in float64; W is (d_out, d_in)."""
+    dev = _device()
+    f64 = dict(dtype=torch.float64, device=dev)
+    W64 = torch.as_tensor(W).to(**f64)
+    UG, UA = torch.as_tensor(UG).to(**f64), torch.as_tensor(UA).to(**f64)
+    M = torch.as_tensor(mask, device=dev)
+    if W64.shape != (UG.shape[0], UA.shape[0]) or M.shape != W64.shape:
+        raise ValueError(f"weight {tuple(W64.shape)} does not match eigenbases "
+                         f"G {tuple(UG.shape)} / A {tuple(UA.shape)}")
+    if bool(M.all()):
+        W_new = W64  # everything kept: W' = W exactly, not W up to eigenvector rounding
+    else:
+        C = UG.T @ W64 @ UA
+        W_new = UG @ (C * M) @ UA.T
+    lam64, mu64 = np.asarray(lam, np.float64), np.asarray(mu, np.float64)
+    mass = lam64[:, None] * mu64[None, :]
+    kept_mass = float((mass * mask).sum() / mass.sum())
+    stats = {
+        "pairs_kept": int(mask.sum()),
+        "pairs_total": int(mask.size),
+        "mass_kept": kept_mass,
+        "g_eigenvectors_touched": int((~mask).any(axis=1).sum()),
+        "a_eigenvectors_touched": int((~mask).any(axis=0).sum()),
+        "weight_norm_ratio": float(W_new.norm() / W64.norm()),
+    }
+    return W_new.cpu(), stats
+
+
+def svd_truncate(W, drop: float) -> tuple[torch.Tensor, dict]:
+    """Drop the smallest fraction `drop` of singular values of W (rounded to a whole count)."""
+    drop = float(drop)
+    if not 0.0 <= drop < 1.0:
+        raise ValueError(f"the SVD drop fraction must be in [0, 1), got {drop}")
+    W64 = torch.as_tensor(W).to(dtype=torch.float64, device=_device())
+    U, S, Vh = torch.linalg.svd(W64, full_matrices=False)
+    r = S.numel()
+    keep = r - int(round(drop * r))
+    W_new = (U[:, :keep] * S[:keep]) @ Vh[:keep]
+    return W_new.cpu(), {"singular_values_kept": keep, "singular_values_total": r,
+                         "weight_norm_ratio": float(W_new.norm() / W64.norm())}
+
+
+def parse_spec(spec, layers=None, modules=None, value=None) -> dict:
+    """{layer: {module: value}} from a JSON spec, or from layers × modules × one value."""
+    import json
+
+    from curvmem.models import parse_int_list
+
+    if spec is not None:
+        raw = json.loads(spec) if isinstance(spec, str) else spec
+        if not isinstance(raw, dict) or not raw:
+            raise ValueError("--spec must be a JSON object {layer: {module: value}}")
+        out = {}
+        for layer, mods in raw.items():
+            if not isinstance(mods, dict) or not mods:
+                raise ValueError(f"--spec: layer {layer} needs {{module: value}}")
+            out[int(layer)] = {str(k): float(v) for k, v in mods.items()}
+        return out
+    if layers is None or modules is None or value is None:
+        raise ValueError("give --spec, or --layers, --modules and a value (--rho / --svd-drop)")
+    mods = [m.strip() for m in modules.split(",")] if isinstance(modules, str) else list(modules)
+    return {layer: {m: float(value) for m in mods} for layer in parse_int_list(layers)}
+
+
+def build_edit(model, spec: dict, method: str = "kfac", eigen_dir=None, keep: str = "top",
+               seed: int = 0) -> tuple[dict, dict]:
+    """Edited weights {param_name: tensor (model layout, model dtype)} and the sidecar meta.
+
+    Everything is validated (modules, layers, ρ, eigen files against the model) before any
+    weight is computed, so a bad spec fails fast and writes nothing.
+    """
+    from curvmem.models import mlp_modules, model_fingerprint
+    from curvmem.store import layer_path, read_layer
+
+    if method not in ("kfac", "svd"):
+        raise ValueError(f"--method must be kfac or svd, got '{method}'")
+    targets = []
+    for layer, mods in sorted(spec.items()):
+        for m in mlp_modules(model, [layer], list(mods)):
+            value = mods[m.name]
+            if method == "kfac":
+                check_rho(value)
+            elif not 0.0 <= value < 1.0:
+                raise ValueError(f"the SVD drop fraction must be in [0, 1), got {value}")
+            targets.append((m, value))
+    eigen = {}
+    if method == "kfac":
+        if eigen_dir is None:
+            raise ValueError("a K-FAC edit needs --eigen DIR (from `curvmem eigen`)")
+        for layer, mods in spec.items():
+            eigen[layer] = read_layer(layer_path(eigen_dir, layer), "eigen", model=model,
+                                      modules=list(mods))
+    tensors, stats = {}, {}
+    cost_seconds, cost_rss = 0.0, 0.0
+    for m, value in targets:
+        W = m.weight().detach()
+        if method == "svd":
+            W_new, st = svd_truncate(W, value)
+            st["drop"] = value
+        else:
+            g = eigen[m.layer].groups[m.name]
+            mask = pair_mask(g["G_eigenvalues"], g["A_eigenvalues"], value, keep, seed)
+            W_new, st = kfac_edit_weight(W, g["G_eigenvectors"], g["G_eigenvalues"],
+                                         g["A_eigenvectors"], g["A_eigenvalues"], mask)
+            st.update(rho=value, keep=keep)
+        tensors[m.param_name] = m.to_stored_layout(W_new.to(m.module.weight.dtype))
+        stats[m.param_name] = st
+    for layer_file in eigen.values():
+        cost_seconds += float(layer_file.attrs.get("cost_seconds", 0))
+        cost_rss = max(cost_rss, float(layer_file.attrs.get("cost_peak_rss_mb", 0)))
+    method_name = method if method == "svd" or keep == "top" else f"kfac-{keep}"
+    meta = {
+        "method": method_name,
+        "spec": {str(k): v for k, v in spec.items()},
+        "keep": keep,
+        "seed": seed,
+        "modules": stats,
+        "model_fingerprint": model_fingerprint(model),
+        "upstream_seconds": cost_seconds,
+        "upstream_peak_rss_mb": cost_rss,
+    }
+    if eigen:
+        first = next(iter(eigen.values())).attrs
+        meta["factors"] = {k: first.get(k) for k in ("fisher", "n_tokens", "seq_len", "seed",
+                                                     "corpus_fingerprint", "shard")}
+    return tensors, meta
+
+
+def apply(model, path) -> dict:
+    """Load an edit file (from `curvmem edit` or `curvmem baseline`) into `model`, in place."""
+    from curvmem.models import model_fingerprint
+    from curvmem.store import read_edit
+
+    tensors, meta = read_edit(path)
+    params = dict(model.named_parameters())
+    fp = meta.get("model_fingerprint")
+    if fp is not None and fp != model_fingerprint(model):
+        raise ValueError(f"{path}: the edit was made for model fingerprint {fp}, not this model's "
+                         f"{model_fingerprint(model)}")
+    for name, t in tensors.items():
+        if name not in params:
+            raise ValueError(f"{path}: the model has no parameter '{name}'")
+        if tuple(params[name].shape) != tuple(t.shape):
+            raise ValueError(f"{path}: '{name}' is {tuple(t.shape)}, the model's is "
+                             f"{tuple(params[name].shape)}")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            params[name].copy_(t.to(params[name].dtype))
+    return meta
+

@@ -1,0 +1,325 @@
+"""K-FAC factor collection: A = E[a aᵀ] over a module's inputs, G = E[g gᵀ] over its output gradients.
+
+For each requested module, per position p that has a target:
+    a_p = the module's input,   g_p = d(sum over positions of cross-entropy) / d(module output)_p
+    A = Σ_p a_p a_pᵀ / n,       G = Σ_p g_p g_pᵀ / n
+The loss is sum-reduced, so G does not depend on the batch size (the paper's code uses a batch
+mean, which only rescales G). With fisher="sampled" the targets are drawn from the model's own
+predictive distribution (the true Fisher, the paper's setting); "empirical" uses gold targets.
+
+Cost. All weights are frozen, and the input of the lowest requested block is made a leaf that
+requires grad, so autograd builds the graph only from there up and `autograd.grad` computes
+activation gradients at the hooked outputs, never weight gradients and nothing below that block.
+A is accumulated during the forward pass; gate_proj and up_proj, which read the same tensor,
+share one A. Nothing is held beyond the current batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from curvmem.models import MLPModule, adapter_for
+
+SEED_STRIDE = 1_000_003  # per-sequence sampling seeds: seed * SEED_STRIDE + global sequence index
+
+
+def _generator(device, seed: int, index: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * SEED_STRIDE + index)
+
+
+def sample_targets(logits: torch.Tensor, seed: int, first_index: int) -> torch.Tensor:
+    """Targets drawn from softmax(logits), one seeded generator per example.
+
+    logits [B, ..., V] -> targets [B, ...]. Seeding by the example's global index (not by batch)
+    makes the draws independent of batch size and of how the stream is sharded.
+    """
+    out = torch.empty(logits.shape[:-1], dtype=torch.long, device=logits.device)
+    for b in range(logits.shape[0]):
+        probs = torch.softmax(logits[b].float().reshape(-1, logits.shape[-1]), dim=-1)
+        draw = torch.multinomial(probs, 1, generator=_generator(logits.device, seed, first_index + b))
+        out[b] = draw.view(logits.shape[1:-1])
+    return out
+
+
+class LMTask:
+    """Next-token prediction. Every position of a sequence but the last has a target."""
+
+    name = "lm"
+
+    def loss(self, model, batch, fisher: str, seed: int, first_index: int) -> torch.Tensor:
+        logits = model(input_ids=batch).logits[:, :-1].float()
+        if fisher == "empirical":
+            targets = batch[:, 1:]
+        else:
+            targets = sample_targets(logits.detach(), seed, first_index)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               reduction="sum")
+
+    def positions(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :-1].reshape(-1, x.shape[-1])
+
+    def batch_size(self, batch) -> int:
+        return batch.shape[0]
+
+    def n_positions(self, batch) -> int:
+        return batch.shape[0] * (batch.shape[1] - 1)
+
+    def to(self, batch, device):
+        return batch.to(device)
+
+
+class ClassificationTask:
+    """Image classification (ViT): the loss on the logits, factors at the CLS position only."""
+
+    name = "cls"
+
+    def __init__(self, position: int = 0):
+        self.position = position
+
+    def loss(self, model, batch, fisher: str, seed: int, first_index: int) -> torch.Tensor:
+        images, labels = batch
+        logits = model(images).float()
+        if fisher == "empirical":
+            targets = labels
+        else:
+            targets = sample_targets(logits.detach(), seed, first_index)
+        return F.cross_entropy(logits, targets, reduction="sum")
+
+    def positions(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.position]
+
+    def batch_size(self, batch) -> int:
+        return batch[0].shape[0]
+
+    def n_positions(self, batch) -> int:
+        return batch[0].shape[0]
+
+    def to(self, batch, device):
+        return tuple(t.to(device) for t in batch)
+
+
+@dataclass
+class Factors:
+    """Running sums (or, after `finalize`, means) of A and G, keyed by (layer, module name)."""
+
+    A: dict = field(default_factory=dict)
+    G: dict = field(default_factory=dict)
+    n_tokens: int = 0
+    batches_done: int = 0
+
+    def means(self) -> "Factors":
+        if self.n_tokens == 0:
+            raise ValueError("no positions were collected")
+        return Factors({k: v / self.n_tokens for k, v in self.A.items()},
+                       {k: v / self.n_tokens for k, v in self.G.items()}, self.n_tokens,
+                       self.batches_done)
+
+
+def _replace_hidden_input(args, kwargs):
+    """Make the block's hidden-state input a fresh leaf that requires grad."""
+    if args and torch.is_tensor(args[0]):
+        return (args[0].detach().requires_grad_(True),) + tuple(args[1:]), kwargs
+    key = "hidden_states" if "hidden_states" in kwargs else "x"
+    kwargs = dict(kwargs)
+    kwargs[key] = kwargs[key].detach().requires_grad_(True)
+    return args, kwargs
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(path: Path, sums: Factors, key: str) -> None:
+    from safetensors.torch import save_file
+
+    from curvmem.store import atomic_output
+
+    tensors = {f"A|{layer}|{name}": t for (layer, name), t in sums.A.items()}
+    tensors.update({f"G|{layer}|{name}": t for (layer, name), t in sums.G.items()})
+    meta = {"key": key, "n_tokens": str(sums.n_tokens), "batches_done": str(sums.batches_done)}
+    with atomic_output(path) as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+
+def _load_checkpoint(path: Path, key: str, device) -> Factors | None:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        if meta.get("key") != key:
+            return None  # a checkpoint of another run: ignore it, it will be overwritten
+        sums = Factors(n_tokens=int(meta["n_tokens"]), batches_done=int(meta["batches_done"]))
+        for name in f.keys():
+            kind, layer, module = name.split("|")
+            getattr(sums, kind)[(int(layer), module)] = f.get_tensor(name).to(device)
+    return sums
+
+
+def run_key(**settings) -> str:
+    """A fingerprint of everything that determines a collection run (for checkpoint reuse)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- the collector
+
+
+def collect(model, batches, modules: list[MLPModule], task, *, fisher: str = "sampled",
+            seed: int = 0, dtype: torch.dtype = torch.float32, first_index: int = 0,
+            progress: bool = False, autocast: bool | None = None, checkpoint=None,
+            checkpoint_every: int = 0, checkpoint_key: str = "") -> Factors:
+    """Accumulate A and G over `batches` (a sequence) for `modules`; returns the means.
+
+    checkpoint / checkpoint_every: save the running sums every N batches to `checkpoint`
+    (safetensors) and, when a checkpoint with the same `checkpoint_key` exists, resume after the
+    batches it already holds. The result equals an uninterrupted run.
+    """
+    if fisher not in ("sampled", "empirical"):
+        raise ValueError(f"--fisher must be 'sampled' or 'empirical', got '{fisher}'")
+    if not modules:
+        raise ValueError("no modules to collect")
+    device = next(model.parameters()).device
+    if autocast is None:
+        autocast = device.type == "cuda"
+    blocks = adapter_for(model).blocks(model)
+    lowest = min(m.layer for m in modules)
+
+    sums = None
+    if checkpoint is not None:
+        sums = _load_checkpoint(Path(checkpoint), checkpoint_key, device)
+        if sums is not None:
+            tqdm.write(f"resuming from {checkpoint}: {sums.batches_done} batches, "
+                       f"{sums.n_tokens} positions already collected")
+    if sums is None:
+        sums = Factors()
+        for m in modules:
+            if m.input_of == m.name:
+                sums.A[(m.layer, m.name)] = torch.zeros(m.d_in, m.d_in, dtype=dtype, device=device)
+            sums.G[(m.layer, m.name)] = torch.zeros(m.d_out, m.d_out, dtype=dtype, device=device)
+    for m in modules:  # a module whose input is shared needs its source collected too
+        if (m.layer, m.input_of) not in sums.A:
+            sums.A[(m.layer, m.input_of)] = torch.zeros(m.d_in, m.d_in, dtype=dtype,
+                                                        device=device)
+
+    outputs: dict = {}
+
+    def input_hook(key):
+        def hook(module, args):
+            x = task.positions(args[0].detach()).to(dtype)
+            sums.A[key].addmm_(x.T, x)
+        return hook
+
+    def output_hook(key):
+        def hook(module, args, out):
+            outputs[key] = out
+        return hook
+
+    handles = [blocks[lowest].register_forward_pre_hook(
+        lambda mod, args, kwargs: _replace_hidden_input(args, kwargs), with_kwargs=True)]
+    for m in modules:
+        handles.append(m.module.register_forward_hook(output_hook((m.layer, m.name))))
+    for layer, name in {(m.layer, m.input_of) for m in modules}:
+        source = blocks[layer].get_submodule(name)
+        handles.append(source.register_forward_pre_hook(input_hook((layer, name))))
+    requires_grad = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    total = sum(task.n_positions(b) for b in batches)
+    bar = tqdm(total=total, unit="tok", unit_scale=True, disable=not progress,
+               desc="collect", dynamic_ncols=True)
+    bar.update(sum(task.n_positions(b) for b in batches[: sums.batches_done]))
+    index = first_index + sum(task.batch_size(b) for b in batches[: sums.batches_done])
+    try:
+        for i in range(sums.batches_done, len(batches)):
+            batch = task.to(batches[i], device)
+            outputs.clear()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = task.loss(model, batch, fisher, seed, index)
+            keys = list(outputs)
+            grads = torch.autograd.grad(loss, [outputs[k] for k in keys])
+            for k, g in zip(keys, grads):
+                g = task.positions(g).to(dtype)
+                sums.G[k].addmm_(g.T, g)
+            outputs.clear()
+            sums.n_tokens += task.n_positions(batch)
+            sums.batches_done = i + 1
+            index += task.batch_size(batch)
+            bar.update(task.n_positions(batch))
+            if checkpoint is not None and checkpoint_every and sums.batches_done % checkpoint_every == 0 \
+                    and sums.batches_done < len(batches):
+                _save_checkpoint(Path(checkpoint), sums, checkpoint_key)
+    finally:
+        bar.close()
+        for h in handles:
+            h.remove()
+        for p, flag in zip(model.parameters(), requires_grad):
+            p.requires_grad_(flag)
+    means = sums.means()
+    for m in modules:  # shared inputs: the same A under both names
+        means.A[(m.layer, m.name)] = means.A[(m.layer, m.input_of)]
+    wanted = {(m.layer, m.name) for m in modules}
+    means.A = {k: v for k, v in means.A.items() if k in wanted}
+    return means
+
+
+def batched(items, batch_size: int) -> list:
+    """Split a tensor (or a tuple of tensors sharing dim 0) into a list of batches (views)."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    n = items[0].shape[0] if isinstance(items, tuple) else items.shape[0]
+    out = []
+    for s in range(0, n, batch_size):
+        out.append(tuple(t[s:s + batch_size] for t in items) if isinstance(items, tuple)
+                   else items[s:s + batch_size])
+    return out
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def merge_layer_files(paths, out) -> None:
+    """Combine shard files of one layer exactly: token-weighted means, in float64."""
+    import numpy as np
+
+    from curvmem.corpus import parse_shard
+    from curvmem.store import read_layer, write_layer
+
+    if not paths:
+        raise ValueError("merge needs at least one factors file")
+    files = [read_layer(p, "factors") for p in paths]
+    first = files[0]
+    same = ("model_fingerprint", "layer", "fisher", "seq_len", "seed", "corpus_fingerprint")
+    for f, p in zip(files, paths):
+        for key in same:
+            if f.attrs.get(key) != first.attrs.get(key):
+                raise ValueError(f"{p}: {key} = {f.attrs.get(key)} differs from {paths[0]} "
+                                 f"({first.attrs.get(key)}); only shards of one run merge")
+        if sorted(f.groups) != sorted(first.groups):
+            raise ValueError(f"{p}: modules {sorted(f.groups)} differ from {sorted(first.groups)}")
+    shards = [parse_shard(f.attrs.get("shard") or None) for f in files]
+    n = {s[1] for s in shards}
+    if len(n) != 1 or sorted(s[0] for s in shards) != list(range(n.pop())):
+        raise ValueError(f"shards {[f.attrs.get('shard') for f in files]} are not exactly "
+                         "0/n ... (n-1)/n of one run")
+    total = sum(int(f.attrs["n_tokens"]) for f in files)
+    groups = {}
+    for name in first.groups:
+        groups[name] = {}
+        for var in ("A", "G"):
+            acc = sum(np.asarray(f.groups[name][var], np.float64) * int(f.attrs["n_tokens"])
+                      for f in files)
+            groups[name][var] = (acc / total).astype(first.groups[name][var].dtype)
+    attrs = {k: v for k, v in first.attrs.items()
+             if k not in ("kind", "schema_version", "layer", "curvmem_version")}
+    attrs.update(n_tokens=total, shard="",
+                 cost_seconds=sum(float(f.attrs.get("cost_seconds", 0)) for f in files),
+                 cost_peak_rss_mb=max(float(f.attrs.get("cost_peak_rss_mb", 0)) for f in files))
+    write_layer(out, "factors", int(first.layer), groups, attrs)

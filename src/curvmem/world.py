@@ -1,0 +1,630 @@
+"""The embedded synthetic world: a small language, facts, skills and canaries; its tokenizer; a tiny
+OLMo-2 trained on it from scratch on CPU.
+
+The world stands in for the paper's pretraining corpus, at a size that trains in minutes:
+
+    filler       paragraphs from a small stochastic grammar (held-out samples give perplexity)
+    closed_book  invented entities with attributes ("The capital of Velorn is Quist."), each fact
+                 seen `fact_repeats` times in training, queried later without context
+    open_book    a passage of fresh facts, then a question about one of them
+    arithmetic   two-digit addition and subtraction ("Compute: 23 + 45 = 68.")
+    logic        in-context deductions over fresh names (order relations) and boolean expressions
+    canaries     memorized sequences, repeated `canary_repeats` times in training, of two kinds:
+                 random (uniformly random words) and natural (samples of the grammar itself)
+
+`generate_world(config)` returns every split as lists of rows; `write_world(out, ...)` writes them
+(layout in docs/lm.md). Everything is a pure function of the config and its seed: each component
+draws from its own `random.Random(f"{seed}:{component}")`, so changing one size leaves the others'
+samples alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    seed: int = 0
+    n_filler: int = 1200  # training paragraphs of grammar text
+    n_heldout: int = 160  # fresh paragraphs for perplexity / coherence
+    n_retain: int = 128  # training paragraphs an unlearning baseline may use as its retain set
+    n_entities: int = 48  # closed-book entities, 4 attributes each
+    fact_repeats: int = 6  # times each closed-book fact appears in training
+    n_open_train: int = 1200
+    n_open_test: int = 100
+    n_arith_train: int = 3000
+    n_arith_test: int = 100
+    n_logic_train: int = 2000
+    n_logic_test: int = 100
+    n_canaries: int = 16  # per kind (random, natural) and per split (forget, untargeted, control)
+    canary_words: int = 116  # >= 112 words, so >= 112 tokens (64 prefix + 48 suffix) in any BPE
+    canary_repeats: int = 24  # times each trained canary appears in training
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    d_model: int = 128
+    n_layers: int = 8
+    n_heads: int = 4
+    d_ff: int = 384
+    seq_len: int = 128
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup: int = 20
+    weight_decay: float = 0.0  # no decay: the point is to memorize
+    epochs: int = 1  # passes over train.jsonl (which already holds the repetitions)
+    steps: int | None = None  # overrides epochs
+    seed: int = 0
+    threads: int = 2
+
+
+WORLD_PRESETS = {
+    "default": WorldConfig(),
+    "smoke": WorldConfig(n_filler=60, n_heldout=12, n_retain=8, n_entities=6, fact_repeats=3,
+                         n_open_train=40, n_open_test=8, n_arith_train=60, n_arith_test=8,
+                         n_logic_train=40, n_logic_test=8, n_canaries=2, canary_repeats=6),
+}
+TRAIN_PRESETS = {
+    "default": TrainConfig(),
+    "smoke": TrainConfig(d_model=32, n_layers=4, n_heads=2, d_ff=64, batch_size=8, steps=12),
+}
+
+
+def _with_overrides(base, overrides: dict | None, what: str):
+    if not overrides:
+        return base
+    known = {f.name for f in fields(base)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} config key(s) {unknown}; known: {sorted(known)}")
+    return replace(base, **overrides)
+
+
+def world_config(preset: str = "default", seed: int | None = None, overrides=None) -> WorldConfig:
+    """A preset, then `overrides` (dict or JSON text), then the seed."""
+    if preset not in WORLD_PRESETS:
+        raise ValueError(f"unknown world preset '{preset}'; choose one of {sorted(WORLD_PRESETS)}")
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config is not valid JSON ({e}); e.g. '{{\"n_canaries\": 8}}'") from None
+        if not isinstance(overrides, dict):
+            raise ValueError("--config must be a JSON object, e.g. '{\"n_canaries\": 8}'")
+    cfg = _with_overrides(WORLD_PRESETS[preset], overrides, "world")
+    if seed is not None:
+        cfg = replace(cfg, seed=int(seed))
+    for f in fields(cfg):
+        if f.name != "seed" and getattr(cfg, f.name) < 1:
+            raise ValueError(f"world config {f.name} must be >= 1, got {getattr(cfg, f.name)}")
+    if cfg.canary_words < 112:
+        raise ValueError(f"canary_words must be >= 112 (64 prefix + 48 suffix tokens), "
+                         f"got {cfg.canary_words}")
+    if cfg.n_retain > cfg.n_filler:
+        raise ValueError(f"n_retain ({cfg.n_retain}) cannot exceed n_filler ({cfg.n_filler})")
+    return cfg
+
+
+def train_config(preset: str = "default", seed: int | None = None, steps: int | None = None):
+    if preset not in TRAIN_PRESETS:
+        raise ValueError(f"unknown training preset '{preset}'; choose one of {sorted(TRAIN_PRESETS)}")
+    cfg = TRAIN_PRESETS[preset]
+    if seed is not None:
+        cfg = replace(cfg, seed=int(seed))
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {steps}")
+        cfg = replace(cfg, steps=int(steps))
+    return cfg
+
+
+# --------------------------------------------------------------------------- the language
+
+DETERMINERS = ["the", "a", "every", "some", "that", "this", "one", "no"]
+NOUNS = """farmer river lantern garden merchant window harbor soldier mountain letter kettle forest
+child teacher bridge wagon village candle mirror sailor meadow tower painter storm orchard market
+island cellar fisher weaver temple road hammer shepherd valley clock rider blanket queen king
+ladder baker wall drum map coat stone bird wolf horse goat cat lamp boat field cloud book door
+song rope shadow well pond basket""".split()
+ADJECTIVES = """old quiet bright small heavy green tall crooked silver wooden gentle hungry narrow
+distant warm cold broken patient golden muddy proud tired clever lonely hidden ancient brave
+dusty careful noisy""".split()
+TRANSITIVE = """found carried watched followed painted mended sold built opened crossed visited
+remembered praised moved cleaned guarded forgot counted lifted traded""".split()
+INTRANSITIVE = """slept waited laughed wandered sang rested vanished shivered listened returned
+spoke worked""".split()
+ADVERBS = """slowly quietly often never suddenly carefully again softly early late""".split()
+PREPOSITIONS = """near behind under beside across above inside past""".split()
+CONNECTIVES = ["and", "but", "while", "because", "so"]
+OPENERS = ["in the morning", "after the rain", "long ago", "at dusk", "that winter",
+           "before the market", "by the river", "once more"]
+LEXICON = sorted(set(DETERMINERS + NOUNS + ADJECTIVES + TRANSITIVE + INTRANSITIVE + ADVERBS
+                     + PREPOSITIONS + CONNECTIVES))
+
+
+def _noun_phrase(rng: random.Random) -> str:
+    words = [rng.choice(DETERMINERS)]
+    if rng.random() < 0.5:
+        words.append(rng.choice(ADJECTIVES))
+    words.append(rng.choice(NOUNS))
+    if rng.random() < 0.2:
+        words += [rng.choice(PREPOSITIONS), "the", rng.choice(NOUNS)]
+    return " ".join(words)
+
+
+def _clause(rng: random.Random) -> str:
+    subject = _noun_phrase(rng)
+    if rng.random() < 0.65:
+        verb = f"{rng.choice(TRANSITIVE)} {_noun_phrase(rng)}"
+    else:
+        verb = rng.choice(INTRANSITIVE)
+    if rng.random() < 0.3:
+        verb += " " + rng.choice(ADVERBS)
+    if rng.random() < 0.25:
+        verb += f" {rng.choice(PREPOSITIONS)} the {rng.choice(NOUNS)}"
+    return f"{subject} {verb}"
+
+
+def sentence(rng: random.Random) -> str:
+    r = rng.random()
+    if r < 0.25:
+        text = f"{_clause(rng)} {rng.choice(CONNECTIVES)} {_clause(rng)}"
+    elif r < 0.4:
+        text = f"{rng.choice(OPENERS)}, {_clause(rng)}"
+    else:
+        text = _clause(rng)
+    return text[0].upper() + text[1:] + "."
+
+
+def paragraph(rng: random.Random, n_sentences: tuple[int, int] = (3, 7)) -> str:
+    return " ".join(sentence(rng) for _ in range(rng.randint(*n_sentences)))
+
+
+def natural_text(rng: random.Random, n_words: int) -> str:
+    """Grammar text cut to exactly `n_words` whitespace-separated words."""
+    words: list[str] = []
+    while len(words) < n_words:
+        words += sentence(rng).split()
+    return " ".join(words[:n_words])
+
+
+def random_text(rng: random.Random, n_words: int) -> str:
+    """Uniformly random words of the lexicon: no structure to lean on, only memory."""
+    return " ".join(rng.choice(LEXICON) for _ in range(n_words))
+
+
+# --------------------------------------------------------------------------- names and facts
+
+ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr",
+          "tr", "st", "th", "sh", "gl"]
+VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ea"]
+CODAS = ["", "n", "r", "l", "s", "m", "k", "th", "x", "st"]
+
+
+def name_pool(rng: random.Random, n: int) -> list[str]:
+    """`n` distinct invented two-syllable names that are not English words of the lexicon."""
+    seen, out = set(LEXICON), []
+    while len(out) < n:
+        name = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)
+                       for _ in range(2)).capitalize()
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            out.append(name)
+    return out
+
+
+EXPORTS = ["salt", "silk", "copper", "amber", "wool", "tea", "glass", "iron", "honey", "timber",
+           "spice", "pearls"]
+ANIMALS = ["fox", "owl", "heron", "lynx", "eagle", "otter", "stag", "crane", "boar", "hare",
+           "swan", "viper"]
+# attribute -> (question phrase, statement templates); "{e}" entity, "{v}" value
+ATTRIBUTES = {
+    "capital": ("capital", ["The capital of {e} is {v}.", "{e} has its capital at {v}.",
+                            "In {e}, the capital city is {v}."]),
+    "ruler": ("ruler", ["The ruler of {e} is {v}.", "{e} is ruled by {v}.",
+                        "Everyone in {e} obeys {v}."]),
+    "export": ("main export", ["The main export of {e} is {v}.", "{e} mostly sells {v}.",
+                               "Traders buy {v} from {e}."]),
+    "animal": ("emblem animal", ["The emblem animal of {e} is the {v}.",
+                                 "The flag of {e} shows a {v}.", "{e} honors the {v}."]),
+}
+
+
+def question(attr: str, entity: str) -> str:
+    return f"Question: the {ATTRIBUTES[attr][0]} of {entity} is"
+
+
+def entity_facts(rng: random.Random, entity: str, names) -> dict:
+    return {"capital": next(names), "ruler": next(names), "export": rng.choice(EXPORTS),
+            "animal": rng.choice(ANIMALS)}
+
+
+# --------------------------------------------------------------------------- skills
+
+
+def arithmetic_problem(a: int, b: int, op: str) -> tuple[str, str]:
+    value = a + b if op == "+" else a - b
+    return f"Compute: {a} {op} {b} =", str(value)
+
+
+def arithmetic_pairs(rng: random.Random, n_train: int, n_test: int):
+    """Disjoint (a, b, op) problems: two-digit operands, subtraction never negative."""
+    space = [(a, b, op) for a in range(10, 100) for b in range(10, 100) for op in "+-"
+             if op == "+" or a >= b]
+    if n_train + n_test > len(space):
+        raise ValueError(f"n_arith_train + n_arith_test must be <= {len(space)}")
+    chosen = rng.sample(space, n_train + n_test)
+    return chosen[:n_train], chosen[n_train:]
+
+
+def order_problem(rng: random.Random, names: list[str]) -> tuple[str, str, str]:
+    """Three fresh names in a chain; premises shuffled; ask for an extreme. (premises, q, answer)"""
+    adjective, most, least = rng.choice([("older", "oldest", "youngest"),
+                                         ("taller", "tallest", "shortest"),
+                                         ("faster", "fastest", "slowest")])
+    a, b, c = names  # a > b > c
+    premises = [f"{a} is {adjective} than {b}.", f"{b} is {adjective} than {c}."]
+    rng.shuffle(premises)
+    if rng.random() < 0.5:
+        return " ".join(premises), f"Question: the {most} is", a
+    return " ".join(premises), f"Question: the {least} is", c
+
+
+def boolean_expression(rng: random.Random, depth: int = 2) -> tuple[str, bool]:
+    if depth == 0 or rng.random() < 0.3:
+        value = rng.random() < 0.5
+        return ("true" if value else "false"), value
+    if rng.random() < 0.25:
+        text, value = boolean_expression(rng, depth - 1)
+        return f"not {text}", not value
+    left, lv = boolean_expression(rng, depth - 1)
+    right, rv = boolean_expression(rng, depth - 1)
+    op = rng.choice(["and", "or"])
+    return f"( {left} {op} {right} )", (lv and rv) if op == "and" else (lv or rv)
+
+
+def logic_problem(rng: random.Random, names) -> tuple[str, str]:
+    """(prompt, answer): order relations over fresh names, or a boolean expression."""
+    if rng.random() < 0.5:
+        premises, q, answer = order_problem(rng, [next(names) for _ in range(3)])
+        return f"{premises} {q}", answer
+    text, value = boolean_expression(rng)
+    return f"Evaluate: {text} =", "true" if value else "false"
+
+
+# --------------------------------------------------------------------------- the world
+
+
+def _rng(cfg: WorldConfig, component: str) -> random.Random:
+    return random.Random(f"{cfg.seed}:{component}")
+
+
+def _unique(rng: random.Random, make, n: int, taken: set) -> list:
+    """`n` samples of make(rng) not in `taken` (which is updated): splits never share a text."""
+    out = []
+    for _ in range(1000 * n + 1000):
+        if len(out) == n:
+            return out
+        x = make(rng)
+        if x not in taken:
+            taken.add(x)
+            out.append(x)
+    raise ValueError("the world is too small to draw that many distinct samples; lower the sizes")
+
+
+def generate_world(cfg: WorldConfig) -> dict:
+    """Every split of the world as lists of JSON-able rows (see docs/lm.md for the fields)."""
+    # one pool of invented names, cut into disjoint roles, so no name crosses a split
+    n_names = (cfg.n_entities * 3 + (cfg.n_open_train + cfg.n_open_test) * 6
+               + (cfg.n_logic_train + cfg.n_logic_test) * 3)
+    names = name_pool(_rng(cfg, "names"), n_names)
+    cut = iter(names)
+    entity_names = [next(cut) for _ in range(cfg.n_entities * 3)]
+    open_train_names = iter([next(cut) for _ in range(cfg.n_open_train * 6)])
+    open_test_names = iter([next(cut) for _ in range(cfg.n_open_test * 6)])
+    logic_train_names = iter([next(cut) for _ in range(cfg.n_logic_train * 3)])
+    logic_test_names = iter([next(cut) for _ in range(cfg.n_logic_test * 3)])
+
+    train, tasks = [], []
+
+    # filler: training paragraphs, a retain subset of them, and fresh held-out ones
+    texts: set = set()
+    rng = _rng(cfg, "filler")
+    filler = _unique(rng, paragraph, cfg.n_filler, texts)
+    heldout = _unique(_rng(cfg, "heldout"), paragraph, cfg.n_heldout, texts)
+    train += [{"text": t, "source": "filler"} for t in filler]
+    retain = [{"text": t, "source": "filler"} for t in _rng(cfg, "retain").sample(filler, cfg.n_retain)]
+
+    # closed-book facts: statements in rotating templates, and the question form itself
+    rng = _rng(cfg, "facts")
+    entities, values = entity_names[: cfg.n_entities], iter(entity_names[cfg.n_entities:])
+    for entity in entities:
+        for attr, value in entity_facts(rng, entity, values).items():
+            templates = ATTRIBUTES[attr][1]
+            for k in range(cfg.fact_repeats):
+                if k % (len(templates) + 1) == len(templates):
+                    text = f"{question(attr, entity)} {value}."
+                else:
+                    text = templates[k % (len(templates) + 1)].format(e=entity, v=value)
+                train.append({"text": text, "source": "closed_book"})
+            tasks.append({"category": "closed_book", "prompt": question(attr, entity),
+                          "answer": value})
+
+    # open-book: a passage about two fresh entities, a question about one fact in it
+    def open_book(rng, names):
+        facts = []
+        for _ in range(2):
+            entity = next(names)
+            values = iter([next(names), next(names)])
+            for attr, value in entity_facts(rng, entity, values).items():
+                facts.append((attr, entity, value))
+        shown = rng.sample(facts, 4)
+        passage = " ".join(ATTRIBUTES[a][1][0].format(e=e, v=v) for a, e, v in shown)
+        attr, entity, value = rng.choice(shown)
+        return f"Passage: {passage} {question(attr, entity)}", value
+
+    rng = _rng(cfg, "open_book")
+    for _ in range(cfg.n_open_train):
+        prompt, answer = open_book(rng, open_train_names)
+        train.append({"text": f"{prompt} {answer}.", "source": "open_book"})
+    rng = _rng(cfg, "open_book_test")
+    for _ in range(cfg.n_open_test):
+        prompt, answer = open_book(rng, open_test_names)
+        tasks.append({"category": "open_book", "prompt": prompt, "answer": answer})
+
+    # arithmetic: disjoint problem sets
+    train_pairs, test_pairs = arithmetic_pairs(_rng(cfg, "arithmetic"), cfg.n_arith_train,
+                                               cfg.n_arith_test)
+    for a, b, op in train_pairs:
+        prompt, answer = arithmetic_problem(a, b, op)
+        train.append({"text": f"{prompt} {answer}.", "source": "arithmetic"})
+    for a, b, op in test_pairs:
+        prompt, answer = arithmetic_problem(a, b, op)
+        tasks.append({"category": "arithmetic", "prompt": prompt, "answer": answer})
+
+    # logic: fresh names per problem; test boolean expressions never seen in training
+    rng, seen_prompts = _rng(cfg, "logic"), set()
+    for _ in range(cfg.n_logic_train):
+        prompt, answer = logic_problem(rng, logic_train_names)
+        seen_prompts.add(prompt)
+        train.append({"text": f"{prompt} {answer}.", "source": "logic"})
+    rng, n_tests = _rng(cfg, "logic_test"), 0
+    for _ in range(1000 * cfg.n_logic_test):
+        if n_tests == cfg.n_logic_test:
+            break
+        prompt, answer = logic_problem(rng, logic_test_names)
+        if prompt not in seen_prompts:  # a boolean expression may repeat; a trained one is no test
+            seen_prompts.add(prompt)
+            tasks.append({"category": "logic", "prompt": prompt, "answer": answer})
+            n_tests += 1
+
+    # canaries: per kind, distinct texts split into forget / untargeted / control
+    canaries = {"forget": [], "untargeted": [], "control": []}
+    for kind, make in (("random", random_text), ("natural", natural_text)):
+        rng = _rng(cfg, f"canary_{kind}")
+        drawn = _unique(rng, lambda r: make(r, cfg.canary_words), 3 * cfg.n_canaries, texts)
+        for i, split in enumerate(canaries):
+            for j, text in enumerate(drawn[i * cfg.n_canaries:(i + 1) * cfg.n_canaries]):
+                canaries[split].append({"id": f"{kind}-{split}-{j}", "kind": kind, "text": text})
+    for split in ("forget", "untargeted"):
+        for row in canaries[split]:
+            train += [{"text": row["text"], "source": "canary", "id": row["id"]}] * cfg.canary_repeats
+
+    _rng(cfg, "shuffle").shuffle(train)
+    return {"train": train, "heldout": [{"text": t} for t in heldout], "retain": retain,
+            "tasks": tasks, "canaries_forget": canaries["forget"],
+            "canaries_untargeted": canaries["untargeted"],
+            "canaries_control": canaries["control"]}
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextmanager
+def atomic_dir(out):
+    """Yield a temp directory beside `out`; it replaces `out` only if the block succeeds."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_world(out, cfg: WorldConfig) -> dict:
+    """Generate the world and write it to directory `out` (replaced atomically). Returns counts."""
+    t0 = time.perf_counter()
+    world = generate_world(cfg)
+    with atomic_dir(out) as tmp:
+        for name, rows in world.items():
+            _write_jsonl(tmp / f"{name}.jsonl", rows)
+        counts = {name: len(rows) for name, rows in world.items()}
+        meta = {"config": asdict(cfg), "counts": counts,
+                "seconds": round(time.perf_counter() - t0, 3)}
+        (tmp / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def read_jsonl(path, required: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of a JSONL file; a clear error for a missing/empty file, bad JSON or missing fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{i}: each line must be a JSON object")
+        missing = [f for f in required if f not in row]
+        if missing:
+            raise ValueError(f"{path}:{i}: missing field(s) {missing}")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no rows (the file is empty)")
+    return rows
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+
+
+def train_tokenizer(corpus, out, vocab_size: int = 1024) -> dict:
+    """Byte-level BPE on the `text` of `corpus` (JSONL); digits split one by one (arithmetic).
+
+    Saved as a transformers fast tokenizer, so AutoTokenizer.from_pretrained(out) loads it.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 300:
+        raise ValueError(f"--vocab-size must be >= 300 (256 bytes + specials + merges), "
+                         f"got {vocab_size}")
+    texts = [r["text"] for r in read_jsonl(corpus, ("text",))]
+    t0 = time.perf_counter()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
+    with atomic_dir(out) as tmp:
+        fast.save_pretrained(str(tmp))
+    return {"vocab_size": fast.vocab_size, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+# --------------------------------------------------------------------------- the tiny model
+
+
+def build_model(cfg: TrainConfig, vocab_size: int, eos_id: int, pad_id: int):
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    config = Olmo2Config(vocab_size=vocab_size, hidden_size=cfg.d_model,
+                         intermediate_size=cfg.d_ff, num_hidden_layers=cfg.n_layers,
+                         num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads,
+                         max_position_embeddings=max(512, cfg.seq_len), pad_token_id=pad_id,
+                         bos_token_id=None, eos_token_id=eos_id, tie_word_embeddings=False)
+    return Olmo2ForCausalLM(config)
+
+
+def pack_documents(docs: list[list[int]], seq_len: int, eos_id: int, pad_id: int) -> torch.Tensor:
+    """Documents (+ EOS) packed into [n, seq_len] blocks without splitting any that fits.
+
+    A document starts at the beginning of a block whenever it would not fit in the rest of the
+    current one, so a canary is always trained with its whole 64-token prefix in context, as it
+    is queried. Longer documents continue in the next block. The tail is `pad_id` (no loss).
+    """
+    blocks, current = [], []
+    for doc in docs:
+        doc = doc + [eos_id]
+        if current and len(current) + len(doc) > seq_len:
+            blocks.append(current + [pad_id] * (seq_len - len(current)))
+            current = []
+        while len(doc) > seq_len:
+            blocks.append(doc[:seq_len])
+            doc = doc[seq_len:]
+        current += doc
+    if current:
+        blocks.append(current + [pad_id] * (seq_len - len(current)))
+    return torch.tensor(blocks, dtype=torch.long)
+
+
+def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train the tiny OLMo-2 on world_dir/train.jsonl; save model + tokenizer to `out`."""
+    from tqdm import tqdm
+
+    from curvmem.models import load_tokenizer
+
+    train_path = Path(world_dir) / "train.jsonl"
+    rows = read_jsonl(train_path, ("text",))
+    if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        raise ValueError(f"{tokenizer_dir}: no tokenizer.json; run `curvmem tokenizer` first")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+        raise ValueError(f"{tokenizer_dir}: the tokenizer needs eos and pad tokens")
+    torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    ids = tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"]
+    blocks = pack_documents(ids, cfg.seq_len, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    steps_per_epoch = math.ceil(len(blocks) / cfg.batch_size)
+    steps = cfg.steps or cfg.epochs * steps_per_epoch
+
+    model = build_model(cfg, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.95))
+
+    def lr_at(step):  # linear warmup, cosine decay to 10 %
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        frac = (step - cfg.warmup) / max(1, steps - cfg.warmup)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = torch.empty(0, dtype=torch.long)
+    losses = []
+    bar = tqdm(range(steps), desc="train-lm", disable=not progress, mininterval=1.0)
+    for step in bar:
+        if len(order) < cfg.batch_size:  # reshuffle the blocks each epoch
+            order = torch.cat([order, torch.randperm(len(blocks), generator=gen)])
+        batch, order = blocks[order[: cfg.batch_size]], order[cfg.batch_size:]
+        labels = batch.masked_fill(batch == tokenizer.pad_token_id, -100)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss = model(input_ids=batch, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(round(loss.item(), 4))
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    seconds = round(time.perf_counter() - t0, 3)
+    log = {"config": asdict(cfg), "steps": steps, "blocks": len(blocks),
+           "tokens_per_step": cfg.batch_size * cfg.seq_len, "final_loss": losses[-1],
+           "losses": losses, "seconds": seconds,
+           "parameters": sum(p.numel() for p in model.parameters())}
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    return log
