@@ -35,17 +35,18 @@ def _generator(device, seed: int, index: int) -> torch.Generator:
 
 
 def sample_targets(logits: torch.Tensor, seed: int, first_index: int) -> torch.Tensor:
-    """Targets drawn from softmax(logits), one seeded generator per example.
+    """Targets drawn from softmax(logits), with one seeded generator per example.
 
     logits [B, ..., V] -> targets [B, ...]. Seeding by the example's global index (not by batch)
-    makes the draws independent of batch size and of how the stream is sharded.
+    makes the draws independent of batch size and of how the stream is sharded. Inverse-CDF
+    sampling needs one uniform number per position (multinomial would draw one per class).
     """
-    out = torch.empty(logits.shape[:-1], dtype=torch.long, device=logits.device)
-    for b in range(logits.shape[0]):
-        probs = torch.softmax(logits[b].float().reshape(-1, logits.shape[-1]), dim=-1)
-        draw = torch.multinomial(probs, 1, generator=_generator(logits.device, seed, first_index + b))
-        out[b] = draw.view(logits.shape[1:-1])
-    return out
+    flat = logits.detach().float().reshape(logits.shape[0], -1, logits.shape[-1])
+    u = torch.stack([torch.rand(flat.shape[1], generator=_generator("cpu", seed, first_index + b))
+                     for b in range(flat.shape[0])]).to(flat.device)
+    cdf = torch.softmax(flat, dim=-1).cumsum_(dim=-1)
+    draw = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
+    return draw.clamp_(max=logits.shape[-1] - 1).view(logits.shape[:-1])
 
 
 class LMTask:
