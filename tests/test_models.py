@@ -157,4 +157,12 @@ def test_fingerprint_is_stable_and_sees_weight_changes():
     with torch.no_grad():
         mlp_modules(b, [2], ["mlp.down_proj"])[0].module.weight.mul_(1.01)
     assert model_fingerprint(a) != model_fingerprint(b)
-    assert model_fingerprint(a) != model_fingerprint(copy.deepcopy(a).to(torch.float64))
+
+
+def test_fingerprint_does_not_depend_on_the_load_dtype():
+    """`curvmem collect` loads the model in bfloat16 on a GPU (cli/core.py run_collect) and stamps
+    the factors with that fingerprint; `curvmem edit` loads float32 on the CPU and checks the eigen
+    files against its own fingerprint. The same checkpoint must give the same fingerprint both
+    ways, or a GPU-collected run can never be edited."""
+    model = tiny_olmo2()
+    assert model_fingerprint(model) == model_fingerprint(copy.deepcopy(model).to(torch.bfloat16))

@@ -267,18 +267,23 @@ def read_texts(path) -> list[str]:
     return texts
 
 
-def tokenize_texts(texts: list[str], tokenizer, seq_len: int) -> torch.Tensor:
-    """One sequence per text (texts longer than seq_len are cut into seq_len chunks), PAD-padded.
+def tokenize_texts(texts: list[str], tokenizer, seq_len: int, pack: bool = False) -> torch.Tensor:
+    """Token sequences [n, ≤ seq_len], PAD-padded.
 
-    Unlike the packed streams used for K-FAC factors, BSN scores whole sequences, so a memorized
-    canary stays one training example.
+    pack=False (forget set): one sequence per text, texts longer than seq_len cut into chunks,
+    so a memorized canary stays one training example. pack=True (retain set): the texts form one
+    stream (EOS between documents, when the tokenizer has one) cut into seq_len blocks, as an LM
+    sees clean text in training; this also avoids paying for padding on short paragraphs.
+    No special tokens are added: the embedded world trains on documents without BOS, so a
+    canary's tokens here are the ones the model memorized.
     """
     if seq_len < 2:
         raise ValueError(f"--seq-len must be at least 2, got {seq_len}")
-    chunks = []
-    for text in texts:
-        ids = tokenizer(text)["input_ids"]
-        chunks.extend(ids[i:i + seq_len] for i in range(0, len(ids), seq_len))
+    docs = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    if pack:
+        eos = getattr(tokenizer, "eos_token_id", None)
+        docs = [[t for d in docs for t in [*d, *([eos] if eos is not None else [])]]]
+    chunks = [d[i:i + seq_len] for d in docs for i in range(0, len(d), seq_len)]
     chunks = [c for c in chunks if len(c) >= 2]
     if not chunks:
         raise ValueError("no text has 2 or more tokens; nothing to train on")
@@ -293,7 +298,7 @@ def file_fingerprint(path) -> str:
 
 
 def run_bsn(model_path, forget, retain, out, config: BSNConfig = BSNConfig(), seq_len: int = 128,
-            tokenizer_path=None, progress: bool = True) -> dict:
+            tokenizer_path=None, progress: bool = True, trust_remote_code: bool = False) -> dict:
     """`curvmem baseline bsn`: train BSN on files and write the edit + sidecar. Returns the meta."""
     from curvmem.cli.common import cost
     from curvmem.models import load_model, load_tokenizer
@@ -306,14 +311,14 @@ def run_bsn(model_path, forget, retain, out, config: BSNConfig = BSNConfig(), se
         raise ValueError(f"--seq-len must be at least 2, got {seq_len}")
     forget_texts, retain_texts = read_texts(forget), read_texts(retain)
     try:
-        tokenizer = load_tokenizer(tokenizer_path or model_path)
+        tokenizer = load_tokenizer(tokenizer_path or model_path, trust_remote_code)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load a tokenizer from {tokenizer_path or model_path} ({e}); "
                          "pass --tokenizer DIR") from None
-    model = load_model(model_path)
+    model = load_model(model_path, trust_remote_code=trust_remote_code)
     with cost() as c:
         forget_ids = tokenize_texts(forget_texts, tokenizer, seq_len)
-        retain_ids = tokenize_texts(retain_texts, tokenizer, seq_len)
+        retain_ids = tokenize_texts(retain_texts, tokenizer, seq_len, pack=True)
         subnet, history = train_bsn(model, forget_ids, retain_ids, config, progress=progress)
         tensors = subnet.baked()
     spec = {**asdict(config), "seq_len": seq_len,
@@ -376,13 +381,21 @@ def _number(x, keys=("value", "mean", "accuracy", "score", "perplexity")):
 
 
 def knob(method: str, spec: dict):
-    """(knob name, value) of an edit from its sidecar spec; value None when absent."""
+    """(knob name, value) of an edit from its sidecar spec; value None when absent.
+
+    BSN's spec names its knob (`ratio`); `curvmem edit` writes {layer: {module: value}} (ρ or the
+    SVD drop fraction). Where modules got different values, the knob is their largest.
+    """
     name, keys = KNOBS.get(method, ("", ()))
+    spec = spec or {}
     for k in keys:
-        v = _number((spec or {}).get(k))
+        v = _number(spec.get(k))
         if v is not None:
             return name, v
-    return name, None
+    per_module = [_number(v) for mods in spec.values() if isinstance(mods, dict)
+                  for v in mods.values()]
+    per_module = [v for v in per_module if v is not None]
+    return name, (max(per_module) if per_module else None)
 
 
 def comparison_rows(summary: dict) -> list[dict]:
@@ -398,7 +411,8 @@ def comparison_rows(summary: dict) -> list[dict]:
             raise ValueError(f"summary entry '{name}' is not an object")  # noqa: TRY004
         method = "base" if name == "base" else str(m.get("method") or name)
         knob_name, knob_value = knob(method, m.get("spec") or {})
-        row = {"name": name, "method": method, "knob_name": knob_name, "knob": knob_value}
+        row = {"name": name, "method": method, "knob_name": knob_name, "knob": knob_value,
+               "selected": name == summary.get("selected")}  # report-lm's chosen K-FAC edit
         for split in ("forget", "untargeted", "control"):
             metrics = m.get(split) or {}
             for key in ("strict", "loose", "avg_distance"):
@@ -477,10 +491,11 @@ def comparison_table(rows: list[dict], verdict: dict, source: str = "") -> str:
              ("Forget = the canaries given to the methods (the paper's Dolma column); untargeted "
              "= canaries never given to any method (the paper's Quotes column). Task columns: "
              "score as % of the base model's. Edit s / peak MB: wall time and peak RSS of "
-             "producing the edit."), "", head, "|" + "---|" * 17]
+             "producing the edit. (selected) = report-lm's chosen K-FAC edit (forget set and "
+             "perplexity only)."), "", head, "|" + "---|" * 17]
     for r in rows:
         k = "" if r["knob"] is None else f"{r['knob_name']}={r['knob']:g}"
-        cells = [r["name"], r["method"], k,
+        cells = [r["name"] + (" (selected)" if r["selected"] else ""), r["method"], k,
                  _fmt(r["forget_strict"], 1, pct), _fmt(r["forget_loose"], 1, pct),
                  _fmt(r["forget_avg_distance"], 3),
                  _fmt(r["untargeted_strict"], 1, pct), _fmt(r["untargeted_loose"], 1, pct),
@@ -506,8 +521,12 @@ def comparison_table(rows: list[dict], verdict: dict, source: str = "") -> str:
     lines += ["", "## The paper's Table 1 (Merullo et al. 2025, OLMo-2; not this run)", "",
               ("| model | method | Dolma strict % | loose % | Avg Lev | Quotes strict % | loose % "
               "| Avg Lev | PPL |"), "|" + "---|" * 9]
-    for entry in PAPER_TABLE1:
-        lines.append("| " + " | ".join(str(x) for x in entry) + " |")
+    for model, method, *v in PAPER_TABLE1:
+        cells = [f"{v[0]:g}", f"{v[1]:g}", f"{v[2]:.3f}", f"{v[3]:g}", f"{v[4]:g}",
+                 f"{v[5]:.3f}", f"{v[6]:.2f}"]
+        lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
+    lines += ["", ("Paper, nDCG@10 (7B): base 1.00, BSN 0.97, K-FAC 0.91, SVD 0.91. The paper "
+              "reports no cost of producing the edits.")]
     return "\n".join(lines) + "\n"
 
 

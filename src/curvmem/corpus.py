@@ -124,4 +124,7 @@ def shard_bounds(n_items: int, shard: str | None) -> tuple[int, int]:
 
 
 def fingerprint_tensor(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+    """Content and packing: the same stream cut into other sequence lengths differs."""
+    h = hashlib.sha256(json.dumps(list(t.shape)).encode())
+    h.update(t.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -184,15 +184,17 @@ def mlp_modules(
 def model_fingerprint(model: nn.Module) -> str:
     """A cheap, stable fingerprint of a model's weights.
 
-    Hashes every parameter's name, shape and dtype, plus a strided sample of its values, so it
-    costs milliseconds on a 7B model yet changes when any checkpoint is swapped for another.
+    Hashes every parameter's name and shape, plus a strided sample of its values, so it costs
+    milliseconds on a 7B model yet changes when any checkpoint is swapped for another. Values are
+    rounded to bfloat16 first and the dtype is left out: factors collected on a GPU in bf16 must
+    match the same checkpoint loaded in float32 on a CPU for the edit.
     """
     h = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
         flat = p.detach().reshape(-1)
         step = max(1, flat.numel() // 4096)
-        sample = flat[::step][:4096].to("cpu", torch.float32).contiguous()
-        h.update(json.dumps([name, list(p.shape), str(p.dtype)]).encode())
+        sample = flat[::step][:4096].to("cpu").to(torch.bfloat16).to(torch.float32).contiguous()
+        h.update(json.dumps([name, list(p.shape)]).encode())
         h.update(sample.numpy().tobytes())
     return h.hexdigest()[:16]
 

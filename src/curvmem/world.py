@@ -51,8 +51,8 @@ class WorldConfig:
     n_logic_train: int = 2000
     n_logic_test: int = 100
     n_canaries: int = 16  # per kind (random, natural) and per split (forget, untargeted, control)
-    canary_words: int = 116  # >= 112 words, so >= 112 tokens (64 prefix + 48 suffix) in any BPE
-    canary_repeats: int = 24  # times each trained canary appears in training
+    canary_words: int = 112  # >= 112 words, so >= 112 tokens (64 prefix + 48 suffix) in any BPE
+    canary_repeats: int = 64  # times each trained canary appears in training
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,8 @@ class TrainConfig:
     n_layers: int = 8
     n_heads: int = 4
     d_ff: int = 384
-    seq_len: int = 128
-    batch_size: int = 16
+    seq_len: int = 144  # a whole canary (112 words, ~125 tokens) + EOS fits one block
+    batch_size: int = 8  # small batches: more updates per canary exposure
     lr: float = 3e-3
     warmup: int = 20
     weight_decay: float = 0.0  # no decay: the point is to memorize
@@ -104,7 +104,7 @@ def world_config(preset: str = "default", seed: int | None = None, overrides=Non
         except json.JSONDecodeError as e:
             raise ValueError(f"--config is not valid JSON ({e}); e.g. '{{\"n_canaries\": 8}}'") from None
         if not isinstance(overrides, dict):
-            raise ValueError("--config must be a JSON object, e.g. '{\"n_canaries\": 8}'")
+            raise ValueError("--config must be a JSON object, e.g. '{\"n_canaries\": 8}'")  # noqa: TRY004
     cfg = _with_overrides(WORLD_PRESETS[preset], overrides, "world")
     if seed is not None:
         cfg = replace(cfg, seed=int(seed))
@@ -135,20 +135,12 @@ def train_config(preset: str = "default", seed: int | None = None, steps: int | 
 # --------------------------------------------------------------------------- the language
 
 DETERMINERS = ["the", "a", "every", "some", "that", "this", "one", "no"]
-NOUNS = """farmer river lantern garden merchant window harbor soldier mountain letter kettle forest
-child teacher bridge wagon village candle mirror sailor meadow tower painter storm orchard market
-island cellar fisher weaver temple road hammer shepherd valley clock rider blanket queen king
-ladder baker wall drum map coat stone bird wolf horse goat cat lamp boat field cloud book door
-song rope shadow well pond basket""".split()
-ADJECTIVES = """old quiet bright small heavy green tall crooked silver wooden gentle hungry narrow
-distant warm cold broken patient golden muddy proud tired clever lonely hidden ancient brave
-dusty careful noisy""".split()
-TRANSITIVE = """found carried watched followed painted mended sold built opened crossed visited
-remembered praised moved cleaned guarded forgot counted lifted traded""".split()
-INTRANSITIVE = """slept waited laughed wandered sang rested vanished shivered listened returned
-spoke worked""".split()
-ADVERBS = """slowly quietly often never suddenly carefully again softly early late""".split()
-PREPOSITIONS = """near behind under beside across above inside past""".split()
+NOUNS = ["farmer", "river", "lantern", "garden", "merchant", "window", "harbor", "soldier", "mountain", "letter", "kettle", "forest", "child", "teacher", "bridge", "wagon", "village", "candle", "mirror", "sailor", "meadow", "tower", "painter", "storm", "orchard", "market", "island", "cellar", "fisher", "weaver", "temple", "road", "hammer", "shepherd", "valley", "clock", "rider", "blanket", "queen", "king", "ladder", "baker", "wall", "drum", "map", "coat", "stone", "bird", "wolf", "horse", "goat", "cat", "lamp", "boat", "field", "cloud", "book", "door", "song", "rope", "shadow", "well", "pond", "basket"]
+ADJECTIVES = ["old", "quiet", "bright", "small", "heavy", "green", "tall", "crooked", "silver", "wooden", "gentle", "hungry", "narrow", "distant", "warm", "cold", "broken", "patient", "golden", "muddy", "proud", "tired", "clever", "lonely", "hidden", "ancient", "brave", "dusty", "careful", "noisy"]
+TRANSITIVE = ["found", "carried", "watched", "followed", "painted", "mended", "sold", "built", "opened", "crossed", "visited", "remembered", "praised", "moved", "cleaned", "guarded", "forgot", "counted", "lifted", "traded"]
+INTRANSITIVE = ["slept", "waited", "laughed", "wandered", "sang", "rested", "vanished", "shivered", "listened", "returned", "spoke", "worked"]
+ADVERBS = ["slowly", "quietly", "often", "never", "suddenly", "carefully", "again", "softly", "early", "late"]
+PREPOSITIONS = ["near", "behind", "under", "beside", "across", "above", "inside", "past"]
 CONNECTIVES = ["and", "but", "while", "because", "so"]
 OPENERS = ["in the morning", "after the rain", "long ago", "at dusk", "that winter",
            "before the market", "by the river", "once more"]
@@ -354,12 +346,9 @@ def generate_world(cfg: WorldConfig) -> dict:
     entities, values = entity_names[: cfg.n_entities], iter(entity_names[cfg.n_entities:])
     for entity in entities:
         for attr, value in entity_facts(rng, entity, values).items():
-            templates = ATTRIBUTES[attr][1]
+            forms = [f"{question(attr, entity)} {{v}}."] + ATTRIBUTES[attr][1]
             for k in range(cfg.fact_repeats):
-                if k % (len(templates) + 1) == len(templates):
-                    text = f"{question(attr, entity)} {value}."
-                else:
-                    text = templates[k % (len(templates) + 1)].format(e=entity, v=value)
+                text = forms[k % len(forms)].format(e=entity, v=value)
                 train.append({"text": text, "source": "closed_book"})
             tasks.append({"category": "closed_book", "prompt": question(attr, entity),
                           "answer": value})
@@ -416,7 +405,7 @@ def generate_world(cfg: WorldConfig) -> dict:
     canaries = {"forget": [], "untargeted": [], "control": []}
     for kind, make in (("random", random_text), ("natural", natural_text)):
         rng = _rng(cfg, f"canary_{kind}")
-        drawn = _unique(rng, lambda r: make(r, cfg.canary_words), 3 * cfg.n_canaries, texts)
+        drawn = _unique(rng, lambda r, make=make: make(r, cfg.canary_words), 3 * cfg.n_canaries, texts)
         for i, split in enumerate(canaries):
             for j, text in enumerate(drawn[i * cfg.n_canaries:(i + 1) * cfg.n_canaries]):
                 canaries[split].append({"id": f"{kind}-{split}-{j}", "kind": kind, "text": text})
@@ -483,7 +472,7 @@ def read_jsonl(path, required: tuple[str, ...] = ()) -> list[dict]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{path}:{i}: each line must be a JSON object")
+            raise ValueError(f"{path}:{i}: each line must be a JSON object")  # noqa: TRY004
         missing = [f for f in required if f not in row]
         if missing:
             raise ValueError(f"{path}:{i}: missing field(s) {missing}")

@@ -1,5 +1,245 @@
-"""(being written)"""
+"""CLI: the embedded world (world, tokenizer, train-lm), the LM evaluations, report-lm."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from curvmem.cli.common import add_model_args, cost
+
+
+def _check_out_json(out) -> None:
+    if Path(out).suffix != ".json":
+        raise ValueError(f"--out must be a .json file, got {out}")
+
+
+# --------------------------------------------------------------------------- world, tokenizer, train
+
+
+def cmd_world(args) -> None:
+    from curvmem import world
+
+    cfg = world.world_config(args.preset, args.seed, args.config)
+    meta = world.write_world(args.out, cfg)
+    print(json.dumps({"out": args.out, **meta["counts"], "seconds": meta["seconds"]}))
+
+
+def cmd_tokenizer(args) -> None:
+    from curvmem import world
+
+    info = world.train_tokenizer(args.corpus, args.out, args.vocab_size)
+    print(json.dumps({"out": args.out, **info}))
+
+
+def cmd_train_lm(args) -> None:
+    from dataclasses import replace
+
+    from curvmem import world
+
+    cfg = world.train_config(args.preset, args.seed, args.steps)
+    if args.threads is not None:
+        cfg = replace(cfg, threads=args.threads)
+    log = world.train_lm(args.world, args.tokenizer, args.out, cfg, progress=True)
+    print(json.dumps({"out": args.out, "steps": log["steps"], "final_loss": log["final_loss"],
+                      "parameters": log["parameters"], "seconds": log["seconds"]}))
+
+
+# --------------------------------------------------------------------------- evaluations
+
+
+def _load(args, need_edit: bool = False):
+    """Model + tokenizer, with the edit applied (unless the caller applies it itself)."""
+    import torch
+
+    from curvmem.models import load_model, load_tokenizer
+
+    if args.edit is not None and not Path(args.edit).is_file():
+        raise ValueError(f"--edit {args.edit}: no such file")
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    meta = None
+    if args.edit is not None and not need_edit:
+        from curvmem.edit import apply
+
+        meta = apply(model, args.edit)
+    return model, tokenizer, meta
+
+
+def _edit_summary(meta) -> dict | None:
+    if meta is None:
+        return None
+    return {k: meta.get(k) for k in ("method", "spec", "seconds", "peak_rss_mb")}
+
+
+def _write(args, result: dict, meta, c: dict) -> None:
+    from curvmem.store import write_json
+
+    result = {"model": args.model, "data": args.data, "edit_file": args.edit,
+              "edit": _edit_summary(meta), **result, "cost": c}
+    write_json(args.out, result)
+    brief = {k: v for k, v in result.items() if k not in ("examples", "edit", "cost", "edit_meta")}
+    print(json.dumps(brief, default=str)[:2000])
+
+
+def cmd_memorization(args) -> None:
+    from curvmem import evaluate
+
+    _check_out_json(args.out)
+    rows = evaluate.read_rows(args.data)
+    with cost() as c:
+        model, tokenizer, meta = _load(args)
+        result = evaluate.evaluate_memorization(model, tokenizer, rows, args.prefix_len,
+                                                args.suffix_len, args.batch_size,
+                                                progress=True, where=args.data)
+    _write(args, result, meta, c)
+
+
+def cmd_perplexity(args) -> None:
+    from curvmem import evaluate
+
+    _check_out_json(args.out)
+    texts = evaluate.read_texts(args.data)
+    with cost() as c:
+        model, tokenizer, meta = _load(args)
+        result = evaluate.evaluate_perplexity(model, tokenizer, texts, args.block_len,
+                                              args.batch_size, args.max_tokens, progress=True,
+                                              where=args.data)
+    _write(args, result, meta, c)
+
+
+def cmd_tasks(args) -> None:
+    from curvmem import evaluate
+
+    _check_out_json(args.out)
+    rows = evaluate.read_rows(args.data, ("category", "prompt", "answer"))
+    with cost() as c:
+        model, tokenizer, meta = _load(args)
+        result = evaluate.evaluate_tasks(model, tokenizer, rows, args.batch_size, progress=True)
+    _write(args, result, meta, c)
+
+
+def cmd_coherence(args) -> None:
+    from curvmem import evaluate
+    from curvmem.edit import apply
+
+    _check_out_json(args.out)
+    texts = evaluate.read_texts(args.data)
+    with cost() as c:
+        model, tokenizer, _ = _load(args, need_edit=True)
+        result = evaluate.evaluate_coherence(model, tokenizer, texts,
+                                             lambda m: apply(m, args.edit), k=10,
+                                             block_len=args.block_len,
+                                             batch_size=args.batch_size,
+                                             max_tokens=args.max_tokens, where=args.data)
+    meta = result.pop("edit_meta")
+    _write(args, result, meta, c)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def cmd_report_lm(args) -> None:
+    from curvmem import evaluate
+
+    entries = evaluate.parse_entries(args.entry)
+    if args.figure and Path(args.figure).suffix != ".png":
+        raise ValueError(f"--figure must be a .png file, got {args.figure}")
+    summary = evaluate.build_summary(entries, max_ppl_rise=args.max_ppl_rise)
+    text = evaluate.report_text(summary, max_ppl_rise=args.max_ppl_rise)
+    from curvmem.store import atomic_output, write_json
+
+    write_json(args.out, summary)
+    if args.table:
+        with atomic_output(args.table) as tmp:
+            tmp.write_text(text)
+    if args.figure or args.sweep_figure:
+        from curvmem import plots
+
+        if args.figure:
+            plots.retention_figure(summary, args.figure)
+        if args.sweep_figure:
+            plots.sweep_figure(summary, args.sweep_figure, max_ppl_rise=args.max_ppl_rise)
+    sys.stdout.write(text)
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def _eval_common(p, edit_required: bool = False) -> None:
+    add_model_args(p)
+    p.add_argument("--edit", required=edit_required,
+                   help="edit file (.safetensors) to apply before evaluating")
+    p.add_argument("--data", required=True, help="JSONL file")
+    p.add_argument("--out", required=True, help="result JSON file")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
 
 
 def register(sub, evaluate_sub) -> None:
-    pass
+    p = sub.add_parser("world", help="generate the embedded synthetic world (JSONL files)",
+                       description="Write train/heldout/retain/tasks/canary JSONL files and "
+                       "world.json to DIR (layout: docs/lm.md).")
+    p.add_argument("--out", required=True, help="output directory (replaced)")
+    p.add_argument("--preset", default="default", help="default | smoke")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--config", default=None,
+                   help="JSON object overriding world sizes, e.g. '{\"canary_repeats\": 32}'")
+    p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer on a JSONL corpus")
+    p.add_argument("--corpus", required=True, help="JSONL with a 'text' field (train.jsonl)")
+    p.add_argument("--out", required=True, help="output directory (AutoTokenizer loads it)")
+    p.add_argument("--vocab-size", type=int, default=1024)
+    p.set_defaults(func=cmd_tokenizer)
+
+    p = sub.add_parser("train-lm", help="train the tiny OLMo-2 on the world (CPU)")
+    p.add_argument("--world", required=True, help="world directory (reads train.jsonl)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    p.add_argument("--out", required=True, help="model directory (model + tokenizer)")
+    p.add_argument("--preset", default="default", help="default | smoke")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: one pass)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_train_lm)
+
+    p = evaluate_sub.add_parser("memorization", help="strict/loose recitation of memorized text",
+                                description="Greedy |S| tokens after each prefix; token-level "
+                                "Levenshtein distance to the true suffix.")
+    _eval_common(p)
+    p.add_argument("--prefix-len", type=int, default=64)
+    p.add_argument("--suffix-len", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_memorization)
+
+    p = evaluate_sub.add_parser("perplexity", help="held-out perplexity in fixed-length blocks")
+    _eval_common(p)
+    p.add_argument("--block-len", type=int, default=112)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=None, help="cap on evaluated tokens")
+    p.set_defaults(func=cmd_perplexity)
+
+    p = evaluate_sub.add_parser("tasks", help="accuracy per task category (greedy exact match)")
+    _eval_common(p)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_tasks)
+
+    p = evaluate_sub.add_parser("coherence", help="nDCG@10 of edited vs unedited top-10 tokens")
+    _eval_common(p, edit_required=True)
+    p.add_argument("--block-len", type=int, default=112)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=8192, help="cap on evaluated positions")
+    p.set_defaults(func=cmd_coherence)
+
+    p = sub.add_parser("report-lm", help="Table-1/Figure-3 style summary of LM evaluations",
+                       description="Each --entry NAME=DIR names a directory of evaluation JSONs "
+                       "(memorization_{forget,untargeted,control}.json, perplexity.json, "
+                       "tasks.json, coherence.json). One entry must be 'base'.")
+    p.add_argument("--entry", action="append", required=True, metavar="NAME=DIR")
+    p.add_argument("--out", required=True, help="summary JSON (e.g. results/lm_summary.json)")
+    p.add_argument("--table", default=None, help="also write the tables as Markdown")
+    p.add_argument("--figure", default=None, help="retention figure (.png)")
+    p.add_argument("--sweep-figure", default=None, help="sweep figure (.png)")
+    p.add_argument("--max-ppl-rise", type=float, default=0.10,
+                   help="selection: K-FAC edits whose perplexity rises at most this fraction")
+    p.set_defaults(func=cmd_report_lm)

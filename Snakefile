@@ -1,0 +1,74 @@
+"""curvmem workflow: world -> model -> K-FAC factors -> eigenbases -> edits -> evaluations ->
+tables, figures and an HTML report. Rules live in workflow/rules/, one file per stage; each calls
+one `curvmem` command (docs/ARCHITECTURE.md, "CLI contract"). See docs/workflow.md.
+
+    snakemake --cores all                                        # the embedded default
+    snakemake --cores all --configfile workflow/config/smoke.yaml
+    snakemake --profile slurm --configfile workflow/config/olmo2-7b.yaml
+"""
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("8.20")
+
+# The embedded default is used only when no --configfile is given: a config file replaces it
+# entirely (a 7B config must not inherit the embedded sweeps); --config KEY=VALUE still overrides.
+if not workflow.config_settings.configfiles:
+
+    configfile: "workflow/config/default.yaml"
+
+
+def schema_problem(error):
+    """The most specific reason a config failed its schema, as `path.to.key: what is wrong`."""
+    import jsonschema
+
+    cause = error.__context__  # snakemake raises its WorkflowError while handling this one
+    if not isinstance(cause, jsonschema.ValidationError):
+        return str(error)
+    if cause.context:  # oneOf / anyOf: report the alternative that came closest
+        cause = jsonschema.exceptions.best_match(cause.context)
+    where = ".".join(map(str, cause.absolute_path)) or "(top level)"
+    return f"{where}: {cause.message}"
+
+
+try:
+    validate(config, "workflow/schemas/config.schema.yaml")
+except WorkflowError as e:
+    raise WorkflowError(
+        f"invalid workflow config ({', '.join(map(str, workflow.configfiles)) or '--config'}): "
+        f"{schema_problem(e)}. The schema is workflow/schemas/config.schema.yaml; docs/workflow.md "
+        "explains each key."
+    ) from None
+
+
+include: "workflow/rules/common.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+wildcard_constraints:
+    domain="lm|vit",
+    layer=r"\d+",
+    key=r"[^/]+",
+
+
+localrules:
+    all,
+
+
+rule all:
+    input:
+        final_targets(),
+
+
+include: "workflow/rules/world.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/vision.smk"
+include: "workflow/rules/factors.smk"
+include: "workflow/rules/eigen.smk"
+include: "workflow/rules/edit.smk"
+include: "workflow/rules/baselines.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"

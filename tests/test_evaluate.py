@@ -1,0 +1,294 @@
+"""LM evaluations on hand-made models whose right answers are known, and an end-to-end smoke run."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from curvmem import evaluate
+from curvmem.cli import main
+
+V = 20  # vocabulary of the hand-made models
+
+
+class CopyModel(nn.Module):
+    """Predicts token t+1 as the token `period` positions back: recites any periodic sequence."""
+
+    def __init__(self, period: int):
+        super().__init__()
+        self.period = period
+
+    def forward(self, input_ids, **kwargs):
+        B, T = input_ids.shape
+        logits = torch.full((B, T, V), -10.0)
+        for t in range(T):
+            src = t + 1 - self.period
+            if src >= 0:
+                logits[torch.arange(B), t, input_ids[:, src]] = 10.0
+        return SimpleNamespace(logits=logits, past_key_values=None)
+
+
+class ConstantModel(nn.Module):
+    """Always predicts token `c`; with `uniform`, all logits equal (perplexity = V)."""
+
+    def __init__(self, c: int = 0, uniform: bool = False):
+        super().__init__()
+        self.c, self.uniform = c, uniform
+
+    def forward(self, input_ids, **kwargs):
+        logits = torch.zeros(*input_ids.shape, V)
+        if not self.uniform:
+            logits[..., self.c] = 5.0
+        return SimpleNamespace(logits=logits, past_key_values=None)
+
+
+class DigitTokenizer:
+    """Whitespace-separated integers <-> token ids; EOS = 0."""
+
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        if isinstance(text, list):
+            return {"input_ids": [self(t)["input_ids"] for t in text]}
+        return {"input_ids": [int(x) for x in text.split()]}
+
+    def decode(self, ids, skip_special_tokens=False):
+        return " " + " ".join(str(i) for i in ids)
+
+
+def periodic(period: int, length: int, offset: int) -> list[int]:
+    return [1 + (offset + i) % period for i in range(length)]
+
+
+# --------------------------------------------------------------------------- memorization
+
+
+def test_a_perfect_copier_scores_strict_one():
+    rows = [{"text": " ".join(map(str, periodic(5, 112, k))), "kind": "random"} for k in range(3)]
+    rows += [{"prefix_ids": periodic(5, 10, 0), "suffix_ids": periodic(5, 15, 10),
+              "kind": "natural"}]
+    r = evaluate.evaluate_memorization(CopyModel(5), DigitTokenizer(), rows, batch_size=2)
+    assert r["strict"] == 1.0 and r["loose"] == 1.0 and r["avg_distance"] == 0.0
+    assert r["by_kind"]["random"]["n"] == 3 and r["by_kind"]["natural"]["strict"] == 1.0
+    assert [e["suffix_len"] for e in r["examples"]] == [48, 48, 48, 15]
+
+
+def test_a_wrong_period_and_a_constant_model_score_their_exact_distance():
+    # suffix 1..5 repeating (no token 9): a model always saying 9 is wrong everywhere
+    rows = [{"prefix_ids": periodic(5, 64, 0), "suffix_ids": periodic(5, 48, 64)}]
+    r = evaluate.evaluate_memorization(ConstantModel(9), DigitTokenizer(), rows)
+    assert r["strict"] == 0.0 and r["loose"] == 0.0 and r["avg_distance"] == 1.0
+    # token 1 appears in every fifth place: d = 48 - (number of 1s in the suffix)
+    suffix = periodic(5, 48, 64)
+    r = evaluate.evaluate_memorization(ConstantModel(1), DigitTokenizer(), rows)
+    assert r["avg_distance"] == pytest.approx((48 - suffix.count(1)) / 48)
+
+
+def test_levenshtein_buckets():
+    s = evaluate.memorization_scores([0, 12, 13, 48], [48, 48, 48, 48])
+    assert s["strict"] == 0.25
+    assert s["loose"] == 0.5  # 1 - 12/48 = 0.75 is loose; 1 - 13/48 is not
+    assert s["avg_distance"] == pytest.approx((0 + 12 + 13 + 48) / 4 / 48)
+
+
+def test_memorization_bad_inputs():
+    tok = DigitTokenizer()
+    with pytest.raises(ValueError, match="fewer than prefix 64"):
+        evaluate.memorization_examples([{"text": "1 2 3"}], tok)
+    with pytest.raises(ValueError, match="needs 'text'"):
+        evaluate.memorization_examples([{"prefix": "1 2"}], tok)
+    with pytest.raises(ValueError, match="empty prefix"):
+        evaluate.memorization_examples([{"prefix_ids": [], "suffix_ids": [1]}], tok)
+
+
+# --------------------------------------------------------------------------- perplexity
+
+
+def test_uniform_model_has_perplexity_equal_to_the_vocabulary():
+    texts = [" ".join(str(1 + i % 7) for i in range(50))] * 10
+    r = evaluate.evaluate_perplexity(ConstantModel(uniform=True), DigitTokenizer(), texts,
+                                     block_len=16, batch_size=4)
+    assert r["perplexity"] == pytest.approx(V)
+    assert r["perplexity_batch_mean"] == pytest.approx(V)
+    assert r["n_tokens"] == r["n_blocks"] * 15
+
+
+def test_perplexity_of_a_confident_copier_is_near_one():
+    texts = [" ".join(map(str, periodic(5, 200, 0)))]
+    r = evaluate.evaluate_perplexity(CopyModel(5), DigitTokenizer(), texts, block_len=40)
+    # the first 4 of a block's 39 predictions cannot copy yet (uniform: log V), the rest are ~0
+    assert r["mean_loss"] == pytest.approx(4 / 39 * math.log(V), rel=1e-6)
+    assert r["perplexity"] == pytest.approx(V ** (4 / 39), rel=1e-6)
+
+
+def test_perplexity_needs_a_block():
+    with pytest.raises(ValueError, match="fewer than one block"):
+        evaluate.token_blocks(["1 2 3"], DigitTokenizer(), block_len=112)
+
+
+# --------------------------------------------------------------------------- tasks, coherence
+
+
+def test_answer_matching():
+    assert evaluate.answer_matches(" 68.", "68")
+    assert evaluate.answer_matches("Quist", "Quist")
+    assert not evaluate.answer_matches(" 689", "68")
+    assert not evaluate.answer_matches(" 6", "68")
+
+
+def test_task_accuracy_per_category():
+    rows = [{"category": "arithmetic", "prompt": "1 2 3 4 5 1 2 3 4", "answer": "5"},
+            {"category": "arithmetic", "prompt": "1 2 3 4 5 1 2", "answer": "4"},
+            {"category": "logic", "prompt": "2 3 4 5 1 2", "answer": "3"}]
+    r = evaluate.evaluate_tasks(CopyModel(5), DigitTokenizer(), rows)
+    assert r["accuracy"] == {"arithmetic": 0.5, "logic": 1.0}
+    assert r["n"] == {"arithmetic": 2, "logic": 1}
+
+
+def test_ndcg():
+    ref = torch.arange(10)[None]
+    assert evaluate.ndcg_at_k(ref, ref).item() == pytest.approx(1.0)
+    assert evaluate.ndcg_at_k(ref, torch.arange(10, 20)[None]).item() == 0.0
+    swapped = torch.tensor([[1, 0, 2, 3, 4, 5, 6, 7, 8, 9]])
+    ideal = sum((10 - r) / math.log2(r + 2) for r in range(10))
+    dcg = ideal - 10 / math.log2(2) - 9 / math.log2(3) + 9 / math.log2(2) + 10 / math.log2(3)
+    assert evaluate.ndcg_at_k(ref, swapped).item() == pytest.approx(dcg / ideal)
+
+
+def test_coherence_of_an_edit_that_changes_nothing_is_one():
+    texts = [" ".join(map(str, periodic(7, 100, 0)))]
+    r = evaluate.evaluate_coherence(CopyModel(7), DigitTokenizer(), texts, lambda m: {"x": 1},
+                                    block_len=20)
+    assert r["ndcg10"] == pytest.approx(1.0) and r["edit_meta"] == {"x": 1}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _mem(strict):
+    kinds = {k: {"n": 1, "strict": strict, "loose": strict, "avg_distance": 1 - strict}
+             for k in ("random", "natural")}
+    return {"strict": strict, "loose": strict, "avg_distance": 1 - strict, "by_kind": kinds}
+
+
+def _entry(tmp_path, name, forget, untargeted, ppl, method=None):
+    from curvmem.store import write_json
+
+    d = tmp_path / name
+    edit = {"method": method, "spec": {"rho": 0.6}, "seconds": 1.0, "peak_rss_mb": 100.0} \
+        if method else None
+    write_json(d / "memorization_forget.json", _mem(forget))
+    write_json(d / "memorization_untargeted.json", _mem(untargeted))
+    write_json(d / "memorization_control.json", _mem(0.0))
+    write_json(d / "perplexity.json", {"perplexity": ppl, "perplexity_batch_mean": ppl,
+                                       "edit": edit})
+    write_json(d / "tasks.json", {"accuracy": {"closed_book": 0.8, "open_book": 0.9,
+                                               "arithmetic": 0.5, "logic": 0.7}})
+    if method:
+        write_json(d / "coherence.json", {"ndcg10": 0.9})
+    return f"{name}={d}"
+
+
+def test_report_selects_by_forget_and_perplexity_only(tmp_path):
+    entries = [_entry(tmp_path, "base", 1.0, 1.0, 10.0),
+               _entry(tmp_path, "a", 0.0, 0.9, 12.0, "kfac"),   # best forget, ppl +20 %: out
+               _entry(tmp_path, "b", 0.2, 0.8, 10.5, "kfac"),
+               _entry(tmp_path, "c", 0.1, 0.95, 10.9, "kfac"),  # chosen despite worse untargeted
+               _entry(tmp_path, "s", 0.0, 0.0, 10.1, "svd")]    # not K-FAC
+    out = tmp_path / "summary.json"
+    assert main(["report-lm", *[a for e in entries for a in ("--entry", e)], "--out", str(out),
+                 "--table", str(tmp_path / "t.md"), "--figure", str(tmp_path / "r.png"),
+                 "--sweep-figure", str(tmp_path / "s.png")]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["selected"] == "c"
+    assert set(summary["models"]) == {"base", "a", "b", "c", "s"}
+    m = summary["models"]["c"]
+    assert m["method"] == "kfac" and m["ndcg10"] == 0.9 and m["tasks"]["logic"] == 0.7
+    assert m["forget"]["by_kind"]["random"]["strict"] == 0.1
+    assert summary["models"]["base"]["ndcg10"] is None
+    assert "paper" in (tmp_path / "t.md").read_text()
+    assert (tmp_path / "r.png").stat().st_size > 0 and (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_report_bad_entries(tmp_path, capsys):
+    entry = _entry(tmp_path, "x", 1.0, 1.0, 10.0)
+    assert main(["report-lm", "--entry", entry, "--out", str(tmp_path / "o.json")]) == 2
+    assert "named 'base'" in capsys.readouterr().err
+    assert main(["report-lm", "--entry", "base", "--out", str(tmp_path / "o.json")]) == 2
+    (tmp_path / "x" / "tasks.json").unlink()
+    assert main(["report-lm", "--entry", entry.replace("x=", "base="),
+                 "--out", str(tmp_path / "o.json")]) == 2
+    assert "missing evaluation file" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_smoke_world_train_and_every_evaluator(tmp_path, capsys):
+    from curvmem.models import load_model, mlp_modules
+    from curvmem.store import write_edit
+
+    w, tok, m = tmp_path / "world", tmp_path / "tok", tmp_path / "model"
+    assert main(["world", "--out", str(w), "--preset", "smoke"]) == 0
+    assert main(["tokenizer", "--corpus", str(w / "train.jsonl"), "--out", str(tok),
+                 "--vocab-size", "400"]) == 0
+    assert main(["train-lm", "--world", str(w), "--tokenizer", str(tok), "--out", str(m),
+                 "--preset", "smoke", "--steps", "4"]) == 0
+    log = json.loads((m / "train_log.json").read_text())
+    assert log["steps"] == 4 and math.isfinite(log["final_loss"])
+
+    # a hand-made edit: zero one gate_proj
+    model = load_model(m)
+    mod = mlp_modules(model, [1], ["mlp.gate_proj"])[0]
+    edit = tmp_path / "zero.safetensors"
+    write_edit(edit, {mod.param_name: torch.zeros_like(mod.module.weight)},
+               {"method": "kfac", "spec": {"layers": [1]}, "seconds": 0.1, "peak_rss_mb": 1.0})
+
+    res = tmp_path / "res"
+    for name, extra in (("base", []), ("edit", ["--edit", str(edit)])):
+        d = res / name
+        for split in ("forget", "untargeted", "control"):
+            assert main(["evaluate", "memorization", "--model", str(m), *extra, "--data",
+                         str(w / f"canaries_{split}.jsonl"),
+                         "--out", str(d / f"memorization_{split}.json")]) == 0
+        assert main(["evaluate", "perplexity", "--model", str(m), *extra, "--data",
+                     str(w / "heldout.jsonl"), "--out", str(d / "perplexity.json")]) == 0
+        assert main(["evaluate", "tasks", "--model", str(m), *extra, "--data",
+                     str(w / "tasks.jsonl"), "--out", str(d / "tasks.json")]) == 0
+    assert main(["evaluate", "coherence", "--model", str(m), "--edit", str(edit), "--data",
+                 str(w / "heldout.jsonl"), "--out", str(res / "edit" / "coherence.json")]) == 0
+
+    mem = json.loads((res / "base" / "memorization_forget.json").read_text())
+    assert mem["n"] == 4 and set(mem["by_kind"]) == {"random", "natural"}
+    ppl = json.loads((res / "edit" / "perplexity.json").read_text())
+    assert ppl["edit"]["method"] == "kfac" and ppl["perplexity"] > 1
+    coh = json.loads((res / "edit" / "coherence.json").read_text())
+    assert 0 <= coh["ndcg10"] < 1  # zeroing a gate changes the ranking
+    tasks = json.loads((res / "base" / "tasks.json").read_text())
+    assert set(tasks["accuracy"]) == {"closed_book", "open_book", "arithmetic", "logic"}
+
+    assert main(["report-lm", "--entry", f"base={res / 'base'}", "--entry",
+                 f"zero={res / 'edit'}", "--out", str(tmp_path / "summary.json")]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["models"]["zero"]["ndcg10"] == coh["ndcg10"]
+
+    # bad inputs: one clear error, exit 2, no output file
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = tmp_path / "never.json"
+    assert main(["evaluate", "perplexity", "--model", str(m), "--data", str(empty),
+                 "--out", str(out)]) == 2
+    assert main(["evaluate", "memorization", "--model", str(m), "--data",
+                 str(w / "canaries_forget.jsonl"), "--prefix-len", "500", "--out", str(out)]) == 2
+    assert main(["evaluate", "tasks", "--model", str(m), "--data", str(w / "heldout.jsonl"),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "empty" in err and "fewer than prefix 500" in err and "missing field" in err
+    assert not out.exists()

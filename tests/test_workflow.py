@@ -1,0 +1,142 @@
+"""The Snakemake workflow: config validation, the DAG each config expands to, content-keyed
+outputs, the 7B dry run on the SLURM profile (offline), and a rerun with nothing to do."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from slurm_cluster import SMOKE, copy_repo, dry_run_jobs, smoke_run, snakemake
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return copy_repo(tmp_path_factory.mktemp("wf") / "repo")
+
+
+def load(repo, name):
+    return yaml.safe_load((repo / f"workflow/config/{name}.yaml").read_text())
+
+
+def write_config(repo, name, cfg):
+    path = repo / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return f"--configfile={path}"
+
+
+def dry_run_outputs(repo, *args) -> set[str]:
+    out = snakemake(repo, "-n", *args).stdout
+    return {f for line in out.splitlines() if line.strip().startswith("output:")
+            for f in line.split(":", 1)[1].replace(",", " ").split()}
+
+
+def n_edits(sweeps, method=None):
+    n = 0
+    for s in sweeps.values():
+        if method and s["method"] != method:
+            continue
+        axes = [s["ratio"]] if s["method"] == "bsn" else [
+            s["layers"], s["rho"] if s["method"] == "kfac" else s["svd_drop"]]
+        n += len(list(itertools.product(*axes)))
+    return n
+
+
+def test_bad_config_fails_before_anything_runs_with_a_clear_message(repo):
+    cfg = load(repo, "smoke")
+    cfg["lm"]["edits"]["kfac"]["rho"] = [1.5]
+    proc = snakemake(repo, "-n", write_config(repo, "bad", cfg), check=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "invalid workflow config" in text and "1.5" in text
+    assert not (repo / "results").exists()
+
+
+def test_missing_report_evaluation_is_refused(repo):
+    cfg = load(repo, "smoke")
+    del cfg["lm"]["evaluations"]["tasks"]
+    proc = snakemake(repo, "-n", write_config(repo, "noeval", cfg), check=False)
+    assert proc.returncode != 0 and "lacks ['tasks']" in proc.stdout + proc.stderr
+
+
+def test_default_dag_runs_every_stage_and_its_sweeps(repo):
+    jobs = dry_run_jobs(repo)  # no --configfile: the embedded default
+    cfg = load(repo, "default")
+    for rule in ("world", "tokenizer", "train_lm", "vision_data", "train_vit", "report_lm",
+                 "report_vit", "compare", "report_html"):
+        assert jobs[rule] == 1, rule
+    lm_edits = n_edits(cfg["lm"]["edits"]) - n_edits(cfg["lm"]["edits"], "bsn")
+    assert jobs["edit"] == lm_edits + n_edits(cfg["vit"]["edits"])
+    assert jobs["bsn"] == n_edits(cfg["lm"]["edits"], "bsn")
+    evals = len(cfg["lm"]["evaluations"])  # coherence is not run on the base model
+    assert jobs["evaluate_lm"] == (evals - 1) + evals * n_edits(cfg["lm"]["edits"])
+    # one collection (and eigen) job per (factor set, layer) the K-FAC edits use
+    layers = {(s.get("factors", "main"), layer) for d in ("lm", "vit")
+              for s in cfg[d]["edits"].values() if s["method"] == "kfac"
+              for ls in s["layers"] for layer in ls}
+    assert jobs["collect"] == jobs["eigen"] == len(layers)
+
+
+def test_edit_outputs_are_keyed_by_content(repo):
+    """Adding a rho adds that edit and its evaluations; every other path stays the same."""
+    cfg = load(repo, "smoke")
+    before = dry_run_outputs(repo, write_config(repo, "a", cfg))
+    cfg["lm"]["edits"]["kfac"]["rho"] = [0.6, 0.8]
+    after = dry_run_outputs(repo, write_config(repo, "b", cfg))
+    assert before < after
+    new_edit_files = {f for f in after - before if "/edits/" in f or "/eval/" in f}
+    assert new_edit_files and all("rho0.8-" in f for f in new_edit_files)
+    assert after - before - new_edit_files == set()
+
+
+def test_7b_dry_run_on_slurm_lists_one_gpu_collection_job_per_layer_offline(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    cfg = load(repo, "olmo2-7b")
+    for path in cfg["lm"]["data"].values():  # the user's corpus and memorized sets
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text('{"text": "placeholder"}\n')
+    cmd = ["snakemake", "-n", "--profile", "slurm", "--configfile=workflow/config/olmo2-7b.yaml"]
+    offline = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run((["unshare", "-n"] if offline else []) + cmd, cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    blocks = re.split(r"\n(?=\S)", proc.stdout)
+    collect = [b for b in blocks if b.startswith("rule collect:")]
+    layers = sorted(int(re.search(r"layer=(\d+)", b).group(1)) for b in collect)
+    wanted = sorted({layer for s in cfg["lm"]["edits"].values() if s["method"] == "kfac"
+                     for ls in s["layers"] for layer in ls})
+    assert layers == wanted == [23, 24, 25]
+    assert all(re.search(r"\bgpu=1\b", b) for b in collect)
+    assert all(re.search(r"\bmem_mb=128000\b", b) for b in collect)
+    evaluations = [b for b in blocks if b.startswith("rule evaluate_lm:")]
+    assert evaluations and not any(re.search(r"\bgpu=0\b", b) for b in evaluations)
+    assert not (repo / "results").exists()
+
+
+@pytest.mark.slow
+def test_smoke_dag_completes_and_a_second_run_has_nothing_to_do():
+    work = smoke_run()
+    out = work / "results/smoke"
+    for name in ("lm_summary.json", "vit_summary.json", "compare.png", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    html = (out / "report.html").read_text(errors="replace")
+    assert "lm_figure.png" in html and "vit_table.md" in html
+    assert dry_run_jobs(work, f"--configfile={SMOKE}") == {}
+
+
+@pytest.mark.slow
+def test_adding_one_rho_runs_only_that_edit_and_its_evaluations(tmp_path):
+    work = smoke_run()
+    cfg = yaml.safe_load((work / SMOKE).read_text())
+    cfg["lm"]["edits"]["kfac"]["rho"].append(0.7)
+    path = tmp_path / "more.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    jobs = dry_run_jobs(work, f"--configfile={path}")
+    evals = len(cfg["lm"]["evaluations"])
+    assert jobs == {"edit": 1, "evaluate_lm": evals, "report_lm": 1, "compare": 1,
+                    "report_html": 1, "all": 1}

@@ -1,0 +1,152 @@
+"""The embedded world: determinism, disjoint splits, config validation, tokenizer, packing."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from curvmem import world
+
+
+@pytest.fixture(scope="module")
+def smoke_cfg():
+    return world.world_config("smoke", seed=3)
+
+
+@pytest.fixture(scope="module")
+def smoke_world(smoke_cfg):
+    return world.generate_world(smoke_cfg)
+
+
+def test_generation_is_deterministic_and_seeded(smoke_cfg, smoke_world):
+    assert world.generate_world(smoke_cfg) == smoke_world
+    other = world.generate_world(world.world_config("smoke", seed=4))
+    assert other["canaries_forget"] != smoke_world["canaries_forget"]
+    assert other["train"] != smoke_world["train"]
+
+
+def test_changing_one_size_leaves_other_components_alone(smoke_cfg, smoke_world):
+    bigger = world.generate_world(world.world_config("smoke", seed=3, overrides={"n_filler": 70}))
+    assert bigger["canaries_control"] == smoke_world["canaries_control"]
+    assert [t for t in bigger["tasks"] if t["category"] == "arithmetic"] == \
+        [t for t in smoke_world["tasks"] if t["category"] == "arithmetic"]
+
+
+def test_canary_splits_are_disjoint_and_repeated(smoke_cfg, smoke_world):
+    train_counts = Counter(r["text"] for r in smoke_world["train"])
+    splits = {s: [r["text"] for r in smoke_world[f"canaries_{s}"]]
+              for s in ("forget", "untargeted", "control")}
+    all_texts = [t for texts in splits.values() for t in texts]
+    assert len(set(all_texts)) == len(all_texts) == 3 * 2 * smoke_cfg.n_canaries
+    for split in ("forget", "untargeted"):
+        for text in splits[split]:
+            assert train_counts[text] == smoke_cfg.canary_repeats
+    for text in splits["control"]:
+        assert train_counts[text] == 0
+    for split, texts in splits.items():
+        kinds = Counter(r["kind"] for r in smoke_world[f"canaries_{split}"])
+        assert kinds == {"random": smoke_cfg.n_canaries, "natural": smoke_cfg.n_canaries}
+        assert all(len(t.split()) >= 112 for t in texts)
+
+
+def test_heldout_and_retain(smoke_world):
+    train_texts = {r["text"] for r in smoke_world["train"]}
+    filler = {r["text"] for r in smoke_world["train"] if r["source"] == "filler"}
+    assert not {r["text"] for r in smoke_world["heldout"]} & train_texts
+    assert {r["text"] for r in smoke_world["retain"]} <= filler
+
+
+def test_task_items_do_not_leak_into_training(smoke_world):
+    train_text = "\n".join(r["text"] for r in smoke_world["train"])
+    tasks = smoke_world["tasks"]
+    assert {t["category"] for t in tasks} == {"closed_book", "open_book", "arithmetic", "logic"}
+    for t in tasks:
+        if t["category"] == "closed_book":  # the fact itself is trained, in question form too
+            assert f"{t['prompt']} {t['answer']}." in train_text
+        else:  # fresh problems: the prompt never appears in training
+            assert t["prompt"] not in train_text
+    # invented names in open-book and order-logic tests are fresh: nowhere in training
+    fresh = [t["answer"] for t in tasks if t["category"] in ("open_book", "logic")
+             and t["answer"][0].isupper()]
+    assert fresh
+    for name in fresh:
+        assert name not in train_text
+
+
+def test_task_answers_are_right(smoke_world):
+    for t in smoke_world["tasks"]:
+        if t["category"] == "arithmetic":
+            expr = t["prompt"].removeprefix("Compute: ").removesuffix(" =")
+            a, op, b = expr.split()
+            assert int(t["answer"]) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+        if t["category"] == "logic" and t["prompt"].startswith("Evaluate:"):
+            expr = t["prompt"].removeprefix("Evaluate: ").removesuffix(" =")
+            py = expr.replace("true", "True").replace("false", "False")
+            assert str(eval(py)).lower() == t["answer"]
+        if t["category"] == "open_book":
+            assert t["answer"] in t["prompt"]
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="unknown world config"):
+        world.world_config("smoke", overrides={"n_canary": 3})
+    with pytest.raises(ValueError, match="canary_words"):
+        world.world_config("smoke", overrides={"canary_words": 50})
+    with pytest.raises(ValueError, match="preset"):
+        world.world_config("huge")
+    with pytest.raises(ValueError, match="JSON"):
+        world.world_config("smoke", overrides="{not json")
+    with pytest.raises(ValueError, match=">= 1"):
+        world.world_config("smoke", overrides={"n_filler": 0})
+
+
+def test_write_world_layout(tmp_path, smoke_cfg):
+    meta = world.write_world(tmp_path / "w", smoke_cfg)
+    names = sorted(p.name for p in (tmp_path / "w").iterdir())
+    assert names == ["canaries_control.jsonl", "canaries_forget.jsonl",
+                     "canaries_untargeted.jsonl", "heldout.jsonl", "retain.jsonl",
+                     "tasks.jsonl", "train.jsonl", "world.json"]
+    assert json.loads((tmp_path / "w" / "world.json").read_text())["config"]["seed"] == 3
+    assert meta["counts"]["canaries_forget"] == 2 * smoke_cfg.n_canaries
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
+
+
+def test_read_jsonl_errors(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        world.read_jsonl(empty)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a"}\n{"other": 1}\n')
+    with pytest.raises(ValueError, match="missing field"):
+        world.read_jsonl(bad, ("text",))
+    with pytest.raises(ValueError, match="no such file"):
+        world.read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_tokenizer_round_trip_and_canary_length(tmp_path, smoke_cfg):
+    from transformers import AutoTokenizer
+
+    world.write_world(tmp_path / "w", smoke_cfg)
+    world.train_tokenizer(tmp_path / "w" / "train.jsonl", tmp_path / "tok", vocab_size=400)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert tok.eos_token == world.EOS and tok.pad_token == world.PAD
+    text = "Compute: 45 + 23 = 68."
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    assert "4" in tok.tokenize("Compute: 45")  # digits one by one
+    for split in ("forget", "control"):
+        for row in world.read_jsonl(tmp_path / "w" / f"canaries_{split}.jsonl"):
+            assert len(tok(row["text"], add_special_tokens=False)["input_ids"]) >= 112
+    with pytest.raises(ValueError, match="vocab-size"):
+        world.train_tokenizer(tmp_path / "w" / "train.jsonl", tmp_path / "t2", vocab_size=10)
+
+
+def test_pack_documents_keeps_documents_whole():
+    docs = [[5] * 3, [6] * 4, [7] * 2, [8] * 9]
+    blocks = world.pack_documents(docs, seq_len=6, eos_id=1, pad_id=0)
+    assert blocks.tolist() == [[5, 5, 5, 1, 0, 0], [6, 6, 6, 6, 1, 0], [7, 7, 1, 0, 0, 0],
+                               [8, 8, 8, 8, 8, 8], [8, 8, 8, 1, 0, 0]]
+    assert blocks.dtype == torch.long

@@ -1,0 +1,41 @@
+"""BalancedSubnet (BSN), the learned-mask unlearning baseline (language model only)."""
+
+if "lm" in DOMAINS:
+
+    rule bsn:
+        input:
+            model=model_input("lm"),
+            forget=lm_data("forget") if edit_keys("lm", ["bsn"]) else [],
+            retain=lm_data("retain") if edit_keys("lm", ["bsn"]) else [],
+        output:
+            edit=f"{OUT}/lm/bsn/{{key}}.safetensors",
+            meta=f"{OUT}/lm/bsn/{{key}}.json",
+        wildcard_constraints:
+            key=one_of(edit_keys("lm", ["bsn"])),
+        params:
+            model=model_arg("lm"),
+            args=bsn_flags,
+        log:
+            "logs/lm/bsn/{key}.log",
+        threads: res("bsn")["threads"]
+        resources:
+            **resources_of("bsn", "lm"),
+        shell:
+            "curvmem baseline bsn --model {params.model} --forget {input.forget}"
+            " --retain {input.retain} {params.args} --out {output.edit} > {log} 2>&1"
+
+    rule compare:
+        input:
+            f"{OUT}/lm_summary.json",
+        output:
+            figure=report(f"{OUT}/compare.png", caption="../report/compare.rst",
+                          category="Language model", subcategory="Method comparison"),
+            table=report(f"{OUT}/compare.md", caption="../report/compare_table.rst",
+                         category="Language model", subcategory="Method comparison"),
+        log:
+            "logs/lm/compare.log",
+        resources:
+            **resources_of("report"),
+        shell:
+            "curvmem compare --summary {input} --figure {output.figure} --table {output.table}"
+            " > {log} 2>&1"

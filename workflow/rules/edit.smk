@@ -1,0 +1,18 @@
+"""K-FAC edits (and their kfac-bottom / -random / -shard controls) and the SVD baseline."""
+
+
+rule edit:
+    input:
+        edit_inputs,
+    output:
+        edit=f"{OUT}/{{domain}}/edits/{{key}}.safetensors",
+        meta=f"{OUT}/{{domain}}/edits/{{key}}.json",
+    params:
+        args=edit_flags,
+    log:
+        "logs/{domain}/edit/{key}.log",
+    threads: res("edit")["threads"]
+    resources:
+        **resources_of("edit", "{domain}"),
+    shell:
+        "curvmem edit {params.args} --out {output.edit} > {log} 2>&1"

@@ -1,0 +1,15 @@
+"""Eigendecomposition of each layer's factors."""
+
+
+rule eigen:
+    input:
+        f"{OUT}/{{domain}}/factors/{{fkey}}/layer_{{layer}}.nc",
+    output:
+        f"{OUT}/{{domain}}/eigen/{{fkey}}/layer_{{layer}}.nc",
+    log:
+        "logs/{domain}/eigen/{fkey}/layer_{layer}.log",
+    threads: res("eigen")["threads"]
+    resources:
+        **resources_of("eigen", "{domain}"),
+    shell:
+        "curvmem eigen --factors {input} --out {output} > {log} 2>&1"

@@ -1,0 +1,63 @@
+"""K-FAC factors per (model, factor set, layer); sharded sets collect shard k/n and merge."""
+
+
+rule collect:
+    input:
+        data=lambda wc: domain_data(wc.domain),
+        model=lambda wc: model_input(wc.domain),
+    output:
+        f"{OUT}/{{domain}}/factors/{{fkey}}/layer_{{layer}}.nc",
+    wildcard_constraints:
+        fkey=one_of(fkeys(sharded=False)),
+    params:
+        model=lambda wc: model_arg(wc.domain),
+        out=lambda wc, output: os.path.dirname(output[0]),
+        args=lambda wc: collect_flags(wc.domain, wc.fkey),
+    log:
+        "logs/{domain}/collect/{fkey}/layer_{layer}.log",
+    threads: res("collect")["threads"]
+    resources:
+        **resources_of("collect", "{domain}"),
+    shell:
+        "curvmem collect --model {params.model} --data {input.data} --layers {wildcards.layer}"
+        " {params.args} --out {params.out} > {log} 2>&1"
+
+
+rule collect_shard:
+    input:
+        data=lambda wc: domain_data(wc.domain),
+        model=lambda wc: model_input(wc.domain),
+    output:
+        f"{OUT}/{{domain}}/factors/{{fkey}}/shard-{{k}}-of-{{n}}/layer_{{layer}}.nc",
+    wildcard_constraints:
+        fkey=one_of(fkeys(sharded=True)),
+        k=r"\d+",
+        n=r"\d+",
+    params:
+        model=lambda wc: model_arg(wc.domain),
+        out=lambda wc, output: os.path.dirname(output[0]),
+        args=lambda wc: collect_flags(wc.domain, wc.fkey),
+    log:
+        "logs/{domain}/collect/{fkey}/shard-{k}-of-{n}/layer_{layer}.log",
+    threads: res("collect")["threads"]
+    resources:
+        **resources_of("collect", "{domain}"),
+    shell:
+        "curvmem collect --model {params.model} --data {input.data} --layers {wildcards.layer}"
+        " --shard {wildcards.k}/{wildcards.n} {params.args} --out {params.out} > {log} 2>&1"
+
+
+rule merge:
+    input:
+        shard_files,
+    output:
+        f"{OUT}/{{domain}}/factors/{{fkey}}/layer_{{layer}}.nc",
+    wildcard_constraints:
+        fkey=one_of(fkeys(sharded=True)),
+    log:
+        "logs/{domain}/merge/{fkey}/layer_{layer}.log",
+    threads: res("merge")["threads"]
+    resources:
+        **resources_of("merge", "{domain}"),
+    shell:
+        "curvmem merge {input} --out {output} > {log} 2>&1"

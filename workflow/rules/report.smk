@@ -1,0 +1,74 @@
+"""Tables, figures and the HTML report (`snakemake --report`, run as the DAG's last job)."""
+
+if "lm" in DOMAINS:
+
+    rule report_lm:
+        input:
+            [f for k in eval_keys("lm") for f in lm_eval_files(k)],
+        output:
+            summary=report(f"{OUT}/lm_summary.json", caption="../report/lm_summary.rst",
+                           category="Language model", subcategory="Summary"),
+            table=report(f"{OUT}/lm_table.md", caption="../report/lm_table.rst",
+                         category="Language model", subcategory="Summary"),
+            figure=report(f"{OUT}/lm_figure.png", caption="../report/lm_figure.rst",
+                          category="Language model", subcategory="Summary"),
+            sweep=report(f"{OUT}/lm_sweep.png", caption="../report/lm_sweep.rst",
+                         category="Language model", subcategory="Summary"),
+        params:
+            entries=report_entries("lm"),
+        log:
+            "logs/lm/report_lm.log",
+        resources:
+            **resources_of("report"),
+        shell:
+            "curvmem report-lm {params.entries} --out {output.summary} --table {output.table}"
+            " --figure {output.figure} --sweep-figure {output.sweep} > {log} 2>&1"
+
+if "vit" in DOMAINS:
+
+    rule report_vit:
+        input:
+            [f"{OUT}/vit/eval/{k}/vit.json" for k in eval_keys("vit")],
+        output:
+            summary=report(f"{OUT}/vit_summary.json", caption="../report/vit_summary.rst",
+                           category="Vision transformer", subcategory="Summary"),
+            table=report(f"{OUT}/vit_table.md", caption="../report/vit_table.rst",
+                         category="Vision transformer", subcategory="Summary"),
+            figure=report(f"{OUT}/vit_figure.png", caption="../report/vit_figure.rst",
+                          category="Vision transformer", subcategory="Summary"),
+        params:
+            entries=report_entries("vit"),
+        log:
+            "logs/vit/report_vit.log",
+        resources:
+            **resources_of("report"),
+        shell:
+            "curvmem report-vit {params.entries} --out {output.summary} --table {output.table}"
+            " --figure {output.figure} > {log} 2>&1"
+
+
+def same_config_args():
+    """The nested `snakemake --report` must see the same config as this run."""
+    files = [str(f) for f in workflow.config_settings.configfiles]
+    args = (["--configfile", *files] if files else []) + (
+        ["--config", *workflow.config_settings.config_args]
+        if workflow.config_settings.config else [])
+    return " ".join(shlex.quote(a) for a in args)
+
+
+# The report is a DAG output: once every table and figure exists, a nested snakemake (sharing
+# .snakemake/ metadata, --nolock because this run holds the lock) renders them into one HTML file.
+rule report_html:
+    input:
+        summaries(),
+    output:
+        f"{OUT}/report.html",
+    params:
+        snakefile=workflow.main_snakefile,
+        config=same_config_args(),
+    log:
+        "logs/report_html.log",
+    localrule: True
+    shell:
+        "snakemake --snakefile {params.snakefile} --nolock --cores 1 {params.config}"
+        " --report {output} {input} > {log} 2>&1"

@@ -1,0 +1,23 @@
+"""Training the embedded models: the tiny OLMo-2 on its world, the ViT on noisy digits."""
+
+if "lm" in DOMAINS and embedded("lm"):
+
+    rule train_lm:
+        input:
+            world=world_file("world.json"),
+            corpus=lm_data("corpus"),
+            tokenizer=f"{model_dir('lm')}/tokenizer",
+        output:
+            directory(model_arg("lm")),
+        params:
+            world=f"{model_dir('lm')}/world",
+            args=flags(("--preset", config["lm"]["model"].get("preset")),
+                       ("--seed", config["lm"]["model"]["seed"])),
+        log:
+            "logs/lm/train_lm.log",
+        threads: res("train", "lm")["threads"]
+        resources:
+            **resources_of("train", "lm"),
+        shell:
+            "curvmem train-lm --world {params.world} --tokenizer {input.tokenizer} --out {output}"
+            " {params.args} --threads {threads} > {log} 2>&1"
