@@ -88,7 +88,10 @@ def select_pairs(lam, mu, rho) -> np.ndarray:
     starts = np.repeat(c_hi - np.concatenate([[0], np.cumsum(width)[:-1]]), width)
     cols = starts + np.arange(rows.size)
     values = lam[rows] * mu[cols]
-    order = np.lexsort((rows * n + cols, -values))
+    if values.size and values.min() == values.max():
+        order = np.arange(values.size)  # a run of ties: generated row-major, i.e. by flat index
+    else:
+        order = np.lexsort((rows * n + cols, -values))
     cum = mass(c_hi) + np.cumsum(values[order])
     k = min(int(np.searchsorted(cum, target, side="left")) + 1, order.size)
     mask = np.arange(n)[None, :] < c_hi[:, None]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +28,12 @@ from tqdm.auto import tqdm
 
 from curvmem.models import MLPModule, adapter_for
 
-SEED_STRIDE = 1_000_003  # per-sequence sampling seeds: seed * SEED_STRIDE + global sequence index
 
 
 def _generator(device, seed: int, index: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * SEED_STRIDE + index)
+    # The CPU generator keeps only 32 bits of its seed: hash (seed, index) into them.
+    mixed = int.from_bytes(hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=4).digest(), "little")
+    return torch.Generator(device=device).manual_seed(mixed)
 
 
 def sample_targets(logits: torch.Tensor, seed: int, first_index: int) -> torch.Tensor:
@@ -49,13 +51,18 @@ def sample_targets(logits: torch.Tensor, seed: int, first_index: int) -> torch.T
     return draw.clamp_(max=logits.shape[-1] - 1).view(logits.shape[:-1])
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """The loss in float32 under bf16 autocast, but a float64 model keeps float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class LMTask:
     """Next-token prediction. Every position of a sequence but the last has a target."""
 
     name = "lm"
 
     def loss(self, model, batch, fisher: str, seed: int, first_index: int) -> torch.Tensor:
-        logits = model(input_ids=batch).logits[:, :-1].float()
+        logits = _at_least_float32(model(input_ids=batch).logits[:, :-1])
         if fisher == "empirical":
             targets = batch[:, 1:]
         else:
@@ -86,7 +93,7 @@ class ClassificationTask:
 
     def loss(self, model, batch, fisher: str, seed: int, first_index: int) -> torch.Tensor:
         images, labels = batch
-        logits = model(images).float()
+        logits = _at_least_float32(model(images))
         if fisher == "empirical":
             targets = labels
         else:
@@ -197,7 +204,7 @@ def collect(model, batches, modules: list[MLPModule], task, *, fisher: str = "sa
         sums = _load_checkpoint(Path(checkpoint), checkpoint_key, device)
         if sums is not None:
             tqdm.write(f"resuming from {checkpoint}: {sums.batches_done} batches, "
-                       f"{sums.n_tokens} positions already collected")
+                       f"{sums.n_tokens} positions already collected", file=sys.stderr)
     if sums is None:
         sums = Factors()
         for m in modules:

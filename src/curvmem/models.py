@@ -218,7 +218,7 @@ def load_model(path_or_id, dtype: torch.dtype | None = None, trust_remote_code: 
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
-            str(path_or_id), torch_dtype=dtype or torch.float32,
+            str(path_or_id), dtype=dtype or torch.float32,
             trust_remote_code=trust_remote_code)
     return model.to(device).eval()
 

@@ -1,0 +1,272 @@
+"""Vision: digits split and label noise, CLS-only factors, ViT metrics, the smoke pipeline."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from curvmem import vision
+from curvmem.cli import main
+
+
+def run_cli(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_split_and_noise_are_deterministic_disjoint_and_always_wrong():
+    _, labels, classes = vision.load_source("digits")
+    a = vision.split_and_corrupt(labels, len(classes), seed=3, noise=0.1, val_fraction=0.2)
+    b = vision.split_and_corrupt(labels, len(classes), seed=3, noise=0.1, val_fraction=0.2)
+    c = vision.split_and_corrupt(labels, len(classes), seed=4, noise=0.1, val_fraction=0.2)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not torch.equal(a["train_noisy"], c["train_noisy"])
+    train, val = set(a["train_index"].tolist()), set(a["val_index"].tolist())
+    assert not train & val and train | val == set(range(len(labels)))
+    assert len(val) == round(0.2 * len(labels))
+    noisy = a["train_noisy"]
+    assert int(noisy.sum()) == round(0.1 * len(train))
+    assert torch.equal(a["train_true_labels"], labels[a["train_index"]])
+    assert bool((a["train_labels"][noisy] != a["train_true_labels"][noisy]).all())
+    assert torch.equal(a["train_labels"][~noisy], a["train_true_labels"][~noisy])
+    # the replacement class is spread over the other classes, not a fixed shift
+    assert len(set((a["train_labels"][noisy] - a["train_true_labels"][noisy]).remainder(10)
+                   .tolist())) > 5
+
+
+def test_dataset_round_trip_and_load_images(tmp_path):
+    path = tmp_path / "d.safetensors"
+    assert run_cli("vision-data", "--out", path, "--seed", 1, "--noise", 0.2) == 0
+    tensors, cfg = vision.load_dataset(path)
+    side = json.loads(path.with_suffix(".json").read_text())
+    assert cfg["n_noisy"] == int(tensors["train_noisy"].sum()) == round(0.2 * cfg["n_train"])
+    assert side["noisy_train_positions"] == torch.nonzero(tensors["train_noisy"]).flatten().tolist()
+    images, labels = vision.load_images(path, "train")
+    assert images.shape == (cfg["n_train"], 1, 8, 8) and images.dtype == torch.float32
+    assert torch.equal(labels, tensors["train_labels"])  # the NOISY labels
+    assert not torch.equal(labels, tensors["train_true_labels"])
+    assert abs(float(images.mean())) < 1e-4  # standardized with the training split's statistics
+    v_images, v_labels = vision.load_images(path, "val")
+    assert v_images.shape[0] == v_labels.shape[0] == cfg["n_val"]
+    fresh, _ = vision.make_dataset(seed=1, noise=0.2)
+    assert torch.equal(fresh["train_labels"], tensors["train_labels"])
+
+
+def test_imagefolder_and_cifar10_sources(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "folder" / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(
+                tmp_path / "folder" / cls / f"{i}.png")
+    images, labels, classes = vision.load_source(f"imagefolder:{tmp_path / 'folder'}")
+    assert images.shape == (10, 3, 6, 6) and classes == ["cat", "dog"]
+    assert labels.tolist() == [0] * 5 + [1] * 5
+
+    records = np.zeros((7, 3073), dtype=np.uint8)
+    records[:, 0] = np.arange(7) % 10
+    records[:, 1:] = rng.integers(0, 255, (7, 3072), dtype=np.uint8)
+    (tmp_path / "c" / "cifar-10-batches-bin").mkdir(parents=True)
+    records.tofile(tmp_path / "c" / "cifar-10-batches-bin" / "data_batch_1.bin")
+    images, labels, classes = vision.load_source(f"cifar10:{tmp_path / 'c'}")
+    assert images.shape == (7, 3, 32, 32) and labels.tolist() == list(range(7))
+    assert float(images[3, 0, 0, 0]) == pytest.approx(records[3, 1] / 255.0)
+
+    out = tmp_path / "cf.safetensors"
+    assert run_cli("vision-data", "--source", f"imagefolder:{tmp_path / 'folder'}",
+                   "--val-fraction", 0.3, "--out", out) == 0
+    assert vision.load_images(out)[0].shape == (7, 3, 6, 6)
+
+
+def test_bad_inputs_get_clear_errors_and_no_output(tmp_path, capsys):
+    out = tmp_path / "d.safetensors"
+    for argv, msg in [
+        (["--noise", "1.5"], "--noise"),
+        (["--val-fraction", "0"], "--val-fraction"),
+        (["--source", "mnist"], "unknown --source"),
+        (["--source", f"imagefolder:{tmp_path / 'none'}"], "no such directory"),
+        (["--source", f"cifar10:{tmp_path}"], "data_batch"),
+    ]:
+        assert run_cli("vision-data", "--out", out, *argv) == 2
+        assert msg in capsys.readouterr().err
+    assert run_cli("vision-data", "--out", tmp_path / "d.npy") == 2
+    assert not list(tmp_path.iterdir())
+
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        vision.load_images(tmp_path / "junk.safetensors")
+    with pytest.raises(ValueError, match="no such vision dataset"):
+        vision.load_images(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="split"):
+        vision.load_images(tmp_path / "junk.safetensors", split="test")
+    with pytest.raises(ValueError, match="not a curvmem vision model"):
+        vision.load_model(tmp_path)
+    with pytest.raises(ValueError, match="--preset"):
+        vision.build_model(10, (1, 8, 8), preset="huge")
+    with pytest.raises(ValueError, match="patches"):
+        vision.build_model(10, (1, 6, 6))
+    with pytest.raises(ValueError, match="'base'"):
+        vision.summarize([("x", {"memorized": 0, "val_acc": 0, "clean_train_acc": 0,
+                                 "train_gt_acc": 0, "edit": {"method": "kfac"}})])
+
+
+def test_is_vision_model_is_cheap_and_never_raises(tmp_path):
+    assert not vision.is_vision_model("allenai/OLMo-2-0425-1B")
+    assert not vision.is_vision_model(tmp_path)
+    assert not vision.is_vision_model("bad\x00path")
+    (tmp_path / vision.CONFIG_FILE).write_text("{}")
+    assert vision.is_vision_model(tmp_path) and vision.is_vision_model(str(tmp_path))
+
+
+# --------------------------------------------------------------------------- CLS-only factors
+
+
+def _direct_cls_factors(model, images, labels, modules):
+    """A and G at the CLS position from plain autograd: each module's output gets `+ eps`, eps
+    a zero tensor that requires grad, so eps.grad is the gradient at the module's output."""
+    inputs, eps = {}, {}
+
+    def hook(key):
+        def fn(module, args, out):
+            inputs[key] = args[0].detach()
+            eps[key] = torch.zeros_like(out, requires_grad=True)
+            return out + eps[key]
+        return fn
+
+    handles = [m.module.register_forward_hook(hook((m.layer, m.name))) for m in modules]
+    loss = torch.nn.functional.cross_entropy(model(images), labels, reduction="sum")
+    loss.backward()
+    for h in handles:
+        h.remove()
+    n = images.shape[0]
+    A = {k: a[:, 0].T @ a[:, 0] / n for k, a in inputs.items()}
+    G = {k: e.grad[:, 0].T @ e.grad[:, 0] / n for k, e in eps.items()}
+    all_tokens = {k: a.flatten(0, 1).T @ a.flatten(0, 1) / a[:, :, 0].numel()
+                  for k, a in inputs.items()}
+    return A, G, all_tokens
+
+
+def test_cls_only_factors_equal_direct_float64_computation():
+    from curvmem import factors
+    from curvmem.models import mlp_modules
+
+    model, _ = vision.build_model(4, (1, 8, 8), preset="smoke", seed=0)
+    model = model.double().eval()
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(10, 1, 8, 8, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4, (10,), generator=g)
+    modules = mlp_modules(model, [0, 5], ["mlp.fc1", "mlp.fc2"])
+    got = factors.collect(model, factors.batched((images, labels), 4), modules,
+                          factors.ClassificationTask(), fisher="empirical", dtype=torch.float64)
+    A, G, all_tokens = _direct_cls_factors(model, images, labels, modules)
+    assert got.n_tokens == 10  # one position (CLS) per image
+    for key in A:
+        assert torch.allclose(got.A[key], A[key], rtol=1e-10, atol=1e-12), key
+        assert torch.allclose(got.G[key], G[key], rtol=1e-10, atol=1e-14), key
+        assert float(G[key].abs().max()) > 0
+    # CLS only: the average over all tokens (CLS + patches) is a different matrix
+    assert not torch.allclose(got.A[(0, "mlp.fc1")], all_tokens[(0, "mlp.fc1")], rtol=1e-3)
+
+
+# --------------------------------------------------------------------------- metrics and report
+
+
+def test_metrics_on_a_hand_made_case():
+    # 6 training images: positions 1, 3, 4 are noisy. Predictions: 1 -> noisy label (memorized),
+    # 3 -> true label, 4 -> neither. Clean 0, 2, 5: two of three right. Val: 3 of 4 right.
+    true = torch.tensor([0, 1, 2, 3, 4, 5])
+    noisy_labels = torch.tensor([0, 7, 2, 8, 9, 5])
+    mask = torch.tensor([False, True, False, True, True, False])
+    pred = torch.tensor([0, 7, 1, 3, 6, 5])
+    r = vision.metrics_from_predictions(pred, noisy_labels, true, mask,
+                                        torch.tensor([1, 2, 3, 0]), torch.tensor([1, 2, 3, 4]))
+    assert r["memorized"] == pytest.approx(1 / 3)
+    assert r["train_gt_acc"] == pytest.approx(1 / 3)
+    assert r["clean_train_acc"] == pytest.approx(2 / 3)
+    assert r["val_acc"] == pytest.approx(3 / 4)
+    assert (r["n_noisy"], r["n_clean_train"], r["n_val"]) == (3, 3, 4)
+
+
+def _result(mem, gt, clean, val, method=None):
+    r = {"memorized": mem, "train_gt_acc": gt, "clean_train_acc": clean, "val_acc": val}
+    r["edit"] = {"method": method, "spec": {"rho": 0.75}} if method else None
+    return r
+
+
+def test_selection_uses_training_images_only():
+    entries = [("base", _result(0.9, 0.05, 1.0, 0.9)),
+               ("k_a", _result(0.1, 0.7, 0.95, 0.80, "kfac")),   # best on training images
+               ("k_b", _result(0.5, 0.4, 0.97, 0.95, "kfac")),   # best on validation
+               ("s_a", _result(0.8, 0.1, 0.99, 0.9, "svd"))]
+    summary = vision.summarize(entries)
+    assert summary["selected"] == {"kfac": "k_a", "svd": "s_a"}
+    assert summary["models"]["k_a"]["method"] == "kfac"
+    assert summary["models"]["k_a"]["spec"] == {"rho": 0.75}
+    assert set(summary["models"]["base"]) == {"memorized", "train_gt_acc", "clean_train_acc",
+                                              "val_acc"}
+    table = vision.table_markdown(summary)
+    assert "| K-FAC | 10.0 | 3.5 | 70.0 | 66.5 | 80.0 | 71.7 |" in table
+
+
+# --------------------------------------------------------------------------- smoke pipeline
+
+
+def test_smoke_pipeline_trains_evaluates_and_reports(tmp_path):
+    t0 = time.perf_counter()
+    data, model = tmp_path / "d.safetensors", tmp_path / "vit"
+    assert run_cli("vision-data", "--out", data) == 0
+    assert run_cli("train-vit", "--data", data, "--out", model, "--preset", "smoke") == 0
+    assert vision.is_vision_model(model)
+    loaded = vision.load_model(model)
+    assert not loaded.training and len(loaded.blocks) == 6
+    assert "blocks.0.mlp.fc1.weight" in dict(loaded.named_parameters())
+    cfg = json.loads((model / vision.CONFIG_FILE).read_text())
+    assert cfg["train"]["epochs"] == 3 and cfg["seed"] == 0
+
+    assert run_cli("evaluate", "vit", "--model", model, "--data", data,
+                   "--out", tmp_path / "base.json") == 0
+    base = json.loads((tmp_path / "base.json").read_text())
+    tensors, _ = vision.load_dataset(data)
+    assert base["memorized"] == pytest.approx(vision.metrics(loaded, tensors)["memorized"])
+    assert base["val_acc"] > 0.3 and base["edit"] is None  # learned something in 3 epochs
+
+    edit = tmp_path / "svd.safetensors"
+    assert run_cli("edit", "--model", model, "--layers", "0,5", "--modules", "mlp.fc1,mlp.fc2",
+                   "--method", "svd", "--svd-drop", 0.5, "--out", edit) == 0
+    assert run_cli("evaluate", "vit", "--model", model, "--edit", edit, "--data", data,
+                   "--out", tmp_path / "svd.json") == 0
+    edited = json.loads((tmp_path / "svd.json").read_text())
+    assert edited["edit"]["method"] == "svd"
+    assert run_cli("report-vit", "--entry", f"base={tmp_path / 'base.json'}",
+                   "--entry", f"svd50={tmp_path / 'svd.json'}", "--out", tmp_path / "s.json",
+                   "--table", tmp_path / "t.md", "--figure", tmp_path / "f.png") == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["selected"] == {"kfac": None, "svd": "svd50"}
+    assert summary["models"]["svd50"]["val_acc"] == edited["val_acc"]
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| Baseline |" in (tmp_path / "t.md").read_text()
+    assert time.perf_counter() - t0 < 60
+
+
+def test_evaluate_refuses_mismatched_data(tmp_path, capsys):
+    data, model = tmp_path / "d.safetensors", tmp_path / "vit"
+    tensors, cfg = vision.make_dataset()
+    vision.save_dataset(data, tensors, cfg)
+    m, mcfg = vision.build_model(3, (1, 8, 8), preset="smoke")  # 3 classes, data has 10
+    from safetensors.torch import save_file
+    model.mkdir()
+    save_file(m.state_dict(), str(model / vision.WEIGHTS_FILE))
+    (model / vision.CONFIG_FILE).write_text(json.dumps(mcfg))
+    assert run_cli("evaluate", "vit", "--model", model, "--data", data,
+                   "--out", tmp_path / "e.json") == 2
+    assert "classes" in capsys.readouterr().err
+    assert not (tmp_path / "e.json").exists()
