@@ -129,7 +129,7 @@ def _device():
 def kfac_edit_weight(W, UG, lam, UA, mu, mask) -> tuple[torch.Tensor, dict]:
     """W' = U_G (C ⊙ M) U_Aᵀ with C = U_Gᵀ W U_A, in float64; W is (d_out, d_in)."""
     dev = _device()
-    f64 = dict(dtype=torch.float64, device=dev)
+    f64 = {"dtype": torch.float64, "device": dev}
     W64 = torch.as_tensor(W).to(**f64)
     UG, UA = torch.as_tensor(UG).to(**f64), torch.as_tensor(UA).to(**f64)
     M = torch.as_tensor(mask, device=dev)
@@ -163,7 +163,7 @@ def svd_truncate(W, drop: float) -> tuple[torch.Tensor, dict]:
     W64 = torch.as_tensor(W).to(dtype=torch.float64, device=_device())
     U, S, Vh = torch.linalg.svd(W64, full_matrices=False)
     r = S.numel()
-    keep = r - int(round(drop * r))
+    keep = r - round(drop * r)
     W_new = (U[:, :keep] * S[:keep]) @ Vh[:keep]
     return W_new.cpu(), {"singular_values_kept": keep, "singular_values_total": r,
                          "weight_norm_ratio": float(W_new.norm() / W64.norm())}

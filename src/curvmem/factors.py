@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 from curvmem.models import MLPModule, adapter_for
 
 
-
 def _generator(device, seed: int, index: int) -> torch.Generator:
     # The CPU generator keeps only 32 bits of its seed: hash (seed, index) into them.
     mixed = int.from_bytes(hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=4).digest(), "little")
@@ -122,7 +121,7 @@ class Factors:
     n_tokens: int = 0
     batches_done: int = 0
 
-    def means(self) -> "Factors":
+    def means(self) -> Factors:
         if self.n_tokens == 0:
             raise ValueError("no positions were collected")
         return Factors({k: v / self.n_tokens for k, v in self.A.items()},
@@ -165,7 +164,7 @@ def _load_checkpoint(path: Path, key: str, device) -> Factors | None:
         if meta.get("key") != key:
             return None  # a checkpoint of another run: ignore it, it will be overwritten
         sums = Factors(n_tokens=int(meta["n_tokens"]), batches_done=int(meta["batches_done"]))
-        for name in f.keys():
+        for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
             kind, layer, module = name.split("|")
             getattr(sums, kind)[(int(layer), module)] = f.get_tensor(name).to(device)
     return sums

@@ -187,7 +187,7 @@ def read_layer(path, kind: str, model=None, modules=None) -> LayerFile:
                 child.name: {var: child.dataset[var].values.copy() for var in child.dataset.data_vars}
                 for child in dt.children.values()
             }
-    except Exception as e:  # h5py/xarray raise many types for truncated or foreign files
+    except Exception as e:  # noqa: BLE001 (h5py and xarray raise many types for bad files)
         raise StoreError(f"{path}: cannot read as a curvmem {kind} file "
                          f"(truncated or not netCDF?): {type(e).__name__}: {e}") from None
     if attrs.get("kind") != kind:
@@ -257,7 +257,7 @@ def read_edit(path) -> tuple[dict, dict]:
         raise StoreError(f"{path}: no such edit file")
     try:
         tensors = load_file(str(path))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (safetensors raises several types)
         raise StoreError(f"{path}: not a readable safetensors file: {e}") from None
     side = edit_sidecar(path)
     meta = read_json(side) if side.is_file() else {}

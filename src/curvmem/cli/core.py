@@ -102,8 +102,14 @@ def run_collect(args) -> None:
     import torch
 
     from curvmem import corpus, factors, store, vision
-    from curvmem.models import (adapter_for, load_model, load_tokenizer, mlp_modules,
-                                model_fingerprint, model_id)
+    from curvmem.models import (
+        adapter_for,
+        load_model,
+        load_tokenizer,
+        mlp_modules,
+        model_fingerprint,
+        model_id,
+    )
 
     t0 = time.perf_counter()
     if args.tokens < 1:
