@@ -71,6 +71,12 @@ def test_imagefolder_and_cifar10_sources(tmp_path):
     images, labels, classes = vision.load_source(f"imagefolder:{tmp_path / 'folder'}")
     assert images.shape == (10, 3, 6, 6) and classes == ["cat", "dog"]
     assert labels.tolist() == [0] * 5 + [1] * 5
+    Image.fromarray(rng.integers(0, 255, (9, 7, 3), dtype=np.uint8)).save(
+        tmp_path / "folder" / "dog" / "big.png")
+    with pytest.raises(ValueError, match="--image-size"):
+        vision.load_source(f"imagefolder:{tmp_path / 'folder'}")
+    images, _, _ = vision.load_source(f"imagefolder:{tmp_path / 'folder'}", image_size=4)
+    assert images.shape == (11, 3, 4, 4)
 
     records = np.zeros((7, 3073), dtype=np.uint8)
     records[:, 0] = np.arange(7) % 10
@@ -83,8 +89,8 @@ def test_imagefolder_and_cifar10_sources(tmp_path):
 
     out = tmp_path / "cf.safetensors"
     assert run_cli("vision-data", "--source", f"imagefolder:{tmp_path / 'folder'}",
-                   "--val-fraction", 0.3, "--out", out) == 0
-    assert vision.load_images(out)[0].shape == (7, 3, 6, 6)
+                   "--val-fraction", 0.3, "--image-size", 6, "--out", out) == 0
+    assert vision.load_images(out)[0].shape == (8, 3, 6, 6)
 
 
 def test_bad_inputs_get_clear_errors_and_no_output(tmp_path, capsys):
@@ -220,6 +226,7 @@ def test_selection_uses_training_images_only():
 # --------------------------------------------------------------------------- smoke pipeline
 
 
+@pytest.mark.slow  # ~10 s alone, ~20 s on a loaded 2-core machine
 def test_smoke_pipeline_trains_evaluates_and_reports(tmp_path):
     t0 = time.perf_counter()
     data, model = tmp_path / "d.safetensors", tmp_path / "vit"

@@ -72,8 +72,9 @@ def _digits():
     return images, torch.tensor(d.target, dtype=torch.long), [str(n) for n in d.target_names]
 
 
-def _imagefolder(root: Path):
-    """PATH/<class>/<image>: class names are the sorted subfolder names (torchvision's rule)."""
+def _imagefolder(root: Path, image_size=None):
+    """PATH/<class>/<image>: class names are the sorted subfolder names (torchvision's rule).
+    With `image_size`, every image is resized to image_size x image_size (bicubic)."""
     from PIL import Image
 
     if not root.is_dir():
@@ -85,7 +86,10 @@ def _imagefolder(root: Path):
         for f in sorted((root / name).iterdir()):
             if f.suffix.lower() in suffixes:
                 with Image.open(f) as im:
-                    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+                    im = im.convert("RGB")
+                    if image_size:
+                        im = im.resize((image_size, image_size), Image.BICUBIC)
+                    arr = np.asarray(im, dtype=np.float32) / 255.0
                 images.append(torch.from_numpy(arr).permute(2, 0, 1))
                 labels.append(label)
     if len(classes) < 2 or not images:
@@ -94,7 +98,7 @@ def _imagefolder(root: Path):
     sizes = {tuple(t.shape) for t in images}
     if len(sizes) > 1:
         raise ValueError(f"imagefolder:{root}: images have different sizes {sorted(sizes)}; "
-                         "resize them to one size first")
+                         "pass --image-size N to resize them")
     return torch.stack(images), torch.tensor(labels, dtype=torch.long), classes
 
 
@@ -122,14 +126,16 @@ def _cifar10(root: Path):
     return images, labels, CIFAR_CLASSES
 
 
-def load_source(source: str = "digits"):
+def load_source(source: str = "digits", image_size=None):
     """'digits' | 'imagefolder:PATH' | 'cifar10:PATH' -> (images [N,C,H,W] in [0,1], labels,
-    class names). Nothing is downloaded."""
+    class names). Nothing is downloaded. `image_size` resizes image-folder images."""
     kind, _, path = str(source).partition(":")
+    if image_size is not None and (kind != "imagefolder" or image_size < 1):
+        raise ValueError("--image-size must be a positive size and is for imagefolder:PATH only")
     if kind == "digits" and not path:
         return _digits()
     if kind == "imagefolder" and path:
-        return _imagefolder(Path(path))
+        return _imagefolder(Path(path), image_size)
     if kind == "cifar10" and path:
         return _cifar10(Path(path))
     raise ValueError(f"unknown --source '{source}': use 'digits' (embedded), "
@@ -154,7 +160,7 @@ def split_and_corrupt(labels: torch.Tensor, num_classes: int, seed: int = 0, noi
     if num_classes < 2:
         raise ValueError(f"label noise needs at least 2 classes, got {num_classes}")
     n = labels.shape[0]
-    n_val = int(round(val_fraction * n))
+    n_val = round(val_fraction * n)
     if n_val < 1 or n - n_val < 1:
         raise ValueError(f"{n} images cannot be split with --val-fraction {val_fraction}: "
                          "both splits would need at least one image")
@@ -162,7 +168,7 @@ def split_and_corrupt(labels: torch.Tensor, num_classes: int, seed: int = 0, noi
     perm = torch.randperm(n, generator=g)
     val_index, train_index = perm[:n_val], perm[n_val:]
     true = labels[train_index]
-    n_noisy = int(round(noise * true.shape[0]))
+    n_noisy = round(noise * true.shape[0])
     noisy_pos = torch.randperm(true.shape[0], generator=g)[:n_noisy]
     shift = torch.randint(1, num_classes, (n_noisy,), generator=g)  # never 0: a different class
     noisy_labels = true.clone()
@@ -174,17 +180,18 @@ def split_and_corrupt(labels: torch.Tensor, num_classes: int, seed: int = 0, noi
 
 
 def make_dataset(source: str = "digits", seed: int = 0, noise: float = 0.1,
-                 val_fraction: float = 0.2) -> tuple[dict, dict]:
+                 val_fraction: float = 0.2, image_size=None) -> tuple[dict, dict]:
     """(tensors, config) of a vision dataset. Images are standardized per channel with the
     training split's mean and std, so models read them as stored."""
-    images, labels, classes = load_source(source)
+    images, labels, classes = load_source(source, image_size)
     num_classes = len(classes)
     parts = split_and_corrupt(labels, num_classes, seed, noise, val_fraction)
     train, val = images[parts["train_index"]], images[parts["val_index"]]
     mean = train.mean(dim=(0, 2, 3))
     std = train.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    norm = lambda x: (x - mean[:, None, None]) / std[:, None, None]  # noqa: E731
-    tensors = dict(parts, train_images=norm(train).contiguous(), val_images=norm(val).contiguous(),
+    mean_, std_ = mean[:, None, None], std[:, None, None]
+    tensors = dict(parts, train_images=((train - mean_) / std_).contiguous(),
+                   val_images=((val - mean_) / std_).contiguous(),
                    val_labels=labels[parts["val_index"]])
     config = {"source": source, "seed": seed, "noise": noise, "val_fraction": val_fraction,
               "num_classes": num_classes, "class_names": classes,
@@ -225,8 +232,8 @@ def load_dataset(path) -> tuple[dict, dict]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for foreign/truncated files
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
+    except Exception as e:  # noqa: BLE001 (safetensors raises several types for bad files)
         raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") \
             from None
     if meta.get("curvmem") != "vision-data":
@@ -286,10 +293,11 @@ def cached_pretrained_file(model_name: str) -> Path:
     cfg = timm.models.get_pretrained_cfg(model_name)
     hub_id = getattr(cfg, "hf_hub_id", None)
     found = try_to_load_from_cache(hub_id, "model.safetensors") if hub_id else None
-    if not isinstance(found, str):
+    path = Path(found) if isinstance(found, str) else None  # None or a "not cached" sentinel
+    if path is None:
         raise ValueError(f"no locally cached pretrained weights for '{model_name}' (hub id "
                          f"{hub_id}); pass --pretrained FILE.safetensors or --pretrained none")
-    return Path(found)
+    return path
 
 
 def build_model(num_classes: int, image_shape, preset: str = "default", model_name=None,
@@ -367,11 +375,28 @@ def predict(model, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         torch.zeros(0, dtype=torch.long)
 
 
+def random_shift(x: torch.Tensor, shift: int, prob: float, g: torch.Generator) -> torch.Tensor:
+    """Translate each image, with probability `prob`, by up to `shift` pixels, filling with the
+    background (the batch's smallest value): the random-crop augmentation of a ViT recipe,
+    scaled to 8x8 images."""
+    if shift == 0 or prob == 0:
+        return x
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (shift,) * 4, value=float(x.min()))
+    offsets = torch.randint(0, 2 * shift + 1, (2, x.shape[0]), generator=g)
+    keep = torch.rand(x.shape[0], generator=g) >= prob
+    offsets[:, keep] = shift  # the unshifted crop
+    dy, dx = offsets.tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+                        for i in range(x.shape[0])])
+
+
 def train(model, tensors: dict, epochs: int, batch_size: int, lr: float, weight_decay: float,
-          warmup_fraction: float = 0.1, seed: int = 0, threads: int = 1,
+          warmup_fraction: float = 0.1, shift: int = 0, shift_prob: float = 1.0, seed: int = 0,
+          threads: int = 1,
           progress: bool = True) -> list[dict]:
-    """AdamW with linear warm-up and cosine decay on the NOISY training labels; no augmentation
-    and no dropout, so the model is free to memorize. Returns per-epoch history."""
+    """AdamW with linear warm-up and cosine decay on the NOISY training labels, optional random
+    shifts, no dropout. Returns per-epoch history."""
     if epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
     x, y = tensors["train_images"], tensors["train_labels"]
@@ -393,7 +418,7 @@ def train(model, tensors: dict, epochs: int, batch_size: int, lr: float, weight_
             total_loss = 0.0
             for i in range(0, n, batch_size):
                 idx = perm[i:i + batch_size]
-                loss = F.cross_entropy(model(x[idx]), y[idx])
+                loss = F.cross_entropy(model(random_shift(x[idx], shift, shift_prob, g)), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -553,8 +578,8 @@ def _pct(x):
 def table_markdown(summary: dict) -> str:
     """The paper's Table 2 (Baseline / SVD / K-FAC) with ours beside, then the whole sweep."""
     models, sel = summary["models"], summary["selected"]
-    lines = ["| method | ours: memorized % | paper | ours: train gt acc % | paper | "
-             "ours: val acc % | paper | ours: clean train acc % | edit |",
+    lines = [("| method | ours: memorized % | paper | ours: train gt acc % | paper | "
+              "ours: val acc % | paper | ours: clean train acc % | edit |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for label, name in (("Baseline", "base"), ("SVD", sel["svd"]), ("K-FAC", sel["kfac"])):
         paper = PAPER_TABLE2[label]
@@ -567,8 +592,9 @@ def table_markdown(summary: dict) -> str:
                      f"{_pct(r['train_gt_acc'])} | {paper['train_gt_acc']} | {_pct(r['val_acc'])} | "
                      f"{paper['val_acc']} | {_pct(r['clean_train_acc'])} | "
                      f"{'' if name == 'base' else name} |")
-    lines += ["", "All entries (the SVD and K-FAC rows above are chosen by "
-              "max(clean train acc − memorized) on training images; validation is not used):", "",
+    lines += ["", ("All entries (the SVD and K-FAC rows above are chosen by "
+                   "max(clean train acc − memorized) on training images; validation is not "
+                   "used):"), "",
               "| entry | method | memorized % | train gt acc % | clean train acc % | val acc % |",
               "|---|---|---|---|---|---|"]
     for name, r in models.items():
@@ -603,6 +629,7 @@ def plot_sweep(summary: dict, path) -> None:
         seen.add(label)
         ax.annotate(name, (100 * r["memorized"], 100 * r["val_acc"]), fontsize=7,
                     xytext=(4, 3), textcoords="offset points")
+    ax.set_xlim(-3, 103)  # the whole 0-100 range, so a small reduction looks small
     ax.set_xlabel("memorized noisy training labels (%)  ← better")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("Edit sweep: memorization vs generalization\n(black edge = selected on training "

@@ -6,7 +6,8 @@ if "vit" in DOMAINS and embedded("vit"):
         output:
             vit_data(),
         params:
-            args=flags(("--seed", config["vit"]["model"]["seed"]),
+            args=flags(("--source", config["vit"]["model"].get("data_source")),
+                       ("--seed", config["vit"]["model"]["seed"]),
                        ("--noise", config["vit"]["model"].get("noise"))),
         log:
             "logs/vit/vision_data.log",
@@ -23,7 +24,9 @@ if "vit" in DOMAINS and embedded("vit"):
             directory(model_arg("vit")),
         params:
             args=flags(("--preset", config["vit"]["model"].get("preset")),
-                       ("--seed", config["vit"]["model"]["seed"])),
+                       ("--seed", config["vit"]["model"]["seed"]),
+                       ("--model-name", config["vit"]["model"].get("model_name")),
+                       ("--epochs", config["vit"]["model"].get("epochs"))),
         log:
             "logs/vit/train_vit.log",
         threads: res("train", "vit")["threads"]

@@ -17,6 +17,8 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--noise", type=float, default=0.1,
                    help="fraction of training labels replaced by a different random class")
     p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="imagefolder only: resize every image to N x N")
     p.set_defaults(func=run_data)
 
     p = sub.add_parser("train-vit", help="train a timm ViT from scratch on the noisy labels",
@@ -62,7 +64,8 @@ def run_data(args) -> None:
     from curvmem import vision
 
     _check_out(args.out, ".safetensors")
-    tensors, config = vision.make_dataset(args.source, args.seed, args.noise, args.val_fraction)
+    tensors, config = vision.make_dataset(args.source, args.seed, args.noise, args.val_fraction,
+                                         args.image_size)
     vision.save_dataset(args.out, tensors, config)
     print(f"{config['n_train']} train ({config['n_noisy']} noisy) + {config['n_val']} val images, "
           f"{config['num_classes']} classes -> {args.out}")
