@@ -20,7 +20,8 @@ def incomplete_outputs(work):
     marks = work / ".snakemake/incomplete"
     if not marks.is_dir():
         return []
-    return [base64.b64decode(m.name.encode()).decode(errors="replace") for m in marks.iterdir()]
+    return [base64.urlsafe_b64decode(m.name.encode()).decode(errors="replace")
+            for m in marks.iterdir()]
 
 
 @pytest.mark.slow

@@ -60,7 +60,7 @@ def test_smoke_lm_path_on_slurm_matches_a_local_run(tmp_path):
             "--default-resources", "slurm_partition=gpu",
             # no accounting database here: poll with squeue, quickly
             "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-            str(rel["eval"]), env=cluster.env, timeout=600)
+            str(rel["eval"]), env=cluster.env, timeout=1200)
         jobs = cluster.jobs()
 
     # every job went through sbatch, in the partition given on the command line, under one name

@@ -120,6 +120,12 @@ def test_bad_inputs_get_clear_errors_and_no_output(tmp_path, capsys):
         vision.build_model(10, (1, 8, 8), preset="huge")
     with pytest.raises(ValueError, match="patches"):
         vision.build_model(10, (1, 6, 6))
+    with pytest.raises(ValueError, match="patches"):
+        vision.build_model(10, (1, 8, 8), model_name="vit_tiny_patch16_224")
+    with pytest.raises(ValueError, match="not a timm model"):
+        vision.build_model(10, (1, 8, 8), model_name="no_such_model")
+    with pytest.raises(ValueError, match="--pretrained"):
+        vision.build_model(10, (1, 8, 8), pretrained="cache")
     with pytest.raises(ValueError, match="'base'"):
         vision.summarize([("x", {"memorized": 0, "val_acc": 0, "clean_train_acc": 0,
                                  "train_gt_acc": 0, "edit": {"method": "kfac"}})])
@@ -131,6 +137,16 @@ def test_is_vision_model_is_cheap_and_never_raises(tmp_path):
     assert not vision.is_vision_model("bad\x00path")
     (tmp_path / vision.CONFIG_FILE).write_text("{}")
     assert vision.is_vision_model(tmp_path) and vision.is_vision_model(str(tmp_path))
+
+
+def test_random_shift_moves_images_and_is_off_at_zero():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 64, dtype=torch.float32).reshape(2, 1, 8, 8)
+    assert vision.random_shift(x, 0, 1.0, g) is x
+    assert torch.equal(vision.random_shift(x, 1, 0.0, g), x)  # probability 0: the unshifted crop
+    shifted = vision.random_shift(x.repeat(20, 1, 1, 1), 1, 1.0, g)
+    assert shifted.shape == (40, 1, 8, 8)
+    assert any(not torch.equal(s, x[i % 2]) for i, s in enumerate(shifted))
 
 
 # --------------------------------------------------------------------------- CLS-only factors
@@ -226,7 +242,6 @@ def test_selection_uses_training_images_only():
 # --------------------------------------------------------------------------- smoke pipeline
 
 
-@pytest.mark.slow  # ~10 s alone, ~20 s on a loaded 2-core machine
 def test_smoke_pipeline_trains_evaluates_and_reports(tmp_path):
     t0 = time.perf_counter()
     data, model = tmp_path / "d.safetensors", tmp_path / "vit"
@@ -277,3 +292,26 @@ def test_evaluate_refuses_mismatched_data(tmp_path, capsys):
                    "--out", tmp_path / "e.json") == 2
     assert "classes" in capsys.readouterr().err
     assert not (tmp_path / "e.json").exists()
+
+
+def test_model_name_with_a_local_weights_file(tmp_path):
+    """--model-name NAME --pretrained FILE: timm's ViT built for the data's size, weights from the
+    file (position embeddings resampled, head replaced), nothing downloaded."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    src = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()},
+              str(tmp_path / "w.safetensors"))
+    shallow = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2)
+    save_file({k: v.contiguous() for k, v in shallow.state_dict().items()},
+              str(tmp_path / "shallow.safetensors"))
+    with pytest.raises(ValueError, match="lacks"):
+        vision.build_model(10, (3, 32, 32), model_name="vit_tiny_patch16_224",
+                           pretrained=str(tmp_path / "shallow.safetensors"))
+    model, cfg = vision.build_model(10, (3, 32, 32), model_name="vit_tiny_patch16_224",
+                                    pretrained=str(tmp_path / "w.safetensors"))
+    assert cfg["kwargs"] == {"img_size": [32, 32], "in_chans": 3, "num_classes": 10}
+    assert torch.equal(model.blocks[11].mlp.fc1.weight, src.blocks[11].mlp.fc1.weight)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

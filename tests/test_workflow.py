@@ -75,7 +75,7 @@ def test_default_dag_runs_every_stage_and_its_sweeps(repo):
     evals = len(cfg["lm"]["evaluations"])  # coherence is not run on the base model
     assert jobs["evaluate_lm"] == (evals - 1) + evals * n_edits(cfg["lm"]["edits"])
     # one collection (and eigen) job per (factor set, layer) the K-FAC edits use
-    layers = {(s.get("factors", "main"), layer) for d in ("lm", "vit")
+    layers = {(d, s.get("factors", "main"), layer) for d in ("lm", "vit")
               for s in cfg[d]["edits"].values() if s["method"] == "kfac"
               for ls in s["layers"] for layer in ls}
     assert jobs["collect"] == jobs["eigen"] == len(layers)

@@ -39,20 +39,20 @@ import torch
 @dataclass(frozen=True)
 class WorldConfig:
     seed: int = 0
-    n_filler: int = 1200  # training paragraphs of grammar text
+    n_filler: int = 2000  # training paragraphs of grammar text
     n_heldout: int = 160  # fresh paragraphs for perplexity / coherence
     n_retain: int = 128  # training paragraphs an unlearning baseline may use as its retain set
     n_entities: int = 48  # closed-book entities, 4 attributes each
-    fact_repeats: int = 6  # times each closed-book fact appears in training
-    n_open_train: int = 1200
+    fact_repeats: int = 8  # times each closed-book fact appears in training
+    n_open_train: int = 2400
     n_open_test: int = 100
     n_arith_train: int = 3000
     n_arith_test: int = 100
-    n_logic_train: int = 2000
+    n_logic_train: int = 3000
     n_logic_test: int = 100
-    n_canaries: int = 16  # per kind (random, natural) and per split (forget, untargeted, control)
+    n_canaries: int = 10  # per kind (random, natural) and per split (forget, untargeted, control)
     canary_words: int = 112  # >= 112 words, so >= 112 tokens (64 prefix + 48 suffix) in any BPE
-    canary_repeats: int = 64  # times each trained canary appears in training
+    canary_repeats: int = 96  # times each trained canary appears in training
 
 
 @dataclass(frozen=True)
