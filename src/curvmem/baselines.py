@@ -546,11 +546,18 @@ def comparison_figure(rows: list[dict], path, verdict: dict | None = None) -> No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     pct = _pct_scale(rows)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "base"]
-    for method in methods:
+    base = next((r for r in rows if r["method"] == "base"), None)
+    if base and base["perplexity"] is not None and base["untargeted_strict"] is not None:
+        # drawn first and hollow, so an edit sitting on the base point stays visible
+        ax.plot([base["perplexity"]], [base["untargeted_strict"] * pct], marker="*",
+                markerfacecolor="none", markeredgecolor="black", markersize=20,
+                linestyle="none", label="base model", zorder=1)
+    for i, method in enumerate(methods):
         pts = [r for r in rows if r["method"] == method
                and r["perplexity"] is not None and r["untargeted_strict"] is not None]
         if not pts:
@@ -560,16 +567,19 @@ def comparison_figure(rows: list[dict], path, verdict: dict | None = None) -> No
         xs = [r["perplexity"] for r in pts]
         ys = [r["untargeted_strict"] * pct for r in pts]
         ax.plot(xs, ys, marker=marker, color=colour, label=label, markersize=8,
-                linestyle="-" if line else "none", alpha=0.9)
+                linestyle="-" if line else "none", alpha=0.85, zorder=2)
         for r, x, y in zip(pts, xs, ys):
-            if r["knob"] is not None:
-                ax.annotate(f"{r['knob_name']}={r['knob']:g}", (x, y), textcoords="offset points",
-                            xytext=(5, 4), fontsize=7, color=colour)
-    base = next((r for r in rows if r["method"] == "base"), None)
-    if base and base["perplexity"] is not None and base["untargeted_strict"] is not None:
-        ax.plot([base["perplexity"]], [base["untargeted_strict"] * pct], marker="*", color="black",
-                markersize=16, linestyle="none", label="base model")
-    ax.set_xlabel("perplexity on held-out text (lower is better)")
+            if r["knob"] is not None:  # labels of different methods stacked apart vertically
+                ax.annotate(f"{r['knob']:g}", (x, y), textcoords="offset points",
+                            xytext=(4, 5 + 9 * (i % 4)), fontsize=7, color=colour)
+    ppls = [r["perplexity"] for r in rows if r["perplexity"]]
+    if ppls and max(ppls) > 2.5 * min(ppls):
+        ax.set_xscale("log")  # one wrecked control must not squash the curves that matter
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.margins(y=0.15)  # room for the knob labels above the points
+    ax.set_xlabel("perplexity on held-out text (lower is better); point labels: the method's "
+                  "knob (rho, drop, ratio)")
     ax.set_ylabel("untargeted strict recitation, % (lower is better)")
     title = "Memorization removed vs. cost in perplexity (lower-left is better)"
     if verdict is not None:
