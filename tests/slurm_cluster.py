@@ -121,22 +121,45 @@ def _wait(predicate, timeout: float, what: str) -> None:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+ETC = Path("/etc/slurm")  # where srun inside a job looks: the jobstep plugin drops SLURM_CONF
+
+
 class Cluster:
-    """A running one-node cluster; `env` is what SLURM client commands need (SLURM_CONF)."""
+    """A running one-node cluster. Its slurm.conf and gres.conf go to /etc/slurm (any files there
+    are backed up under `root` and put back by stop()); state, logs and sockets live in `root`."""
 
     def __init__(self, root: Path):
         self.root = root
-        self.conf = root / "slurm.conf"
+        self.conf = ETC / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self.procs: list[subprocess.Popen] = []
         self.node = socket.gethostname().split(".")[0]
+        self.backups: dict[Path, Path | None] = {}
+
+    def _install(self, name: str, text: str) -> None:
+        target = ETC / name
+        backup = None
+        if target.exists():
+            backup = self.root / f"{name}.backup"
+            shutil.copy2(target, backup)
+        self.backups[target] = backup
+        ETC.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+
+    def _restore(self) -> None:
+        for target, backup in self.backups.items():
+            if backup is None:
+                target.unlink(missing_ok=True)
+            else:
+                shutil.copy2(backup, target)
+        self.backups.clear()
 
     def write_config(self) -> None:
         for d in ("state", "spool", "munge"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         cpus = os.cpu_count() or 1
         mem = int(_mem_total_mb() * 0.8)  # below what slurmd measures, or it drains the node
-        self.conf.write_text(f"""\
+        self._install("slurm.conf", f"""\
 ClusterName=curvmemtest
 SlurmctldHost={self.node}
 SlurmUser=root
@@ -168,7 +191,7 @@ NodeName={self.node} CPUs={cpus} RealMemory={mem} Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=ALL Default=NO MaxTime=INFINITE State=UP
 """)
-        (self.root / "gres.conf").write_text(f"NodeName={self.node} Name=gpu File=/dev/null\n")
+        self._install("gres.conf", f"NodeName={self.node} Name=gpu File=/dev/null\n")
 
     def _start(self, cmd: list[str]) -> None:
         """Start a daemon in the foreground of its own session (so stop() can end its group)."""
@@ -187,9 +210,9 @@ PartitionName=gpu Nodes=ALL Default=NO MaxTime=INFINITE State=UP
                      f"--seed-file={self.root / 'munge' / 'munge.seed'}",
                      f"--log-file={self.root / 'munge' / 'munged.log'}"])
         _wait(sock.exists, 20, "munged")
-        self._start(["slurmctld", "-D", "-i", "-f", str(self.conf)])
+        self._start(["slurmctld", "-D", "-i"])
         _wait(lambda: self.run("sinfo", check=False).returncode == 0, 60, "slurmctld")
-        self._start(["slurmd", "-D", "-f", str(self.conf)])
+        self._start(["slurmd", "-D"])
         _wait(lambda: self.run("sinfo", "-h", "-o", "%t", check=False).stdout.strip() == "idle",
               60, "the node to become idle")
 
@@ -223,6 +246,7 @@ PartitionName=gpu Nodes=ALL Default=NO MaxTime=INFINITE State=UP
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
         self.procs.clear()
+        self._restore()
 
     def log(self) -> str:
         return (self.root / "slurmctld.log").read_text(errors="replace")
@@ -231,6 +255,7 @@ PartitionName=gpu Nodes=ALL Default=NO MaxTime=INFINITE State=UP
 @contextmanager
 def slurm_cluster(root: Path):
     """Start a one-node cluster under `root`; stop it on exit, also when the block fails."""
+    root.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(root)
     try:
         cluster.start()

@@ -42,7 +42,11 @@ def retention_figure(summary: dict, path, names: list[str] | None = None) -> Non
         ys = [r[c] if r[c] is not None else 0.0 for c in cats]
         ax.bar(xs, ys, width=width * 0.9, label=f"ours: {name}", zorder=2)
     ax.axhline(1.0, color="k", lw=0.8, ls="--", zorder=1)
-    ax.set_xticks(range(len(cats)), [CATEGORY_LABELS[c] for c in cats])
+    # a ratio of near-chance accuracies means little: show the base accuracy under each label
+    base_tasks = summary["models"]["base"]["tasks"]
+    labels = [CATEGORY_LABELS[c] + (f"\nbase acc {base_tasks[c]:.2f}"
+                                    if base_tasks.get(c) is not None else "") for c in cats]
+    ax.set_xticks(range(len(cats)), labels)
     ax.set_ylabel("edited ÷ base")
     ax.set_title("What a K-FAC edit keeps: accuracy retained per category")
     ax.legend(fontsize=8, loc="upper right")

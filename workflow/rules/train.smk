@@ -12,7 +12,8 @@ if "lm" in DOMAINS and embedded("lm"):
         params:
             world=f"{model_dir('lm')}/world",
             args=flags(("--preset", config["lm"]["model"].get("preset")),
-                       ("--seed", config["lm"]["model"]["seed"])),
+                       ("--seed", config["lm"]["model"]["seed"]),
+                       ("--steps", config["lm"]["model"].get("steps"))),
         log:
             "logs/lm/train_lm.log",
         threads: res("train", "lm")["threads"]
