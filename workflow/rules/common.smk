@@ -282,7 +282,8 @@ def bsn_flags(wildcards):
     spec = EDITS["lm"][wildcards.key]
     return flags(("--ratio", spec["ratio"]), ("--alpha", spec.get("alpha")),
                  ("--epochs", spec.get("epochs")), ("--lr", spec.get("lr")),
-                 ("--seed", spec.get("seed")))
+                 ("--seed", spec.get("seed")), ("--seq-len", spec.get("seq_len")),
+                 ("--batch-size", spec.get("batch_size")))
 
 
 # --------------------------------------------------------------------------- evaluations
