@@ -8,7 +8,8 @@ if "vit" in DOMAINS and embedded("vit"):
         params:
             args=flags(("--source", config["vit"]["model"].get("data_source")),
                        ("--seed", config["vit"]["model"]["seed"]),
-                       ("--noise", config["vit"]["model"].get("noise"))),
+                       ("--noise", config["vit"]["model"].get("noise")),
+                       ("--image-size", config["vit"]["model"].get("image_size"))),
         log:
             "logs/vit/vision_data.log",
         threads: res("vision_data")["threads"]
