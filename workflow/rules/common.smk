@@ -147,7 +147,8 @@ def _sweep_specs(domain, name, sweep):
         raise WorkflowError(f"config {domain}.edits.{name}: bsn is a language-model baseline")
     out = []
     if method == "bsn":
-        fixed = {k: sweep[k] for k in ("alpha", "epochs", "lr", "seed") if k in sweep}
+        fixed = {k: sweep[k] for k in ("alpha", "epochs", "lr", "seed", "seq_len", "batch_size")
+                 if k in sweep}
         for ratio in sweep["ratio"]:
             spec = {"name": name, "method": "bsn", "ratio": ratio, **fixed}
             out.append((f"{name}-ratio{ratio}", spec))
