@@ -96,16 +96,34 @@ def bf16_matmul_tflops(device, n=8192, reps=20):
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
-def flop_floor(args, n_tokens):
-    """Forward + kept backward (activation grads of the top blocks + LM head) + covariances."""
+def flops_per_token(args) -> dict:
+    """Matmul FLOPs per position of each collector (elementwise work is not counted).
+
+    Both run the same forward. The straightforward collector backpropagates through every block
+    with weight gradients (about twice the forward) and forms six full covariances per layer;
+    curvmem backpropagates activation gradients only, through the LM head, the blocks above the
+    lowest requested one and that block's down_proj, and forms five covariances, each on its block
+    upper triangle (`curvmem.factors.add_gram_`).
+    """
+    from curvmem.factors import GRAM_BLOCK
+
     d, ff, L, V = args.d, args.ff, args.layers, args.vocab
-    block = 2 * (4 * d * d + 3 * d * ff)  # matmul FLOPs per token per block (attention proj + MLP)
-    attn = 2 * 2 * args.seq_len * d  # scores and weighted sum, per token per block (causal ~ /2 x2)
-    forward = L * (block + attn) + 2 * d * V
-    kept = (L - min(args.collect_layers)) * (block + attn) + 2 * d * V  # activation grads only
-    cov = sum(2 * (d * d + ff * ff) for _ in args.collect_layers)  # A (shared) + G gate, G up
-    cov += sum(2 * (ff * ff + d * d) for _ in args.collect_layers)  # A, G of down_proj
-    return (forward + kept + cov) * n_tokens
+    block = 2 * (4 * d * d + 3 * d * ff)  # attention projections + gated MLP
+    attn = 2 * 2 * args.seq_len * d // 2  # scores and weighted sum, causal: half the positions
+    head = 2 * d * V
+    forward = L * (block + attn) + head
+    k = len(args.collect_layers)
+
+    def gram(n):  # FLOPs of xᵀx per row on the blocks on and above the diagonal
+        blocks = -(-n // GRAM_BLOCK)
+        return 2 * n * n * (blocks + 1) / (2 * blocks)
+
+    straightforward = forward + 2 * forward + k * 2 * (3 * d * d + 3 * ff * ff)
+    above = L - min(args.collect_layers) - 1
+    # input gradients only: the projections cost one forward, attention two (dQ, dK, dV, dP)
+    kept = head + above * (block + 2 * attn) + 2 * d * ff
+    curvmem = forward + kept + k * (2 * gram(d) + 3 * gram(ff))
+    return {"straightforward": straightforward, "curvmem": curvmem}
 
 
 def main():
@@ -147,9 +165,15 @@ def main():
     print(f"curvmem collector:         {n_pos / t_ours:10.0f} tok/s  ({t_ours:.2f} s)")
     print(f"straightforward collector: {n_pos / t_ref:10.0f} tok/s  ({t_ref:.2f} s)")
     print(f"speed-up: {t_ref / t_ours:.2f}x; max relative difference of factors: {err:.2e}")
+    flops = flops_per_token(args)
+    print(f"matmul work per position: curvmem {flops['curvmem'] / 1e6:.1f} MFLOP, straightforward "
+          f"{flops['straightforward'] / 1e6:.1f} MFLOP -> FLOP ratio "
+          f"{flops['straightforward'] / flops['curvmem']:.2f}x; achieved "
+          f"{flops['curvmem'] * n_pos / t_ours / 1e9:.0f} and "
+          f"{flops['straightforward'] * n_pos / t_ref / 1e9:.0f} GFLOP/s")
     if device.type == "cuda":
         tflops = bf16_matmul_tflops(device)
-        floor = flop_floor(args, n_pos) / (tflops * 1e12)
+        floor = flops["curvmem"] * n_pos / (tflops * 1e12)
         print(f"measured bf16 matmul rate: {tflops:.0f} TFLOP/s; FLOP floor {floor:.3f} s "
               f"-> {n_pos / floor:.0f} tok/s; curvmem at {100 * floor / t_ours:.1f} % of the floor")
 

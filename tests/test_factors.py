@@ -17,7 +17,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import tiny_gpt2, tiny_neox, tiny_olmo2
-from curvmem.factors import ClassificationTask, LMTask, batched, collect, sample_targets
+from curvmem import factors
+from curvmem.factors import (
+    ClassificationTask,
+    LMTask,
+    add_gram_,
+    batched,
+    collect,
+    sample_targets,
+    symmetrized,
+)
 from curvmem.models import mlp_modules
 
 # The tiny models are so small that 2 threads only add contention (a 16x16 linear takes 40 ms
@@ -113,6 +122,34 @@ def test_factors_equal_float64_reference(tiny_lm, fisher):
         assert got.A[key].dtype == torch.float32
         assert max_rel_err(got.A[key], A[key]) < 1e-5, key
         assert max_rel_err(got.G[key], G[key]) < 1e-5, key
+
+
+@pytest.mark.parametrize("fisher", ["empirical", "sampled"])
+def test_generic_loss_path_equals_the_direct_head_gradient(monkeypatch, fisher):
+    """Models without a plain LM head backpropagate from the loss; both paths give one answer."""
+    model = tiny_olmo2()
+    tokens = tokens_for_test()
+    modules = mlp_modules(model, [1, 2])
+    direct = collect(model, batched(tokens, 3), modules, LMTask(), fisher=fisher, seed=5)
+    monkeypatch.setattr(factors, "plain_lm_head", lambda model: None)
+    generic = collect(model, batched(tokens, 3), modules, LMTask(), fisher=fisher, seed=5)
+    for key in direct.G:
+        assert max_rel_err(direct.A[key], generic.A[key].double()) < 1e-6
+        assert max_rel_err(direct.G[key], generic.G[key].double()) < 1e-5
+
+
+@pytest.mark.parametrize(("n", "block"), [(7, 3), (12, 4), (5, 8), (9, 1)])
+def test_block_upper_gram_completes_to_the_full_product(n, block):
+    x = torch.randn(40, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    acc = torch.zeros(n, n, dtype=torch.float64)
+    add_gram_(acc, x, block)
+    add_gram_(acc, 2 * x, block)
+    full = symmetrized(acc)
+    torch.testing.assert_close(full, 5 * x.T @ x, rtol=1e-12, atol=1e-12)
+    assert torch.equal(full, full.T)
+    # only blocks on and above the diagonal are written: the rest costs nothing
+    rows = torch.arange(n) // block
+    assert not acc[rows[:, None] > rows[None, :]].any()
 
 
 def test_float64_accumulation_on_float64_model_is_tighter():

@@ -181,6 +181,21 @@ def mlp_modules(
     return out
 
 
+# Causal LMs whose logits are exactly lm_head(base_model(...).last_hidden_state): no logit scaling
+# or soft-capping. For them the collector forms the gradient at the head's input directly.
+PLAIN_HEAD_TYPES = frozenset({"olmo", "olmo2", "llama", "qwen2", "mistral", "gpt2", "gpt_neox"})
+
+
+def plain_lm_head(model: nn.Module):
+    """(base model, head) when logits = head(base(...).last_hidden_state) exactly, else None."""
+    if getattr(getattr(model, "config", None), "model_type", None) not in PLAIN_HEAD_TYPES:
+        return None
+    head = model.get_output_embeddings()
+    if not isinstance(head, nn.Linear) or head.bias is not None:
+        return None
+    return model.base_model, head
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """A cheap, stable fingerprint of a model's weights.
 
