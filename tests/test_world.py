@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from curvmem import world
+from curvmem import store, world
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +118,13 @@ def test_read_jsonl_errors(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(ValueError, match="empty"):
-        world.read_jsonl(empty)
+        store.read_jsonl(empty)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a"}\n{"other": 1}\n')
     with pytest.raises(ValueError, match="missing field"):
-        world.read_jsonl(bad, ("text",))
+        store.read_jsonl(bad, ("text",))
     with pytest.raises(ValueError, match="no such file"):
-        world.read_jsonl(tmp_path / "nope.jsonl")
+        store.read_jsonl(tmp_path / "nope.jsonl")
 
 
 def test_tokenizer_round_trip_and_canary_length(tmp_path, smoke_cfg):
@@ -138,7 +138,7 @@ def test_tokenizer_round_trip_and_canary_length(tmp_path, smoke_cfg):
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     assert "4" in tok.tokenize("Compute: 45")  # digits one by one
     for split in ("forget", "control"):
-        for row in world.read_jsonl(tmp_path / "w" / f"canaries_{split}.jsonl"):
+        for row in store.read_jsonl(tmp_path / "w" / f"canaries_{split}.jsonl"):
             assert len(tok(row["text"], add_special_tokens=False)["input_ids"]) >= 112
     with pytest.raises(ValueError, match="vocab-size"):
         world.train_tokenizer(tmp_path / "w" / "train.jsonl", tmp_path / "t2", vocab_size=10)

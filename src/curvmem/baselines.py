@@ -24,7 +24,6 @@ against perplexity, one curve per method).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -246,21 +245,7 @@ def train_bsn(model: nn.Module, forget_ids: torch.Tensor, retain_ids: torch.Tens
 
 def read_texts(path) -> list[str]:
     """The non-empty "text" fields of a JSONL file (one JSON object per line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file (expected JSONL with a \"text\" field per line)")
-    texts = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise ValueError(f"{path}:{n}: expected an object with a string \"text\" field")  # noqa: TRY004
-        if row["text"].strip():
-            texts.append(row["text"])
+    texts = [str(r["text"]) for r in store.iter_jsonl(path, ("text",)) if str(r["text"]).strip()]
     if not texts:
         raise ValueError(f"{path}: no texts (the file is empty or every \"text\" is blank); BSN "
                          "needs at least one forget and one retain sequence")

@@ -35,20 +35,13 @@ def _iter_texts(data: str):
             raise ValueError(f"{path}: dataset has no 'text' column (has {ds.column_names})")
         yield from ds["text"]
         return
+    if path.suffix in (".jsonl", ".json"):
+        from curvmem.store import iter_jsonl
+
+        yield from (row["text"] for row in iter_jsonl(path, ("text",)))
+        return
     with path.open() as f:
-        if path.suffix in (".jsonl", ".json"):
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-                if "text" not in row:
-                    raise ValueError(f"{path}:{n}: a JSONL corpus needs a 'text' field per line")
-                yield row["text"]
-        else:
-            yield from (line.rstrip("\n") for line in f if line.strip())
+        yield from (line.rstrip("\n") for line in f if line.strip())
 
 
 def load_token_sequences(data, seq_len: int | None, tokenizer=None,

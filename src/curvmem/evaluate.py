@@ -21,7 +21,7 @@ from collections import defaultdict
 import torch
 from rapidfuzz.distance import Levenshtein
 
-from curvmem.world import read_jsonl
+from curvmem.store import read_jsonl
 
 LOOSE_THRESHOLD = 0.75  # loose memorization: 1 - d/|S| >= this
 

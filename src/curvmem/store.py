@@ -25,6 +25,38 @@ from pathlib import Path
 
 import numpy as np
 
+# --------------------------------------------------------------------------- JSONL data files
+
+
+def iter_jsonl(path, required: tuple[str, ...] = ()):
+    """Rows of a JSONL file, streamed; one clear error for a missing file, bad JSON, a line that
+    is not an object, or missing fields. Blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    with path.open() as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{i}: each line must be a JSON object")  # noqa: TRY004
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise ValueError(f"{path}:{i}: missing field(s) {missing}")
+            yield row
+
+
+def read_jsonl(path, required: tuple[str, ...] = ()) -> list[dict]:
+    """`iter_jsonl` as a list; an empty file is an error too."""
+    rows = list(iter_jsonl(path, required))
+    if not rows:
+        raise ValueError(f"{path}: no rows (the file is empty)")
+    return rows
+
 SCHEMA_VERSION = 1
 
 ROOT_ATTRS = (

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from curvmem.store import read_jsonl
+
 # --------------------------------------------------------------------------- configuration
 
 
@@ -456,30 +458,6 @@ def write_world(out, cfg: WorldConfig) -> dict:
                 "seconds": round(time.perf_counter() - t0, 3)}
         (tmp / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
-
-
-def read_jsonl(path, required: tuple[str, ...] = ()) -> list[dict]:
-    """Rows of a JSONL file; a clear error for a missing/empty file, bad JSON or missing fields."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{i}: each line must be a JSON object")  # noqa: TRY004
-        missing = [f for f in required if f not in row]
-        if missing:
-            raise ValueError(f"{path}:{i}: missing field(s) {missing}")
-        rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no rows (the file is empty)")
-    return rows
 
 
 # --------------------------------------------------------------------------- tokenizer
