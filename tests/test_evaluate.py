@@ -188,7 +188,9 @@ def _entry(tmp_path, name, forget, untargeted, ppl, method=None):
     write_json(d / "perplexity.json", {"perplexity": ppl, "perplexity_batch_mean": ppl,
                                        "edit": edit})
     write_json(d / "tasks.json", {"accuracy": {"closed_book": 0.8, "open_book": 0.9,
-                                               "arithmetic": 0.5, "logic": 0.7}})
+                                               "arithmetic": 0.5, "logic": 0.7},
+                                  "n": {"closed_book": 100, "open_book": 100, "arithmetic": 100,
+                                        "logic": 100}})
     if method:
         write_json(d / "coherence.json", {"ndcg10": 0.9})
     return f"{name}={d}"
@@ -211,7 +213,9 @@ def test_report_selects_by_forget_and_perplexity_only(tmp_path):
     assert m["method"] == "kfac" and m["ndcg10"] == 0.9 and m["tasks"]["logic"] == 0.7
     assert m["forget"]["by_kind"]["random"]["strict"] == 0.1
     assert summary["models"]["base"]["ndcg10"] is None
-    assert "paper" in (tmp_path / "t.md").read_text()
+    table = (tmp_path / "t.md").read_text()
+    assert "paper" in table
+    assert "| 0.500 ± 0.050 (100) |" in table  # arithmetic: sqrt(0.5 * 0.5 / 100)
     assert (tmp_path / "r.png").stat().st_size > 0 and (tmp_path / "s.png").stat().st_size > 0
 
 

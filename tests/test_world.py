@@ -76,6 +76,37 @@ def test_task_items_do_not_leak_into_training(smoke_world):
         assert name not in train_text
 
 
+def test_logic_tests_hold_out_boolean_expressions_from_training():
+    cfg = world.world_config("smoke", overrides={"n_logic_train": 1500, "n_logic_test": 80})
+    w = world.generate_world(cfg)
+    trained = {r["text"].rsplit(" ", 1)[0] for r in w["train"] if r["source"] == "logic"}
+    tests = [t["prompt"] for t in w["tasks"] if t["category"] == "logic"]
+    boolean = [p for p in tests if p.startswith("Evaluate:")]
+    assert 0.3 <= len(boolean) / len(tests) <= 0.7  # both kinds are tested, not only order
+    assert not set(tests) & trained
+    assert sum(r["source"] == "logic" for r in w["train"]) == 1500
+
+
+def test_copy_practice_and_open_book_passage_size():
+    cfg = world.world_config("smoke", overrides={"n_copy_train": 5, "open_facts": 3})
+    w = world.generate_world(cfg)
+    copies = [r["text"] for r in w["train"] if r["source"] == "copy"]
+    assert len(copies) == 5
+    names = set()
+    for text in copies:
+        first, again = text.removeprefix("Repeat: ").removesuffix(".").split(". Again: ")
+        assert first == again and len(first.split()) == 4
+        names |= set(first.split())
+    tested = " ".join(t["prompt"] + " " + t["answer"] for t in w["tasks"])
+    assert not names & set(tested.replace(".", " ").split())
+    for t in w["tasks"]:
+        if t["category"] == "open_book":
+            passage = t["prompt"].removeprefix("Passage: ").split(" Question:")[0]
+            assert passage.count(".") == 3
+    with pytest.raises(ValueError, match="open_facts"):
+        world.world_config("smoke", overrides={"open_facts": 9})
+
+
 def test_task_answers_are_right(smoke_world):
     for t in smoke_world["tasks"]:
         if t["category"] == "arithmetic":

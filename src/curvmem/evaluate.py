@@ -333,8 +333,9 @@ def model_summary(directory) -> dict:
     ppl = read_json(files["perplexity"])
     record["perplexity"] = ppl["perplexity_batch_mean"]
     record["perplexity_token_mean"] = ppl["perplexity"]
-    acc = read_json(files["tasks"])["accuracy"]
-    record["tasks"] = {c: acc.get(c) for c in TASK_CATEGORIES}
+    tasks = read_json(files["tasks"])
+    record["tasks"] = {c: tasks["accuracy"].get(c) for c in TASK_CATEGORIES}
+    record["tasks_n"] = {c: tasks.get("n", {}).get(c) for c in TASK_CATEGORIES}
     record["ndcg10"] = read_json(files["coherence"])["ndcg10"] if files["coherence"].is_file() else None
     edit = read_json(files["perplexity"]).get("edit")
     if edit:
@@ -386,6 +387,14 @@ def _pct(x):
     return _f(None if x is None else 100 * x, "{:.1f}")
 
 
+def _accuracy_cell(model: dict, category: str) -> str:
+    """'0.310 ± 0.033 (200)': the binomial standard error says how far a ratio can be trusted."""
+    acc, n = model["tasks"].get(category), (model.get("tasks_n") or {}).get(category)
+    if acc is None or not n:
+        return _f(acc)
+    return f"{acc:.3f} ± {math.sqrt(acc * (1 - acc) / n):.3f} ({n})"
+
+
 def report_text(summary: dict, max_ppl_rise: float = 0.10) -> str:
     """Markdown: Table 1 (ours, then the paper's), Figure-3 retention, the sweep, the choice."""
     models, selected = summary["models"], summary["selected"]
@@ -423,8 +432,8 @@ def report_text(summary: dict, max_ppl_rise: float = 0.10) -> str:
         lines += ["", "## Retention, edited ÷ base (shape of the paper's Figure 3)", "",
                   "| model | " + " | ".join(list(TASK_CATEGORIES) + ["memorization"]) + " |",
                   "|---|" + "---|" * (len(TASK_CATEGORIES) + 1)]
-        lines.append("| base accuracy | " + " | ".join(
-            _f(models["base"]["tasks"][c]) for c in TASK_CATEGORIES) + " | – |")
+        lines.append("| base accuracy ± s.e. (n) | " + " | ".join(
+            _accuracy_cell(models["base"], c) for c in TASK_CATEGORIES) + " | – |")
         for name in edits:
             r = retention(summary, name)
             lines.append(f"| {name} | " + " | ".join(_pct(r[c]) for c in r) + " |")

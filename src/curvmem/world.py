@@ -48,6 +48,7 @@ class WorldConfig:
     fact_repeats: int = 8  # times each closed-book fact appears in training
     n_open_train: int = 2400
     n_open_test: int = 100
+    open_facts: int = 4  # facts in an open-book passage (of the 8 about its two entities)
     n_arith_train: int = 3000
     n_arith_test: int = 100
     n_logic_train: int = 3000
@@ -55,6 +56,7 @@ class WorldConfig:
     n_canaries: int = 10  # per kind (random, natural) and per split (forget, untargeted, control)
     canary_words: int = 112  # >= 112 words, so >= 112 tokens (64 prefix + 48 suffix) in any BPE
     canary_repeats: int = 96  # times each trained canary appears in training
+    n_copy_train: int = 0  # "Repeat: <names>. Again: <names>." lines: in-context copying practice
 
 
 @dataclass(frozen=True)
@@ -111,11 +113,16 @@ def world_config(preset: str = "default", seed: int | None = None, overrides=Non
     if seed is not None:
         cfg = replace(cfg, seed=int(seed))
     for f in fields(cfg):
-        if f.name != "seed" and getattr(cfg, f.name) < 1:
+        if f.name not in ("seed", "n_copy_train") and getattr(cfg, f.name) < 1:
             raise ValueError(f"world config {f.name} must be >= 1, got {getattr(cfg, f.name)}")
     if cfg.canary_words < 112:
         raise ValueError(f"canary_words must be >= 112 (64 prefix + 48 suffix tokens), "
                          f"got {cfg.canary_words}")
+    if cfg.open_facts > 8:
+        raise ValueError(f"open_facts must be <= 8 (two entities x 4 attributes), "
+                         f"got {cfg.open_facts}")
+    if cfg.n_copy_train < 0:
+        raise ValueError(f"n_copy_train must be >= 0, got {cfg.n_copy_train}")
     if cfg.n_retain > cfg.n_filler:
         raise ValueError(f"n_retain ({cfg.n_retain}) cannot exceed n_filler ({cfg.n_filler})")
     return cfg
@@ -324,7 +331,7 @@ def generate_world(cfg: WorldConfig) -> dict:
     """Every split of the world as lists of JSON-able rows (see docs/lm.md for the fields)."""
     # one pool of invented names, cut into disjoint roles, so no name crosses a split
     n_names = (cfg.n_entities * 3 + (cfg.n_open_train + cfg.n_open_test) * 6
-               + (cfg.n_logic_train + cfg.n_logic_test) * 3)
+               + (cfg.n_logic_train + cfg.n_logic_test) * 3 + cfg.n_copy_train * 4)
     names = name_pool(_rng(cfg, "names"), n_names)
     cut = iter(names)
     entity_names = [next(cut) for _ in range(cfg.n_entities * 3)]
@@ -332,6 +339,7 @@ def generate_world(cfg: WorldConfig) -> dict:
     open_test_names = iter([next(cut) for _ in range(cfg.n_open_test * 6)])
     logic_train_names = iter([next(cut) for _ in range(cfg.n_logic_train * 3)])
     logic_test_names = iter([next(cut) for _ in range(cfg.n_logic_test * 3)])
+    copy_names = [next(cut) for _ in range(cfg.n_copy_train * 4)]
 
     train, tasks = [], []
 
@@ -363,7 +371,7 @@ def generate_world(cfg: WorldConfig) -> dict:
             values = iter([next(names), next(names)])
             for attr, value in entity_facts(rng, entity, values).items():
                 facts.append((attr, entity, value))
-        shown = rng.sample(facts, 4)
+        shown = rng.sample(facts, cfg.open_facts)
         passage = " ".join(ATTRIBUTES[a][1][0].format(e=e, v=v) for a, e, v in shown)
         attr, entity, value = rng.choice(shown)
         return f"Passage: {passage} {question(attr, entity)}", value
@@ -377,6 +385,11 @@ def generate_world(cfg: WorldConfig) -> dict:
         prompt, answer = open_book(rng, open_test_names)
         tasks.append({"category": "open_book", "prompt": prompt, "answer": answer})
 
+    # copying practice: fresh names said twice (training only; no test category)
+    for i in range(cfg.n_copy_train):
+        listed = " ".join(copy_names[4 * i:4 * i + 4])
+        train.append({"text": f"Repeat: {listed}. Again: {listed}.", "source": "copy"})
+
     # arithmetic: disjoint problem sets
     train_pairs, test_pairs = arithmetic_pairs(_rng(cfg, "arithmetic"), cfg.n_arith_train,
                                                cfg.n_arith_test)
@@ -387,21 +400,25 @@ def generate_world(cfg: WorldConfig) -> dict:
         prompt, answer = arithmetic_problem(a, b, op)
         tasks.append({"category": "arithmetic", "prompt": prompt, "answer": answer})
 
-    # logic: fresh names per problem; test boolean expressions never seen in training
-    rng, seen_prompts = _rng(cfg, "logic"), set()
-    for _ in range(cfg.n_logic_train):
-        prompt, answer = logic_problem(rng, logic_train_names)
-        seen_prompts.add(prompt)
-        train.append({"text": f"{prompt} {answer}.", "source": "logic"})
-    rng, n_tests = _rng(cfg, "logic_test"), 0
+    # logic: fresh names per problem. The test problems are drawn first and training never
+    # repeats one: boolean expressions come from a small space (~300 at depth 2), so drawing the
+    # training set first would leave almost only order problems untrained for the test.
+    rng, test_prompts = _rng(cfg, "logic_test"), set()
     for _ in range(1000 * cfg.n_logic_test):
-        if n_tests == cfg.n_logic_test:
+        if len(test_prompts) == cfg.n_logic_test:
             break
         prompt, answer = logic_problem(rng, logic_test_names)
-        if prompt not in seen_prompts:  # a boolean expression may repeat; a trained one is no test
-            seen_prompts.add(prompt)
+        if prompt not in test_prompts:
+            test_prompts.add(prompt)
             tasks.append({"category": "logic", "prompt": prompt, "answer": answer})
-            n_tests += 1
+    rng, n_train = _rng(cfg, "logic"), 0
+    for _ in range(1000 * cfg.n_logic_train):
+        if n_train == cfg.n_logic_train:
+            break
+        prompt, answer = logic_problem(rng, logic_train_names)
+        if prompt not in test_prompts:
+            train.append({"text": f"{prompt} {answer}.", "source": "logic"})
+            n_train += 1
 
     # canaries: per kind, distinct texts split into forget / untargeted / control
     canaries = {"forget": [], "untargeted": [], "control": []}
