@@ -41,22 +41,22 @@ from curvmem.store import read_jsonl
 @dataclass(frozen=True)
 class WorldConfig:
     seed: int = 0
-    n_filler: int = 2000  # training paragraphs of grammar text
+    n_filler: int = 800  # training paragraphs of grammar text
     n_heldout: int = 160  # fresh paragraphs for perplexity / coherence
     n_retain: int = 128  # training paragraphs an unlearning baseline may use as its retain set
-    n_entities: int = 48  # closed-book entities, 4 attributes each
-    fact_repeats: int = 8  # times each closed-book fact appears in training
-    n_open_train: int = 2400
-    n_open_test: int = 100
-    open_facts: int = 4  # facts in an open-book passage (of the 8 about its two entities)
-    n_arith_train: int = 3000
-    n_arith_test: int = 100
-    n_logic_train: int = 3000
-    n_logic_test: int = 100
+    n_entities: int = 24  # closed-book entities, 4 attributes each
+    fact_repeats: int = 48  # times each closed-book fact appears in training
+    n_open_train: int = 6000
+    n_open_test: int = 200
+    open_facts: int = 2  # facts in an open-book passage (of the 8 about its two entities)
+    n_arith_train: int = 11800  # of the 12,195 two-digit problems
+    n_arith_test: int = 200
+    n_logic_train: int = 8000
+    n_logic_test: int = 200
     n_canaries: int = 10  # per kind (random, natural) and per split (forget, untargeted, control)
     canary_words: int = 112  # >= 112 words, so >= 112 tokens (64 prefix + 48 suffix) in any BPE
-    canary_repeats: int = 96  # times each trained canary appears in training
-    n_copy_train: int = 0  # "Repeat: <names>. Again: <names>." lines: in-context copying practice
+    canary_repeats: int = 21  # times each trained canary appears in train.jsonl (x epochs)
+    n_copy_train: int = 6000  # "Repeat: <names>. Again: <names>." lines: in-context copying
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,9 @@ class TrainConfig:
     lr: float = 3e-3
     warmup: int = 20
     weight_decay: float = 0.0  # no decay: the point is to memorize
-    epochs: int = 1  # passes over train.jsonl (which already holds the repetitions)
+    # passes over train.jsonl. Skills need the steps: in-context copying (open-book, order logic)
+    # emerged in one of two 2-pass runs and in both 3-pass runs we tried (docs/lm.md).
+    epochs: int = 3
     steps: int | None = None  # overrides epochs
     seed: int = 0
     threads: int = 2
@@ -80,7 +82,8 @@ WORLD_PRESETS = {
     "default": WorldConfig(),
     "smoke": WorldConfig(n_filler=60, n_heldout=12, n_retain=8, n_entities=6, fact_repeats=3,
                          n_open_train=40, n_open_test=8, n_arith_train=60, n_arith_test=8,
-                         n_logic_train=40, n_logic_test=8, n_canaries=2, canary_repeats=6),
+                         n_logic_train=40, n_logic_test=8, n_canaries=2, canary_repeats=6,
+                         n_copy_train=20),
 }
 TRAIN_PRESETS = {
     "default": TrainConfig(),
