@@ -319,6 +319,17 @@ def test_compare_table_figure_and_verdict(tmp_path):
     assert [r["knob"] for r in result["rows"][1:4]] == [0.5, 0.7, 0.9]
 
 
+def test_compare_draws_one_curve_per_training_recipe(tmp_path):
+    summary = _summary()
+    summary["models"]["bsn-0.0015"]["spec"]["epochs"] = 5
+    summary["models"]["bsn-0.01"]["spec"]["epochs"] = 50
+    rows = {r["name"]: r for r in baselines.comparison_rows(summary)}
+    assert rows["bsn-0.0015"]["recipe"] == "5 epochs" and rows["bsn-0.01"]["recipe"] == "50 epochs"
+    assert rows["kfac-0.7"]["recipe"] == ""  # one recipe: no label
+    baselines.comparison_figure(list(rows.values()), tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
 def test_compare_verdict_is_computed_not_assumed(tmp_path):
     path = tmp_path / "s.json"
     store.write_json(path, _summary(bsn_untargeted=0.2))  # BSN now beats K-FAC's 0.3

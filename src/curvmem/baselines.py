@@ -18,7 +18,7 @@ The model's code is left alone: masked weights are handed to `torch.func.functio
 The comparison reads `results/lm_summary.json` (written by `curvmem report-lm`) and sets every
 edit beside the base model and beside the paper's Table 1: memorization, perplexity, task
 retention and the cost of producing the edit, plus a Pareto figure (untargeted strict recitation
-against perplexity, one curve per method).
+against perplexity, one curve per method and training recipe).
 """
 
 from __future__ import annotations
@@ -410,6 +410,13 @@ def comparison_rows(summary: dict) -> list[dict]:
         row["seconds"] = _number(m.get("seconds"))
         row["peak_rss_mb"] = _number(m.get("peak_rss_mb"))
         rows.append(row)
+    # One curve per training recipe: BSN at 5 and at 50 epochs are two curves, not one.
+    epochs = {}
+    for r, m in zip(rows, models.values()):
+        epochs.setdefault(r["method"], set()).add(_number((m.get("spec") or {}).get("epochs")))
+    for r, m in zip(rows, models.values()):
+        e = _number((m.get("spec") or {}).get("epochs"))
+        r["recipe"] = f"{e:g} epochs" if len(epochs[r["method"]]) > 1 and e is not None else ""
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (rank.get(r["method"], len(rank)), r["method"],
                              r["knob"] if r["knob"] is not None else math.inf, r["name"]))
@@ -526,7 +533,7 @@ STYLES = {  # method -> (label, colour, marker, joined by a line)
 
 
 def comparison_figure(rows: list[dict], path, verdict: dict | None = None) -> None:
-    """Untargeted strict recitation vs perplexity: one curve per method, base and controls marked."""
+    """Untargeted strict recitation vs perplexity: one curve per method and recipe, base and controls marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -535,24 +542,28 @@ def comparison_figure(rows: list[dict], path, verdict: dict | None = None) -> No
 
     pct = _pct_scale(rows)
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "base"]
+    curves = [c for c in dict.fromkeys((r["method"], r.get("recipe", "")) for r in rows)
+              if c[0] != "base"]
     base = next((r for r in rows if r["method"] == "base"), None)
     if base and base["perplexity"] is not None and base["untargeted_strict"] is not None:
         # drawn first and hollow, so an edit sitting on the base point stays visible
         ax.plot([base["perplexity"]], [base["untargeted_strict"] * pct], marker="*",
                 markerfacecolor="none", markeredgecolor="black", markersize=20,
                 linestyle="none", label="base model", zorder=1)
-    for i, method in enumerate(methods):
-        pts = [r for r in rows if r["method"] == method
+    dashes = {}
+    for i, (method, recipe) in enumerate(curves):
+        pts = [r for r in rows if r["method"] == method and r.get("recipe", "") == recipe
                and r["perplexity"] is not None and r["untargeted_strict"] is not None]
         if not pts:
             continue
         label, colour, marker, line = STYLES.get(method, (method, None, "P", True))
+        n_seen = dashes[method] = dashes.get(method, -1) + 1  # a method's later recipes dashed
         pts.sort(key=lambda r: r["knob"] if r["knob"] is not None else math.inf)
         xs = [r["perplexity"] for r in pts]
         ys = [r["untargeted_strict"] * pct for r in pts]
-        ax.plot(xs, ys, marker=marker, color=colour, label=label, markersize=8,
-                linestyle="-" if line else "none", alpha=0.85, zorder=2)
+        ax.plot(xs, ys, marker=marker, color=colour, label=f"{label}, {recipe}" if recipe else label,
+                markersize=8, linestyle=("-" if n_seen == 0 else "--") if line else "none",
+                markerfacecolor=None if n_seen == 0 else "white", alpha=0.85, zorder=2)
         for r, x, y in zip(pts, xs, ys):
             if r["knob"] is not None:  # labels of different methods stacked apart vertically
                 ax.annotate(f"{r['knob']:g}", (x, y), textcoords="offset points",
