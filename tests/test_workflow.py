@@ -93,6 +93,32 @@ def test_edit_outputs_are_keyed_by_content(repo):
     assert after - before - new_edit_files == set()
 
 
+def test_new_preset_defaults_in_curvmem_give_a_new_model_key(repo, tmp_path):
+    """Upgrading curvmem with other embedded defaults must rebuild the model, not reuse it."""
+    args = write_config(repo, "smoke_cfg", load(repo, "smoke"))
+    before = dry_run_outputs(repo, args)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import dataclasses\nfrom curvmem import world\n"
+        "world.TRAIN_PRESETS['smoke'] = dataclasses.replace(world.TRAIN_PRESETS['smoke'], "
+        "steps=13)\n")
+    env = {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    after = {f for line in snakemake(repo, "-n", args, env=env).stdout.splitlines()
+             if line.strip().startswith("output:")
+             for f in line.split(":", 1)[1].replace(",", " ").split()}
+
+    def lm_models(paths):
+        return {re.search(r"lm/models/(\w+)", f).group(1) for f in paths if "lm/models/" in f}
+
+    def vit_models(paths):
+        return {re.search(r"vit/models/(\w+)", f).group(1) for f in paths if "vit/models/" in f}
+
+    assert len(lm_models(before)) == len(lm_models(after)) == 1
+    assert lm_models(before) != lm_models(after)
+    assert vit_models(before) and vit_models(before) == vit_models(after)  # ViT preset unchanged
+
+
 def test_7b_dry_run_on_slurm_lists_one_gpu_collection_job_per_layer_offline(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     cfg = load(repo, "olmo2-7b")

@@ -58,9 +58,27 @@ def embedded(domain):
     return config[domain]["model"]["source"] == "embedded"
 
 
+def preset_settings(domain):
+    """The embedded preset as the installed curvmem resolves it. Part of the model key, so new
+    defaults in a curvmem upgrade build a new model instead of reusing a stale one."""
+    if not embedded(domain):
+        return None
+    preset = config[domain]["model"].get("preset") or "default"
+    if domain == "lm":
+        from dataclasses import asdict
+
+        from curvmem import world
+
+        return {"world": asdict(world.world_config(preset)),
+                "train": asdict(world.train_config(preset))}
+    from curvmem import vision
+
+    return vision.PRESETS[preset]
+
+
 def model_key(domain):
     c = config[domain]
-    return digest({"model": c["model"], "data": c.get("data")})
+    return digest({"model": c["model"], "data": c.get("data"), "preset": preset_settings(domain)})
 
 
 def model_dir(domain):
