@@ -296,3 +296,29 @@ def test_smoke_world_train_and_every_evaluator(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "empty" in err and "fewer than prefix 500" in err and "missing field" in err
     assert not out.exists()
+
+
+def test_evaluations_load_the_model_in_the_requested_dtype(tmp_path):
+    """--dtype bfloat16 (a 7B's memory halved) gives the same perplexity to bf16 rounding."""
+    import random
+
+    from conftest import tiny_olmo2
+    from curvmem import world
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": world.paragraph(random.Random(i))}) + "\n"
+                              for i in range(30)))
+    world.train_tokenizer(corpus, tmp_path / "model", vocab_size=300)
+    from curvmem.models import load_tokenizer
+
+    tiny_olmo2(vocab=len(load_tokenizer(tmp_path / "model"))).save_pretrained(tmp_path / "model")
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        path = tmp_path / f"ppl_{dtype}.json"
+        assert main(["evaluate", "perplexity", "--model", str(tmp_path / "model"), "--data",
+                     str(corpus), "--block-len", "16", "--dtype", dtype, "--device", "cpu",
+                     "--out", str(path)]) == 0
+        out[dtype] = json.loads(path.read_text())
+        assert out[dtype]["load"] == {"dtype": dtype, "device": "cpu"}
+    assert out["bfloat16"]["perplexity"] == pytest.approx(out["float32"]["perplexity"], rel=0.02)
+    assert out["bfloat16"]["perplexity"] != out["float32"]["perplexity"]  # really ran in bf16

@@ -195,6 +195,7 @@ def train_bsn(model: nn.Module, forget_ids: torch.Tensor, retain_ids: torch.Tens
     _check_ids(forget_ids, "forget")
     _check_ids(retain_ids, "retain")
     subnet = BalancedSubnet(model, config)
+    device = next(model.parameters()).device  # batches go where the model is
     length = max(forget_ids.shape[1], retain_ids.shape[1])
     data = torch.cat([_pad_to(forget_ids, length), _pad_to(retain_ids, length)])
     is_forget = torch.cat([torch.ones(len(forget_ids), dtype=torch.bool),
@@ -215,8 +216,8 @@ def train_bsn(model: nn.Module, forget_ids: torch.Tensor, retain_ids: torch.Tens
             order = torch.randperm(len(data), generator=generator)
             for start in range(0, len(data), config.batch_size):
                 idx = order[start:start + config.batch_size]
-                losses = subnet.sequence_losses(data[idx])
-                forget = is_forget[idx]
+                losses = subnet.sequence_losses(data[idx].to(device))
+                forget = is_forget[idx].to(device)
                 loss = losses.new_zeros(())
                 if forget.any():
                     loss = loss - (1 - config.alpha) * losses[forget].mean()
@@ -283,7 +284,8 @@ def file_fingerprint(path) -> str:
 
 
 def run_bsn(model_path, forget, retain, out, config: BSNConfig = BSNConfig(), seq_len: int = 128,
-            tokenizer_path=None, progress: bool = True, trust_remote_code: bool = False) -> dict:
+            tokenizer_path=None, progress: bool = True, trust_remote_code: bool = False,
+            device: str | None = None) -> dict:
     """`curvmem baseline bsn`: train BSN on files and write the edit + sidecar. Returns the meta."""
     from curvmem.cli.common import cost
     from curvmem.models import load_model, load_tokenizer
@@ -300,7 +302,8 @@ def run_bsn(model_path, forget, retain, out, config: BSNConfig = BSNConfig(), se
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load a tokenizer from {tokenizer_path or model_path} ({e}); "
                          "pass --tokenizer DIR") from None
-    model = load_model(model_path, trust_remote_code=trust_remote_code)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(model_path, trust_remote_code=trust_remote_code, device=device)
     with cost() as c:
         forget_ids = tokenize_texts(forget_texts, tokenizer, seq_len)
         retain_ids = tokenize_texts(retain_texts, tokenizer, seq_len, pack=True)

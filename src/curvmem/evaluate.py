@@ -28,12 +28,19 @@ LOOSE_THRESHOLD = 0.75  # loose memorization: 1 - d/|S| >= this
 # --------------------------------------------------------------------------- generation
 
 
+def model_device(model) -> torch.device:
+    """Where the model's weights are (inputs go there); CPU for a model without parameters."""
+    first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    return first.device if first is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def greedy_continue(model, prefix: torch.Tensor, n_new: int) -> torch.Tensor:
     """Greedy `n_new` tokens after each row of `prefix` [B, P] (same length, so no padding).
 
     Uses the KV cache when the model returns one, else re-runs the whole sequence.
     """
+    prefix = prefix.to(model_device(model))
     ids, out, new = prefix, model(input_ids=prefix, use_cache=True), []
     for step in range(n_new):
         nxt = out.logits[:, -1].argmax(-1)
@@ -46,7 +53,7 @@ def greedy_continue(model, prefix: torch.Tensor, n_new: int) -> torch.Tensor:
             out = model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
         else:
             out = model(input_ids=ids)
-    return torch.stack(new, dim=1)
+    return torch.stack(new, dim=1).cpu()
 
 
 def _by_length(items: list, key, batch_size: int):
@@ -167,7 +174,7 @@ def evaluate_perplexity(model, tokenizer, texts: list[str], block_len: int = 112
     total_loss, total_tokens, batch_ppl = 0.0, 0, []
     bar = _progress(len(blocks), "perplexity", progress)
     for k in range(0, len(blocks), batch_size):
-        batch = blocks[k:k + batch_size]
+        batch = blocks[k:k + batch_size].to(model_device(model))
         logits = model(input_ids=batch).logits[:, :-1].float()
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                  batch[:, 1:].reshape(-1), reduction="sum")
@@ -237,8 +244,9 @@ def ndcg_at_k(reference_topk: torch.Tensor, candidate_topk: torch.Tensor) -> tor
 
 @torch.no_grad()
 def topk_next_tokens(model, blocks: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
-    return torch.cat([model(input_ids=blocks[i:i + batch_size]).logits.topk(k, dim=-1).indices
-                      for i in range(0, len(blocks), batch_size)])
+    device = model_device(model)
+    return torch.cat([model(input_ids=blocks[i:i + batch_size].to(device)).logits
+                      .topk(k, dim=-1).indices.cpu() for i in range(0, len(blocks), batch_size)])
 
 
 def evaluate_coherence(model, tokenizer, texts: list[str], apply_edit, k: int = 10,

@@ -14,13 +14,14 @@ if "lm" in DOMAINS:
             data=lambda wc: lm_data(config["lm"]["evaluations"][wc.evaluation]["data"]),
             model=model_arg("lm"),
             edit=lambda wc: edit_flag("lm", wc.key),
+            load=flags(("--dtype", config["lm"]["model"].get("dtype"))),
         log:
             "logs/lm/evaluate/{key}/{evaluation}.log",
         threads: res("evaluate")["threads"]
         resources:
             **resources_of("evaluate", "lm"),
         shell:
-            "curvmem evaluate {params.kind} --model {params.model} {params.edit}"
+            "curvmem evaluate {params.kind} --model {params.model} {params.edit} {params.load}"
             " --data {params.data} --threads {threads} --out {output} > {log} 2>&1"
 
 if "vit" in DOMAINS:

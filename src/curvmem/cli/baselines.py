@@ -46,6 +46,7 @@ def register(sub, evaluate_sub) -> None:
     gate.add_argument("--no-gate", dest="include_gate", action="store_false",
                       help="gated MLPs: leave gate_proj unmasked")
     p.add_argument("--seed", type=int, default=d.seed, help="score init and batch order")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--out", required=True, help="edit file, FILE.safetensors (+ FILE.json)")
     p.set_defaults(func=_bsn)
 
@@ -69,7 +70,7 @@ def _bsn(args: argparse.Namespace) -> None:
                        include_gate=args.include_gate)
     meta = run_bsn(args.model, args.forget, args.retain, args.out, config=config,
                    seq_len=args.seq_len, tokenizer_path=args.tokenizer,
-                   trust_remote_code=args.trust_remote_code)
+                   trust_remote_code=args.trust_remote_code, device=args.device)
     pruned = sum(s["pruned"] for s in meta["modules"].values())
     total = sum(s["total"] for s in meta["modules"].values())
     print(json.dumps({"out": args.out, "modules": len(meta["modules"]), "pruned": pruned,

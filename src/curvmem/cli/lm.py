@@ -57,7 +57,9 @@ def _load(args, need_edit: bool = False):
     if args.edit is not None and not Path(args.edit).is_file():
         raise ValueError(f"--edit {args.edit}: no such file")
     torch.set_num_threads(args.threads)
-    model = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    device = args.resolved_device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model, dtype=getattr(torch, args.dtype),
+                       trust_remote_code=args.trust_remote_code, device=device)
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     meta = None
     if args.edit is not None and not need_edit:
@@ -77,7 +79,8 @@ def _write(args, result: dict, meta, c: dict) -> None:
     from curvmem.store import write_json
 
     result = {"model": args.model, "data": args.data, "edit_file": args.edit,
-              "edit": _edit_summary(meta), **result, "cost": c}
+              "edit": _edit_summary(meta), **result, "cost": c,
+              "load": {"dtype": args.dtype, "device": getattr(args, "resolved_device", None)}}
     write_json(args.out, result)
     brief = {k: v for k, v in result.items() if k not in ("examples", "edit", "cost", "edit_meta")}
     print(json.dumps(brief, default=str)[:2000])
@@ -174,6 +177,10 @@ def _eval_common(p, edit_required: bool = False) -> None:
     p.add_argument("--data", required=True, help="JSONL file")
     p.add_argument("--out", required=True, help="result JSON file")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="dtype to load the model in (default float32; bfloat16 halves a 7B's "
+                        "memory; the loss is always computed in float32)")
 
 
 def register(sub, evaluate_sub) -> None:
