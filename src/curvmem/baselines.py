@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvmem import store
-from curvmem.models import MLPModule, adapter_for, mlp_modules, model_fingerprint
+from curvmem.models import MLPModule, adapter_for, mlp_modules, model_device, model_fingerprint
 
 PAD = -1  # padding value inside token-id tensors: never fed to the model, ignored by the loss
 
@@ -195,7 +195,7 @@ def train_bsn(model: nn.Module, forget_ids: torch.Tensor, retain_ids: torch.Tens
     _check_ids(forget_ids, "forget")
     _check_ids(retain_ids, "retain")
     subnet = BalancedSubnet(model, config)
-    device = next(model.parameters()).device  # batches go where the model is
+    device = model_device(model)  # batches go where the model is
     length = max(forget_ids.shape[1], retain_ids.shape[1])
     data = torch.cat([_pad_to(forget_ids, length), _pad_to(retain_ids, length)])
     is_forget = torch.cat([torch.ones(len(forget_ids), dtype=torch.bool),
@@ -288,7 +288,7 @@ def run_bsn(model_path, forget, retain, out, config: BSNConfig = BSNConfig(), se
             device: str | None = None) -> dict:
     """`curvmem baseline bsn`: train BSN on files and write the edit + sidecar. Returns the meta."""
     from curvmem.cli.common import cost
-    from curvmem.models import load_model, load_tokenizer
+    from curvmem.models import default_device, load_model, load_tokenizer
 
     config.validate()
     out = Path(out)
@@ -302,8 +302,8 @@ def run_bsn(model_path, forget, retain, out, config: BSNConfig = BSNConfig(), se
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load a tokenizer from {tokenizer_path or model_path} ({e}); "
                          "pass --tokenizer DIR") from None
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(model_path, trust_remote_code=trust_remote_code, device=device)
+    model = load_model(model_path, trust_remote_code=trust_remote_code,
+                       device=default_device(device))
     with cost() as c:
         forget_ids = tokenize_texts(forget_texts, tokenizer, seq_len)
         retain_ids = tokenize_texts(retain_texts, tokenizer, seq_len, pack=True)
@@ -414,12 +414,12 @@ def comparison_rows(summary: dict) -> list[dict]:
         row["peak_rss_mb"] = _number(m.get("peak_rss_mb"))
         rows.append(row)
     # One curve per training recipe: BSN at 5 and at 50 epochs are two curves, not one.
-    epochs = {}
-    for r, m in zip(rows, models.values()):
-        epochs.setdefault(r["method"], set()).add(_number((m.get("spec") or {}).get("epochs")))
-    for r, m in zip(rows, models.values()):
-        e = _number((m.get("spec") or {}).get("epochs"))
-        r["recipe"] = f"{e:g} epochs" if len(epochs[r["method"]]) > 1 and e is not None else ""
+    epochs = [_number((m.get("spec") or {}).get("epochs")) for m in models.values()]
+    recipes = {}
+    for r, e in zip(rows, epochs):
+        recipes.setdefault(r["method"], set()).add(e)
+    for r, e in zip(rows, epochs):
+        r["recipe"] = f"{e:g} epochs" if len(recipes[r["method"]]) > 1 and e is not None else ""
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (rank.get(r["method"], len(rank)), r["method"],
                              r["knob"] if r["knob"] is not None else math.inf, r["name"]))

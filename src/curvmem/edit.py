@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from curvmem.models import default_device
+
 BAND_LIMIT = 4096  # pairs sorted explicitly at the selection boundary
 
 
@@ -122,13 +124,9 @@ def pair_mask(lam, mu, rho, keep: str = "top", seed: int = 0) -> np.ndarray:
     raise ValueError(f"--keep must be top, bottom or random, got '{keep}'")
 
 
-def _device():
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def kfac_edit_weight(W, UG, lam, UA, mu, mask) -> tuple[torch.Tensor, dict]:
     """W' = U_G (C ⊙ M) U_Aᵀ with C = U_Gᵀ W U_A, in float64; W is (d_out, d_in)."""
-    dev = _device()
+    dev = default_device()
     f64 = {"dtype": torch.float64, "device": dev}
     W64 = torch.as_tensor(W).to(**f64)
     UG, UA = torch.as_tensor(UG).to(**f64), torch.as_tensor(UA).to(**f64)
@@ -160,7 +158,7 @@ def svd_truncate(W, drop: float) -> tuple[torch.Tensor, dict]:
     drop = float(drop)
     if not 0.0 <= drop < 1.0:
         raise ValueError(f"the SVD drop fraction must be in [0, 1), got {drop}")
-    W64 = torch.as_tensor(W).to(dtype=torch.float64, device=_device())
+    W64 = torch.as_tensor(W).to(dtype=torch.float64, device=default_device())
     U, S, Vh = torch.linalg.svd(W64, full_matrices=False)
     r = S.numel()
     keep = r - round(drop * r)

@@ -21,17 +21,12 @@ from collections import defaultdict
 import torch
 from rapidfuzz.distance import Levenshtein
 
+from curvmem.models import model_device
 from curvmem.store import read_jsonl
 
 LOOSE_THRESHOLD = 0.75  # loose memorization: 1 - d/|S| >= this
 
 # --------------------------------------------------------------------------- generation
-
-
-def model_device(model) -> torch.device:
-    """Where the model's weights are (inputs go there); CPU for a model without parameters."""
-    first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
-    return first.device if first is not None else torch.device("cpu")
 
 
 @torch.no_grad()
@@ -173,8 +168,9 @@ def evaluate_perplexity(model, tokenizer, texts: list[str], block_len: int = 112
     blocks = token_blocks(texts, tokenizer, block_len, max_tokens, where)
     total_loss, total_tokens, batch_ppl = 0.0, 0, []
     bar = _progress(len(blocks), "perplexity", progress)
+    device = model_device(model)
     for k in range(0, len(blocks), batch_size):
-        batch = blocks[k:k + batch_size].to(model_device(model))
+        batch = blocks[k:k + batch_size].to(device)
         logits = model(input_ids=batch).logits[:, :-1].float()
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                  batch[:, 1:].reshape(-1), reduction="sum")
@@ -345,7 +341,7 @@ def model_summary(directory) -> dict:
     record["tasks"] = {c: tasks["accuracy"].get(c) for c in TASK_CATEGORIES}
     record["tasks_n"] = {c: tasks.get("n", {}).get(c) for c in TASK_CATEGORIES}
     record["ndcg10"] = read_json(files["coherence"])["ndcg10"] if files["coherence"].is_file() else None
-    edit = read_json(files["perplexity"]).get("edit")
+    edit = ppl.get("edit")
     if edit:
         record.update({k: edit.get(k) for k in ("method", "spec", "seconds", "peak_rss_mb")})
     return record

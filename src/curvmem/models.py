@@ -196,6 +196,17 @@ def plain_lm_head(model: nn.Module):
     return model.base_model, head
 
 
+def default_device(device: str | None = None) -> str:
+    """`device` as given, else cuda when present, else cpu."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_device(model) -> torch.device:
+    """Where the model's weights are (inputs go there); CPU for a model without parameters."""
+    first = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    return first.device if first is not None else torch.device("cpu")
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """A cheap, stable fingerprint of a model's weights.
 

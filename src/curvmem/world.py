@@ -406,14 +406,10 @@ def generate_world(cfg: WorldConfig) -> dict:
     # logic: fresh names per problem. The test problems are drawn first and training never
     # repeats one: boolean expressions come from a small space (~300 at depth 2), so drawing the
     # training set first would leave almost only order problems untrained for the test.
-    rng, test_prompts = _rng(cfg, "logic_test"), set()
-    for _ in range(1000 * cfg.n_logic_test):
-        if len(test_prompts) == cfg.n_logic_test:
-            break
-        prompt, answer = logic_problem(rng, logic_test_names)
-        if prompt not in test_prompts:
-            test_prompts.add(prompt)
-            tasks.append({"category": "logic", "prompt": prompt, "answer": answer})
+    tests = _unique(_rng(cfg, "logic_test"), lambda r: logic_problem(r, logic_test_names),
+                    cfg.n_logic_test, set())
+    tasks += [{"category": "logic", "prompt": prompt, "answer": answer} for prompt, answer in tests]
+    test_prompts = {prompt for prompt, _ in tests}
     rng, n_train = _rng(cfg, "logic"), 0
     for _ in range(1000 * cfg.n_logic_train):
         if n_train == cfg.n_logic_train:

@@ -104,6 +104,7 @@ def run_collect(args) -> None:
     from curvmem import corpus, factors, store, vision
     from curvmem.models import (
         adapter_for,
+        default_device,
         load_model,
         load_tokenizer,
         mlp_modules,
@@ -114,7 +115,7 @@ def run_collect(args) -> None:
     t0 = time.perf_counter()
     if args.tokens < 1:
         raise ValueError(f"--tokens must be positive, got {args.tokens}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     is_vit = vision.is_vision_model(args.model)
     model = load_model(args.model, dtype=torch.bfloat16 if device.startswith("cuda") else None,
                        trust_remote_code=args.trust_remote_code, device=device)
@@ -177,8 +178,9 @@ def run_eigen(args) -> None:
     import torch
 
     from curvmem.eigen import eigen_layer
+    from curvmem.models import default_device
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     eigen_layer(args.factors, args.out, dtype=getattr(torch, args.dtype), device=device)
     print(f"eigenbases -> {args.out}")
 

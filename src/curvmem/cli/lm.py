@@ -52,14 +52,13 @@ def _load(args, need_edit: bool = False):
     """Model + tokenizer, with the edit applied (unless the caller applies it itself)."""
     import torch
 
-    from curvmem.models import load_model, load_tokenizer
+    from curvmem.models import default_device, load_model, load_tokenizer
 
     if args.edit is not None and not Path(args.edit).is_file():
         raise ValueError(f"--edit {args.edit}: no such file")
     torch.set_num_threads(args.threads)
-    device = args.resolved_device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.model, dtype=getattr(torch, args.dtype),
-                       trust_remote_code=args.trust_remote_code, device=device)
+                       trust_remote_code=args.trust_remote_code, device=default_device(args.device))
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     meta = None
     if args.edit is not None and not need_edit:
@@ -76,11 +75,12 @@ def _edit_summary(meta) -> dict | None:
 
 
 def _write(args, result: dict, meta, c: dict) -> None:
+    from curvmem.models import default_device
     from curvmem.store import write_json
 
     result = {"model": args.model, "data": args.data, "edit_file": args.edit,
               "edit": _edit_summary(meta), **result, "cost": c,
-              "load": {"dtype": args.dtype, "device": getattr(args, "resolved_device", None)}}
+              "load": {"dtype": args.dtype, "device": default_device(args.device)}}
     write_json(args.out, result)
     brief = {k: v for k, v in result.items() if k not in ("examples", "edit", "cost", "edit_meta")}
     print(json.dumps(brief, default=str)[:2000])
