@@ -322,3 +322,22 @@ def test_evaluations_load_the_model_in_the_requested_dtype(tmp_path):
         assert out[dtype]["load"] == {"dtype": dtype, "device": "cpu"}
     assert out["bfloat16"]["perplexity"] == pytest.approx(out["float32"]["perplexity"], rel=0.02)
     assert out["bfloat16"]["perplexity"] != out["float32"]["perplexity"]  # really ran in bf16
+
+
+def test_sweep_figure_draws_one_line_per_layer_set():
+    from curvmem.plots import _kfac_sweep_lines
+
+    def spec(layers, rho):
+        return {str(k): {"mlp.gate_proj": rho, "mlp.up_proj": rho} for k in layers}
+
+    models = {"base": {},
+              "kfac-L5-rho0.8": {"method": "kfac", "spec": spec([5], 0.8)},
+              "kfac-L5-rho0.6": {"method": "kfac", "spec": spec([5], 0.6)},
+              "kfac-L4+5-rho0.7": {"method": "kfac", "spec": spec([4, 5], 0.7)},
+              "kfac-bottom-L5-rho0.6": {"method": "kfac-bottom", "spec": spec([5], 0.6)},
+              "mixed": {"method": "kfac", "spec": {"5": {"mlp.gate_proj": 0.6,
+                                                         "mlp.up_proj": 0.8}}},
+              "bsn": {"method": "bsn", "spec": {"ratio": 0.03}}}
+    assert _kfac_sweep_lines(models) == {
+        "L5": [(0.6, "kfac-L5-rho0.6"), (0.8, "kfac-L5-rho0.8")],
+        "L4+5": [(0.7, "kfac-L4+5-rho0.7")]}

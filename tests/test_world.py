@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 
 import pytest
@@ -182,26 +181,3 @@ def test_pack_documents_keeps_documents_whole():
     assert blocks.tolist() == [[5, 5, 5, 1, 0, 0], [6, 6, 6, 6, 1, 0], [7, 7, 1, 0, 0, 0],
                                [8, 8, 8, 8, 8, 8], [8, 8, 8, 1, 0, 0]]
     assert blocks.dtype == torch.long
-
-
-def test_pack_documents_first_fit_fills_earlier_tails():
-    # [7] fits behind [5,5,5]; the long document's rest is packed like any document, and [9]
-    # joins it
-    docs = [[5] * 3, [6] * 4, [7], [8] * 9, [9]]
-    blocks = world.pack_documents(docs, seq_len=6, eos_id=1, pad_id=0)
-    assert blocks.tolist() == [[5, 5, 5, 1, 7, 1], [6, 6, 6, 6, 1, 0], [8, 8, 8, 8, 8, 8],
-                               [8, 8, 8, 1, 9, 1]]
-
-
-def test_pack_documents_loses_and_repeats_nothing():
-    rng = random.Random(0)
-    docs = [[rng.randrange(2, 50)] * rng.randrange(1, 30) for _ in range(300)]
-    blocks = world.pack_documents(docs, seq_len=24, eos_id=1, pad_id=0)
-    packed = [t for t in blocks.flatten().tolist() if t != 0]
-    assert sorted(packed) == sorted(t for d in docs for t in d + [1])
-    # every document that fits in a block is contiguous in one block
-    rows = [tuple(r) for r in blocks.tolist()]
-    for d in docs:
-        if len(d) < 24:
-            seq = tuple(d + [1])
-            assert any(seq == r[i:i + len(seq)] for r in rows for i in range(24 - len(seq) + 1))

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from curvmem.models import MLPModule, adapter_for, plain_lm_head
+from curvmem.models import MLPModule, adapter_for, model_device, plain_lm_head
 
 
 def _generator(device, seed: int, index: int) -> torch.Generator:
@@ -250,7 +250,7 @@ def collect(model, batches, modules: list[MLPModule], task, *, fisher: str = "sa
         raise ValueError(f"--fisher must be 'sampled' or 'empirical', got '{fisher}'")
     if not modules:
         raise ValueError("no modules to collect")
-    device = next(model.parameters()).device
+    device = model_device(model)
     if autocast is None:
         autocast = device.type == "cuda"
     blocks = adapter_for(model).blocks(model)

@@ -54,37 +54,77 @@ def retention_figure(summary: dict, path, names: list[str] | None = None) -> Non
     _save(fig, path)
 
 
+def _kfac_sweep_lines(models: dict) -> dict[str, list[tuple[float, str]]]:
+    """The plain K-FAC sweep grouped by layer set: {"L5+6": [(rho, name), ...] by rho}."""
+    lines: dict[str, list[tuple[float, str]]] = {}
+    for name, m in models.items():
+        spec = m.get("spec") or {}
+        if (m.get("method") != "kfac" or not spec
+                or not all(isinstance(mods, dict) for mods in spec.values())):
+            continue
+        rhos = {r for mods in spec.values() for r in mods.values()}
+        if len(rhos) != 1:  # a mixed-rho spec is not a point on a rho line
+            continue
+        label = "L" + "+".join(str(k) for k in sorted(spec, key=int))
+        lines.setdefault(label, []).append((rhos.pop(), name))
+    return {k: sorted(v) for k, v in sorted(lines.items(), key=lambda kv: (len(kv[0]), kv[0]))}
+
+
+# controls and baselines: one grey marker each, so the K-FAC lines stay readable
+_OTHER_MARKERS = ("X", "P", "*", "D", "^", "v", "<", ">", "s", "h", "p", "d")
+
+
 def sweep_figure(summary: dict, path, max_ppl_rise: float | None = None) -> None:
-    """Strict recitation (forget and untargeted) against held-out perplexity, one point per edit."""
+    """Strict recitation against held-out perplexity: rows forget / untargeted canaries, columns
+    random / natural. Each K-FAC layer set is a line through its rho values (labelled at the
+    points); controls and baselines are single markers."""
     models = summary["models"]
     base_ppl = models["base"]["perplexity"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, kind in zip(axes, ("random", "natural")):
-        for split, marker in (("forget", "o"), ("untargeted", "s")):
-            xs, ys = [], []
-            for name, m in models.items():
-                by_kind = m[split]["by_kind"][kind]
-                if by_kind is None:
-                    continue
-                xs.append(m["perplexity"])
-                ys.append(100 * by_kind["strict"])
-                if split == "untargeted" and name != "base":
-                    ax.annotate(name, (xs[-1], ys[-1]), fontsize=6, xytext=(3, 3),
-                                textcoords="offset points")
-            ax.scatter(xs, ys, marker=marker, label=f"{split} canaries", alpha=0.8)
-        sel = summary.get("selected")
-        if sel:
-            m = models[sel]
-            ax.scatter([m["perplexity"]], [100 * (m["untargeted"]["by_kind"][kind] or
-                                                  {"strict": 0})["strict"]],
-                       s=160, facecolors="none", edgecolors="r", label=f"selected: {sel}")
-        ax.axvline(base_ppl, color="k", lw=0.8, ls="--", label="base perplexity")
-        if max_ppl_rise is not None:
-            ax.axvline(base_ppl * (1 + max_ppl_rise), color="0.5", lw=0.8, ls=":",
-                       label=f"selection limit (+{100 * max_ppl_rise:.0f} %)")
-        ax.set_xlabel("held-out perplexity (mean over batches of exp(batch loss))")
-        ax.set_title(f"{kind} canaries")
-    axes[0].set_ylabel("strict recitation (%)")
-    axes[1].legend(fontsize=7, loc="upper right")
-    fig.suptitle("Edit sweep: memorization vs perplexity")
+    lines = _kfac_sweep_lines(models)
+    in_lines = {name for pts in lines.values() for _, name in pts}
+    others = [n for n in models if n != "base" and n not in in_lines]
+    colors = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True, sharey=True)
+    for row, split in enumerate(("forget", "untargeted")):
+        for col, kind in enumerate(("random", "natural")):
+            ax = axes[row, col]
+
+            def strict(name, split=split, kind=kind):
+                by_kind = models[name][split]["by_kind"][kind]
+                return None if by_kind is None else 100 * by_kind["strict"]
+
+            for i, (label, pts) in enumerate(lines.items()):
+                xy = [(models[n]["perplexity"], strict(n), rho) for rho, n in pts
+                      if strict(n) is not None]
+                ax.plot([x for x, _, _ in xy], [y for _, y, _ in xy], "-o", ms=4, lw=1.2,
+                        color=colors(i % 10), label=f"K-FAC {label}")
+                for x, y, rho in xy:
+                    ax.annotate(f"{rho:g}", (x, y), fontsize=6, xytext=(2, 3),
+                                textcoords="offset points", color=colors(i % 10))
+            for k, name in enumerate(others):
+                if strict(name) is not None:
+                    ax.scatter([models[name]["perplexity"]], [strict(name)], s=45, color="0.35",
+                               marker=_OTHER_MARKERS[k % len(_OTHER_MARKERS)], label=name,
+                               zorder=3)
+            ax.scatter([base_ppl], [strict("base")], marker="o", s=60, facecolors="none",
+                       edgecolors="k", label="base", zorder=3)
+            sel = summary.get("selected")
+            if sel and strict(sel) is not None:
+                ax.scatter([models[sel]["perplexity"]], [strict(sel)], s=220, facecolors="none",
+                           edgecolors="r", lw=1.5, label=f"selected: {sel}", zorder=4)
+            if max_ppl_rise is not None:
+                ax.axvline(base_ppl * (1 + max_ppl_rise), color="0.5", lw=0.8, ls=":",
+                           label=f"selection limit (+{100 * max_ppl_rise:.0f} % perplexity)")
+            ax.axvline(base_ppl, color="k", lw=0.6, ls="--")
+            ax.set_title(f"{split} canaries, {kind}", fontsize=10)
+            ax.grid(alpha=0.25)
+            if row == 1:
+                ax.set_xlabel("held-out perplexity (mean over batches of exp(batch loss))")
+            if col == 0:
+                ax.set_ylabel("strict recitation (%)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               title="numbers at points: rho", title_fontsize=8)
+    fig.suptitle("Edit sweep: memorization against perplexity (dashed: base perplexity)")
+    fig.tight_layout()
     _save(fig, path)

@@ -53,7 +53,7 @@ class WorldConfig:
     n_arith_test: int = 200
     n_logic_train: int = 8000
     n_logic_test: int = 200
-    n_canaries: int = 20  # per kind (random, natural) and per split (forget, untargeted, control)
+    n_canaries: int = 10  # per kind (random, natural) and per split (forget, untargeted, control)
     canary_words: int = 112  # >= 112 words, so >= 112 tokens (64 prefix + 48 suffix) in any BPE
     canary_repeats: int = 21  # times each trained canary appears in train.jsonl (x epochs)
     n_copy_train: int = 6000  # "Repeat: <names>. Again: <names>." lines: in-context copying
@@ -526,37 +526,26 @@ def build_model(cfg: TrainConfig, vocab_size: int, eos_id: int, pad_id: int):
     return Olmo2ForCausalLM(config)
 
 
-def pack_documents(docs: list[list[int]], seq_len: int, eos_id: int, pad_id: int,
-                   open_blocks: int = 64) -> torch.Tensor:
+def pack_documents(docs: list[list[int]], seq_len: int, eos_id: int, pad_id: int) -> torch.Tensor:
     """Documents (+ EOS) packed into [n, seq_len] blocks without splitting any that fits.
 
-    First fit: a document goes into the oldest of the last `open_blocks` unfilled blocks with
-    room for all of it, else it starts a new block. No document that fits is ever cut, so a
-    canary is always trained with its whole 64-token prefix in context, as it is queried; and
-    short documents fill the tails that long ones leave (sequential packing wasted 14 % of the
-    default world's positions on padding, this 1.6 %). Longer documents fill whole blocks and their
-    rest is packed like a document. The unfilled tail is `pad_id` (no loss). Deterministic.
+    A document starts at the beginning of a block whenever it would not fit in the rest of the
+    current one, so a canary is always trained with its whole 64-token prefix in context, as it
+    is queried. Longer documents continue in the next block. The tail is `pad_id` (no loss).
     """
-    blocks: list[list[int]] = []
-    unfilled: list[int] = []  # indices into blocks, oldest first
+    blocks, current = [], []
     for doc in docs:
         doc = doc + [eos_id]
+        if current and len(current) + len(doc) > seq_len:
+            blocks.append(current + [pad_id] * (seq_len - len(current)))
+            current = []
         while len(doc) > seq_len:
             blocks.append(doc[:seq_len])
             doc = doc[seq_len:]
-        for k, b in enumerate(unfilled):
-            if len(blocks[b]) + len(doc) <= seq_len:
-                blocks[b] += doc
-                if len(blocks[b]) == seq_len:
-                    del unfilled[k]
-                break
-        else:
-            blocks.append(doc)
-            if len(doc) < seq_len:
-                unfilled.append(len(blocks) - 1)
-                if len(unfilled) > open_blocks:
-                    del unfilled[0]
-    return torch.tensor([b + [pad_id] * (seq_len - len(b)) for b in blocks], dtype=torch.long)
+        current += doc
+    if current:
+        blocks.append(current + [pad_id] * (seq_len - len(current)))
+    return torch.tensor(blocks, dtype=torch.long)
 
 
 def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = True) -> dict:
