@@ -148,6 +148,10 @@ def test_task_accuracy_per_category():
     r = evaluate.evaluate_tasks(CopyModel(5), DigitTokenizer(), rows)
     assert r["accuracy"] == {"arithmetic": 0.5, "logic": 1.0}
     assert r["n"] == {"arithmetic": 2, "logic": 1}
+    # each item's output is kept in input order, so a reader can see how the model fails
+    assert [(it["answer"], it["correct"]) for it in r["items"]] == [
+        ("5", True), ("4", False), ("3", True)]
+    assert r["items"][1]["output"].split()[0] == "3"
 
 
 def test_ndcg():

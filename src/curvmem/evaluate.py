@@ -215,6 +215,7 @@ def evaluate_tasks(model, tokenizer, rows: list[dict], batch_size: int = 32,
         for i, gen in zip(idx, generated.tolist()):
             text = tokenizer.decode(gen, skip_special_tokens=False)
             items[i]["correct"] = answer_matches(text, str(items[i]["row"]["answer"]))
+            items[i]["output"] = tokenizer.decode(gen, skip_special_tokens=True)
         bar.update(len(idx))
     bar.close()
     by_cat = defaultdict(list)
@@ -222,7 +223,11 @@ def evaluate_tasks(model, tokenizer, rows: list[dict], batch_size: int = 32,
         by_cat[it["row"]["category"]].append(it["correct"])
     return {"accuracy": {c: sum(v) / len(v) for c, v in sorted(by_cat.items())},
             "n": {c: len(v) for c, v in sorted(by_cat.items())},
-            "overall": sum(it["correct"] for it in items) / len(items)}
+            "overall": sum(it["correct"] for it in items) / len(items),
+            # what the model said, item by item, to see how it fails (not only how often)
+            "items": [{"category": it["row"]["category"], "prompt": it["row"]["prompt"],
+                       "answer": str(it["row"]["answer"]), "output": it["output"],
+                       "correct": it["correct"]} for it in items]}
 
 
 # --------------------------------------------------------------------------- coherence

@@ -82,7 +82,7 @@ def _write(args, result: dict, meta, c: dict) -> None:
               "edit": _edit_summary(meta), **result, "cost": c,
               "load": {"dtype": args.dtype, "device": default_device(args.device)}}
     write_json(args.out, result)
-    brief = {k: v for k, v in result.items() if k not in ("examples", "edit", "cost", "edit_meta")}
+    brief = {k: v for k, v in result.items() if k not in ("examples", "items", "edit", "cost", "edit_meta")}
     print(json.dumps(brief, default=str)[:2000])
 
 
