@@ -70,7 +70,8 @@ def preset_settings(domain):
         from curvmem import world
 
         return {"world": asdict(world.world_config(preset)),
-                "train": asdict(world.train_config(preset))}
+                "train": asdict(world.train_config(preset)),
+                "tokenizer": world.TOKENIZER_VERSION}
     from curvmem import vision
 
     return vision.PRESETS[preset]
