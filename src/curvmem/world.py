@@ -480,20 +480,12 @@ def write_world(out, cfg: WorldConfig) -> dict:
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
-# Bump when train_tokenizer gives other tokens for the same corpus: the workflow's model key
-# includes it, so a new scheme trains a new model instead of reusing one with a stale tokenizer.
-TOKENIZER_VERSION = 2  # 2: a prefix space, so a name at the start of a text is spelled as elsewhere
 
 
 def train_tokenizer(corpus, out, vocab_size: int = 1024) -> dict:
     """Byte-level BPE on the `text` of `corpus` (JSONL); digits split one by one (arithmetic).
 
-    Every text is read with a leading space, so its first word has the same tokens as anywhere
-    else: without it, "Glezoust is older than ..." spells the name G|le|z|oust, but the answer
-    " Glezoust" is Gl|e|z|oust, and the model must copy a name it never saw in that form (the
-    base model answered 2 of the 27 order questions whose answer only opens the prompt).
-    Decoding therefore returns the text with a leading space. Saved as a transformers fast
-    tokenizer, so AutoTokenizer.from_pretrained(out) loads it.
+    Saved as a transformers fast tokenizer, so AutoTokenizer.from_pretrained(out) loads it.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -504,11 +496,9 @@ def train_tokenizer(corpus, out, vocab_size: int = 1024) -> dict:
     texts = [r["text"] for r in read_jsonl(corpus, ("text",))]
     t0 = time.perf_counter()
     tok = Tokenizer(models.BPE())
-    # ByteLevel first, so the prefix space goes before the whole text only; Digits after it would
-    # otherwise get a space before every digit ("152" -> " 1 5 2").
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.ByteLevel(add_prefix_space=True),
         pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
     ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],

@@ -70,8 +70,7 @@ def preset_settings(domain):
         from curvmem import world
 
         return {"world": asdict(world.world_config(preset)),
-                "train": asdict(world.train_config(preset)),
-                "tokenizer": world.TOKENIZER_VERSION}
+                "train": asdict(world.train_config(preset))}
     from curvmem import vision
 
     return vision.PRESETS[preset]
