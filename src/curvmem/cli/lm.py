@@ -205,9 +205,14 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--tokenizer", required=True, help="tokenizer directory")
     p.add_argument("--out", required=True, help="model directory (model + tokenizer)")
     p.add_argument("--preset", default="default", help="default | smoke")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: one pass)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the initial weights and batch order (default: the preset's, 0)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (default: the preset's passes over train.jsonl; "
+                   "default preset: 3)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the preset's, 2; the thread count changes "
+                   "the float summation order, hence the trained weights)")
     p.set_defaults(func=cmd_train_lm)
 
     p = evaluate_sub.add_parser("memorization", help="strict/loose recitation of memorized text",
