@@ -70,9 +70,9 @@ class TrainConfig:
     lr: float = 3e-3
     warmup: int = 20
     weight_decay: float = 0.0  # no decay: the point is to memorize
-    # passes over train.jsonl. Skills need the steps: in-context copying (open-book, order logic)
-    # emerged in one of two 2-pass runs and in both 3-pass runs we tried (docs/lm.md).
-    epochs: int = 3
+    # passes over train.jsonl. Skills need the steps: in-context copying of fresh names (open-book,
+    # order questions) came and went between 3-pass runs, and held in both 4-pass seeds (docs/lm.md).
+    epochs: int = 4
     steps: int | None = None  # overrides epochs
     seed: int = 0
     threads: int = 2

@@ -209,7 +209,7 @@ def register(sub, evaluate_sub) -> None:
                    help="seed of the initial weights and batch order (default: the preset's, 0)")
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps (default: the preset's passes over train.jsonl; "
-                   "default preset: 3)")
+                   "default preset: 4)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the preset's, 2; the thread count changes "
                    "the float summation order, hence the trained weights)")
