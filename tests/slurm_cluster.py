@@ -51,9 +51,9 @@ def snakemake(workdir, *args, check=True, timeout=900, env=None) -> subprocess.C
     return proc
 
 
-def dry_run_jobs(workdir, *args) -> dict[str, int]:
+def dry_run_jobs(workdir, *args, env=None) -> dict[str, int]:
     """{rule: number of jobs} that `snakemake -n` would run (empty dict: nothing to do)."""
-    out = snakemake(workdir, "-n", "--quiet", "rules", *args).stdout
+    out = snakemake(workdir, "-n", "--quiet", "rules", *args, env=env).stdout
     counts, in_table = {}, False
     for line in out.splitlines():
         parts = line.split()

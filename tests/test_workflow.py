@@ -100,8 +100,8 @@ def test_new_preset_defaults_in_curvmem_give_a_new_model_key(repo, tmp_path):
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "sitecustomize.py").write_text(
-        "import dataclasses\nfrom curvmem import world\n"
-        "world.TRAIN_PRESETS['smoke'] = dataclasses.replace(world.TRAIN_PRESETS['smoke'], "
+        "import dataclasses\nfrom curvmem import presets\n"
+        "presets.TRAIN_PRESETS['smoke'] = dataclasses.replace(presets.TRAIN_PRESETS['smoke'], "
         "steps=13)\n")
     env = {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     after = {f for line in snakemake(repo, "-n", args, env=env).stdout.splitlines()
@@ -117,6 +117,16 @@ def test_new_preset_defaults_in_curvmem_give_a_new_model_key(repo, tmp_path):
     assert len(lm_models(before)) == len(lm_models(after)) == 1
     assert lm_models(before) != lm_models(after)
     assert vit_models(before) and vit_models(before) == vit_models(after)  # ViT preset unchanged
+
+
+def test_parsing_the_dag_never_imports_torch(repo, tmp_path):
+    """Every parse (and every SLURM job step re-parses) would otherwise pay for `import torch`."""
+    shim = tmp_path / "no_torch"
+    shim.mkdir()
+    (shim / "torch.py").write_text("raise ImportError('torch imported while parsing the DAG')\n")
+    env = {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    jobs = dry_run_jobs(repo, env=env)  # the embedded default: both preset keys are computed
+    assert jobs["train_lm"] == jobs["train_vit"] == 1
 
 
 def test_7b_dry_run_on_slurm_lists_one_gpu_collection_job_per_layer_offline(tmp_path):

@@ -8,12 +8,12 @@ from collections import Counter
 import pytest
 import torch
 
-from curvmem import store, world
+from curvmem import presets, store, world
 
 
 @pytest.fixture(scope="module")
 def smoke_cfg():
-    return world.world_config("smoke", seed=3)
+    return presets.world_config("smoke", seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +23,13 @@ def smoke_world(smoke_cfg):
 
 def test_generation_is_deterministic_and_seeded(smoke_cfg, smoke_world):
     assert world.generate_world(smoke_cfg) == smoke_world
-    other = world.generate_world(world.world_config("smoke", seed=4))
+    other = world.generate_world(presets.world_config("smoke", seed=4))
     assert other["canaries_forget"] != smoke_world["canaries_forget"]
     assert other["train"] != smoke_world["train"]
 
 
 def test_changing_one_size_leaves_other_components_alone(smoke_cfg, smoke_world):
-    bigger = world.generate_world(world.world_config("smoke", seed=3, overrides={"n_filler": 70}))
+    bigger = world.generate_world(presets.world_config("smoke", seed=3, overrides={"n_filler": 70}))
     assert bigger["canaries_control"] == smoke_world["canaries_control"]
     assert [t for t in bigger["tasks"] if t["category"] == "arithmetic"] == \
         [t for t in smoke_world["tasks"] if t["category"] == "arithmetic"]
@@ -77,7 +77,7 @@ def test_task_items_do_not_leak_into_training(smoke_world):
 
 
 def test_logic_tests_hold_out_boolean_expressions_from_training():
-    cfg = world.world_config("smoke", overrides={"n_logic_train": 1500, "n_logic_test": 80})
+    cfg = presets.world_config("smoke", overrides={"n_logic_train": 1500, "n_logic_test": 80})
     w = world.generate_world(cfg)
     trained = {r["text"].rsplit(" ", 1)[0] for r in w["train"] if r["source"] == "logic"}
     tests = [t["prompt"] for t in w["tasks"] if t["category"] == "logic"]
@@ -88,7 +88,7 @@ def test_logic_tests_hold_out_boolean_expressions_from_training():
 
 
 def test_copy_practice_and_open_book_passage_size():
-    cfg = world.world_config("smoke", overrides={"n_copy_train": 5, "open_facts": 3})
+    cfg = presets.world_config("smoke", overrides={"n_copy_train": 5, "open_facts": 3})
     w = world.generate_world(cfg)
     copies = [r["text"] for r in w["train"] if r["source"] == "copy"]
     assert len(copies) == 5
@@ -104,7 +104,7 @@ def test_copy_practice_and_open_book_passage_size():
             passage = t["prompt"].removeprefix("Passage: ").split(" Question:")[0]
             assert passage.count(".") == 3
     with pytest.raises(ValueError, match="open_facts"):
-        world.world_config("smoke", overrides={"open_facts": 9})
+        presets.world_config("smoke", overrides={"open_facts": 9})
 
 
 def test_task_answers_are_right(smoke_world):
@@ -123,15 +123,15 @@ def test_task_answers_are_right(smoke_world):
 
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="unknown world config"):
-        world.world_config("smoke", overrides={"n_canary": 3})
+        presets.world_config("smoke", overrides={"n_canary": 3})
     with pytest.raises(ValueError, match="canary_words"):
-        world.world_config("smoke", overrides={"canary_words": 50})
+        presets.world_config("smoke", overrides={"canary_words": 50})
     with pytest.raises(ValueError, match="preset"):
-        world.world_config("huge")
+        presets.world_config("huge")
     with pytest.raises(ValueError, match="JSON"):
-        world.world_config("smoke", overrides="{not json")
+        presets.world_config("smoke", overrides="{not json")
     with pytest.raises(ValueError, match=">= 1"):
-        world.world_config("smoke", overrides={"n_filler": 0})
+        presets.world_config("smoke", overrides={"n_filler": 0})
 
 
 def test_write_world_layout(tmp_path, smoke_cfg):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from curvmem import store
+from curvmem.presets import VISION_PRESETS
 
 CONFIG_FILE = "timm_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -46,21 +47,6 @@ PAPER_TABLE2 = {
 
 # timm's ViT family; every size argument is overridden, so nothing is downloaded.
 DEFAULT_TIMM_NAME = "vit_tiny_patch16_224"
-
-PRESETS = {
-    # 6 blocks so that "first and last block" (0 and 5) are different and far apart; 4x4 patches
-    # give 4 tokens + CLS, which trains 4x faster than 2x2 patches and still memorizes.
-    "default": {"model": {"embed_dim": 64, "depth": 6, "num_heads": 4, "patch_size": 4,
-                          "mlp_ratio": 4.0},
-                # 40 epochs fit ~90 % of the noisy labels (the paper's base: 81.6 %); longer
-                # training fits all of them, and random shifts (shift=1) delay memorization.
-                "train": {"epochs": 40, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05,
-                          "warmup_fraction": 0.1, "shift": 0, "shift_prob": 0.0}},
-    "smoke": {"model": {"embed_dim": 16, "depth": 6, "num_heads": 2, "patch_size": 4,
-                        "mlp_ratio": 2.0},
-              "train": {"epochs": 3, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.0,
-                        "warmup_fraction": 0.1, "shift": 0, "shift_prob": 0.0}},
-}
 
 
 # --------------------------------------------------------------------------- data sources
@@ -313,15 +299,15 @@ def build_model(num_classes: int, image_shape, preset: str = "default", model_na
     """
     from curvmem.models import adapter_for
 
-    if preset not in PRESETS:
-        raise ValueError(f"unknown --preset '{preset}'; choose from {sorted(PRESETS)}")
+    if preset not in VISION_PRESETS:
+        raise ValueError(f"unknown --preset '{preset}'; choose from {sorted(VISION_PRESETS)}")
     c, h, w = (int(x) for x in image_shape)
     kwargs = {"img_size": [h, w], "in_chans": c, "num_classes": int(num_classes)}
     if model_name is None:
         if pretrained not in (None, "none"):
             raise ValueError("--pretrained needs --model-name (the preset ViT trains from scratch)")
         model_name = DEFAULT_TIMM_NAME
-        kwargs.update(PRESETS[preset]["model"])
+        kwargs.update(VISION_PRESETS[preset]["model"])
     pretrained_file = None
     if pretrained == "cache":
         pretrained_file = cached_pretrained_file(model_name)
@@ -457,7 +443,7 @@ def train_vit(data_path, out, preset: str = "default", seed: int = 0, epochs=Non
     tensors, data_cfg = load_dataset(data_path)
     model, cfg = build_model(data_cfg["num_classes"], tensors["train_images"].shape[1:], preset,
                              model_name, pretrained, seed)
-    recipe = dict(PRESETS[preset]["train"])
+    recipe = dict(VISION_PRESETS[preset]["train"])
     if epochs is not None:
         recipe["epochs"] = int(epochs)
     if recipe["epochs"] < 1:

@@ -28,121 +28,13 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from curvmem.presets import TrainConfig, WorldConfig
 from curvmem.store import read_jsonl
-
-# --------------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    seed: int = 0
-    n_filler: int = 800  # training paragraphs of grammar text
-    n_heldout: int = 160  # fresh paragraphs for perplexity / coherence
-    n_retain: int = 128  # training paragraphs an unlearning baseline may use as its retain set
-    n_entities: int = 24  # closed-book entities, 4 attributes each
-    fact_repeats: int = 48  # times each closed-book fact appears in training
-    n_open_train: int = 6000
-    n_open_test: int = 200
-    open_facts: int = 2  # facts in an open-book passage (of the 8 about its two entities)
-    n_arith_train: int = 11800  # of the 12,195 two-digit problems
-    n_arith_test: int = 200
-    n_logic_train: int = 8000
-    n_logic_test: int = 200
-    n_canaries: int = 10  # per kind (random, natural) and per split (forget, untargeted, control)
-    canary_words: int = 112  # >= 112 words, so >= 112 tokens (64 prefix + 48 suffix) in any BPE
-    canary_repeats: int = 21  # times each trained canary appears in train.jsonl (x epochs)
-    n_copy_train: int = 6000  # "Repeat: <names>. Again: <names>." lines: in-context copying
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    d_model: int = 128
-    n_layers: int = 8
-    n_heads: int = 4
-    d_ff: int = 384
-    seq_len: int = 144  # a whole canary (112 words, ~125 tokens) + EOS fits one block
-    batch_size: int = 8  # small batches: more updates per canary exposure
-    lr: float = 3e-3
-    warmup: int = 20
-    weight_decay: float = 0.0  # no decay: the point is to memorize
-    # passes over train.jsonl. Skills need the steps: in-context copying of fresh names (open-book,
-    # order questions) came and went between 3-pass runs, and held in both 4-pass seeds (docs/lm.md).
-    epochs: int = 4
-    steps: int | None = None  # overrides epochs
-    seed: int = 0
-    threads: int = 2
-
-
-WORLD_PRESETS = {
-    "default": WorldConfig(),
-    "smoke": WorldConfig(n_filler=60, n_heldout=12, n_retain=8, n_entities=6, fact_repeats=3,
-                         n_open_train=40, n_open_test=8, n_arith_train=60, n_arith_test=8,
-                         n_logic_train=40, n_logic_test=8, n_canaries=2, canary_repeats=6,
-                         n_copy_train=20),
-}
-TRAIN_PRESETS = {
-    "default": TrainConfig(),
-    "smoke": TrainConfig(d_model=32, n_layers=4, n_heads=2, d_ff=64, batch_size=8, steps=12),
-}
-
-
-def _with_overrides(base, overrides: dict | None, what: str):
-    if not overrides:
-        return base
-    known = {f.name for f in fields(base)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown {what} config key(s) {unknown}; known: {sorted(known)}")
-    return replace(base, **overrides)
-
-
-def world_config(preset: str = "default", seed: int | None = None, overrides=None) -> WorldConfig:
-    """A preset, then `overrides` (dict or JSON text), then the seed."""
-    if preset not in WORLD_PRESETS:
-        raise ValueError(f"unknown world preset '{preset}'; choose one of {sorted(WORLD_PRESETS)}")
-    if isinstance(overrides, str):
-        try:
-            overrides = json.loads(overrides)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--config is not valid JSON ({e}); e.g. '{{\"n_canaries\": 8}}'") from None
-        if not isinstance(overrides, dict):
-            raise ValueError("--config must be a JSON object, e.g. '{\"n_canaries\": 8}'")  # noqa: TRY004
-    cfg = _with_overrides(WORLD_PRESETS[preset], overrides, "world")
-    if seed is not None:
-        cfg = replace(cfg, seed=int(seed))
-    for f in fields(cfg):
-        if f.name not in ("seed", "n_copy_train") and getattr(cfg, f.name) < 1:
-            raise ValueError(f"world config {f.name} must be >= 1, got {getattr(cfg, f.name)}")
-    if cfg.canary_words < 112:
-        raise ValueError(f"canary_words must be >= 112 (64 prefix + 48 suffix tokens), "
-                         f"got {cfg.canary_words}")
-    if cfg.open_facts > 8:
-        raise ValueError(f"open_facts must be <= 8 (two entities x 4 attributes), "
-                         f"got {cfg.open_facts}")
-    if cfg.n_copy_train < 0:
-        raise ValueError(f"n_copy_train must be >= 0, got {cfg.n_copy_train}")
-    if cfg.n_retain > cfg.n_filler:
-        raise ValueError(f"n_retain ({cfg.n_retain}) cannot exceed n_filler ({cfg.n_filler})")
-    return cfg
-
-
-def train_config(preset: str = "default", seed: int | None = None, steps: int | None = None):
-    if preset not in TRAIN_PRESETS:
-        raise ValueError(f"unknown training preset '{preset}'; choose one of {sorted(TRAIN_PRESETS)}")
-    cfg = TRAIN_PRESETS[preset]
-    if seed is not None:
-        cfg = replace(cfg, seed=int(seed))
-    if steps is not None:
-        if steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {steps}")
-        cfg = replace(cfg, steps=int(steps))
-    return cfg
-
 
 # --------------------------------------------------------------------------- the language
 

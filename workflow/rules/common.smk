@@ -63,17 +63,15 @@ def preset_settings(domain):
     defaults in a curvmem upgrade build a new model instead of reusing a stale one."""
     if not embedded(domain):
         return None
+    from dataclasses import asdict
+
+    from curvmem import presets  # torch-free: parsing the DAG never imports torch
+
     preset = config[domain]["model"].get("preset") or "default"
     if domain == "lm":
-        from dataclasses import asdict
-
-        from curvmem import world
-
-        return {"world": asdict(world.world_config(preset)),
-                "train": asdict(world.train_config(preset))}
-    from curvmem import vision
-
-    return vision.PRESETS[preset]
+        return {"world": asdict(presets.world_config(preset)),
+                "train": asdict(presets.train_config(preset))}
+    return presets.VISION_PRESETS[preset]
 
 
 def model_key(domain):

@@ -18,9 +18,9 @@ def _check_out_json(out) -> None:
 
 
 def cmd_world(args) -> None:
-    from curvmem import world
+    from curvmem import presets, world
 
-    cfg = world.world_config(args.preset, args.seed, args.config)
+    cfg = presets.world_config(args.preset, args.seed, args.config)
     meta = world.write_world(args.out, cfg)
     print(json.dumps({"out": args.out, **meta["counts"], "seconds": meta["seconds"]}))
 
@@ -35,9 +35,9 @@ def cmd_tokenizer(args) -> None:
 def cmd_train_lm(args) -> None:
     from dataclasses import replace
 
-    from curvmem import world
+    from curvmem import presets, world
 
-    cfg = world.train_config(args.preset, args.seed, args.steps)
+    cfg = presets.train_config(args.preset, args.seed, args.steps)
     if args.threads is not None:
         cfg = replace(cfg, threads=args.threads)
     log = world.train_lm(args.world, args.tokenizer, args.out, cfg, progress=True)
