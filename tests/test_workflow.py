@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -163,6 +164,14 @@ def test_smoke_dag_completes_and_a_second_run_has_nothing_to_do():
     html = (out / "report.html").read_text(errors="replace")
     assert "lm_figure.png" in html and "vit_table.md" in html
     assert dry_run_jobs(work, f"--configfile={SMOKE}") == {}
+
+
+@pytest.mark.slow
+def test_a_finished_run_moved_to_another_checkout_has_nothing_to_do(tmp_path):
+    """Shared artifacts (DVC pull, a copied results/ tree) must not rerun for a different path."""
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(smoke_run(), moved, symlinks=True)
+    assert dry_run_jobs(moved, f"--configfile={SMOKE}") == {}
 
 
 @pytest.mark.slow

@@ -49,7 +49,8 @@ if "vit" in DOMAINS:
 
 def same_config_args():
     """The nested `snakemake --report` must see the same config as this run."""
-    files = [str(f) for f in workflow.config_settings.configfiles]
+    # relative paths: an absolute one would make the report stale in every other checkout
+    files = [os.path.relpath(f) for f in workflow.config_settings.configfiles]
     args = (["--configfile", *files] if files else []) + (
         ["--config", *workflow.config_settings.config_args]
         if workflow.config_settings.config else [])
@@ -64,7 +65,7 @@ rule report_html:
     output:
         f"{OUT}/report.html",
     params:
-        snakefile=workflow.main_snakefile,
+        snakefile=os.path.relpath(workflow.main_snakefile),
         config=same_config_args(),
     log:
         "logs/report_html.log",
