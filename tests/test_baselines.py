@@ -325,9 +325,18 @@ def test_compare_draws_one_curve_per_training_recipe(tmp_path):
     summary["models"]["bsn-0.01"]["spec"]["epochs"] = 50
     rows = {r["name"]: r for r in baselines.comparison_rows(summary)}
     assert rows["bsn-0.0015"]["recipe"] == "5 epochs" and rows["bsn-0.01"]["recipe"] == "50 epochs"
-    assert rows["kfac-0.7"]["recipe"] == ""  # one recipe: no label
+    assert rows["kfac-0.7"]["recipe"] == ""  # one layer set: no label
     baselines.comparison_figure(list(rows.values()), tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 0
+    # K-FAC edits of other layer sets are other curves, labelled by their layers
+    summary["models"]["kfac-L4+5-0.7"] = _model(0.2, 11.4, "kfac", {"4": {"mlp.up_proj": 0.7},
+                                                                   "5": {"mlp.up_proj": 0.7}})
+    rows = {r["name"]: r for r in baselines.comparison_rows(summary)}
+    assert rows["kfac-0.7"]["recipe"] == rows["kfac-0.9"]["recipe"] == "L20"
+    assert rows["kfac-L4+5-0.7"]["recipe"] == "L4+5"
+    assert rows["svd-0.1"]["recipe"] == ""  # SVD has one layer set here
+    baselines.comparison_figure(list(rows.values()), tmp_path / "g.png")
+    assert (tmp_path / "g.png").stat().st_size > 0
 
 
 def test_compare_verdict_is_computed_not_assumed(tmp_path):

@@ -18,13 +18,14 @@ The model's code is left alone: masked weights are handed to `torch.func.functio
 The comparison reads `results/lm_summary.json` (written by `curvmem report-lm`) and sets every
 edit beside the base model and beside the paper's Table 1: memorization, perplexity, task
 retention and the cost of producing the edit, plus a Pareto figure (untargeted strict recitation
-against perplexity, one curve per method and training recipe).
+against perplexity, one curve per method and recipe: BSN's training length, an edit's layer set).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -386,6 +387,16 @@ def knob(method: str, spec: dict):
     return name, (max(per_module) if per_module else None)
 
 
+def curve_variant(spec: dict) -> str:
+    """What tells curves of one method apart: BSN's training length ("50 epochs"), or the layer
+    set of an edit written by `curvmem edit` ("L4+5"); "" when neither is recorded."""
+    epochs = _number(spec.get("epochs"))
+    if epochs is not None:
+        return f"{epochs:g} epochs"
+    layers = sorted(int(k) for k in spec if str(k).isdigit())
+    return "L" + "+".join(map(str, layers)) if layers else ""
+
+
 def comparison_rows(summary: dict) -> list[dict]:
     """One row per model of an lm_summary: metrics, knob, task retention relative to base."""
     models = summary.get("models") if isinstance(summary, dict) else None
@@ -413,13 +424,14 @@ def comparison_rows(summary: dict) -> list[dict]:
         row["seconds"] = _number(m.get("seconds"))
         row["peak_rss_mb"] = _number(m.get("peak_rss_mb"))
         rows.append(row)
-    # One curve per training recipe: BSN at 5 and at 50 epochs are two curves, not one.
-    epochs = [_number((m.get("spec") or {}).get("epochs")) for m in models.values()]
+    # One curve per recipe: BSN at 5 and at 50 epochs are two curves, and so are K-FAC edits of
+    # different layer sets (a knob sweep only makes a curve within one recipe).
+    variants = [curve_variant(m.get("spec") or {}) for m in models.values()]
     recipes = {}
-    for r, e in zip(rows, epochs):
-        recipes.setdefault(r["method"], set()).add(e)
-    for r, e in zip(rows, epochs):
-        r["recipe"] = f"{e:g} epochs" if len(recipes[r["method"]]) > 1 and e is not None else ""
+    for r, v in zip(rows, variants):
+        recipes.setdefault(r["method"], set()).add(v)
+    for r, v in zip(rows, variants):
+        r["recipe"] = v if len(recipes[r["method"]]) > 1 else ""
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (rank.get(r["method"], len(rank)), r["method"],
                              r["knob"] if r["knob"] is not None else math.inf, r["name"]))
@@ -535,6 +547,18 @@ STYLES = {  # method -> (label, colour, marker, joined by a line)
 }
 
 
+RECIPE_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">")
+
+
+def _shade(colour, t: float):
+    """`colour` darkened (t = 0) through lightened (t = 1), so one method's curves stay its hue."""
+    import matplotlib.colors
+
+    rgb = matplotlib.colors.to_rgb(colour)
+    f = -0.45 + 0.9 * t
+    return tuple(c * (1 + f) if f < 0 else c + (1 - c) * f for c in rgb)
+
+
 def comparison_figure(rows: list[dict], path, verdict: dict | None = None) -> None:
     """Untargeted strict recitation vs perplexity: one curve per method and recipe, base and controls marked."""
     import matplotlib
@@ -545,28 +569,38 @@ def comparison_figure(rows: list[dict], path, verdict: dict | None = None) -> No
 
     pct = _pct_scale(rows)
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    curves = [c for c in dict.fromkeys((r["method"], r.get("recipe", "")) for r in rows)
-              if c[0] != "base"]
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "base"))
+
+    def recipe_order(recipe):  # L1, L4, L6, L4+5, L5+6, L4+5+6; 5 epochs before 50
+        numbers = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", recipe)]
+        return len(numbers), numbers, recipe
+
+    curves = sorted(dict.fromkeys((r["method"], r.get("recipe", "")) for r in rows
+                                  if r["method"] != "base"),
+                    key=lambda c: (methods.index(c[0]), recipe_order(c[1])))
     base = next((r for r in rows if r["method"] == "base"), None)
     if base and base["perplexity"] is not None and base["untargeted_strict"] is not None:
         # drawn first and hollow, so an edit sitting on the base point stays visible
         ax.plot([base["perplexity"]], [base["untargeted_strict"] * pct], marker="*",
                 markerfacecolor="none", markeredgecolor="black", markersize=20,
                 linestyle="none", label="base model", zorder=1)
-    dashes = {}
+    n_recipes = {m: sum(1 for c in curves if c[0] == m) for m, _ in curves}
+    seen = {}
     for i, (method, recipe) in enumerate(curves):
         pts = [r for r in rows if r["method"] == method and r.get("recipe", "") == recipe
                and r["perplexity"] is not None and r["untargeted_strict"] is not None]
         if not pts:
             continue
-        label, colour, marker, line = STYLES.get(method, (method, None, "P", True))
-        n_seen = dashes[method] = dashes.get(method, -1) + 1  # a method's later recipes dashed
+        label, colour, marker, line = STYLES.get(method, (method, "tab:gray", "P", True))
+        k = seen[method] = seen.get(method, -1) + 1
+        if n_recipes[method] > 1:  # a method's recipes: shades of its colour, each its own marker
+            colour = _shade(colour, k / (n_recipes[method] - 1))
+            marker = RECIPE_MARKERS[k % len(RECIPE_MARKERS)]
         pts.sort(key=lambda r: r["knob"] if r["knob"] is not None else math.inf)
         xs = [r["perplexity"] for r in pts]
         ys = [r["untargeted_strict"] * pct for r in pts]
         ax.plot(xs, ys, marker=marker, color=colour, label=f"{label}, {recipe}" if recipe else label,
-                markersize=8, linestyle=("-" if n_seen == 0 else "--") if line else "none",
-                markerfacecolor=None if n_seen == 0 else "white", alpha=0.85, zorder=2)
+                markersize=7, linestyle="-" if line else "none", alpha=0.85, zorder=2)
         for r, x, y in zip(pts, xs, ys):
             if r["knob"] is not None:  # labels of different methods stacked apart vertically
                 ax.annotate(f"{r['knob']:g}", (x, y), textcoords="offset points",
