@@ -356,3 +356,11 @@ def test_svd_edit_of_conv1d_in_model_layout():
     s = np.linalg.svd(t.T.double().numpy(), compute_uv=False)  # (d_out, d_in) = (16, 24)
     assert np.sum(s > 1e-5 * s[0]) == 8
     assert meta["method"] == "svd" and meta["modules"][name]["drop"] == 0.5
+
+
+def test_layer_set_label_names_the_layers_of_a_spec_in_order():
+    from curvmem.edit import layer_set_label
+
+    assert layer_set_label({"5": {"mlp.up_proj": 0.6}, "4": {"mlp.up_proj": 0.6}}) == "L4+5"
+    assert layer_set_label({23: {"mlp.gate_proj": 0.6}}) == "L23"
+    assert layer_set_label({"ratio": 0.03, "epochs": 5}) == ""  # BSN: no layer spec

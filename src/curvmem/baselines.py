@@ -393,8 +393,9 @@ def curve_variant(spec: dict) -> str:
     epochs = _number(spec.get("epochs"))
     if epochs is not None:
         return f"{epochs:g} epochs"
-    layers = sorted(int(k) for k in spec if str(k).isdigit())
-    return "L" + "+".join(map(str, layers)) if layers else ""
+    from curvmem.edit import layer_set_label
+
+    return layer_set_label(spec)
 
 
 def comparison_rows(summary: dict) -> list[dict]:

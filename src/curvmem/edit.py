@@ -189,6 +189,12 @@ def parse_spec(spec, layers=None, modules=None, value=None) -> dict:
     return {layer: {m: float(value) for m in mods} for layer in parse_int_list(layers)}
 
 
+def layer_set_label(spec: dict) -> str:
+    """"L4+5" for a {layer: {module: value}} spec (keys may be JSON strings); "" for none."""
+    layers = sorted(int(k) for k in spec if str(k).isdigit())
+    return "L" + "+".join(map(str, layers)) if layers else ""
+
+
 def build_edit(model, spec: dict, method: str = "kfac", eigen_dir=None, keep: str = "top",
                seed: int = 0) -> tuple[dict, dict]:
     """Edited weights {param_name: tensor (model layout, model dtype)} and the sidecar meta.

@@ -605,6 +605,13 @@ def table_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _edit_knob(record: dict) -> float:
+    """The largest per-module value of an edit spec: its rho (K-FAC) or drop fraction (SVD)."""
+    values = [v for mods in (record.get("spec") or {}).values() if isinstance(mods, dict)
+              for v in mods.values()]
+    return max(values) if values else math.nan
+
+
 def plot_sweep(summary: dict, path) -> None:
     """Left: memorized vs validation accuracy for every entry (the trade-off). Right: the four
     metrics of base and the selected SVD and K-FAC edits beside the paper's."""
@@ -613,31 +620,47 @@ def plot_sweep(summary: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from curvmem.baselines import RECIPE_MARKERS, _shade
+    from curvmem.edit import layer_set_label
+
     models, sel = summary["models"], summary["selected"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.2))
-    style = {"kfac": ("tab:blue", "o", "K-FAC"), "svd": ("tab:orange", "s", "SVD")}
-    seen = set()
+    # one line per method and layer set through its knob values (rho, drop), labelled at points
+    colours = {"kfac": "tab:blue", "svd": "tab:orange"}
+    curves = {}
     for name, r in models.items():
-        if r["memorized"] is None or r["val_acc"] is None:
-            continue
-        color, marker, label = style.get(r.get("method"), ("black", "*", "base")) \
-            if name != "base" else ("black", "*", "base")
-        if r.get("method") not in style and name != "base":
-            color, marker, label = "tab:gray", "^", str(r.get("method"))
-        ax.scatter(100 * r["memorized"], 100 * r["val_acc"], c=color, marker=marker,
-                   s=160 if name == "base" else 60, label=None if label in seen else label,
-                   edgecolors="black" if name in sel.values() else "none",
-                   zorder=4 if name == "base" else 3)  # base on top of edits that change nothing
-        seen.add(label)
-        ax.annotate(name, (100 * r["memorized"], 100 * r["val_acc"]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        if name != "base" and r["memorized"] is not None and r["val_acc"] is not None:
+            key = (r.get("method", "?"), layer_set_label(r.get("spec") or {}))
+            curves.setdefault(key, []).append((name, r))
+    order = sorted(curves, key=lambda k: (k[0] != "kfac", k[0], k[1].count("+"), k[1]))
+    for method in dict.fromkeys(m for m, _ in order):
+        keys = [k for k in order if k[0] == method]
+        for i, key in enumerate(keys):
+            pts = sorted(curves[key], key=lambda p: _edit_knob(p[1]))
+            colour = _shade(colours.get(method, "tab:gray"),  # a lone curve: the plain hue
+                            i / (len(keys) - 1) if len(keys) > 1 else 0.5)
+            xs = [100 * r["memorized"] for _, r in pts]
+            ys = [100 * r["val_acc"] for _, r in pts]
+            label = f"{ {'kfac': 'K-FAC', 'svd': 'SVD'}.get(method, method)} {key[1]}".strip()
+            ax.plot(xs, ys, color=colour, marker=RECIPE_MARKERS[i % len(RECIPE_MARKERS)],
+                    markersize=7, label=label, zorder=3)
+            for (name, r), x, y in zip(pts, xs, ys):
+                ax.annotate(f"{_edit_knob(r):g}", (x, y), fontsize=7, color=colour,
+                            xytext=(-14 if method == "svd" else 4, 3), textcoords="offset points")
+                if name in sel.values():
+                    ax.scatter([x], [y], s=220, facecolors="none", edgecolors="red",
+                               linewidths=1.5, zorder=5)
+    base = models["base"]
+    ax.scatter(100 * base["memorized"], 100 * base["val_acc"], marker="*", s=220,
+               facecolors="none", edgecolors="black", label="base", zorder=4)
+    ax.scatter([], [], s=120, facecolors="none", edgecolors="red", label="selected")
     ax.set_xlim(-3, 103)  # the whole 0-100 range, so a small reduction looks small
     ax.set_xlabel("memorized noisy training labels (%)  ← better")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Edit sweep: memorization vs generalization\n(black edge = selected on training "
-                 "images)")
+    ax.set_title("Edit sweep: memorization vs generalization\n(numbers: rho or SVD drop; red "
+                 "ring: selected on training images)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")  # points crowd at high memorization (right)
+    ax.legend(loc="lower left", fontsize=8)  # points crowd at high memorization (right)
 
     keys = [("memorized", "memorized"), ("train_gt_acc", "train gt acc"),
             ("val_acc", "val acc")]
