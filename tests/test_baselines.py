@@ -319,7 +319,7 @@ def test_compare_table_figure_and_verdict(tmp_path):
     assert [r["knob"] for r in result["rows"][1:4]] == [0.5, 0.7, 0.9]
 
 
-def test_compare_draws_one_curve_per_training_recipe(tmp_path):
+def test_compare_draws_one_curve_per_training_recipe(tmp_path, monkeypatch):
     summary = _summary()
     summary["models"]["bsn-0.0015"]["spec"]["epochs"] = 5
     summary["models"]["bsn-0.01"]["spec"]["epochs"] = 50
@@ -335,8 +335,19 @@ def test_compare_draws_one_curve_per_training_recipe(tmp_path):
     assert rows["kfac-0.7"]["recipe"] == rows["kfac-0.9"]["recipe"] == "L20"
     assert rows["kfac-L4+5-0.7"]["recipe"] == "L4+5"
     assert rows["svd-0.1"]["recipe"] == ""  # SVD has one layer set here
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
     baselines.comparison_figure(list(rows.values()), tmp_path / "g.png")
     assert (tmp_path / "g.png").stat().st_size > 0
+    labels = figures[0].axes[0].get_legend_handles_labels()[1]
+    assert labels == ["base model", "K-FAC (top curvature), L20", "K-FAC (top curvature), L4+5",
+                      "SVD", "BalancedSubnet, 5 epochs", "BalancedSubnet, 50 epochs",
+                      "control: K-FAC bottom", "control: K-FAC random"]
+    kfac_lines = [line for line in figures[0].axes[0].lines
+                  if line.get_label().startswith("K-FAC")]
+    assert [len(line.get_xdata()) for line in kfac_lines] == [3, 1]  # not one zig-zag of 4
 
 
 def test_compare_verdict_is_computed_not_assumed(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -239,11 +238,33 @@ def test_selection_uses_training_images_only():
     assert "| K-FAC | 10.0 | 3.5 | 70.0 | 66.5 | 80.0 | 71.7 |" in table
 
 
+def test_sweep_figure_draws_one_line_per_layer_set(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    def edit(mem, val, method, layers, value):
+        r = _result(mem, 0.1, 0.99, val, method)
+        r["edit"]["spec"] = {str(layer): {"mlp.fc1": value} for layer in layers}
+        return r
+
+    entries = [("base", _result(None, None, 1.0, 0.9))]  # no noisy labels: nothing memorized
+    entries += [(f"k{layers}-{rho}", edit(0.5 + rho / 5, 0.8 + rho / 10, "kfac", layers, rho))
+                for layers in ([11], [0, 11], [5]) for rho in (0.9, 0.6)]
+    entries += [("s", edit(0.9, 0.9, "svd", [0, 11], 0.1)), ("k-bare", _result(0.3, 0.6, 0.9, 0.7, "kfac"))]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    vision.plot_sweep(vision.summarize(entries), tmp_path / "f.png")
+    labels = figures[0].axes[0].get_legend_handles_labels()[1]
+    # layer sets in numeric order (L5 before L11), the knob-less edit as its own line, no base
+    assert labels == ["K-FAC", "K-FAC L5", "K-FAC L11", "K-FAC L0+11", "SVD L0+11", "selected"]
+    ticks = [a.get_text() for a in figures[0].axes[0].texts]
+    assert sorted(ticks) == sorted(["0.6", "0.9"] * 3 + ["0.1"])
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
 # --------------------------------------------------------------------------- smoke pipeline
 
 
 def test_smoke_pipeline_trains_evaluates_and_reports(tmp_path):
-    t0 = time.perf_counter()
     data, model = tmp_path / "d.safetensors", tmp_path / "vit"
     assert run_cli("vision-data", "--out", data) == 0
     assert run_cli("train-vit", "--data", data, "--out", model, "--preset", "smoke") == 0
@@ -276,7 +297,6 @@ def test_smoke_pipeline_trains_evaluates_and_reports(tmp_path):
     assert summary["models"]["svd50"]["val_acc"] == edited["val_acc"]
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     assert "| Baseline |" in (tmp_path / "t.md").read_text()
-    assert time.perf_counter() - t0 < 60
 
 
 def test_evaluate_refuses_mismatched_data(tmp_path, capsys):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -548,18 +547,6 @@ STYLES = {  # method -> (label, colour, marker, joined by a line)
 }
 
 
-RECIPE_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">")
-
-
-def _shade(colour, t: float):
-    """`colour` darkened (t = 0) through lightened (t = 1), so one method's curves stay its hue."""
-    import matplotlib.colors
-
-    rgb = matplotlib.colors.to_rgb(colour)
-    f = -0.45 + 0.9 * t
-    return tuple(c * (1 + f) if f < 0 else c + (1 - c) * f for c in rgb)
-
-
 def comparison_figure(rows: list[dict], path, verdict: dict | None = None) -> None:
     """Untargeted strict recitation vs perplexity: one curve per method and recipe, base and controls marked."""
     import matplotlib
@@ -568,16 +555,14 @@ def comparison_figure(rows: list[dict], path, verdict: dict | None = None) -> No
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
+    from curvmem.plots import RECIPE_MARKERS, recipe_order, shade
+
     pct = _pct_scale(rows)
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "base"))
-
-    def recipe_order(recipe):  # L1, L4, L6, L4+5, L5+6, L4+5+6; 5 epochs before 50
-        numbers = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", recipe)]
-        return len(numbers), numbers, recipe
-
-    curves = sorted(dict.fromkeys((r["method"], r.get("recipe", "")) for r in rows
-                                  if r["method"] != "base"),
+    drawable = [r for r in rows if r["method"] != "base" and r["perplexity"] is not None
+                and r["untargeted_strict"] is not None]
+    methods = list(dict.fromkeys(r["method"] for r in drawable))
+    curves = sorted(dict.fromkeys((r["method"], r.get("recipe", "")) for r in drawable),
                     key=lambda c: (methods.index(c[0]), recipe_order(c[1])))
     base = next((r for r in rows if r["method"] == "base"), None)
     if base and base["perplexity"] is not None and base["untargeted_strict"] is not None:
@@ -588,14 +573,11 @@ def comparison_figure(rows: list[dict], path, verdict: dict | None = None) -> No
     n_recipes = {m: sum(1 for c in curves if c[0] == m) for m, _ in curves}
     seen = {}
     for i, (method, recipe) in enumerate(curves):
-        pts = [r for r in rows if r["method"] == method and r.get("recipe", "") == recipe
-               and r["perplexity"] is not None and r["untargeted_strict"] is not None]
-        if not pts:
-            continue
+        pts = [r for r in drawable if r["method"] == method and r.get("recipe", "") == recipe]
         label, colour, marker, line = STYLES.get(method, (method, "tab:gray", "P", True))
         k = seen[method] = seen.get(method, -1) + 1
         if n_recipes[method] > 1:  # a method's recipes: shades of its colour, each its own marker
-            colour = _shade(colour, k / (n_recipes[method] - 1))
+            colour = shade(colour, k / (n_recipes[method] - 1))
             marker = RECIPE_MARKERS[k % len(RECIPE_MARKERS)]
         pts.sort(key=lambda r: r["knob"] if r["knob"] is not None else math.inf)
         xs = [r["perplexity"] for r in pts]

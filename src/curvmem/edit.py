@@ -191,7 +191,7 @@ def parse_spec(spec, layers=None, modules=None, value=None) -> dict:
 
 def layer_set_label(spec: dict) -> str:
     """"L4+5" for a {layer: {module: value}} spec (keys may be JSON strings); "" for none."""
-    layers = sorted(int(k) for k in spec if str(k).isdigit())
+    layers = sorted(int(k) for k in spec if str(k).isdecimal())
     return "L" + "+".join(map(str, layers)) if layers else ""
 
 

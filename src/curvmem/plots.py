@@ -1,6 +1,9 @@
-"""Figures for the LM report: retention per category (the paper's Figure 3) and the edit sweep."""
+"""Figures for the LM report: retention per category (the paper's Figure 3) and the edit sweep;
+and what the compare and ViT figures share: one curve per recipe, in order, in shades of a hue."""
 
 from __future__ import annotations
+
+import re
 
 import matplotlib
 
@@ -13,6 +16,24 @@ from curvmem.store import atomic_output
 CATEGORY_LABELS = {"closed_book": "closed-book\nfacts", "open_book": "open-book\nfacts",
                    "arithmetic": "arithmetic\n(paper: math)", "logic": "logic",
                    "memorization": "memorization\n(untargeted strict)"}
+
+
+RECIPE_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">")
+
+
+def shade(colour, t: float):
+    """`colour` darkened (t = 0) through lightened (t = 1), so one method's curves keep its hue."""
+    import matplotlib.colors
+
+    rgb = matplotlib.colors.to_rgb(colour)
+    f = -0.45 + 0.9 * t
+    return tuple(c * (1 + f) if f < 0 else c + (1 - c) * f for c in rgb)
+
+
+def recipe_order(recipe: str):
+    """Sort key of recipe labels by their numbers: L1, L4, L11, L4+5, L4+5+6; 5 before 50 epochs."""
+    numbers = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", recipe)]
+    return len(numbers), numbers, recipe
 
 
 def _save(fig, path) -> None:

@@ -605,11 +605,11 @@ def table_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _edit_knob(record: dict) -> float:
+def _edit_knob(record: dict) -> float | None:
     """The largest per-module value of an edit spec: its rho (K-FAC) or drop fraction (SVD)."""
     values = [v for mods in (record.get("spec") or {}).values() if isinstance(mods, dict)
               for v in mods.values()]
-    return max(values) if values else math.nan
+    return max(values) if values else None
 
 
 def plot_sweep(summary: dict, path) -> None:
@@ -620,39 +620,42 @@ def plot_sweep(summary: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from curvmem.baselines import RECIPE_MARKERS, _shade
     from curvmem.edit import layer_set_label
+    from curvmem.plots import RECIPE_MARKERS, recipe_order, shade
 
     models, sel = summary["models"], summary["selected"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.2))
     # one line per method and layer set through its knob values (rho, drop), labelled at points
     colours = {"kfac": "tab:blue", "svd": "tab:orange"}
+    names = {"kfac": "K-FAC", "svd": "SVD"}
     curves = {}
     for name, r in models.items():
         if name != "base" and r["memorized"] is not None and r["val_acc"] is not None:
-            key = (r.get("method", "?"), layer_set_label(r.get("spec") or {}))
+            key = (str(r.get("method") or "?"), layer_set_label(r.get("spec") or {}))
             curves.setdefault(key, []).append((name, r))
-    order = sorted(curves, key=lambda k: (k[0] != "kfac", k[0], k[1].count("+"), k[1]))
+    order = sorted(curves, key=lambda k: (k[0] != "kfac", k[0], recipe_order(k[1])))
     for method in dict.fromkeys(m for m, _ in order):
         keys = [k for k in order if k[0] == method]
         for i, key in enumerate(keys):
-            pts = sorted(curves[key], key=lambda p: _edit_knob(p[1]))
-            colour = _shade(colours.get(method, "tab:gray"),  # a lone curve: the plain hue
-                            i / (len(keys) - 1) if len(keys) > 1 else 0.5)
+            pts = sorted(curves[key], key=lambda p: (_edit_knob(p[1]) is None, _edit_knob(p[1]) or 0))
+            colour = shade(colours.get(method, "tab:gray"),  # a lone curve: the plain hue
+                           i / (len(keys) - 1) if len(keys) > 1 else 0.5)
             xs = [100 * r["memorized"] for _, r in pts]
             ys = [100 * r["val_acc"] for _, r in pts]
-            label = f"{ {'kfac': 'K-FAC', 'svd': 'SVD'}.get(method, method)} {key[1]}".strip()
             ax.plot(xs, ys, color=colour, marker=RECIPE_MARKERS[i % len(RECIPE_MARKERS)],
-                    markersize=7, label=label, zorder=3)
+                    markersize=7, label=f"{names.get(method, method)} {key[1]}".strip(), zorder=3)
             for (name, r), x, y in zip(pts, xs, ys):
-                ax.annotate(f"{_edit_knob(r):g}", (x, y), fontsize=7, color=colour,
-                            xytext=(-14 if method == "svd" else 4, 3), textcoords="offset points")
+                if _edit_knob(r) is not None:
+                    ax.annotate(f"{_edit_knob(r):g}", (x, y), fontsize=7, color=colour,
+                                xytext=(-14 if method == "svd" else 4, 3),
+                                textcoords="offset points")
                 if name in sel.values():
                     ax.scatter([x], [y], s=220, facecolors="none", edgecolors="red",
                                linewidths=1.5, zorder=5)
     base = models["base"]
-    ax.scatter(100 * base["memorized"], 100 * base["val_acc"], marker="*", s=220,
-               facecolors="none", edgecolors="black", label="base", zorder=4)
+    if base["memorized"] is not None and base["val_acc"] is not None:  # None: no noisy labels
+        ax.scatter(100 * base["memorized"], 100 * base["val_acc"], marker="*", s=220,
+                   facecolors="none", edgecolors="black", label="base", zorder=4)
     ax.scatter([], [], s=120, facecolors="none", edgecolors="red", label="selected")
     ax.set_xlim(-3, 103)  # the whole 0-100 range, so a small reduction looks small
     ax.set_xlabel("memorized noisy training labels (%)  ← better")
