@@ -285,6 +285,30 @@ def test_bad_edit_inputs(disk, olmo_eigen, tmp_path, capsys):
         torch.testing.assert_close(t, params[name].detach(), rtol=0, atol=1e-6)
 
 
+def test_edit_in_bfloat16_matches_the_float32_edit_and_applies_to_either(disk, olmo_eigen,
+                                                                         tmp_path):
+    """--dtype bfloat16 halves the memory of a 7B edit; it is the same edit, rounded."""
+    from curvmem.edit import apply
+
+    args = ["edit", "--model", disk["olmo"], "--eigen", olmo_eigen / "e", "--layers", "1",
+            "--modules", "mlp.gate_proj,mlp.up_proj", "--rho", "0.6"]
+    assert cli(*args, "--out", tmp_path / "f32.safetensors") == 0
+    assert cli(*args, "--dtype", "bfloat16", "--out", tmp_path / "bf16.safetensors") == 0
+    f32, meta32 = store.read_edit(tmp_path / "f32.safetensors")
+    bf16, meta16 = store.read_edit(tmp_path / "bf16.safetensors")
+    assert meta16["load_dtype"] == "bfloat16" and meta32["load_dtype"] == "float32"
+    assert meta16["model_fingerprint"] == meta32["model_fingerprint"]
+    for name, t in bf16.items():
+        assert t.dtype == torch.bfloat16
+        # computed from bf16-rounded weights, then rounded: within a few bf16 steps of float32's
+        err = (t.float() - f32[name]).norm() / f32[name].norm()
+        assert err < 1e-2, (name, float(err))
+    model = load_model(disk["olmo"])  # float32: the bf16 edit applies (fingerprint matches)
+    apply(model, tmp_path / "bf16.safetensors")
+    name = next(iter(bf16))
+    torch.testing.assert_close(dict(model.named_parameters())[name].detach(), bf16[name].float())
+
+
 def write_raw_factor_file(path, A, G, attrs):
     """A factors file written around curvmem.store (which refuses NaN), as a corrupt job might."""
     import xarray as xr

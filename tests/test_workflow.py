@@ -136,7 +136,8 @@ def test_7b_dry_run_on_slurm_lists_one_gpu_collection_job_per_layer_offline(tmp_
     for path in cfg["lm"]["data"].values():  # the user's corpus and memorized sets
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         (repo / path).write_text('{"text": "placeholder"}\n')
-    cmd = ["snakemake", "-n", "--profile", "slurm", "--configfile=workflow/config/olmo2-7b.yaml"]
+    cmd = ["snakemake", "-n", "-p", "--profile", "slurm",
+           "--configfile=workflow/config/olmo2-7b.yaml"]
     offline = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run((["unshare", "-n"] if offline else []) + cmd, cwd=repo, env=env,
@@ -152,6 +153,9 @@ def test_7b_dry_run_on_slurm_lists_one_gpu_collection_job_per_layer_offline(tmp_
     assert all(re.search(r"\bmem_mb=128000\b", b) for b in collect)
     evaluations = [b for b in blocks if b.startswith("rule evaluate_lm:")]
     assert evaluations and not any(re.search(r"\bgpu=0\b", b) for b in evaluations)
+    edit_commands = [line for line in proc.stdout.splitlines()
+                     if line.startswith("Shell command: curvmem edit ")]
+    assert edit_commands and all("--dtype bfloat16" in c for c in edit_commands)  # half the RAM
     assert not (repo / "results").exists()
 
 

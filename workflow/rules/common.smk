@@ -292,6 +292,7 @@ def edit_flags(wildcards):
                  ("--modules", spec["modules"]), ("--spec", per_module),
                  ("--rho" if kfac else "--svd-drop", value),
                  ("--keep", spec.get("keep")), ("--seed", spec.get("seed")),
+                 ("--dtype", config[wildcards.domain]["model"].get("dtype")),
                  ("--tag", method_tag(spec)))
 
 

@@ -82,6 +82,10 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--spec", default=None,
                    help='JSON {"layer": {"module": value}}: a rho (or drop) per layer and module')
     p.add_argument("--seed", type=int, default=0, help="seed of --keep random")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="dtype to load the model in and write the edited weights in (the edit "
+                   "itself is computed in float64); bfloat16 halves a 7B's memory: use the dtype "
+                   "the edited model will be evaluated in")
     p.add_argument("--tag", default=None,
                    help="method label in the sidecar (e.g. kfac-shard for eigenbases from "
                    "another shard)")
@@ -186,6 +190,8 @@ def run_eigen(args) -> None:
 
 
 def run_edit(args) -> None:
+    import torch
+
     from curvmem.edit import build_edit, parse_spec
     from curvmem.models import load_model
     from curvmem.store import write_edit
@@ -199,7 +205,8 @@ def run_edit(args) -> None:
         raise ValueError("--keep is for --method kfac")
     spec = parse_spec(args.spec, args.layers, args.modules, value)
     with cost() as c:
-        model = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        model = load_model(args.model, dtype=getattr(torch, args.dtype),
+                           trust_remote_code=args.trust_remote_code)
         tensors, meta = build_edit(model, spec, method=args.method, eigen_dir=args.eigen,
                                    keep=args.keep, seed=args.seed)
     if args.tag:
@@ -208,6 +215,7 @@ def run_edit(args) -> None:
     meta["seconds"] = round(meta.pop("upstream_seconds") + c["seconds"], 3)
     meta["peak_rss_mb"] = round(max(meta.pop("upstream_peak_rss_mb"), c["peak_rss_mb"]), 1)
     meta["model"] = args.model
+    meta["load_dtype"] = args.dtype
     write_edit(args.out, tensors, meta)
     kept = [s.get("mass_kept", s.get("singular_values_kept")) for s in meta["modules"].values()]
     print(f"{meta['method']} edit of {len(tensors)} weights -> {args.out} (kept: {kept})")
