@@ -1,0 +1,128 @@
+"""Time and peak memory of the embedded default, end to end: a fresh clone, `snakemake --cores N`.
+
+The README's figures for the default (wall time, jobs, LM training time, memory) come from this.
+It clones the repository's committed HEAD (uncommitted changes are not measured) into a scratch
+directory, runs the whole DAG there with the installed curvmem, and samples memory every
+`--interval` seconds: the machine's used memory (MemTotal - MemAvailable) above its level before
+the run, and the largest resident set of any process under snakemake. Linux only (/proc).
+
+    python benchmarks/bench_default.py                       # about 22 min on 2 cores
+    python benchmarks/bench_default.py --cores 2 --keep /tmp/run   # keep the run's results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def used_memory_mb() -> float:
+    info = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, value = line.split(":", 1)
+        info[key] = int(value.split()[0])  # kB
+    return (info["MemTotal"] - info["MemAvailable"]) / 1024
+
+
+def tree_max_rss_mb(root_pid: int) -> float:
+    """The largest VmRSS among root_pid and its descendants (processes can vanish mid-scan)."""
+    parents, rss = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        parents[int(entry)] = int(fields.get("PPid", "0").strip() or 0)
+        rss[int(entry)] = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+    best = 0.0
+    for pid, mb in rss.items():
+        p = pid
+        while p and p != root_pid:
+            p = parents.get(p, 0)
+        if p == root_pid:
+            best = max(best, mb)
+    return best
+
+
+def sample(proc: subprocess.Popen, interval: float, out: dict) -> None:
+    while proc.poll() is None:
+        out["used_mb"] = max(out["used_mb"], used_memory_mb())
+        out["max_rss_mb"] = max(out["max_rss_mb"], tree_max_rss_mb(proc.pid))
+        time.sleep(interval)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cores", default="all", help="snakemake --cores (default: all)")
+    ap.add_argument("--interval", type=float, default=2.0, help="memory sampling period, s")
+    ap.add_argument("--keep", default=None, help="run in this new directory and keep it")
+    args = ap.parse_args()
+
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    if args.keep and Path(args.keep).exists():
+        sys.exit(f"--keep {args.keep}: already exists; give a new directory")
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="curvmem-bench-")) / "run"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(work)], check=True)
+    idle = used_memory_mb()
+    peaks = {"used_mb": idle, "max_rss_mb": 0.0}
+    log = work / "bench_snakemake.log"
+    t0 = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.Popen(["snakemake", "--cores", str(args.cores)], cwd=work, stdout=fh,
+                                stderr=subprocess.STDOUT)
+        sampler = threading.Thread(target=sample, args=(proc, args.interval, peaks), daemon=True)
+        sampler.start()
+        rc = proc.wait()
+        sampler.join()
+    wall = time.perf_counter() - t0
+    text = log.read_text()
+    if rc != 0:
+        print(text[-4000:], file=sys.stderr)
+        sys.exit(f"snakemake failed ({rc}); the run is in {work}")
+
+    import torch
+
+    train_logs = sorted(work.glob("results/lm/models/*/model/train_log.json"))
+    train = json.loads(train_logs[0].read_text()) if train_logs else {}
+    figures = {
+        "commit": commit,
+        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, "
+                   f"torch {torch.__version__}",
+        "cores": args.cores,
+        "wall_seconds": round(wall, 1),
+        "jobs": text.count("Finished job"),
+        "lm_training_seconds": train.get("seconds"),
+        "lm_training_steps": train.get("steps"),
+        "lm_final_loss": train.get("final_loss"),
+        "peak_memory_above_idle_mb": round(peaks["used_mb"] - idle),
+        "largest_process_mb": round(peaks["max_rss_mb"]),
+    }
+    print(f"embedded default DAG, commit {commit}, --cores {args.cores} ({figures['machine']})")
+    print(f"  wall time              {wall // 60:.0f} min {wall % 60:.0f} s ({figures['jobs']} jobs)")
+    print(f"  LM training            {figures['lm_training_seconds']} s, "
+          f"{figures['lm_training_steps']} steps, final loss {figures['lm_final_loss']}")
+    print(f"  peak memory above idle {figures['peak_memory_above_idle_mb']} MB")
+    print(f"  largest process        {figures['largest_process_mb']} MB")
+    print(json.dumps(figures))
+    if not args.keep:
+        shutil.rmtree(work.parent, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
