@@ -13,6 +13,7 @@ the run, and the largest resident set of any process under snakemake. Linux only
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -95,14 +96,12 @@ def main() -> int:
         print(text[-4000:], file=sys.stderr)
         sys.exit(f"snakemake failed ({rc}); the run is in {work}")
 
-    import torch
-
     train_logs = sorted(work.glob("results/lm/models/*/model/train_log.json"))
     train = json.loads(train_logs[0].read_text()) if train_logs else {}
     figures = {
         "commit": commit,
         "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, "
-                   f"torch {torch.__version__}",
+                   f"torch {importlib.metadata.version('torch')}",
         "cores": args.cores,
         "wall_seconds": round(wall, 1),
         "jobs": text.count("Finished job"),
