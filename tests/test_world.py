@@ -181,3 +181,47 @@ def test_pack_documents_keeps_documents_whole():
     assert blocks.tolist() == [[5, 5, 5, 1, 0, 0], [6, 6, 6, 6, 1, 0], [7, 7, 1, 0, 0, 0],
                                [8, 8, 8, 8, 8, 8], [8, 8, 8, 1, 0, 0]]
     assert blocks.dtype == torch.long
+
+
+@pytest.fixture(scope="module")
+def smoke_lm_inputs(tmp_path_factory):
+    """A written smoke world and its tokenizer (module-scoped: several training tests share it)."""
+    root = tmp_path_factory.mktemp("smoke_lm")
+    world.write_world(root / "world", presets.world_config("smoke", seed=3))
+    world.train_tokenizer(root / "world" / "train.jsonl", root / "tok", vocab_size=400)
+    return root / "world", root / "tok"
+
+
+@pytest.mark.slow  # Inductor compiles C++ kernels: about half a minute on 2 cores
+def test_compiled_training_matches_eager(tmp_path, smoke_lm_inputs):
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    w, tok = smoke_lm_inputs
+    cfg = replace(presets.train_config("smoke"), steps=6, threads=1)
+    eager = world.train_lm(w, tok, tmp_path / "eager", cfg, progress=False)
+    compiled = world.train_lm(w, tok, tmp_path / "compiled", replace(cfg, compile=True),
+                              progress=False)
+    assert compiled["config"]["compile"] is True and eager["config"]["compile"] is False
+    # the same model and batches: only the kernels' float rounding differs
+    assert compiled["losses"] == pytest.approx(eager["losses"], rel=1e-3)
+    a = load_file(tmp_path / "eager" / "model.safetensors")
+    b = load_file(tmp_path / "compiled" / "model.safetensors")
+    assert a.keys() == b.keys()  # saved from the module itself, not the compiled wrapper
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4)
+
+
+def test_compile_without_a_cxx_compiler_is_one_clear_error(tmp_path, smoke_lm_inputs,
+                                                           monkeypatch):
+    from dataclasses import replace
+
+    from torch._inductor import cpp_builder
+
+    w, tok = smoke_lm_inputs
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", lambda: "/nonexistent/c++")
+    cfg = replace(presets.train_config("smoke"), steps=2, compile=True)
+    with pytest.raises(ValueError, match=r"C\+\+ compiler '/nonexistent/c\+\+'.*--no-compile"):
+        world.train_lm(w, tok, tmp_path / "model", cfg, progress=False)
+    assert not (tmp_path / "model").exists()

@@ -440,6 +440,25 @@ def pack_documents(docs: list[list[int]], seq_len: int, eos_id: int, pad_id: int
     return torch.tensor(blocks, dtype=torch.long)
 
 
+def _compiled(model):
+    """torch.compile(model), after checking for the C++ compiler Inductor's CPU kernels need.
+
+    Compiling fuses the many small element-wise ops of a tiny OLMo-2 (RMSNorms, rotary, SwiGLU),
+    about a fifth of a training step on CPU; benchmarks/bench_train.py measures it.
+    """
+    from torch._inductor import cpp_builder
+
+    try:
+        cxx = cpp_builder.get_cpp_compiler()
+    except Exception as e:  # noqa: BLE001 - Inductor raises several kinds when none is found
+        raise ValueError(f"compile: true needs a C++ compiler for torch.compile ({e}); install "
+                         f"g++ or clang++, or train with compile: false (`--no-compile`)") from None
+    if shutil.which(cxx) is None and not Path(cxx).is_file():
+        raise ValueError(f"compile: true needs the C++ compiler '{cxx}' for torch.compile; install "
+                         f"it, or train with compile: false (`--no-compile`)")
+    return torch.compile(model)
+
+
 def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = True) -> dict:
     """Train the tiny OLMo-2 on world_dir/train.jsonl; save model + tokenizer to `out`."""
     from tqdm import tqdm
@@ -466,7 +485,8 @@ def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = T
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.95))
+                            lr=cfg.lr, betas=(0.9, 0.95), fused=True)
+    forward = _compiled(model) if cfg.compile else model
 
     def lr_at(step):  # linear warmup, cosine decay to 10 %
         if step < cfg.warmup:
@@ -485,7 +505,7 @@ def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = T
         labels = batch.masked_fill(batch == tokenizer.pad_token_id, -100)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = model(input_ids=batch, labels=labels).loss
+        loss = forward(input_ids=batch, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -40,6 +41,8 @@ def cmd_train_lm(args) -> None:
     cfg = presets.train_config(args.preset, args.seed, args.steps)
     if args.threads is not None:
         cfg = replace(cfg, threads=args.threads)
+    if args.compile is not None:
+        cfg = replace(cfg, compile=args.compile)
     log = world.train_lm(args.world, args.tokenizer, args.out, cfg, progress=True)
     print(json.dumps({"out": args.out, "steps": log["steps"], "final_loss": log["final_loss"],
                       "parameters": log["parameters"], "seconds": log["seconds"]}))
@@ -213,6 +216,9 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the preset's, 2; the thread count changes "
                    "the float summation order, hence the trained weights)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training step (default: the preset's; needs a C++ "
+                   "compiler; compiled and eager training give slightly different weights)")
     p.set_defaults(func=cmd_train_lm)
 
     p = evaluate_sub.add_parser("memorization", help="strict/loose recitation of memorized text",
