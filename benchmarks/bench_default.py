@@ -5,8 +5,9 @@ It clones the repository's committed HEAD (uncommitted changes are not measured)
 directory, runs the whole DAG there with the installed curvmem, and samples memory every
 `--interval` seconds: the machine's used memory (MemTotal - MemAvailable) above its level before
 the run, and the largest resident set of any process under snakemake. Linux only (/proc).
+torch.compile's kernel cache (TORCHINDUCTOR_CACHE_DIR) starts empty, as on a fresh machine.
 
-    python benchmarks/bench_default.py                       # about 22 min on 2 cores
+    python benchmarks/bench_default.py                       # about 15 min on 2 cores
     python benchmarks/bench_default.py --cores 2 --keep /tmp/run   # keep the run's results/
 """
 
@@ -83,9 +84,10 @@ def main() -> int:
     peaks = {"used_mb": idle, "max_rss_mb": 0.0}
     log = work / "bench_snakemake.log"
     t0 = time.perf_counter()
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(work.parent / f"{work.name}-inductor")}
     with log.open("w") as fh:
         proc = subprocess.Popen(["snakemake", "--cores", str(args.cores)], cwd=work, stdout=fh,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, env=env)
         sampler = threading.Thread(target=sample, args=(proc, args.interval, peaks), daemon=True)
         sampler.start()
         rc = proc.wait()

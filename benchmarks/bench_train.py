@@ -7,13 +7,20 @@ a fifth of an eager step on CPU; the matrix products are the same either way.
 
     python benchmarks/bench_train.py                 # the README's figures (2 threads)
     python benchmarks/bench_train.py --threads 1 --steps 50
+
+Inductor caches compiled kernels (by default under /tmp); the benchmark points it at a fresh
+directory, so "first steps" is a cold compilation, as on a fresh machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 from dataclasses import replace
+
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_train_inductor_")
 
 import torch
 

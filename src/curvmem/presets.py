@@ -29,7 +29,9 @@ class WorldConfig:
     n_canaries: int = 10  # per kind (random, natural) and per split (forget, untargeted, control)
     canary_words: int = 112  # >= 112 words, so >= 112 tokens (64 prefix + 48 suffix) in any BPE
     canary_repeats: int = 21  # times each trained canary appears in train.jsonl (x epochs)
-    n_copy_train: int = 6000  # "Repeat: <names>. Again: <names>." lines: in-context copying
+    # "Repeat: <names>. Again: <names>." lines: in-context copying. 6,000 left it to chance in a
+    # 4-layer model (1 of 3 runs); 12,000 taught it in 3 of 3 (docs/lm.md)
+    n_copy_train: int = 12000
 
 
 @dataclass(frozen=True)
