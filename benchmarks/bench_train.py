@@ -32,7 +32,8 @@ def seconds_per_step(cfg, vocab: int, compile: bool, steps: int, warmup: int):
     """(seconds of the first `warmup` steps, mean seconds per step after them)."""
     model = build_model(cfg, vocab, eos_id=0, pad_id=1)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                            fused=cfg.fused_adamw or None)
     forward = _compiled(model) if compile else model
     gen = torch.Generator().manual_seed(0)
     batches = torch.randint(2, vocab, (warmup + steps, cfg.batch_size, cfg.seq_len), generator=gen)

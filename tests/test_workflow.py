@@ -64,9 +64,12 @@ def test_missing_report_evaluation_is_refused(repo):
     assert proc.returncode != 0 and "lacks ['tasks']" in proc.stdout + proc.stderr
 
 
-def test_default_dag_runs_every_stage_and_its_sweeps(repo):
-    jobs = dry_run_jobs(repo)  # no --configfile: the embedded default
-    cfg = load(repo, "default")
+@pytest.mark.parametrize("name", ["default", "fast"])
+def test_embedded_dag_runs_every_stage_and_its_sweeps(repo, name):
+    # no --configfile: the embedded default
+    args = () if name == "default" else (f"--configfile=workflow/config/{name}.yaml",)
+    jobs = dry_run_jobs(repo, *args)
+    cfg = load(repo, name)
     for rule in ("world", "tokenizer", "train_lm", "vision_data", "train_vit", "report_lm",
                  "report_vit", "compare", "report_html"):
         assert jobs[rule] == 1, rule
@@ -80,6 +83,10 @@ def test_default_dag_runs_every_stage_and_its_sweeps(repo):
               for s in cfg[d]["edits"].values() if s["method"] == "kfac"
               for ls in s["layers"] for layer in ls}
     assert jobs["collect"] == jobs["eigen"] == len(layers)
+    if name == "fast":  # the 4-layer preset is what trains, and every edit stays inside it
+        shell = snakemake(repo, "-n", "-p", *args).stdout
+        assert re.search(r"curvmem train-lm .*--preset fast", shell)
+        assert max(layer for domain, _, layer in layers if domain == "lm") == 3
 
 
 def test_edit_outputs_are_keyed_by_content(repo):

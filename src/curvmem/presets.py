@@ -29,17 +29,13 @@ class WorldConfig:
     n_canaries: int = 10  # per kind (random, natural) and per split (forget, untargeted, control)
     canary_words: int = 112  # >= 112 words, so >= 112 tokens (64 prefix + 48 suffix) in any BPE
     canary_repeats: int = 21  # times each trained canary appears in train.jsonl (x epochs)
-    # "Repeat: <names>. Again: <names>." lines: in-context copying. 6,000 left it to chance in a
-    # 4-layer model (1 of 3 runs); 12,000 taught it in 3 of 3 (docs/lm.md)
-    n_copy_train: int = 12000
+    n_copy_train: int = 6000  # "Repeat: <names>. Again: <names>." lines: in-context copying
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     d_model: int = 128
-    # 4 layers learn the skills and recite the canaries as well as 8 did, in half the time
-    # (docs/lm.md, "How the defaults were chosen")
-    n_layers: int = 4
+    n_layers: int = 8
     n_heads: int = 4
     d_ff: int = 384
     seq_len: int = 144  # a whole canary (112 words, ~125 tokens) + EOS fits one block
@@ -53,11 +49,15 @@ class TrainConfig:
     steps: int | None = None  # overrides epochs
     seed: int = 0
     threads: int = 2
-    compile: bool = True  # torch.compile the training step: ~1.2x per step (needs a C++ compiler)
+    compile: bool = False  # torch.compile the training step: ~1.2x a step (needs a C++ compiler)
+    fused_adamw: bool = False  # the fused AdamW kernel: ~4 % a step, slightly different weights
 
 
 WORLD_PRESETS = {
     "default": WorldConfig(),
+    # 6,000 copying lines left in-context copying to chance in the 4-layer model (1 of 3 runs);
+    # 12,000 taught it in 3 of 3 one-thread seeds (docs/lm.md, "The fast preset")
+    "fast": WorldConfig(n_copy_train=12000),
     "smoke": WorldConfig(n_filler=60, n_heldout=12, n_retain=8, n_entities=6, fact_repeats=3,
                          n_open_train=40, n_open_test=8, n_arith_train=60, n_arith_test=8,
                          n_logic_train=40, n_logic_test=8, n_canaries=2, canary_repeats=6,
@@ -65,8 +65,9 @@ WORLD_PRESETS = {
 }
 TRAIN_PRESETS = {
     "default": TrainConfig(),
-    "smoke": TrainConfig(d_model=32, n_layers=4, n_heads=2, d_ff=64, batch_size=8, steps=12,
-                         compile=False),  # compiling would take longer than these 12 steps
+    # half the layers and a compiled step: 5.6 min instead of 8.5-9.5 on 2 cores, weaker skills
+    "fast": TrainConfig(n_layers=4, compile=True, fused_adamw=True),
+    "smoke": TrainConfig(d_model=32, n_layers=4, n_heads=2, d_ff=64, batch_size=8, steps=12),
 }
 
 

@@ -485,7 +485,7 @@ def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = T
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.95), fused=True)
+                            lr=cfg.lr, betas=(0.9, 0.95), fused=cfg.fused_adamw or None)
     forward = _compiled(model) if cfg.compile else model
 
     def lr_at(step):  # linear warmup, cosine decay to 10 %
