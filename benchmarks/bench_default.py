@@ -9,6 +9,7 @@ torch.compile's kernel cache (TORCHINDUCTOR_CACHE_DIR) starts empty, as on a fre
 
     python benchmarks/bench_default.py                       # about 15 min on 2 cores
     python benchmarks/bench_default.py --cores 2 --keep /tmp/run   # keep the run's results/
+    python benchmarks/bench_default.py --configfile workflow/config/fast.yaml   # the fast preset
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def main() -> int:
     ap.add_argument("--cores", default="all", help="snakemake --cores (default: all)")
     ap.add_argument("--interval", type=float, default=2.0, help="memory sampling period, s")
     ap.add_argument("--keep", default=None, help="run in this new directory and keep it")
+    ap.add_argument("--configfile", default=None,
+                    help="a config of the clone, e.g. workflow/config/fast.yaml (default: none, "
+                    "the embedded default)")
     args = ap.parse_args()
 
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
@@ -85,9 +89,10 @@ def main() -> int:
     log = work / "bench_snakemake.log"
     t0 = time.perf_counter()
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(work.parent / f"{work.name}-inductor")}
+    config = ["--configfile", args.configfile] if args.configfile else []
     with log.open("w") as fh:
-        proc = subprocess.Popen(["snakemake", "--cores", str(args.cores)], cwd=work, stdout=fh,
-                                stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(["snakemake", "--cores", str(args.cores), *config], cwd=work,
+                                stdout=fh, stderr=subprocess.STDOUT, env=env)
         sampler = threading.Thread(target=sample, args=(proc, args.interval, peaks), daemon=True)
         sampler.start()
         rc = proc.wait()
@@ -98,7 +103,7 @@ def main() -> int:
         print(text[-4000:], file=sys.stderr)
         sys.exit(f"snakemake failed ({rc}); the run is in {work}")
 
-    train_logs = sorted(work.glob("results/lm/models/*/model/train_log.json"))
+    train_logs = sorted(work.glob("results/**/lm/models/*/model/train_log.json"))
     train = json.loads(train_logs[0].read_text()) if train_logs else {}
     figures = {
         "commit": commit,
