@@ -345,3 +345,32 @@ def test_sweep_figure_draws_one_line_per_layer_set():
     assert _kfac_sweep_lines(models) == {
         "L5": [(0.6, "kfac-L5-rho0.6"), (0.8, "kfac-L5-rho0.8")],
         "L4+5": [(0.7, "kfac-L4+5-rho0.7")]}
+
+
+def test_a_wide_perplexity_range_gets_a_log_axis(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from curvmem.plots import log_x_if_wide, sweep_figure
+
+    fig, ax = plt.subplots()
+    assert not log_x_if_wide(ax, [40.0, 45.0, 90.0, None])  # 2.25x: linear
+    assert ax.get_xscale() == "linear"
+    assert log_x_if_wide(ax, [40.0, 45.0, 456.0])  # one wrecked control: log
+    assert ax.get_xscale() == "log"
+    plt.close(fig)
+
+    def mem(strict):
+        kinds = {k: {"strict": strict} for k in ("random", "natural")}
+        return {"strict": strict, "by_kind": kinds}
+
+    def model(ppl, strict, **meta):
+        return {"forget": mem(strict), "untargeted": mem(strict), "perplexity": ppl, **meta}
+
+    spec = {"1": {"mlp.gate_proj": 0.6, "mlp.up_proj": 0.6}}
+    summary = {"models": {"base": model(44.0, 1.0),
+                          "kfac-L1-rho0.6": model(39.0, 0.0, method="kfac", spec=spec),
+                          "kfac-random-L1-rho0.6": model(456.0, 0.0, method="kfac-random",
+                                                         spec=spec)},
+               "selected": "kfac-L1-rho0.6"}
+    sweep_figure(summary, tmp_path / "sweep.png", max_ppl_rise=0.1)
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000

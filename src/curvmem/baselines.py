@@ -553,9 +553,8 @@ def comparison_figure(rows: list[dict], path, verdict: dict | None = None) -> No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
-    from curvmem.plots import RECIPE_MARKERS, recipe_order, shade
+    from curvmem.plots import RECIPE_MARKERS, log_x_if_wide, recipe_order, shade
 
     pct = _pct_scale(rows)
     fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -588,11 +587,7 @@ def comparison_figure(rows: list[dict], path, verdict: dict | None = None) -> No
             if r["knob"] is not None:  # labels of different methods stacked apart vertically
                 ax.annotate(f"{r['knob']:g}", (x, y), textcoords="offset points",
                             xytext=(4, 5 + 9 * (i % 4)), fontsize=7, color=colour)
-    ppls = [r["perplexity"] for r in rows if r["perplexity"]]
-    if ppls and max(ppls) > 2.5 * min(ppls):
-        ax.set_xscale("log")  # one wrecked control must not squash the curves that matter
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    log_x_if_wide(ax, [r["perplexity"] for r in rows])
     ax.margins(y=0.15)  # room for the knob labels above the points
     ax.set_xlabel("perplexity on held-out text (lower is better); point labels: the method's "
                   "knob (rho, drop, ratio)")

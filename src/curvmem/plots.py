@@ -36,6 +36,21 @@ def recipe_order(recipe: str):
     return len(numbers), numbers, recipe
 
 
+def log_x_if_wide(ax, values, ratio: float = 2.5) -> bool:
+    """A log x-axis when the values span more than `ratio`x, so one wrecked control (perplexity
+    +900 %) does not squash the curves that matter into the left edge. Returns whether it did."""
+    import matplotlib.ticker
+
+    values = [v for v in values if v]
+    if not values or max(values) <= ratio * min(values):
+        return False
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 20, 30, 50, 100, ...
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    return True
+
+
 def _save(fig, path) -> None:
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
@@ -141,6 +156,8 @@ def sweep_figure(summary: dict, path, max_ppl_rise: float | None = None) -> None
             ax.grid(alpha=0.25)
             if row == 1:
                 ax.set_xlabel("held-out perplexity (mean over batches of exp(batch loss))")
+            if row == col == 0:  # the axes share x
+                log_x_if_wide(ax, [m.get("perplexity") for m in models.values()])
             if col == 0:
                 ax.set_ylabel("strict recitation (%)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
