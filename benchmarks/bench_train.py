@@ -27,7 +27,7 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_train_ind
 import torch
 
 from curvmem import presets
-from curvmem.world import _compiled, build_model
+from curvmem.world import _compiled, _deterministic, build_model
 
 
 def seconds_per_step(cfg, vocab: int, compile: bool, steps: int, warmup: int):
@@ -40,14 +40,15 @@ def seconds_per_step(cfg, vocab: int, compile: bool, steps: int, warmup: int):
     gen = torch.Generator().manual_seed(0)
     batches = torch.randint(2, vocab, (warmup + steps, cfg.batch_size, cfg.seq_len), generator=gen)
     t0 = time.perf_counter()
-    for i, batch in enumerate(batches):
-        if i == warmup:
-            t_warm = time.perf_counter() - t0
-            t0 = time.perf_counter()
-        forward(input_ids=batch, labels=batch).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    with _deterministic(compile):  # as train_lm runs a compiled step
+        for i, batch in enumerate(batches):
+            if i == warmup:
+                t_warm = time.perf_counter() - t0
+                t0 = time.perf_counter()
+            forward(input_ids=batch, labels=batch).loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     return t_warm, (time.perf_counter() - t0) / steps
 
 

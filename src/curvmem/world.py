@@ -459,6 +459,22 @@ def _compiled(model):
     return torch.compile(model)
 
 
+@contextmanager
+def _deterministic(on: bool):
+    """torch.use_deterministic_algorithms(True) inside the block when `on`; the caller's setting
+    is restored after."""
+    if not on:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = True) -> dict:
     """Train the tiny OLMo-2 on world_dir/train.jsonl; save model + tokenizer to `out`."""
     from tqdm import tqdm
@@ -498,20 +514,23 @@ def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = T
     order = torch.empty(0, dtype=torch.long)
     losses = []
     bar = tqdm(range(steps), desc="train-lm", disable=not progress, mininterval=1.0)
-    for step in bar:
-        if len(order) < cfg.batch_size:  # reshuffle the blocks each epoch
-            order = torch.cat([order, torch.randperm(len(blocks), generator=gen)])
-        batch, order = blocks[order[: cfg.batch_size]], order[cfg.batch_size:]
-        labels = batch.masked_fill(batch == tokenizer.pad_token_id, -100)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        loss = forward(input_ids=batch, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(round(loss.item(), 4))
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+    # Inductor's CPU kernels accumulate some gradients with atomic adds, so a compiled step on
+    # 2+ threads differs run to run unless deterministic algorithms are asked for (tested).
+    with _deterministic(cfg.compile):
+        for step in bar:
+            if len(order) < cfg.batch_size:  # reshuffle the blocks each epoch
+                order = torch.cat([order, torch.randperm(len(blocks), generator=gen)])
+            batch, order = blocks[order[: cfg.batch_size]], order[cfg.batch_size:]
+            labels = batch.masked_fill(batch == tokenizer.pad_token_id, -100)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            loss = forward(input_ids=batch, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(round(loss.item(), 4))
+            bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     seconds = round(time.perf_counter() - t0, 3)
     log = {"config": asdict(cfg), "steps": steps, "blocks": len(blocks),
