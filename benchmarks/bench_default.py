@@ -119,7 +119,8 @@ def main() -> int:
         "largest_process_mb": round(peaks["max_rss_mb"]),
     }
     print(f"embedded default DAG, commit {commit}, --cores {args.cores} ({figures['machine']})")
-    print(f"  wall time              {wall // 60:.0f} min {wall % 60:.0f} s ({figures['jobs']} jobs)")
+    minutes, seconds = divmod(round(wall), 60)
+    print(f"  wall time              {minutes} min {seconds} s ({figures['jobs']} jobs)")
     print(f"  LM training            {figures['lm_training_seconds']} s, "
           f"{figures['lm_training_steps']} steps, final loss {figures['lm_final_loss']}")
     print(f"  peak memory above idle {figures['peak_memory_above_idle_mb']} MB")

@@ -65,7 +65,8 @@ WORLD_PRESETS = {
 }
 TRAIN_PRESETS = {
     "default": TrainConfig(),
-    # half the layers and a compiled step: 5.6 min instead of 8.5-9.5 on 2 cores, weaker skills
+    # half the layers and a compiled step: 5.6-5.8 min instead of 8.5-9.5 on 2 cores, less
+    # stable skills (docs/lm.md)
     "fast": TrainConfig(n_layers=4, compile=True, fused_adamw=True),
     "smoke": TrainConfig(d_model=32, n_layers=4, n_heads=2, d_ff=64, batch_size=8, steps=12),
 }
