@@ -7,7 +7,7 @@ directory, runs the whole DAG there with the installed curvmem, and samples memo
 the run, and the largest resident set of any process under snakemake. Linux only (/proc).
 torch.compile's kernel cache (TORCHINDUCTOR_CACHE_DIR) starts empty, as on a fresh machine.
 
-    python benchmarks/bench_default.py                       # about 15 min on 2 cores
+    python benchmarks/bench_default.py                       # about 22-23 min on 2 cores
     python benchmarks/bench_default.py --cores 2 --keep /tmp/run   # keep the run's results/
     python benchmarks/bench_default.py --configfile workflow/config/fast.yaml   # the fast preset
 """
