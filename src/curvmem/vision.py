@@ -606,7 +606,10 @@ def table_markdown(summary: dict) -> str:
 
 
 def _edit_knob(record: dict) -> float | None:
-    """The largest per-module value of an edit spec: its rho (K-FAC) or drop fraction (SVD)."""
+    """The largest per-module value of an edit spec: its rho (K-FAC) or drop fraction (SVD).
+
+    Unlike `baselines.knob`, a top-level "rho" is not read (`curvmem edit` writes only
+    {layer: {module: value}}): a spec holding only that gets no label on the figure."""
     values = [v for mods in (record.get("spec") or {}).values() if isinstance(mods, dict)
               for v in mods.values()]
     return max(values) if values else None
@@ -632,21 +635,21 @@ def plot_sweep(summary: dict, path) -> None:
     for name, r in models.items():
         if name != "base" and r["memorized"] is not None and r["val_acc"] is not None:
             key = (str(r.get("method") or "?"), layer_set_label(r.get("spec") or {}))
-            curves.setdefault(key, []).append((name, r))
+            curves.setdefault(key, []).append((_edit_knob(r), name, r))
     order = sorted(curves, key=lambda k: (k[0] != "kfac", k[0], recipe_order(k[1])))
     for method in dict.fromkeys(m for m, _ in order):
         keys = [k for k in order if k[0] == method]
         for i, key in enumerate(keys):
-            pts = sorted(curves[key], key=lambda p: (_edit_knob(p[1]) is None, _edit_knob(p[1]) or 0))
+            pts = sorted(curves[key], key=lambda p: (p[0] is None, p[0] or 0))
             colour = shade(colours.get(method, "tab:gray"),  # a lone curve: the plain hue
                            i / (len(keys) - 1) if len(keys) > 1 else 0.5)
-            xs = [100 * r["memorized"] for _, r in pts]
-            ys = [100 * r["val_acc"] for _, r in pts]
+            xs = [100 * r["memorized"] for _, _, r in pts]
+            ys = [100 * r["val_acc"] for _, _, r in pts]
             ax.plot(xs, ys, color=colour, marker=RECIPE_MARKERS[i % len(RECIPE_MARKERS)],
                     markersize=7, label=f"{names.get(method, method)} {key[1]}".strip(), zorder=3)
-            for (name, r), x, y in zip(pts, xs, ys):
-                if _edit_knob(r) is not None:
-                    ax.annotate(f"{_edit_knob(r):g}", (x, y), fontsize=7, color=colour,
+            for (value, name, _), x, y in zip(pts, xs, ys):
+                if value is not None:
+                    ax.annotate(f"{value:g}", (x, y), fontsize=7, color=colour,
                                 xytext=(-14 if method == "svd" else 4, 3),
                                 textcoords="offset points")
                 if name in sel.values():
