@@ -1,10 +1,9 @@
 """Seconds per training step of the embedded tiny OLMo-2, eager against torch.compile.
 
-The model, batch shape, optimizer and gradient clipping are the preset's (curvmem.presets:
+The model, batch shape, optimizer and step are train-lm's for the preset (curvmem.presets:
 default, 8 layers; fast, 4 layers and fused AdamW); the batches are random tokens, so no world is
-needed. Compiling
-fuses the many small element-wise kernels (RMSNorms, rotary embeddings, SwiGLU) that take about
-a fifth of an eager step on CPU; the matrix products are the same either way.
+needed. Compiling fuses the many small element-wise kernels (RMSNorms, rotary embeddings, SwiGLU)
+that take about a fifth of an eager step on CPU; the matrix products are the same either way.
 
     python benchmarks/bench_train.py                 # the README's figures (2 threads)
     python benchmarks/bench_train.py --preset fast --default-steps 5308
@@ -27,15 +26,14 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_train_ind
 import torch
 
 from curvmem import presets
-from curvmem.world import _compiled, _deterministic, build_model
+from curvmem.world import _compiled, _deterministic, build_model, make_optimizer, train_step
 
 
 def seconds_per_step(cfg, vocab: int, compile: bool, steps: int, warmup: int):
     """(seconds of the first `warmup` steps, mean seconds per step after them)."""
     model = build_model(cfg, vocab, eos_id=0, pad_id=1)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
-                            fused=cfg.fused_adamw or None)
+    opt = make_optimizer(model, cfg)
     forward = _compiled(model) if compile else model
     gen = torch.Generator().manual_seed(0)
     batches = torch.randint(2, vocab, (warmup + steps, cfg.batch_size, cfg.seq_len), generator=gen)
@@ -45,10 +43,7 @@ def seconds_per_step(cfg, vocab: int, compile: bool, steps: int, warmup: int):
             if i == warmup:
                 t_warm = time.perf_counter() - t0
                 t0 = time.perf_counter()
-            forward(input_ids=batch, labels=batch).loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            train_step(forward, model, opt, batch, batch)
     return t_warm, (time.perf_counter() - t0) / steps
 
 

@@ -459,6 +459,26 @@ def _compiled(model):
     return torch.compile(model)
 
 
+def make_optimizer(model, cfg: TrainConfig):
+    """AdamW (betas 0.9, 0.95), weight decay on matrices only, fused when the config asks."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, 0.95), fused=cfg.fused_adamw or None)
+
+
+def train_step(forward, model, opt, input_ids, labels) -> torch.Tensor:
+    """One optimizer step (gradients clipped to norm 1) through `forward`, the model or its
+    compiled wrapper; returns the loss."""
+    loss = forward(input_ids=input_ids, labels=labels).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
 @contextmanager
 def _deterministic(on: bool):
     """torch.use_deterministic_algorithms(True) inside the block when `on`; the caller's setting
@@ -497,11 +517,7 @@ def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = T
 
     model = build_model(cfg, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.95), fused=cfg.fused_adamw or None)
+    opt = make_optimizer(model, cfg)
     forward = _compiled(model) if cfg.compile else model
 
     def lr_at(step):  # linear warmup, cosine decay to 10 %
@@ -524,11 +540,7 @@ def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = T
             labels = batch.masked_fill(batch == tokenizer.pad_token_id, -100)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            loss = forward(input_ids=batch, labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loss = train_step(forward, model, opt, batch, labels)
             losses.append(round(loss.item(), 4))
             bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
