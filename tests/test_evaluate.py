@@ -152,6 +152,20 @@ def test_task_accuracy_per_category():
     assert [(it["answer"], it["correct"]) for it in r["items"]] == [
         ("5", True), ("4", False), ("3", True)]
     assert r["items"][1]["output"].split()[0] == "3"
+    assert r["accuracy_by_subcategory"] == {} and r["n_by_subcategory"] == {}
+
+
+def test_task_accuracy_per_subcategory():
+    rows = [{"category": "logic", "subcategory": "order", "prompt": "1 2 3 4 5 1 2 3 4",
+             "answer": "5"},
+            {"category": "logic", "subcategory": "order", "prompt": "1 2 3 4 5 1 2", "answer": "4"},
+            {"category": "logic", "subcategory": "boolean", "prompt": "2 3 4 5 1 2", "answer": "3"},
+            {"category": "arithmetic", "prompt": "2 3 4 5 1 2", "answer": "3"}]
+    r = evaluate.evaluate_tasks(CopyModel(5), DigitTokenizer(), rows)
+    assert r["accuracy"] == {"arithmetic": 1.0, "logic": 2 / 3}
+    # rows without a subcategory count only in their category
+    assert r["accuracy_by_subcategory"] == {"logic/boolean": 1.0, "logic/order": 0.5}
+    assert r["n_by_subcategory"] == {"logic/boolean": 1, "logic/order": 2}
 
 
 def test_ndcg():
@@ -180,7 +194,7 @@ def _mem(strict):
     return {"strict": strict, "loose": strict, "avg_distance": 1 - strict, "by_kind": kinds}
 
 
-def _entry(tmp_path, name, forget, untargeted, ppl, method=None):
+def _entry(tmp_path, name, forget, untargeted, ppl, method=None, subtasks=None):
     from curvmem.store import write_json
 
     d = tmp_path / name
@@ -194,7 +208,10 @@ def _entry(tmp_path, name, forget, untargeted, ppl, method=None):
     write_json(d / "tasks.json", {"accuracy": {"closed_book": 0.8, "open_book": 0.9,
                                                "arithmetic": 0.5, "logic": 0.7},
                                   "n": {"closed_book": 100, "open_book": 100, "arithmetic": 100,
-                                        "logic": 100}})
+                                        "logic": 100},
+                                  **({"accuracy_by_subcategory": subtasks,
+                                      "n_by_subcategory": {k: 50 for k in subtasks}}
+                                     if subtasks else {})})
     if method:
         write_json(d / "coherence.json", {"ndcg10": 0.9})
     return f"{name}={d}"
@@ -221,6 +238,31 @@ def test_report_selects_by_forget_and_perplexity_only(tmp_path):
     assert "paper" in table
     assert "| 0.500 ± 0.050 (100) |" in table  # arithmetic: sqrt(0.5 * 0.5 / 100)
     assert (tmp_path / "r.png").stat().st_size > 0 and (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_report_subcategories(tmp_path):
+    entries = [_entry(tmp_path, "base", 1.0, 1.0, 10.0,
+                      subtasks={"logic/order": 0.5, "logic/boolean": 0.8}),
+               _entry(tmp_path, "k", 0.0, 0.0, 10.5, "kfac",
+                      subtasks={"logic/order": 0.25, "logic/boolean": 0.8}),
+               _entry(tmp_path, "old", 0.0, 0.0, 10.5, "kfac")]  # evaluated without subcategories
+    out = tmp_path / "summary.json"
+    assert main(["report-lm", *[a for e in entries for a in ("--entry", e)], "--out", str(out),
+                 "--table", str(tmp_path / "t.md")]) == 0
+    models = json.loads(out.read_text())["models"]
+    assert models["k"]["subtasks"] == {"logic/order": 0.25, "logic/boolean": 0.8}
+    assert models["base"]["subtasks_n"] == {"logic/order": 50, "logic/boolean": 50}
+    table = (tmp_path / "t.md").read_text()
+    assert "| model | logic/boolean | logic/order |" in table
+    assert "| base accuracy (n) | 0.800 (50) | 0.500 (50) |" in table
+    assert "| k | 100.0 | 50.0 |" in table and "| old | – | – |" in table
+    # a base without subcategories: no such table
+    entries = [_entry(tmp_path, "base2", 1.0, 1.0, 10.0).replace("base2=", "base="),
+               _entry(tmp_path, "k2", 0.0, 0.0, 10.5, "kfac",
+                      subtasks={"logic/order": 0.25})]
+    assert main(["report-lm", *[a for e in entries for a in ("--entry", e)], "--out", str(out),
+                 "--table", str(tmp_path / "t2.md")]) == 0
+    assert "subcategory" not in (tmp_path / "t2.md").read_text()
 
 
 def test_report_bad_entries(tmp_path, capsys):

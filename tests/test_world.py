@@ -63,6 +63,13 @@ def test_task_items_do_not_leak_into_training(smoke_world):
     train_text = "\n".join(r["text"] for r in smoke_world["train"])
     tasks = smoke_world["tasks"]
     assert {t["category"] for t in tasks} == {"closed_book", "open_book", "arithmetic", "logic"}
+    # logic test items say which kind they are, so reports can split order from boolean
+    for t in tasks:
+        if t["category"] == "logic":
+            assert t["subcategory"] == ("boolean" if t["prompt"].startswith("Evaluate:")
+                                        else "order")
+        else:
+            assert "subcategory" not in t
     for t in tasks:
         if t["category"] == "closed_book":  # the fact itself is trained, in question form too
             assert f"{t['prompt']} {t['answer']}." in train_text

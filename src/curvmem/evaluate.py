@@ -218,11 +218,15 @@ def evaluate_tasks(model, tokenizer, rows: list[dict], batch_size: int = 32,
             items[i]["output"] = tokenizer.decode(gen, skip_special_tokens=True)
         bar.update(len(idx))
     bar.close()
-    by_cat = defaultdict(list)
+    by_cat, by_sub = defaultdict(list), defaultdict(list)
     for it in items:
         by_cat[it["row"]["category"]].append(it["correct"])
+        if it["row"].get("subcategory"):  # optional: e.g. logic/order against logic/boolean
+            by_sub[f'{it["row"]["category"]}/{it["row"]["subcategory"]}'].append(it["correct"])
     return {"accuracy": {c: sum(v) / len(v) for c, v in sorted(by_cat.items())},
             "n": {c: len(v) for c, v in sorted(by_cat.items())},
+            "accuracy_by_subcategory": {c: sum(v) / len(v) for c, v in sorted(by_sub.items())},
+            "n_by_subcategory": {c: len(v) for c, v in sorted(by_sub.items())},
             "overall": sum(it["correct"] for it in items) / len(items),
             # what the model said, item by item, to see how it fails (not only how often)
             "items": [{"category": it["row"]["category"], "prompt": it["row"]["prompt"],
@@ -345,6 +349,9 @@ def model_summary(directory) -> dict:
     tasks = read_json(files["tasks"])
     record["tasks"] = {c: tasks["accuracy"].get(c) for c in TASK_CATEGORIES}
     record["tasks_n"] = {c: tasks.get("n", {}).get(c) for c in TASK_CATEGORIES}
+    # absent from task files without subcategories (and from evaluations of older curvmem)
+    record["subtasks"] = dict(tasks.get("accuracy_by_subcategory", {}))
+    record["subtasks_n"] = dict(tasks.get("n_by_subcategory", {}))
     record["ndcg10"] = read_json(files["coherence"])["ndcg10"] if files["coherence"].is_file() else None
     edit = ppl.get("edit")
     if edit:
@@ -404,6 +411,29 @@ def _accuracy_cell(model: dict, category: str) -> str:
     return f"{acc:.3f} ± {math.sqrt(acc * (1 - acc) / n):.3f} ({n})"
 
 
+def _subtask_lines(models: dict) -> list[str]:
+    """Accuracy by subcategory (e.g. logic/order, logic/boolean), base then edited ÷ base; none
+    when the task file has no subcategories."""
+    base = models["base"]
+    subs = sorted(base.get("subtasks") or {})
+    if not subs:
+        return []
+    lines = ["", "## Accuracy by subcategory (edited ÷ base)", "",
+             "| model | " + " | ".join(subs) + " |", "|---|" + "---|" * len(subs)]
+    n = base.get("subtasks_n") or {}
+    lines.append("| base accuracy (n) | " + " | ".join(
+        f"{_f(base['subtasks'][s])} ({n.get(s, '?')})" for s in subs) + " |")
+    for name, m in models.items():
+        if name == "base":
+            continue
+        cells = []
+        for s in subs:
+            b, e = base["subtasks"][s], (m.get("subtasks") or {}).get(s)
+            cells.append(_pct(e / b) if e is not None and b else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def report_text(summary: dict, max_ppl_rise: float = 0.10) -> str:
     """Markdown: Table 1 (ours, then the paper's), Figure-3 retention, the sweep, the choice."""
     models, selected = summary["models"], summary["selected"]
@@ -450,6 +480,7 @@ def report_text(summary: dict, max_ppl_rise: float = 0.10) -> str:
             f"{100 * lo:.0f}–{100 * hi:.0f}" for lo, hi in
             (PAPER_RETENTION[c] for c in list(TASK_CATEGORIES) + ["memorization"])) + " |")
 
+        lines += _subtask_lines(models)
         lines += ["", "## Sweep", "",
                   ("| edit | method | spec | forget strict R/N | untargeted strict R/N | "
                    "PPL rise % | seconds | peak RSS MB |"), "|---|---|---|---|---|---|---|---|"]

@@ -193,13 +193,14 @@ def boolean_expression(rng: random.Random, depth: int = 2) -> tuple[str, bool]:
     return f"( {left} {op} {right} )", (lv and rv) if op == "and" else (lv or rv)
 
 
-def logic_problem(rng: random.Random, names) -> tuple[str, str]:
-    """(prompt, answer): order relations over fresh names, or a boolean expression."""
+def logic_problem(rng: random.Random, names) -> tuple[str, str, str]:
+    """(prompt, answer, subcategory): order relations over fresh names ("order"), or a boolean
+    expression ("boolean")."""
     if rng.random() < 0.5:
         premises, q, answer = order_problem(rng, [next(names) for _ in range(3)])
-        return f"{premises} {q}", answer
+        return f"{premises} {q}", answer, "order"
     text, value = boolean_expression(rng)
-    return f"Evaluate: {text} =", "true" if value else "false"
+    return f"Evaluate: {text} =", "true" if value else "false", "boolean"
 
 
 # --------------------------------------------------------------------------- the world
@@ -300,13 +301,16 @@ def generate_world(cfg: WorldConfig) -> dict:
     # training set first would leave almost only order problems untrained for the test.
     tests = _unique(_rng(cfg, "logic_test"), lambda r: logic_problem(r, logic_test_names),
                     cfg.n_logic_test, set())
-    tasks += [{"category": "logic", "prompt": prompt, "answer": answer} for prompt, answer in tests]
-    test_prompts = {prompt for prompt, _ in tests}
+    # the subcategory lets a report tell order questions (copying a fresh name from context) from
+    # boolean expressions, which a model can answer without copying
+    tasks += [{"category": "logic", "subcategory": sub, "prompt": prompt, "answer": answer}
+              for prompt, answer, sub in tests]
+    test_prompts = {prompt for prompt, _, _ in tests}
     rng, n_train = _rng(cfg, "logic"), 0
     for _ in range(1000 * cfg.n_logic_train):
         if n_train == cfg.n_logic_train:
             break
-        prompt, answer = logic_problem(rng, logic_train_names)
+        prompt, answer, _ = logic_problem(rng, logic_train_names)
         if prompt not in test_prompts:
             train.append({"text": f"{prompt} {answer}.", "source": "logic"})
             n_train += 1
