@@ -7,9 +7,9 @@ directory, runs the whole DAG there with the installed curvmem, and samples memo
 the run, and the largest resident set of any process under snakemake. Linux only (/proc).
 torch.compile's kernel cache (TORCHINDUCTOR_CACHE_DIR) starts empty, as on a fresh machine.
 
-    python benchmarks/bench_default.py                       # about 22-23 min on 2 cores
+    python benchmarks/bench_default.py                       # the README's figures
     python benchmarks/bench_default.py --cores 2 --keep /tmp/run   # keep the run's results/
-    python benchmarks/bench_default.py --configfile workflow/config/fast.yaml   # the fast preset
+    python benchmarks/bench_default.py --configfile workflow/config/adamw.yaml  # AdamW, 8 layers
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=2.0, help="memory sampling period, s")
     ap.add_argument("--keep", default=None, help="run in this new directory and keep it")
     ap.add_argument("--configfile", default=None,
-                    help="a config of the clone, e.g. workflow/config/fast.yaml (default: none, "
+                    help="a config of the clone, e.g. workflow/config/adamw.yaml (default: none, "
                     "the embedded default)")
     args = ap.parse_args()
 

@@ -1,12 +1,12 @@
 """Seconds per training step of the embedded tiny OLMo-2, eager against torch.compile.
 
 The model, batch shape, optimizer and step are train-lm's for the preset (curvmem.presets:
-default, 8 layers; fast, 4 layers and fused AdamW); the batches are random tokens, so no world is
-needed. Compiling fuses the many small element-wise kernels (RMSNorms, rotary embeddings, SwiGLU)
+default, 4 layers and Muon; adamw, 8 layers and AdamW); the batches are random tokens, so no
+world is needed. Compiling fuses the many small element-wise kernels (RMSNorms, rotary embeddings, SwiGLU)
 that take about a fifth of an eager step on CPU; the matrix products are the same either way.
 
     python benchmarks/bench_train.py                 # the README's figures (2 threads)
-    python benchmarks/bench_train.py --preset fast --default-steps 5308
+    python benchmarks/bench_train.py --preset adamw --default-steps 4364
     python benchmarks/bench_train.py --threads 1 --steps 50
 
 Inductor caches compiled kernels (by default under /tmp); the benchmark points it at a fresh
@@ -49,19 +49,19 @@ def seconds_per_step(cfg, vocab: int, compile: bool, steps: int, warmup: int):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="default", help="default | fast")
+    p.add_argument("--preset", default="default", help="default | adamw")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=100, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed first steps (compilation)")
     p.add_argument("--vocab", type=int, default=1024, help="the default tokenizer's size")
-    p.add_argument("--default-steps", type=int, default=4364,
-                   help="steps of a training run (default preset: 4364; fast: 5308), for the "
+    p.add_argument("--default-steps", type=int, default=2182,
+                   help="steps of a training run (default preset: 2182; adamw: 4364), for the "
                    "projected totals")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = replace(presets.train_config(args.preset), threads=args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), preset {args.preset}: "
-          f"{cfg.n_layers} layers, "
+          f"{cfg.n_layers} layers, {cfg.optimizer}, "
           f"d {cfg.d_model}, MLP {cfg.d_ff}, batch {cfg.batch_size} x {cfg.seq_len} tokens")
     results = {}
     for compile in (False, True):

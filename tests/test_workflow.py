@@ -64,7 +64,7 @@ def test_missing_report_evaluation_is_refused(repo):
     assert proc.returncode != 0 and "lacks ['tasks']" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("name", ["default", "fast"])
+@pytest.mark.parametrize("name", ["default", "adamw"])
 def test_embedded_dag_runs_every_stage_and_its_sweeps(repo, name):
     # no --configfile: the embedded default
     args = () if name == "default" else (f"--configfile=workflow/config/{name}.yaml",)
@@ -83,10 +83,12 @@ def test_embedded_dag_runs_every_stage_and_its_sweeps(repo, name):
               for s in cfg[d]["edits"].values() if s["method"] == "kfac"
               for ls in s["layers"] for layer in ls}
     assert jobs["collect"] == jobs["eigen"] == len(layers)
-    if name == "fast":  # the 4-layer preset is what trains, and every edit stays inside it
-        shell = snakemake(repo, "-n", "-p", *args).stdout
-        assert re.search(r"curvmem train-lm .*--preset fast", shell)
-        assert max(layer for domain, _, layer in layers if domain == "lm") == 3
+    # the config's preset is what trains, and every edit stays inside its layers
+    shell = snakemake(repo, "-n", "-p", *args).stdout
+    assert re.search(rf"curvmem train-lm .*--preset {name}\b", shell)
+    n_layers = {"default": 4, "adamw": 8}[name]
+    lm_layers = {layer for domain, _, layer in layers if domain == "lm"}
+    assert max(lm_layers) < n_layers and (name != "default" or lm_layers == {0, 1, 2, 3})
 
 
 def test_edit_outputs_are_keyed_by_content(repo):

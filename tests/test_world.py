@@ -239,3 +239,77 @@ def test_compile_without_a_cxx_compiler_is_one_clear_error(tmp_path, smoke_lm_in
     with pytest.raises(ValueError, match=r"C\+\+ compiler '/nonexistent/c\+\+'.*--no-compile"):
         world.train_lm(w, tok, tmp_path / "model", cfg, progress=False)
     assert not (tmp_path / "model").exists()
+
+
+def test_muon_with_adamw_splits_parameters_and_shares_the_schedule():
+    from dataclasses import replace
+
+    cfg = replace(presets.train_config("smoke"), optimizer="muon")
+    model = world.build_model(cfg, vocab_size=50, eos_id=0, pad_id=1)
+    opt = world.make_optimizer(model, cfg)
+    muon, adamw = opt.optimizers
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert in_muon.isdisjoint(in_adamw) and in_muon | in_adamw == set(names.values())
+    # every block matrix, and only those: embeddings, LM head and norms stay with AdamW
+    assert in_muon == {n for n, p in model.named_parameters()
+                       if p.ndim == 2 and n.startswith("model.layers.")}
+    assert {"model.embed_tokens.weight", "lm_head.weight"} <= in_adamw
+    assert any("q_norm" in n for n in in_muon | in_adamw) and not any("norm" in n for n in in_muon)
+    for group in opt.param_groups:  # what train_lm's schedule does
+        group["lr"] = 1e-4
+    assert all(g["lr"] == 1e-4 for o in opt.optimizers for g in o.param_groups)
+
+
+def test_muon_step_is_the_orthogonalized_gradient():
+    """First Muon step on one matrix against the exact polar factor U Vᵀ of its gradient.
+
+    Muon's Newton-Schulz iteration approximates U Vᵀ (singular values land near 1, not on it);
+    with "match_rms_adamw" the step is lr * 0.2 * sqrt(max(d_out, d_in)) times that.
+    """
+    from dataclasses import replace
+
+    cfg = replace(presets.train_config("smoke"), optimizer="muon", lr=1e-2)
+    model = world.build_model(cfg, vocab_size=50, eos_id=0, pad_id=1)
+    opt = world.make_optimizer(model, cfg)
+    w = model.model.layers[0].mlp.up_proj.weight
+    before = w.detach().clone()
+    torch.manual_seed(0)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    grad = w.grad.clone()
+    opt.step()
+    step = (before - w.detach()) / (1e-2 * 0.2 * max(w.shape) ** 0.5)
+    u, _, vt = torch.linalg.svd(grad, full_matrices=False)
+    polar = u @ vt
+    cosine = (step * polar).sum() / (step.norm() * polar.norm())
+    assert cosine > 0.98
+    s = torch.linalg.svdvals(step)
+    assert 0.5 < s.min() and s.max() < 1.5  # orthogonalized: no direction dominates
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_muon_training_runs_and_is_reproducible(tmp_path, smoke_lm_inputs):
+    from dataclasses import replace
+
+    w, tok = smoke_lm_inputs
+    cfg = replace(presets.train_config("smoke"), steps=8, threads=2, optimizer="muon")
+    a = world.train_lm(w, tok, tmp_path / "a", cfg, progress=False)
+    b = world.train_lm(w, tok, tmp_path / "b", cfg, progress=False)
+    assert b["losses"] == a["losses"]
+    assert a["config"]["optimizer"] == "muon"
+    assert a["losses"][-1] < a["losses"][0]
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == \
+        (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_unknown_optimizer_is_refused(tmp_path, smoke_lm_inputs):
+    from dataclasses import replace
+
+    w, tok = smoke_lm_inputs
+    cfg = replace(presets.train_config("smoke"), steps=2, optimizer="sgd")
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        world.train_lm(w, tok, tmp_path / "model", cfg, progress=False)
+    assert not (tmp_path / "model").exists()

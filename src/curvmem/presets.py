@@ -35,7 +35,7 @@ class WorldConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     d_model: int = 128
-    n_layers: int = 8
+    n_layers: int = 4
     n_heads: int = 4
     d_ff: int = 384
     seq_len: int = 144  # a whole canary (112 words, ~125 tokens) + EOS fits one block
@@ -43,21 +43,24 @@ class TrainConfig:
     lr: float = 3e-3
     warmup: int = 20
     weight_decay: float = 0.0  # no decay: the point is to memorize
-    # passes over train.jsonl. Skills need the steps: in-context copying of fresh names (open-book,
-    # order questions) came and went between 3-pass runs, and held in both 4-pass seeds (docs/lm.md).
-    epochs: int = 4
+    # passes over train.jsonl. With Muon, two passes teach in-context copying of fresh names
+    # (open-book, order questions); AdamW needed four, and eight layers (docs/lm.md).
+    epochs: int = 2
     steps: int | None = None  # overrides epochs
     seed: int = 0
     threads: int = 2
     compile: bool = False  # torch.compile the training step: ~1.2x a step (needs a C++ compiler)
     fused_adamw: bool = False  # the fused AdamW kernel: ~4 % a step, slightly different weights
+    # "muon": Muon (orthogonalized momentum) for the blocks' weight matrices, AdamW for
+    # embeddings, LM head and norms; or "adamw" for every parameter (as OLMo-2 was trained)
+    optimizer: str = "muon"
 
+
+OPTIMIZERS = ("adamw", "muon")
 
 WORLD_PRESETS = {
     "default": WorldConfig(),
-    # 6,000 copying lines left in-context copying to chance in the 4-layer model (1 of 3 runs);
-    # 12,000 taught it in 3 of 3 one-thread seeds (docs/lm.md, "The fast preset")
-    "fast": WorldConfig(n_copy_train=12000),
+    "adamw": WorldConfig(),
     "smoke": WorldConfig(n_filler=60, n_heldout=12, n_retain=8, n_entities=6, fact_repeats=3,
                          n_open_train=40, n_open_test=8, n_arith_train=60, n_arith_test=8,
                          n_logic_train=40, n_logic_test=8, n_canaries=2, canary_repeats=6,
@@ -65,9 +68,8 @@ WORLD_PRESETS = {
 }
 TRAIN_PRESETS = {
     "default": TrainConfig(),
-    # half the layers and a compiled step: 5.6-5.8 min instead of 8.5-9.5 on 2 cores, less
-    # stable skills (docs/lm.md)
-    "fast": TrainConfig(n_layers=4, compile=True, fused_adamw=True),
+    # the default until Muon: 8 layers, AdamW, four passes; 8.5-9.5 min on 2 cores (docs/lm.md)
+    "adamw": TrainConfig(n_layers=8, epochs=4, optimizer="adamw"),
     "smoke": TrainConfig(d_model=32, n_layers=4, n_heads=2, d_ff=64, batch_size=8, steps=12),
 }
 
@@ -118,6 +120,8 @@ def train_config(preset: str = "default", seed: int | None = None, steps: int | 
     cfg = TRAIN_PRESETS[preset]
     if seed is not None:
         cfg = replace(cfg, seed=int(seed))
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose one of {list(OPTIMIZERS)}")
     if steps is not None:
         if steps < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")

@@ -463,8 +463,41 @@ def _compiled(model):
     return torch.compile(model)
 
 
+class MuonWithAdamW:
+    """Muon for the transformer blocks' weight matrices, AdamW for everything else.
+
+    Muon orthogonalizes each matrix's momentum (Newton-Schulz), which suits hidden matrices only;
+    embeddings, the LM head and the norm weights keep AdamW, as Muon's authors advise. Muon's
+    step is scaled to AdamW's update RMS ("match_rms_adamw"), so both share one learning rate and
+    train_lm's schedule sets it on every group alike.
+    """
+
+    def __init__(self, model, cfg: TrainConfig):
+        hidden = [p for n, p in model.named_parameters() if p.ndim == 2 and ".layers." in n]
+        rest = [p for n, p in model.named_parameters() if not (p.ndim == 2 and ".layers." in n)]
+        self.optimizers = [
+            torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             adjust_lr_fn="match_rms_adamw"),
+            torch.optim.AdamW(rest, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0,
+                              fused=cfg.fused_adamw or None)]
+        self.param_groups = [g for opt in self.optimizers for g in opt.param_groups]
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+
 def make_optimizer(model, cfg: TrainConfig):
-    """AdamW (betas 0.9, 0.95), weight decay on matrices only, fused when the config asks."""
+    """cfg.optimizer "adamw": AdamW (betas 0.9, 0.95), weight decay on matrices only, fused when
+    the config asks. "muon": MuonWithAdamW."""
+    if cfg.optimizer == "muon":
+        return MuonWithAdamW(model, cfg)
+    if cfg.optimizer != "adamw":
+        raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose adamw or muon")
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},

@@ -43,6 +43,8 @@ def cmd_train_lm(args) -> None:
         cfg = replace(cfg, threads=args.threads)
     if args.compile is not None:
         cfg = replace(cfg, compile=args.compile)
+    if args.optimizer is not None:
+        cfg = replace(cfg, optimizer=args.optimizer)
     log = world.train_lm(args.world, args.tokenizer, args.out, cfg, progress=True)
     print(json.dumps({"out": args.out, "steps": log["steps"], "final_loss": log["final_loss"],
                       "parameters": log["parameters"], "seconds": log["seconds"]}))
@@ -219,6 +221,9 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the training step (default: the preset's; needs a C++ "
                    "compiler; compiled and eager training give slightly different weights)")
+    p.add_argument("--optimizer", choices=["adamw", "muon"], default=None,
+                   help="adamw, or muon (Muon for the blocks' matrices, AdamW for the rest) "
+                   "(default: the preset's)")
     p.set_defaults(func=cmd_train_lm)
 
     p = evaluate_sub.add_parser("memorization", help="strict/loose recitation of memorized text",
