@@ -305,6 +305,17 @@ def test_muon_training_runs_and_is_reproducible(tmp_path, smoke_lm_inputs):
         (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
+def test_muon_without_torch_muon_is_one_clear_error(tmp_path, smoke_lm_inputs, monkeypatch):
+    from dataclasses import replace
+
+    w, tok = smoke_lm_inputs
+    monkeypatch.delattr(torch.optim, "Muon")
+    cfg = replace(presets.train_config("smoke"), steps=2, optimizer="muon")
+    with pytest.raises(ValueError, match=r"torch\.optim\.Muon.*--optimizer adamw"):
+        world.train_lm(w, tok, tmp_path / "model", cfg, progress=False)
+    assert not (tmp_path / "model").exists()
+
+
 def test_unknown_optimizer_is_refused(tmp_path, smoke_lm_inputs):
     from dataclasses import replace
 

@@ -56,8 +56,6 @@ class TrainConfig:
     optimizer: str = "muon"
 
 
-OPTIMIZERS = ("adamw", "muon")
-
 WORLD_PRESETS = {
     "default": WorldConfig(),
     "adamw": WorldConfig(),
@@ -120,8 +118,6 @@ def train_config(preset: str = "default", seed: int | None = None, steps: int | 
     cfg = TRAIN_PRESETS[preset]
     if seed is not None:
         cfg = replace(cfg, seed=int(seed))
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose one of {list(OPTIMIZERS)}")
     if steps is not None:
         if steps < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")

@@ -473,6 +473,10 @@ class MuonWithAdamW:
     """
 
     def __init__(self, model, cfg: TrainConfig):
+        if not hasattr(torch.optim, "Muon"):
+            raise ValueError(f"optimizer 'muon' needs torch.optim.Muon (torch >= 2.9; this is "
+                             f"torch {torch.__version__}): upgrade torch, or train with "
+                             f"--optimizer adamw")
         hidden = [p for n, p in model.named_parameters() if p.ndim == 2 and ".layers." in n]
         rest = [p for n, p in model.named_parameters() if not (p.ndim == 2 and ".layers." in n)]
         self.optimizers = [
