@@ -193,7 +193,7 @@ def register(sub, evaluate_sub) -> None:
                        description="Write train/heldout/retain/tasks/canary JSONL files and "
                        "world.json to DIR (layout: docs/lm.md).")
     p.add_argument("--out", required=True, help="output directory (replaced)")
-    p.add_argument("--preset", default="default", help="default | fast | smoke")
+    p.add_argument("--preset", default="default", help="default | adamw | smoke")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--config", default=None,
                    help="JSON object overriding world sizes, e.g. '{\"canary_repeats\": 32}'")
@@ -209,7 +209,7 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--world", required=True, help="world directory (reads train.jsonl)")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory")
     p.add_argument("--out", required=True, help="model directory (model + tokenizer)")
-    p.add_argument("--preset", default="default", help="default | fast | smoke")
+    p.add_argument("--preset", default="default", help="default | adamw | smoke")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the initial weights and batch order (default: the preset's, 0)")
     p.add_argument("--steps", type=int, default=None,
