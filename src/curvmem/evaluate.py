@@ -383,13 +383,17 @@ def build_summary(entries: dict, max_ppl_rise: float = 0.10) -> dict:
     return {"models": models, "selected": select_edit(models, max_ppl_rise)}
 
 
+def _ratio(edited: float | None, base: float | None) -> float | None:
+    """edited ÷ base; None when either is missing or the base is 0."""
+    return edited / base if base and edited is not None else None
+
+
 def retention(summary: dict, name: str) -> dict:
     """Edited / base per task category, and for memorization (untargeted strict)."""
     base, edited = summary["models"]["base"], summary["models"][name]
     out = {}
     for c in TASK_CATEGORIES:
-        b, e = base["tasks"].get(c), edited["tasks"].get(c)
-        out[c] = e / b if b and e is not None else None
+        out[c] = _ratio(edited["tasks"].get(c), base["tasks"].get(c))
     b, e = base["untargeted"]["strict"], edited["untargeted"]["strict"]
     out["memorization"] = e / b if b else None
     return out
@@ -426,10 +430,8 @@ def _subtask_lines(models: dict) -> list[str]:
     for name, m in models.items():
         if name == "base":
             continue
-        cells = []
-        for s in subs:
-            b, e = base["subtasks"][s], (m.get("subtasks") or {}).get(s)
-            cells.append(_pct(e / b) if e is not None and b else "–")
+        edited = m.get("subtasks") or {}
+        cells = [_pct(_ratio(edited.get(s), base["subtasks"][s])) for s in subs]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 

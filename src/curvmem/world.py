@@ -477,8 +477,9 @@ class MuonWithAdamW:
             raise ValueError(f"optimizer 'muon' needs torch.optim.Muon (torch >= 2.9; this is "
                              f"torch {torch.__version__}): upgrade torch, or train with "
                              f"--optimizer adamw")
-        hidden = [p for n, p in model.named_parameters() if p.ndim == 2 and ".layers." in n]
-        rest = [p for n, p in model.named_parameters() if not (p.ndim == 2 and ".layers." in n)]
+        hidden, rest = [], []
+        for name, p in model.named_parameters():
+            (hidden if p.ndim == 2 and ".layers." in name else rest).append(p)
         self.optimizers = [
             torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay,
                              adjust_lr_fn="match_rms_adamw"),
