@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from conftest import FAMILIES, tiny_olmo2
-from curvmem import baselines, store
-from curvmem.baselines import PAD, BalancedSubnet, BSNConfig, pruned_count, train_bsn
+from curvmem import io, schema
+from curvmem.edit import bsn
+from curvmem.edit.bsn import PAD, BalancedSubnet, BSNConfig, pruned_count, train_bsn
 from curvmem.cli import main
+from curvmem.model import adapter_for
+from curvmem.report import compare
 
 
 @pytest.fixture(autouse=True)
@@ -33,10 +36,10 @@ def _ids(n, length, seed):
 def test_mask_prunes_exactly_ratio_of_each_matrix(family):
     model = FAMILIES[family]()
     subnet = BalancedSubnet(model, BSNConfig(ratio=0.1))
-    masks = {m.param_name: baselines.score_mask(subnet.scores[m.param_name],
+    masks = {m.param_name: bsn.score_mask(subnet.scores[m.param_name],
                                                 subnet.n_pruned[m.param_name])
              for m in subnet.modules}
-    assert len(masks) == 3 * len(baselines.adapter_for(model).modules)  # every block, every matrix
+    assert len(masks) == 3 * len(adapter_for(model).modules)  # every block, every matrix
     for m in subnet.modules:
         mask = masks[m.param_name]
         numel = m.module.weight.numel()
@@ -57,9 +60,9 @@ def test_pruned_count_rounds_and_keeps_at_least_one():
 
 def test_no_gate_leaves_gate_proj_out():
     model = tiny_olmo2()
-    names = {m.name for m in baselines.bsn_modules(model, include_gate=False)}
+    names = {m.name for m in bsn.bsn_modules(model, include_gate=False)}
     assert names == {"mlp.up_proj", "mlp.down_proj"}
-    assert "mlp.gate_proj" in {m.name for m in baselines.bsn_modules(model)}
+    assert "mlp.gate_proj" in {m.name for m in bsn.bsn_modules(model)}
 
 
 def test_straight_through_gradient_reaches_the_scores():
@@ -73,7 +76,7 @@ def test_straight_through_gradient_reaches_the_scores():
         assert grad is not None and grad.abs().sum() > 0, m.param_name
         # straight-through: d loss/d score = d loss/d mask ⊙ sign(score), nonzero on kept AND
         # pruned entries (a plain multiply by the hard mask would give pruned entries no signal)
-        mask = baselines.score_mask(subnet.scores[m.param_name].detach(),
+        mask = bsn.score_mask(subnet.scores[m.param_name].detach(),
                                     subnet.n_pruned[m.param_name])
         assert grad[mask == 0].abs().sum() > 0
 
@@ -156,7 +159,7 @@ def test_baked_weights_equal_w_times_mask_in_model_layout(family):
     params = dict(model.named_parameters())
     for m in subnet.modules:
         w = params[m.param_name].detach()
-        mask = baselines.score_mask(subnet.scores[m.param_name].detach(),
+        mask = bsn.score_mask(subnet.scores[m.param_name].detach(),
                                     subnet.n_pruned[m.param_name])
         assert baked[m.param_name].shape == w.shape  # model's own layout (Conv1D: (d_in, d_out))
         assert torch.equal(baked[m.param_name], w * mask)
@@ -169,7 +172,7 @@ def test_baked_weights_equal_w_times_mask_in_model_layout(family):
         edited.load_state_dict(model.state_dict())
         for name, w in baked.items():
             dict(edited.named_parameters())[name].copy_(w)
-        plain = baselines.sequence_ce(edited(input_ids=ids).logits, ids)
+        plain = bsn.sequence_ce(edited(input_ids=ids).logits, ids)
     assert torch.allclose(masked, plain, atol=1e-5)
 
 
@@ -209,7 +212,7 @@ def bsn_files(tmp_path, monkeypatch):
     """A tiny saved OLMo-2, forget/retain files; the tokenizer is swapped for CharTokenizer."""
     model_dir = tmp_path / "model"
     tiny_olmo2().save_pretrained(model_dir)
-    monkeypatch.setattr("curvmem.models.load_tokenizer", lambda *a, **k: CharTokenizer())
+    monkeypatch.setattr("curvmem.edit.bsn.load_tokenizer", lambda *a, **k: CharTokenizer())
     forget = _write_jsonl(tmp_path / "forget.jsonl", ["the secret code is 4417", "xq zz qv"])
     retain = _write_jsonl(tmp_path / "retain.jsonl", ["the cat sat on the mat"] * 3)
     return model_dir, forget, retain
@@ -217,14 +220,14 @@ def bsn_files(tmp_path, monkeypatch):
 
 def test_cli_bsn_writes_an_edit_that_apply_loads(bsn_files, tmp_path):
     from curvmem.edit import apply
-    from curvmem.models import load_model, model_fingerprint
+    from curvmem.model import load_model, model_fingerprint
 
     model_dir, forget, retain = bsn_files
     out = tmp_path / "bsn.safetensors"
     assert main(["baseline", "bsn", "--model", str(model_dir), "--forget", str(forget),
                  "--retain", str(retain), "--ratio", "0.05", "--epochs", "2", "--batch-size",
                  "2", "--seq-len", "16", "--out", str(out)]) == 0
-    tensors, meta = store.read_edit(out)
+    tensors, meta = schema.read_edit(out)
     model = load_model(model_dir)
     assert meta["method"] == "bsn"
     assert meta["model_fingerprint"] == model_fingerprint(model)
@@ -265,7 +268,7 @@ def test_cli_bsn_bad_inputs_fail_cleanly(bsn_files, tmp_path, capsys, flags, mes
 def test_bsn_rejects_out_without_safetensors_suffix(bsn_files, tmp_path):
     model_dir, forget, retain = bsn_files
     with pytest.raises(ValueError, match="safetensors"):
-        baselines.run_bsn(model_dir, forget, retain, tmp_path / "bsn.pt")
+        bsn.run_bsn(model_dir, forget, retain, tmp_path / "bsn.pt")
     assert not (tmp_path / "bsn.pt").exists()
 
 
@@ -299,14 +302,14 @@ def _summary(bsn_untargeted=0.5):
 
 def test_compare_table_figure_and_verdict(tmp_path):
     path = tmp_path / "lm_summary.json"
-    store.write_json(path, _summary())
+    io.write_json(path, _summary())
     fig, table = tmp_path / "cmp.png", tmp_path / "cmp.md"
     assert main(["compare", "--summary", str(path), "--figure", str(fig),
                  "--table", str(table)]) == 0
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 10_000
     text = table.read_text()
     # bsn-0.0015 (PPL 11.2) matches kfac-0.7 (11.0, within 5 %); kfac-0.9 (10.5) is 6.7 % away
-    result = baselines.compare(path)
+    result = compare.compare(path)
     pairs = result["verdict"]["pairs"]
     assert [(p["bsn"], p["kfac"]) for p in pairs] == [("bsn-0.0015", "kfac-0.7")]
     assert result["verdict"]["verdict"] == "yes"
@@ -323,15 +326,15 @@ def test_compare_draws_one_curve_per_training_recipe(tmp_path, monkeypatch):
     summary = _summary()
     summary["models"]["bsn-0.0015"]["spec"]["epochs"] = 5
     summary["models"]["bsn-0.01"]["spec"]["epochs"] = 50
-    rows = {r["name"]: r for r in baselines.comparison_rows(summary)}
+    rows = {r["name"]: r for r in compare.comparison_rows(summary)}
     assert rows["bsn-0.0015"]["recipe"] == "5 epochs" and rows["bsn-0.01"]["recipe"] == "50 epochs"
     assert rows["kfac-0.7"]["recipe"] == ""  # one layer set: no label
-    baselines.comparison_figure(list(rows.values()), tmp_path / "f.png")
+    compare.comparison_figure(list(rows.values()), tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 0
     # K-FAC edits of other layer sets are other curves, labelled by their layers
     summary["models"]["kfac-L4+5-0.7"] = _model(0.2, 11.4, "kfac", {"4": {"mlp.up_proj": 0.7},
                                                                    "5": {"mlp.up_proj": 0.7}})
-    rows = {r["name"]: r for r in baselines.comparison_rows(summary)}
+    rows = {r["name"]: r for r in compare.comparison_rows(summary)}
     assert rows["kfac-0.7"]["recipe"] == rows["kfac-0.9"]["recipe"] == "L20"
     assert rows["kfac-L4+5-0.7"]["recipe"] == "L4+5"
     assert rows["svd-0.1"]["recipe"] == ""  # SVD has one layer set here
@@ -339,7 +342,7 @@ def test_compare_draws_one_curve_per_training_recipe(tmp_path, monkeypatch):
 
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
-    baselines.comparison_figure(list(rows.values()), tmp_path / "g.png")
+    compare.comparison_figure(list(rows.values()), tmp_path / "g.png")
     assert (tmp_path / "g.png").stat().st_size > 0
     labels = figures[0].axes[0].get_legend_handles_labels()[1]
     assert labels == ["base model", "K-FAC (top curvature), L20", "K-FAC (top curvature), L4+5",
@@ -352,35 +355,35 @@ def test_compare_draws_one_curve_per_training_recipe(tmp_path, monkeypatch):
 
 def test_compare_verdict_is_computed_not_assumed(tmp_path):
     path = tmp_path / "s.json"
-    store.write_json(path, _summary(bsn_untargeted=0.2))  # BSN now beats K-FAC's 0.3
-    assert baselines.compare(path)["verdict"]["verdict"] == "no"
+    io.write_json(path, _summary(bsn_untargeted=0.2))  # BSN now beats K-FAC's 0.3
+    assert compare.compare(path)["verdict"]["verdict"] == "no"
     models = _summary()["models"]
     del models["bsn-0.0015"]
-    store.write_json(path, {"models": models})
-    assert baselines.compare(path)["verdict"]["verdict"] == "no match"
+    io.write_json(path, {"models": models})
+    assert compare.compare(path)["verdict"]["verdict"] == "no match"
 
 
 def test_compare_bad_inputs(tmp_path):
     path = tmp_path / "s.json"
-    store.write_json(path, {"models": {"kfac": _model(0.1, 10, "kfac")}})
+    io.write_json(path, {"models": {"kfac": _model(0.1, 10, "kfac")}})
     with pytest.raises(ValueError, match="base"):
-        baselines.compare(path, figure=tmp_path / "f.png")
+        compare.compare(path, figure=tmp_path / "f.png")
     assert not (tmp_path / "f.png").exists()
-    store.write_json(path, _summary())
+    io.write_json(path, _summary())
     with pytest.raises(ValueError, match="png"):
-        baselines.compare(path, figure=tmp_path / "f.jpg")
+        compare.compare(path, figure=tmp_path / "f.jpg")
     with pytest.raises(ValueError, match="no such file"):
-        baselines.compare(tmp_path / "missing.json")
+        compare.compare(tmp_path / "missing.json")
 
 
 def test_tokenize_forget_per_text_and_retain_packed():
     tok = CharTokenizer()
     tok.eos_token_id = 0
-    forget = baselines.tokenize_texts(["abcdefghij", "xyz"], tok, seq_len=8)
+    forget = bsn.tokenize_texts(["abcdefghij", "xyz"], tok, seq_len=8)
     assert forget.shape == (3, 8)  # "abcdefgh", "ij", "xyz": each text its own sequence(s)
     assert forget[2].tolist() == [ord(c) % 61 for c in "xyz"] + [PAD] * 5
-    retain = baselines.tokenize_texts(["abcde", "fgh"], tok, seq_len=4, pack=True)
+    retain = bsn.tokenize_texts(["abcde", "fgh"], tok, seq_len=4, pack=True)
     stream = [ord(c) % 61 for c in "abcde"] + [0] + [ord(c) % 61 for c in "fgh"] + [0]
     assert retain[retain != PAD].tolist() == stream and retain.shape == (3, 4)
     with pytest.raises(ValueError, match="seq-len"):
-        baselines.tokenize_texts(["abc"], tok, seq_len=1)
+        bsn.tokenize_texts(["abc"], tok, seq_len=1)

@@ -19,10 +19,12 @@ import pytest
 import torch
 
 from conftest import tiny_gpt2, tiny_olmo2
-from curvmem import corpus, edit, store
+from curvmem import edit, io, schema
 from curvmem.cli import main
 from curvmem.factors import LMTask, batched, collect
-from curvmem.models import load_model, mlp_modules, model_fingerprint
+from curvmem.model import load_model, mlp_modules, model_fingerprint
+from curvmem.model.load import read_layer
+from curvmem.world import corpus
 
 torch.set_num_threads(1)  # tiny models: threads only add contention (see test_factors.py)
 
@@ -71,7 +73,7 @@ def collect_args(disk, out, model="olmo", layers="1", *extra, tokens=20 * SEQ):
 
 
 def read_factors(path):
-    return store.read_layer(path, "factors")
+    return read_layer(path, "factors")
 
 
 def max_rel_err(got, ref) -> float:
@@ -92,7 +94,7 @@ def test_collect_writes_the_librarys_factors(disk, tmp_path):
     modules = mlp_modules(model, [0, 2])
     want = collect(model, batched(tokens, 3), modules, LMTask(), fisher="empirical")
     for layer in (0, 2):
-        f = store.read_layer(store.layer_path(out, layer), "factors", model=model)
+        f = read_layer(schema.layer_path(out, layer), "factors", model=model)
         assert f.attrs["n_tokens"] == 20 * (SEQ - 1) and f.attrs["seq_len"] == SEQ
         assert f.attrs["fisher"] == "empirical"
         assert f.attrs["model_fingerprint"] == model_fingerprint(model)
@@ -163,11 +165,11 @@ def test_collect_eigen_edit_apply_on_gpt2_conv1d(disk, tmp_path):
     for key in ("method", "spec", "modules", "model_fingerprint", "seconds", "peak_rss_mb"):
         assert key in meta, key
     assert meta["method"] == "kfac" and meta["seconds"] > 0 and meta["peak_rss_mb"] > 0
-    stored, _ = store.read_edit(path)
+    stored, _ = schema.read_edit(path)
     model = load_model(disk["gpt2"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     edit.apply(model, path)
-    eigen = store.read_layer(edir / "layer_1.nc", "eigen")
+    eigen = read_layer(edir / "layer_1.nc", "eigen")
     for m in mlp_modules(model, [1]):
         assert stored[m.param_name].shape == (m.d_in, m.d_out)  # Conv1D layout in the file
         g = {k: v.astype(np.float64) for k, v in eigen.groups[m.name].items()}
@@ -279,7 +281,7 @@ def test_bad_edit_inputs(disk, olmo_eigen, tmp_path, capsys):
     assert_refused(capsys, no_eigen, ["layer_0.nc", "no such eigen file"], out)
     # rho = 1 is allowed and leaves the weights as they are
     assert cli(*base, "--rho", "1") == 0
-    tensors, _ = store.read_edit(out / "e.safetensors")
+    tensors, _ = schema.read_edit(out / "e.safetensors")
     params = dict(load_model(disk["olmo"]).named_parameters())
     for name, t in tensors.items():
         torch.testing.assert_close(t, params[name].detach(), rtol=0, atol=1e-6)
@@ -294,8 +296,8 @@ def test_edit_in_bfloat16_matches_the_float32_edit_and_applies_to_either(disk, o
             "--modules", "mlp.gate_proj,mlp.up_proj", "--rho", "0.6"]
     assert cli(*args, "--out", tmp_path / "f32.safetensors") == 0
     assert cli(*args, "--dtype", "bfloat16", "--out", tmp_path / "bf16.safetensors") == 0
-    f32, meta32 = store.read_edit(tmp_path / "f32.safetensors")
-    bf16, meta16 = store.read_edit(tmp_path / "bf16.safetensors")
+    f32, meta32 = schema.read_edit(tmp_path / "f32.safetensors")
+    bf16, meta16 = schema.read_edit(tmp_path / "bf16.safetensors")
     assert meta16["load_dtype"] == "bfloat16" and meta32["load_dtype"] == "float32"
     assert meta16["model_fingerprint"] == meta32["model_fingerprint"]
     for name, t in bf16.items():
@@ -334,10 +336,10 @@ def test_bad_factor_files_for_eigen(disk, tmp_path, capsys):
     trunc.write_bytes(data[: len(data) * 2 // 3])
     assert_refused(capsys, ["eigen", "--factors", trunc, "--out", out / "layer_0.nc"],
                    ["truncated"], out)
-    with pytest.raises(store.StoreError, match="NaN or inf"):
-        store.read_layer(nan_path, "factors")
-    with pytest.raises(store.StoreError, match="truncated"):
-        store.read_layer(trunc, "factors")
+    with pytest.raises(io.StoreError, match="NaN or inf"):
+        read_layer(nan_path, "factors")
+    with pytest.raises(io.StoreError, match="truncated"):
+        read_layer(trunc, "factors")
 
 
 def test_corpus_fingerprint_sees_the_packing():

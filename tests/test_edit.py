@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from conftest import tiny_gpt2, tiny_neox, tiny_olmo2
-from curvmem import edit, store
+from curvmem import edit, io, schema
+from curvmem.edit import kfac
 from curvmem.eigen import eigen_layer, eigh_descending
 from curvmem.factors import LMTask, batched, collect
-from curvmem.models import mlp_modules, model_fingerprint
+from curvmem.model import mlp_modules, model_fingerprint
+from curvmem.model.load import read_layer
 
 torch.set_num_threads(1)  # tiny models: threads only add contention (see test_factors.py)
 
@@ -67,7 +69,7 @@ RHOS = [1e-6, 0.1, 0.25, 0.5, 0.6, 0.75, 0.9, 0.999]
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("band_limit", [edit.BAND_LIMIT, 3])
 def test_select_pairs_equals_brute_force_sort(kind, band_limit, monkeypatch):
-    monkeypatch.setattr(edit, "BAND_LIMIT", band_limit)  # 3: bisect down to a tiny band
+    monkeypatch.setattr(kfac, "BAND_LIMIT", band_limit)  # 3: bisect down to a tiny band
     rng = np.random.default_rng(KINDS.index(kind))
     for trial in range(3):
         lam, mu = spectra(kind, rng)
@@ -190,17 +192,17 @@ def make_eigen_dir(model, tmp_path, layers, seq=8):
     for layer in layers:
         groups = {m.name: {"A": f.A[(layer, m.name)].numpy(), "G": f.G[(layer, m.name)].numpy()}
                   for m in modules if m.layer == layer}
-        fpath = store.layer_path(tmp_path / "factors", layer)
-        store.write_layer(fpath, "factors", layer, groups, factor_attrs(model, layer, f.n_tokens))
-        eigen_layer(fpath, store.layer_path(tmp_path / "eigen", layer))
+        fpath = schema.layer_path(tmp_path / "factors", layer)
+        schema.write_layer(fpath, "factors", layer, groups, factor_attrs(model, layer, f.n_tokens))
+        eigen_layer(fpath, schema.layer_path(tmp_path / "eigen", layer))
     return tmp_path / "eigen"
 
 
 def test_eigen_files_are_descending_and_reconstruct_the_factors(tmp_path):
     model = tiny_olmo2()
     eigen_dir = make_eigen_dir(model, tmp_path, [1])
-    factors = store.read_layer(store.layer_path(tmp_path / "factors", 1), "factors")
-    eigen = store.read_layer(store.layer_path(eigen_dir, 1), "eigen", model=model)
+    factors = read_layer(schema.layer_path(tmp_path / "factors", 1), "factors")
+    eigen = read_layer(schema.layer_path(eigen_dir, 1), "eigen", model=model)
     assert eigen.attrs["model_fingerprint"] == model_fingerprint(model)
     assert eigen.attrs["n_tokens"] == factors.attrs["n_tokens"]
     for name, g in eigen.groups.items():
@@ -270,14 +272,14 @@ def test_gpt2_conv1d_edit_round_trips_through_file_and_apply(tmp_path):
     spec = {1: {"mlp.c_fc": 0.6, "mlp.c_proj": 0.8}}
     tensors, meta = edit.build_edit(model, spec, eigen_dir=eigen_dir)
     path = tmp_path / "edit.safetensors"
-    store.write_edit(path, tensors, meta)
+    schema.write_edit(path, tensors, meta)
 
     fresh = tiny_gpt2()
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
     got_meta = edit.apply(fresh, path)
     assert got_meta["method"] == "kfac" and got_meta["spec"] == {"1": spec[1]}
-    eigen = store.read_layer(store.layer_path(eigen_dir, 1), "eigen")
-    stored, _ = store.read_edit(path)
+    eigen = read_layer(schema.layer_path(eigen_dir, 1), "eigen")
+    stored, _ = schema.read_edit(path)
     for m in mlp_modules(fresh, [1]):
         assert stored[m.param_name].shape == (m.d_in, m.d_out)  # Conv1D's own layout
         g = {k: v.astype(np.float64) for k, v in eigen.groups[m.name].items()}
@@ -300,13 +302,13 @@ def test_apply_refuses_edits_for_another_model(tmp_path):
     name = "transformer.h.0.mlp.c_fc.weight"
     w = dict(model.named_parameters())[name].detach()
     path = tmp_path / "e.safetensors"
-    store.write_edit(path, {name: w}, {"method": "svd", "model_fingerprint": "0" * 16})
+    schema.write_edit(path, {name: w}, {"method": "svd", "model_fingerprint": "0" * 16})
     with pytest.raises(ValueError, match="fingerprint 0000000000000000"):
         edit.apply(model, path)
-    store.write_edit(path, {"transformer.h.9.mlp.c_fc.weight": w}, {"method": "svd"})
+    schema.write_edit(path, {"transformer.h.9.mlp.c_fc.weight": w}, {"method": "svd"})
     with pytest.raises(ValueError, match="no parameter 'transformer.h.9.mlp.c_fc.weight'"):
         edit.apply(model, path)
-    store.write_edit(path, {name: w.T.contiguous()}, {"method": "svd"})
+    schema.write_edit(path, {name: w.T.contiguous()}, {"method": "svd"})
     with pytest.raises(ValueError, match=r"\(24, 16\)"):
         edit.apply(model, path)
     assert torch.equal(dict(model.named_parameters())[name].detach(), w)  # nothing half-applied
@@ -321,10 +323,10 @@ def test_build_edit_validates_before_reading_anything(tmp_path):
         edit.build_edit(model, {7: {"mlp.up_proj": 0.5}}, eigen_dir=missing)
     with pytest.raises(ValueError, match="unknown module"):
         edit.build_edit(model, {0: {"mlp.c_fc": 0.5}}, eigen_dir=missing)
-    with pytest.raises(store.StoreError, match="no such eigen file"):
+    with pytest.raises(io.StoreError, match="no such eigen file"):
         edit.build_edit(model, {0: {"mlp.up_proj": 0.5}}, eigen_dir=missing)
     eigen_dir = make_eigen_dir(model, tmp_path, [0])
-    with pytest.raises(store.StoreError, match="fingerprint"):
+    with pytest.raises(io.StoreError, match="fingerprint"):
         edit.build_edit(tiny_olmo2(seed=1), {0: {"mlp.up_proj": 0.5}}, eigen_dir=eigen_dir)
 
 

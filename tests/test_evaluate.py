@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from curvmem import evaluate
+from curvmem.evaluate import lm as evaluate_lm
 from curvmem.cli import main
 
 V = 20  # vocabulary of the hand-made models
@@ -72,7 +72,7 @@ def test_a_perfect_copier_scores_strict_one():
     rows = [{"text": " ".join(map(str, periodic(5, 112, k))), "kind": "random"} for k in range(3)]
     rows += [{"prefix_ids": periodic(5, 10, 0), "suffix_ids": periodic(5, 15, 10),
               "kind": "natural"}]
-    r = evaluate.evaluate_memorization(CopyModel(5), DigitTokenizer(), rows, batch_size=2)
+    r = evaluate_lm.evaluate_memorization(CopyModel(5), DigitTokenizer(), rows, batch_size=2)
     assert r["strict"] == 1.0 and r["loose"] == 1.0 and r["avg_distance"] == 0.0
     assert r["by_kind"]["random"]["n"] == 3 and r["by_kind"]["natural"]["strict"] == 1.0
     assert [e["suffix_len"] for e in r["examples"]] == [48, 48, 48, 15]
@@ -81,16 +81,16 @@ def test_a_perfect_copier_scores_strict_one():
 def test_a_wrong_period_and_a_constant_model_score_their_exact_distance():
     # suffix 1..5 repeating (no token 9): a model always saying 9 is wrong everywhere
     rows = [{"prefix_ids": periodic(5, 64, 0), "suffix_ids": periodic(5, 48, 64)}]
-    r = evaluate.evaluate_memorization(ConstantModel(9), DigitTokenizer(), rows)
+    r = evaluate_lm.evaluate_memorization(ConstantModel(9), DigitTokenizer(), rows)
     assert r["strict"] == 0.0 and r["loose"] == 0.0 and r["avg_distance"] == 1.0
     # token 1 appears in every fifth place: d = 48 - (number of 1s in the suffix)
     suffix = periodic(5, 48, 64)
-    r = evaluate.evaluate_memorization(ConstantModel(1), DigitTokenizer(), rows)
+    r = evaluate_lm.evaluate_memorization(ConstantModel(1), DigitTokenizer(), rows)
     assert r["avg_distance"] == pytest.approx((48 - suffix.count(1)) / 48)
 
 
 def test_levenshtein_buckets():
-    s = evaluate.memorization_scores([0, 12, 13, 48], [48, 48, 48, 48])
+    s = evaluate_lm.memorization_scores([0, 12, 13, 48], [48, 48, 48, 48])
     assert s["strict"] == 0.25
     assert s["loose"] == 0.5  # 1 - 12/48 = 0.75 is loose; 1 - 13/48 is not
     assert s["avg_distance"] == pytest.approx((0 + 12 + 13 + 48) / 4 / 48)
@@ -99,11 +99,11 @@ def test_levenshtein_buckets():
 def test_memorization_bad_inputs():
     tok = DigitTokenizer()
     with pytest.raises(ValueError, match="fewer than prefix 64"):
-        evaluate.memorization_examples([{"text": "1 2 3"}], tok)
+        evaluate_lm.memorization_examples([{"text": "1 2 3"}], tok)
     with pytest.raises(ValueError, match="needs 'text'"):
-        evaluate.memorization_examples([{"prefix": "1 2"}], tok)
+        evaluate_lm.memorization_examples([{"prefix": "1 2"}], tok)
     with pytest.raises(ValueError, match="empty prefix"):
-        evaluate.memorization_examples([{"prefix_ids": [], "suffix_ids": [1]}], tok)
+        evaluate_lm.memorization_examples([{"prefix_ids": [], "suffix_ids": [1]}], tok)
 
 
 # --------------------------------------------------------------------------- perplexity
@@ -111,7 +111,7 @@ def test_memorization_bad_inputs():
 
 def test_uniform_model_has_perplexity_equal_to_the_vocabulary():
     texts = [" ".join(str(1 + i % 7) for i in range(50))] * 10
-    r = evaluate.evaluate_perplexity(ConstantModel(uniform=True), DigitTokenizer(), texts,
+    r = evaluate_lm.evaluate_perplexity(ConstantModel(uniform=True), DigitTokenizer(), texts,
                                      block_len=16, batch_size=4)
     assert r["perplexity"] == pytest.approx(V)
     assert r["perplexity_batch_mean"] == pytest.approx(V)
@@ -120,7 +120,7 @@ def test_uniform_model_has_perplexity_equal_to_the_vocabulary():
 
 def test_perplexity_of_a_confident_copier_is_near_one():
     texts = [" ".join(map(str, periodic(5, 200, 0)))]
-    r = evaluate.evaluate_perplexity(CopyModel(5), DigitTokenizer(), texts, block_len=40)
+    r = evaluate_lm.evaluate_perplexity(CopyModel(5), DigitTokenizer(), texts, block_len=40)
     # the first 4 of a block's 39 predictions cannot copy yet (uniform: log V), the rest are ~0
     assert r["mean_loss"] == pytest.approx(4 / 39 * math.log(V), rel=1e-6)
     assert r["perplexity"] == pytest.approx(V ** (4 / 39), rel=1e-6)
@@ -128,24 +128,24 @@ def test_perplexity_of_a_confident_copier_is_near_one():
 
 def test_perplexity_needs_a_block():
     with pytest.raises(ValueError, match="fewer than one block"):
-        evaluate.token_blocks(["1 2 3"], DigitTokenizer(), block_len=112)
+        evaluate_lm.token_blocks(["1 2 3"], DigitTokenizer(), block_len=112)
 
 
 # --------------------------------------------------------------------------- tasks, coherence
 
 
 def test_answer_matching():
-    assert evaluate.answer_matches(" 68.", "68")
-    assert evaluate.answer_matches("Quist", "Quist")
-    assert not evaluate.answer_matches(" 689", "68")
-    assert not evaluate.answer_matches(" 6", "68")
+    assert evaluate_lm.answer_matches(" 68.", "68")
+    assert evaluate_lm.answer_matches("Quist", "Quist")
+    assert not evaluate_lm.answer_matches(" 689", "68")
+    assert not evaluate_lm.answer_matches(" 6", "68")
 
 
 def test_task_accuracy_per_category():
     rows = [{"category": "arithmetic", "prompt": "1 2 3 4 5 1 2 3 4", "answer": "5"},
             {"category": "arithmetic", "prompt": "1 2 3 4 5 1 2", "answer": "4"},
             {"category": "logic", "prompt": "2 3 4 5 1 2", "answer": "3"}]
-    r = evaluate.evaluate_tasks(CopyModel(5), DigitTokenizer(), rows)
+    r = evaluate_lm.evaluate_tasks(CopyModel(5), DigitTokenizer(), rows)
     assert r["accuracy"] == {"arithmetic": 0.5, "logic": 1.0}
     assert r["n"] == {"arithmetic": 2, "logic": 1}
     # each item's output is kept in input order, so a reader can see how the model fails
@@ -161,7 +161,7 @@ def test_task_accuracy_per_subcategory():
             {"category": "logic", "subcategory": "order", "prompt": "1 2 3 4 5 1 2", "answer": "4"},
             {"category": "logic", "subcategory": "boolean", "prompt": "2 3 4 5 1 2", "answer": "3"},
             {"category": "arithmetic", "prompt": "2 3 4 5 1 2", "answer": "3"}]
-    r = evaluate.evaluate_tasks(CopyModel(5), DigitTokenizer(), rows)
+    r = evaluate_lm.evaluate_tasks(CopyModel(5), DigitTokenizer(), rows)
     assert r["accuracy"] == {"arithmetic": 1.0, "logic": 2 / 3}
     # rows without a subcategory count only in their category
     assert r["accuracy_by_subcategory"] == {"logic/boolean": 1.0, "logic/order": 0.5}
@@ -170,17 +170,17 @@ def test_task_accuracy_per_subcategory():
 
 def test_ndcg():
     ref = torch.arange(10)[None]
-    assert evaluate.ndcg_at_k(ref, ref).item() == pytest.approx(1.0)
-    assert evaluate.ndcg_at_k(ref, torch.arange(10, 20)[None]).item() == 0.0
+    assert evaluate_lm.ndcg_at_k(ref, ref).item() == pytest.approx(1.0)
+    assert evaluate_lm.ndcg_at_k(ref, torch.arange(10, 20)[None]).item() == 0.0
     swapped = torch.tensor([[1, 0, 2, 3, 4, 5, 6, 7, 8, 9]])
     ideal = sum((10 - r) / math.log2(r + 2) for r in range(10))
     dcg = ideal - 10 / math.log2(2) - 9 / math.log2(3) + 9 / math.log2(2) + 10 / math.log2(3)
-    assert evaluate.ndcg_at_k(ref, swapped).item() == pytest.approx(dcg / ideal)
+    assert evaluate_lm.ndcg_at_k(ref, swapped).item() == pytest.approx(dcg / ideal)
 
 
 def test_coherence_of_an_edit_that_changes_nothing_is_one():
     texts = [" ".join(map(str, periodic(7, 100, 0)))]
-    r = evaluate.evaluate_coherence(CopyModel(7), DigitTokenizer(), texts, lambda m: {"x": 1},
+    r = evaluate_lm.evaluate_coherence(CopyModel(7), DigitTokenizer(), texts, lambda m: {"x": 1},
                                     block_len=20)
     assert r["ndcg10"] == pytest.approx(1.0) and r["edit_meta"] == {"x": 1}
 
@@ -195,7 +195,7 @@ def _mem(strict):
 
 
 def _entry(tmp_path, name, forget, untargeted, ppl, method=None, subtasks=None):
-    from curvmem.store import write_json
+    from curvmem.io import write_json
 
     d = tmp_path / name
     edit = {"method": method, "spec": {"rho": 0.6}, "seconds": 1.0, "peak_rss_mb": 100.0} \
@@ -282,8 +282,8 @@ def test_report_bad_entries(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_smoke_world_train_and_every_evaluator(tmp_path, capsys):
-    from curvmem.models import load_model, mlp_modules
-    from curvmem.store import write_edit
+    from curvmem.model import load_model, mlp_modules
+    from curvmem.schema import write_edit
 
     w, tok, m = tmp_path / "world", tmp_path / "tok", tmp_path / "model"
     assert main(["world", "--out", str(w), "--preset", "smoke"]) == 0
@@ -355,7 +355,7 @@ def test_evaluations_load_the_model_in_the_requested_dtype(tmp_path):
     corpus.write_text("".join(json.dumps({"text": world.paragraph(random.Random(i))}) + "\n"
                               for i in range(30)))
     world.train_tokenizer(corpus, tmp_path / "model", vocab_size=300)
-    from curvmem.models import load_tokenizer
+    from curvmem.model import load_tokenizer
 
     tiny_olmo2(vocab=len(load_tokenizer(tmp_path / "model"))).save_pretrained(tmp_path / "model")
     out = {}
@@ -371,7 +371,7 @@ def test_evaluations_load_the_model_in_the_requested_dtype(tmp_path):
 
 
 def test_sweep_figure_draws_one_line_per_layer_set():
-    from curvmem.plots import _kfac_sweep_lines
+    from curvmem.report.figures import _kfac_sweep_lines
 
     def spec(layers, rho):
         return {str(k): {"mlp.gate_proj": rho, "mlp.up_proj": rho} for k in layers}
@@ -392,7 +392,7 @@ def test_sweep_figure_draws_one_line_per_layer_set():
 def test_a_wide_perplexity_range_gets_a_log_axis(tmp_path):
     import matplotlib.pyplot as plt
 
-    from curvmem.plots import log_x_if_wide, sweep_figure
+    from curvmem.report.figures import log_x_if_wide, sweep_figure
 
     fig, ax = plt.subplots()
     assert not log_x_if_wide(ax, [40.0, 45.0, 90.0, None])  # 2.25x: linear

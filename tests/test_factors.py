@@ -27,7 +27,7 @@ from curvmem.factors import (
     sample_targets,
     symmetrized,
 )
-from curvmem.models import mlp_modules
+from curvmem.model import mlp_modules
 
 # The tiny models are so small that 2 threads only add contention (a 16x16 linear takes 40 ms
 # instead of 0.2 ms on a busy 2-core box). TODO(lead): move this into conftest.py.

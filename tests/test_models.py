@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import tiny_gpt2, tiny_neox, tiny_olmo2
-from curvmem.models import (
+from curvmem.model import (
     AdapterError,
     adapter_for,
     mlp_modules,

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import tiny_gpt2, tiny_olmo2
-from curvmem import store
-from curvmem.models import model_fingerprint
+from curvmem import io, schema
+from curvmem.model import model_fingerprint
+from curvmem.model.load import read_layer
 
 
 def spd(n: int, rng, dtype=np.float32) -> np.ndarray:
@@ -47,10 +48,10 @@ def eigen_groups(factor_groups: dict) -> dict:
 def test_factor_file_round_trip(tmp_path, dtype):
     model = tiny_olmo2()
     groups = olmo_factor_groups(np.random.default_rng(0), dtype)
-    path = store.layer_path(tmp_path, 1)
+    path = schema.layer_path(tmp_path, 1)
     assert path.name == "layer_1.nc"
-    store.write_layer(path, "factors", 1, groups, root_attrs(model, 1))
-    got = store.read_layer(path, "factors", model=model, modules=["mlp.gate_proj"])
+    schema.write_layer(path, "factors", 1, groups, root_attrs(model, 1))
+    got = read_layer(path, "factors", model=model, modules=["mlp.gate_proj"])
     assert got.kind == "factors" and got.layer == 1
     assert sorted(got.modules()) == sorted(groups)
     for name in groups:
@@ -59,7 +60,7 @@ def test_factor_file_round_trip(tmp_path, dtype):
             np.testing.assert_array_equal(got.groups[name][var], groups[name][var])
     assert got.attrs["n_tokens"] == 66 and got.attrs["fisher"] == "sampled"
     assert got.attrs["model_fingerprint"] == model_fingerprint(model)
-    assert got.attrs["schema_version"] == store.SCHEMA_VERSION
+    assert got.attrs["schema_version"] == schema.SCHEMA_VERSION
     assert [p.name for p in tmp_path.iterdir()] == ["layer_1.nc"]  # no temp file left behind
 
 
@@ -67,8 +68,8 @@ def test_eigen_file_round_trip(tmp_path):
     model = tiny_olmo2()
     groups = eigen_groups(olmo_factor_groups(np.random.default_rng(1)))
     path = tmp_path / "eigen" / "layer_2.nc"  # parent directories are created
-    store.write_layer(path, "eigen", 2, groups, root_attrs(model, 2))
-    got = store.read_layer(path, "eigen", model=model)
+    schema.write_layer(path, "eigen", 2, groups, root_attrs(model, 2))
+    got = read_layer(path, "eigen", model=model)
     for name, vars_ in groups.items():
         for var, arr in vars_.items():
             np.testing.assert_array_equal(got.groups[name][var], arr)
@@ -77,10 +78,10 @@ def test_eigen_file_round_trip(tmp_path):
 def test_reading_refuses_another_models_file(tmp_path):
     model = tiny_olmo2(seed=0)
     path = tmp_path / "layer_1.nc"
-    store.write_layer(path, "factors", 1, olmo_factor_groups(np.random.default_rng(0)),
+    schema.write_layer(path, "factors", 1, olmo_factor_groups(np.random.default_rng(0)),
                       root_attrs(model, 1))
-    with pytest.raises(store.StoreError) as e:
-        store.read_layer(path, "factors", model=tiny_olmo2(seed=1))
+    with pytest.raises(io.StoreError) as e:
+        read_layer(path, "factors", model=tiny_olmo2(seed=1))
     assert "fingerprint" in str(e.value) and model_fingerprint(model) in str(e.value)
 
 
@@ -90,38 +91,38 @@ def test_reading_refuses_wrong_shapes(tmp_path):
     rng = np.random.default_rng(0)
     groups = {"mlp.gate_proj": {"A": spd(16, rng), "G": spd(20, rng)}}  # ff is 24, not 20
     path = tmp_path / "layer_0.nc"
-    store.write_layer(path, "factors", 0, groups, root_attrs(model, 0))
-    with pytest.raises(store.StoreError, match=r"\(16, 20\).*\(16, 24\)"):
-        store.read_layer(path, "factors", model=model)
+    schema.write_layer(path, "factors", 0, groups, root_attrs(model, 0))
+    with pytest.raises(io.StoreError, match=r"\(16, 20\).*\(16, 24\)"):
+        read_layer(path, "factors", model=model)
 
 
 def test_reading_refuses_missing_module_and_wrong_kind(tmp_path):
     model = tiny_olmo2()
     path = tmp_path / "layer_0.nc"
-    store.write_layer(path, "factors", 0, olmo_factor_groups(np.random.default_rng(0)),
+    schema.write_layer(path, "factors", 0, olmo_factor_groups(np.random.default_rng(0)),
                       root_attrs(model, 0))
-    with pytest.raises(store.StoreError, match="mlp.up_proj"):
-        store.read_layer(path, "factors", modules=["mlp.gate_proj", "mlp.up_proj"])
-    with pytest.raises(store.StoreError, match="expected 'eigen'"):
-        store.read_layer(path, "eigen")
-    with pytest.raises(store.StoreError, match="no such"):
-        store.read_layer(tmp_path / "layer_9.nc", "factors")
+    with pytest.raises(io.StoreError, match="mlp.up_proj"):
+        read_layer(path, "factors", modules=["mlp.gate_proj", "mlp.up_proj"])
+    with pytest.raises(io.StoreError, match="expected 'eigen'"):
+        read_layer(path, "eigen")
+    with pytest.raises(io.StoreError, match="no such"):
+        read_layer(tmp_path / "layer_9.nc", "factors")
 
 
 def test_reading_refuses_truncated_and_foreign_files(tmp_path):
     model = tiny_olmo2()
     good = tmp_path / "layer_0.nc"
-    store.write_layer(good, "factors", 0, olmo_factor_groups(np.random.default_rng(0)),
+    schema.write_layer(good, "factors", 0, olmo_factor_groups(np.random.default_rng(0)),
                       root_attrs(model, 0))
     data = good.read_bytes()
     truncated = tmp_path / "truncated.nc"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(store.StoreError, match="truncated"):
-        store.read_layer(truncated, "factors")
+    with pytest.raises(io.StoreError, match="truncated"):
+        read_layer(truncated, "factors")
     text = tmp_path / "text.nc"
     text.write_text("not netcdf\n")
-    with pytest.raises(store.StoreError, match="cannot read"):
-        store.read_layer(text, "factors")
+    with pytest.raises(io.StoreError, match="cannot read"):
+        read_layer(text, "factors")
 
 
 @pytest.mark.parametrize("groups, words", [
@@ -134,26 +135,26 @@ def test_reading_refuses_truncated_and_foreign_files(tmp_path):
 def test_writing_refuses_bad_groups_and_leaves_no_file(tmp_path, groups, words):
     model = tiny_olmo2()
     path = tmp_path / "out" / "layer_0.nc"
-    with pytest.raises(store.StoreError, match=words):
-        store.write_layer(path, "factors", 0, groups, root_attrs(model, 0))
+    with pytest.raises(io.StoreError, match=words):
+        schema.write_layer(path, "factors", 0, groups, root_attrs(model, 0))
     assert not path.parent.exists() or not any(path.parent.iterdir())
 
 
 def test_eigenvector_shape_mismatch_is_refused(tmp_path):
     groups = eigen_groups(olmo_factor_groups(np.random.default_rng(0)))
     groups["mlp.gate_proj"]["G_eigenvectors"] = groups["mlp.gate_proj"]["G_eigenvectors"][:, :5]
-    with pytest.raises(store.StoreError, match="do not match"):
-        store.write_layer(tmp_path / "l.nc", "eigen", 0, groups, root_attrs(tiny_olmo2(), 0))
+    with pytest.raises(io.StoreError, match="do not match"):
+        schema.write_layer(tmp_path / "l.nc", "eigen", 0, groups, root_attrs(tiny_olmo2(), 0))
     assert not any(tmp_path.iterdir())
 
 
 def test_atomic_output_leaves_nothing_when_the_block_fails(tmp_path):
     path = tmp_path / "a.json"
-    with pytest.raises(RuntimeError), store.atomic_output(path) as tmp:
+    with pytest.raises(RuntimeError), io.atomic_output(path) as tmp:
         tmp.write_text("half")
         raise RuntimeError("killed")
     assert not any(tmp_path.iterdir())
-    store.write_json(path, {"x": float("nan"), "y": np.float32(1.5), "z": (1, 2)})
+    io.write_json(path, {"x": float("nan"), "y": np.float32(1.5), "z": (1, 2)})
     assert json.loads(path.read_text()) == {"x": None, "y": 1.5, "z": [1, 2]}
 
 
@@ -162,8 +163,8 @@ def test_edit_round_trip_in_stored_layout(tmp_path):
     name = "transformer.h.1.mlp.c_fc.weight"
     w = torch.randn_like(dict(model.named_parameters())[name])
     path = tmp_path / "e.safetensors"
-    store.write_edit(path, {name: w}, {"method": "svd", "spec": {"drop": 0.5}})
-    tensors, meta = store.read_edit(path)
+    schema.write_edit(path, {name: w}, {"method": "svd", "spec": {"drop": 0.5}})
+    tensors, meta = schema.read_edit(path)
     assert list(tensors) == [name]
     torch.testing.assert_close(tensors[name], w, rtol=0, atol=0)
     assert meta == {"method": "svd", "spec": {"drop": 0.5}}
@@ -171,11 +172,11 @@ def test_edit_round_trip_in_stored_layout(tmp_path):
 
 
 def test_edit_refusals_leave_no_file(tmp_path):
-    with pytest.raises(store.StoreError, match="must end in .safetensors"):
-        store.write_edit(tmp_path / "e.pt", {"w": torch.ones(2)}, {"method": "svd"})
-    with pytest.raises(store.StoreError, match="no tensors"):
-        store.write_edit(tmp_path / "e.safetensors", {}, {"method": "svd"})
+    with pytest.raises(io.StoreError, match="must end in .safetensors"):
+        schema.write_edit(tmp_path / "e.pt", {"w": torch.ones(2)}, {"method": "svd"})
+    with pytest.raises(io.StoreError, match="no tensors"):
+        schema.write_edit(tmp_path / "e.safetensors", {}, {"method": "svd"})
     assert not any(tmp_path.iterdir())
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 5)
-    with pytest.raises(store.StoreError, match="not a readable safetensors"):
-        store.read_edit(tmp_path / "bad.safetensors")
+    with pytest.raises(io.StoreError, match="not a readable safetensors"):
+        schema.read_edit(tmp_path / "bad.safetensors")

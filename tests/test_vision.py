@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from curvmem import vision
+from curvmem.model import vit
+from curvmem.report import vit as report_vit
+from curvmem.world import images as vision_data
 from curvmem.cli import main
 
 
@@ -20,10 +22,10 @@ def run_cli(*argv) -> int:
 
 
 def test_split_and_noise_are_deterministic_disjoint_and_always_wrong():
-    _, labels, classes = vision.load_source("digits")
-    a = vision.split_and_corrupt(labels, len(classes), seed=3, noise=0.1, val_fraction=0.2)
-    b = vision.split_and_corrupt(labels, len(classes), seed=3, noise=0.1, val_fraction=0.2)
-    c = vision.split_and_corrupt(labels, len(classes), seed=4, noise=0.1, val_fraction=0.2)
+    _, labels, classes = vision_data.load_source("digits")
+    a = vision_data.split_and_corrupt(labels, len(classes), seed=3, noise=0.1, val_fraction=0.2)
+    b = vision_data.split_and_corrupt(labels, len(classes), seed=3, noise=0.1, val_fraction=0.2)
+    c = vision_data.split_and_corrupt(labels, len(classes), seed=4, noise=0.1, val_fraction=0.2)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert not torch.equal(a["train_noisy"], c["train_noisy"])
@@ -43,18 +45,18 @@ def test_split_and_noise_are_deterministic_disjoint_and_always_wrong():
 def test_dataset_round_trip_and_load_images(tmp_path):
     path = tmp_path / "d.safetensors"
     assert run_cli("vision-data", "--out", path, "--seed", 1, "--noise", 0.2) == 0
-    tensors, cfg = vision.load_dataset(path)
+    tensors, cfg = vision_data.load_dataset(path)
     side = json.loads(path.with_suffix(".json").read_text())
     assert cfg["n_noisy"] == int(tensors["train_noisy"].sum()) == round(0.2 * cfg["n_train"])
     assert side["noisy_train_positions"] == torch.nonzero(tensors["train_noisy"]).flatten().tolist()
-    images, labels = vision.load_images(path, "train")
+    images, labels = vision_data.load_images(path, "train")
     assert images.shape == (cfg["n_train"], 1, 8, 8) and images.dtype == torch.float32
     assert torch.equal(labels, tensors["train_labels"])  # the NOISY labels
     assert not torch.equal(labels, tensors["train_true_labels"])
     assert abs(float(images.mean())) < 1e-4  # standardized with the training split's statistics
-    v_images, v_labels = vision.load_images(path, "val")
+    v_images, v_labels = vision_data.load_images(path, "val")
     assert v_images.shape[0] == v_labels.shape[0] == cfg["n_val"]
-    fresh, _ = vision.make_dataset(seed=1, noise=0.2)
+    fresh, _ = vision_data.make_dataset(seed=1, noise=0.2)
     assert torch.equal(fresh["train_labels"], tensors["train_labels"])
 
 
@@ -67,14 +69,14 @@ def test_imagefolder_and_cifar10_sources(tmp_path):
         for i in range(5):
             Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(
                 tmp_path / "folder" / cls / f"{i}.png")
-    images, labels, classes = vision.load_source(f"imagefolder:{tmp_path / 'folder'}")
+    images, labels, classes = vision_data.load_source(f"imagefolder:{tmp_path / 'folder'}")
     assert images.shape == (10, 3, 6, 6) and classes == ["cat", "dog"]
     assert labels.tolist() == [0] * 5 + [1] * 5
     Image.fromarray(rng.integers(0, 255, (9, 7, 3), dtype=np.uint8)).save(
         tmp_path / "folder" / "dog" / "big.png")
     with pytest.raises(ValueError, match="--image-size"):
-        vision.load_source(f"imagefolder:{tmp_path / 'folder'}")
-    images, _, _ = vision.load_source(f"imagefolder:{tmp_path / 'folder'}", image_size=4)
+        vision_data.load_source(f"imagefolder:{tmp_path / 'folder'}")
+    images, _, _ = vision_data.load_source(f"imagefolder:{tmp_path / 'folder'}", image_size=4)
     assert images.shape == (11, 3, 4, 4)
 
     records = np.zeros((7, 3073), dtype=np.uint8)
@@ -82,14 +84,14 @@ def test_imagefolder_and_cifar10_sources(tmp_path):
     records[:, 1:] = rng.integers(0, 255, (7, 3072), dtype=np.uint8)
     (tmp_path / "c" / "cifar-10-batches-bin").mkdir(parents=True)
     records.tofile(tmp_path / "c" / "cifar-10-batches-bin" / "data_batch_1.bin")
-    images, labels, classes = vision.load_source(f"cifar10:{tmp_path / 'c'}")
+    images, labels, classes = vision_data.load_source(f"cifar10:{tmp_path / 'c'}")
     assert images.shape == (7, 3, 32, 32) and labels.tolist() == list(range(7))
     assert float(images[3, 0, 0, 0]) == pytest.approx(records[3, 1] / 255.0)
 
     out = tmp_path / "cf.safetensors"
     assert run_cli("vision-data", "--source", f"imagefolder:{tmp_path / 'folder'}",
                    "--val-fraction", 0.3, "--image-size", 6, "--out", out) == 0
-    assert vision.load_images(out)[0].shape == (8, 3, 6, 6)
+    assert vision_data.load_images(out)[0].shape == (8, 3, 6, 6)
 
 
 def test_bad_inputs_get_clear_errors_and_no_output(tmp_path, capsys):
@@ -108,42 +110,42 @@ def test_bad_inputs_get_clear_errors_and_no_output(tmp_path, capsys):
 
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a readable safetensors"):
-        vision.load_images(tmp_path / "junk.safetensors")
+        vision_data.load_images(tmp_path / "junk.safetensors")
     with pytest.raises(ValueError, match="no such vision dataset"):
-        vision.load_images(tmp_path / "missing.safetensors")
+        vision_data.load_images(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="split"):
-        vision.load_images(tmp_path / "junk.safetensors", split="test")
+        vision_data.load_images(tmp_path / "junk.safetensors", split="test")
     with pytest.raises(ValueError, match="not a curvmem vision model"):
-        vision.load_model(tmp_path)
+        vit.load_model(tmp_path)
     with pytest.raises(ValueError, match="--preset"):
-        vision.build_model(10, (1, 8, 8), preset="huge")
+        vit.build_model(10, (1, 8, 8), preset="huge")
     with pytest.raises(ValueError, match="patches"):
-        vision.build_model(10, (1, 6, 6))
+        vit.build_model(10, (1, 6, 6))
     with pytest.raises(ValueError, match="patches"):
-        vision.build_model(10, (1, 8, 8), model_name="vit_tiny_patch16_224")
+        vit.build_model(10, (1, 8, 8), model_name="vit_tiny_patch16_224")
     with pytest.raises(ValueError, match="not a timm model"):
-        vision.build_model(10, (1, 8, 8), model_name="no_such_model")
+        vit.build_model(10, (1, 8, 8), model_name="no_such_model")
     with pytest.raises(ValueError, match="--pretrained"):
-        vision.build_model(10, (1, 8, 8), pretrained="cache")
+        vit.build_model(10, (1, 8, 8), pretrained="cache")
     with pytest.raises(ValueError, match="'base'"):
-        vision.summarize([("x", {"memorized": 0, "val_acc": 0, "clean_train_acc": 0,
+        report_vit.summarize([("x", {"memorized": 0, "val_acc": 0, "clean_train_acc": 0,
                                  "train_gt_acc": 0, "edit": {"method": "kfac"}})])
 
 
 def test_is_vision_model_is_cheap_and_never_raises(tmp_path):
-    assert not vision.is_vision_model("allenai/OLMo-2-0425-1B")
-    assert not vision.is_vision_model(tmp_path)
-    assert not vision.is_vision_model("bad\x00path")
-    (tmp_path / vision.CONFIG_FILE).write_text("{}")
-    assert vision.is_vision_model(tmp_path) and vision.is_vision_model(str(tmp_path))
+    assert not vit.is_vision_model("allenai/OLMo-2-0425-1B")
+    assert not vit.is_vision_model(tmp_path)
+    assert not vit.is_vision_model("bad\x00path")
+    (tmp_path / vit.CONFIG_FILE).write_text("{}")
+    assert vit.is_vision_model(tmp_path) and vit.is_vision_model(str(tmp_path))
 
 
 def test_random_shift_moves_images_and_is_off_at_zero():
     g = torch.Generator().manual_seed(0)
     x = torch.arange(2 * 64, dtype=torch.float32).reshape(2, 1, 8, 8)
-    assert vision.random_shift(x, 0, 1.0, g) is x
-    assert torch.equal(vision.random_shift(x, 1, 0.0, g), x)  # probability 0: the unshifted crop
-    shifted = vision.random_shift(x.repeat(20, 1, 1, 1), 1, 1.0, g)
+    assert vit.random_shift(x, 0, 1.0, g) is x
+    assert torch.equal(vit.random_shift(x, 1, 0.0, g), x)  # probability 0: the unshifted crop
+    shifted = vit.random_shift(x.repeat(20, 1, 1, 1), 1, 1.0, g)
     assert shifted.shape == (40, 1, 8, 8)
     assert any(not torch.equal(s, x[i % 2]) for i, s in enumerate(shifted))
 
@@ -178,9 +180,9 @@ def _direct_cls_factors(model, images, labels, modules):
 
 def test_cls_only_factors_equal_direct_float64_computation():
     from curvmem import factors
-    from curvmem.models import mlp_modules
+    from curvmem.model import mlp_modules
 
-    model, _ = vision.build_model(4, (1, 8, 8), preset="smoke", seed=0)
+    model, _ = vit.build_model(4, (1, 8, 8), preset="smoke", seed=0)
     model = model.double().eval()
     g = torch.Generator().manual_seed(0)
     images = torch.randn(10, 1, 8, 8, generator=g, dtype=torch.float64)
@@ -208,7 +210,7 @@ def test_metrics_on_a_hand_made_case():
     noisy_labels = torch.tensor([0, 7, 2, 8, 9, 5])
     mask = torch.tensor([False, True, False, True, True, False])
     pred = torch.tensor([0, 7, 1, 3, 6, 5])
-    r = vision.metrics_from_predictions(pred, noisy_labels, true, mask,
+    r = vit.metrics_from_predictions(pred, noisy_labels, true, mask,
                                         torch.tensor([1, 2, 3, 0]), torch.tensor([1, 2, 3, 4]))
     assert r["memorized"] == pytest.approx(1 / 3)
     assert r["train_gt_acc"] == pytest.approx(1 / 3)
@@ -228,13 +230,13 @@ def test_selection_uses_training_images_only():
                ("k_a", _result(0.1, 0.7, 0.95, 0.80, "kfac")),   # best on training images
                ("k_b", _result(0.5, 0.4, 0.97, 0.95, "kfac")),   # best on validation
                ("s_a", _result(0.8, 0.1, 0.99, 0.9, "svd"))]
-    summary = vision.summarize(entries)
+    summary = report_vit.summarize(entries)
     assert summary["selected"] == {"kfac": "k_a", "svd": "s_a"}
     assert summary["models"]["k_a"]["method"] == "kfac"
     assert summary["models"]["k_a"]["spec"] == {"rho": 0.75}
     assert set(summary["models"]["base"]) == {"memorized", "train_gt_acc", "clean_train_acc",
                                               "val_acc"}
-    table = vision.table_markdown(summary)
+    table = report_vit.table_markdown(summary)
     assert "| K-FAC | 10.0 | 3.5 | 70.0 | 66.5 | 80.0 | 71.7 |" in table
 
 
@@ -252,7 +254,7 @@ def test_sweep_figure_draws_one_line_per_layer_set(tmp_path, monkeypatch):
     entries += [("s", edit(0.9, 0.9, "svd", [0, 11], 0.1)), ("k-bare", _result(0.3, 0.6, 0.9, 0.7, "kfac"))]
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
-    vision.plot_sweep(vision.summarize(entries), tmp_path / "f.png")
+    report_vit.plot_sweep(report_vit.summarize(entries), tmp_path / "f.png")
     labels = figures[0].axes[0].get_legend_handles_labels()[1]
     # layer sets in numeric order (L5 before L11), the knob-less edit as its own line, no base
     assert labels == ["K-FAC", "K-FAC L5", "K-FAC L11", "K-FAC L0+11", "SVD L0+11", "selected"]
@@ -268,18 +270,18 @@ def test_smoke_pipeline_trains_evaluates_and_reports(tmp_path):
     data, model = tmp_path / "d.safetensors", tmp_path / "vit"
     assert run_cli("vision-data", "--out", data) == 0
     assert run_cli("train-vit", "--data", data, "--out", model, "--preset", "smoke") == 0
-    assert vision.is_vision_model(model)
-    loaded = vision.load_model(model)
+    assert vit.is_vision_model(model)
+    loaded = vit.load_model(model)
     assert not loaded.training and len(loaded.blocks) == 6
     assert "blocks.0.mlp.fc1.weight" in dict(loaded.named_parameters())
-    cfg = json.loads((model / vision.CONFIG_FILE).read_text())
+    cfg = json.loads((model / vit.CONFIG_FILE).read_text())
     assert cfg["train"]["epochs"] == 3 and cfg["seed"] == 0
 
     assert run_cli("evaluate", "vit", "--model", model, "--data", data,
                    "--out", tmp_path / "base.json") == 0
     base = json.loads((tmp_path / "base.json").read_text())
-    tensors, _ = vision.load_dataset(data)
-    assert base["memorized"] == pytest.approx(vision.metrics(loaded, tensors)["memorized"])
+    tensors, _ = vision_data.load_dataset(data)
+    assert base["memorized"] == pytest.approx(vit.metrics(loaded, tensors)["memorized"])
     assert base["val_acc"] > 0.3 and base["edit"] is None  # learned something in 3 epochs
 
     edit = tmp_path / "svd.safetensors"
@@ -301,13 +303,13 @@ def test_smoke_pipeline_trains_evaluates_and_reports(tmp_path):
 
 def test_evaluate_refuses_mismatched_data(tmp_path, capsys):
     data, model = tmp_path / "d.safetensors", tmp_path / "vit"
-    tensors, cfg = vision.make_dataset()
-    vision.save_dataset(data, tensors, cfg)
-    m, mcfg = vision.build_model(3, (1, 8, 8), preset="smoke")  # 3 classes, data has 10
+    tensors, cfg = vision_data.make_dataset()
+    vision_data.save_dataset(data, tensors, cfg)
+    m, mcfg = vit.build_model(3, (1, 8, 8), preset="smoke")  # 3 classes, data has 10
     from safetensors.torch import save_file
     model.mkdir()
-    save_file(m.state_dict(), str(model / vision.WEIGHTS_FILE))
-    (model / vision.CONFIG_FILE).write_text(json.dumps(mcfg))
+    save_file(m.state_dict(), str(model / vit.WEIGHTS_FILE))
+    (model / vit.CONFIG_FILE).write_text(json.dumps(mcfg))
     assert run_cli("evaluate", "vit", "--model", model, "--data", data,
                    "--out", tmp_path / "e.json") == 2
     assert "classes" in capsys.readouterr().err
@@ -328,9 +330,9 @@ def test_model_name_with_a_local_weights_file(tmp_path):
     save_file({k: v.contiguous() for k, v in shallow.state_dict().items()},
               str(tmp_path / "shallow.safetensors"))
     with pytest.raises(ValueError, match="lacks"):
-        vision.build_model(10, (3, 32, 32), model_name="vit_tiny_patch16_224",
+        vit.build_model(10, (3, 32, 32), model_name="vit_tiny_patch16_224",
                            pretrained=str(tmp_path / "shallow.safetensors"))
-    model, cfg = vision.build_model(10, (3, 32, 32), model_name="vit_tiny_patch16_224",
+    model, cfg = vit.build_model(10, (3, 32, 32), model_name="vit_tiny_patch16_224",
                                     pretrained=str(tmp_path / "w.safetensors"))
     assert cfg["kwargs"] == {"img_size": [32, 32], "in_chans": 3, "num_classes": 10}
     assert torch.equal(model.blocks[11].mlp.fc1.weight, src.blocks[11].mlp.fc1.weight)

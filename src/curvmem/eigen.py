@@ -8,9 +8,13 @@ negative one (a broken factor) is an error.
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 import torch
+
+from curvmem.io import peak_rss_mb
+from curvmem.schema import read_layer, write_layer
 
 NEGATIVE_TOLERANCE = 1e-4  # relative to the largest eigenvalue
 
@@ -32,11 +36,6 @@ def eigh_descending(matrix, dtype=torch.float64, device=None) -> tuple[torch.Ten
 def eigen_layer(factors_path, out_path, dtype=torch.float64, store_dtype=np.float32,
                 device=None) -> None:
     """Eigendecompose every module of one factors file into an eigen file (same layer)."""
-    import time
-
-    from curvmem.cli.common import peak_rss_mb
-    from curvmem.store import read_layer, write_layer
-
     t0 = time.perf_counter()
     layer = read_layer(factors_path, "factors")
     cache: dict = {}  # gate_proj and up_proj share A: decompose it once

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,21 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from curvmem.models import MLPModule, adapter_for, model_device, plain_lm_head
+from curvmem import schema
+from curvmem.io import atomic_output, peak_rss_mb
+from curvmem.model import vit
+from curvmem.model.adapters import (
+    MLPModule,
+    adapter_for,
+    default_device,
+    mlp_modules,
+    model_device,
+    model_fingerprint,
+    model_id,
+    plain_lm_head,
+)
+from curvmem.model.load import load_model, load_tokenizer
+from curvmem.world import corpus, images
 
 
 def _generator(device, seed: int, index: int) -> torch.Generator:
@@ -203,8 +218,6 @@ def _replace_hidden_input(args, kwargs):
 def _save_checkpoint(path: Path, sums: Factors, key: str) -> None:
     from safetensors.torch import save_file
 
-    from curvmem.store import atomic_output
-
     tensors = {f"A|{layer}|{name}": t for (layer, name), t in sums.A.items()}
     tensors.update({f"G|{layer}|{name}": t for (layer, name), t in sums.G.items()})
     meta = {"key": key, "n_tokens": str(sums.n_tokens), "batches_done": str(sums.batches_done)}
@@ -346,6 +359,74 @@ def batched(items, batch_size: int) -> list:
     return out
 
 
+# --------------------------------------------------------------------------- factor files
+
+
+def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int, modules=None,
+                        blocks_path=None, seq_len: int = 512, batch_size: int = 8,
+                        fisher: str = "sampled", seed: int = 0, shard: str | None = None,
+                        dtype: str = "float32", checkpoint_every: int = 0, device=None,
+                        trust_remote_code: bool = False) -> tuple[int, list[int]]:
+    """`curvmem collect`: load the model and data, collect, write OUT/layer_<L>.nc per layer.
+
+    A ViT directory (`train-vit`) reads `data` as its vision dataset file, uses the
+    classification loss and the CLS position only, and `tokens` counts images. With
+    `checkpoint_every`, running sums are saved in OUT/.checkpoint-<key>.safetensors, resumed when
+    rerun with the same settings and deleted once the layer files are written. Returns
+    (positions collected, layers).
+    """
+    t0 = time.perf_counter()
+    if tokens < 1:
+        raise ValueError(f"--tokens must be positive, got {tokens}")
+    device = default_device(device)
+    is_vit = vit.is_vision_model(model_path)
+    model = load_model(model_path, dtype=torch.bfloat16 if device.startswith("cuda") else None,
+                       trust_remote_code=trust_remote_code, device=device)
+    adapter = adapter_for(model, blocks_path, modules)
+    modules = mlp_modules(model, layers, modules, adapter=adapter)
+    if is_vit:
+        imgs, labels = images.load_images(data, split="train")
+        if imgs.shape[0] == 0:
+            raise ValueError(f"{data}: no training images")
+        imgs, labels = imgs[:tokens], labels[:tokens]
+        full = torch.cat([imgs.reshape(imgs.shape[0], -1), labels[:, None].float()], 1)
+        start, stop = corpus.shard_bounds(imgs.shape[0], shard)
+        items, task, seq_len = (imgs[start:stop], labels[start:stop]), ClassificationTask(), 1
+    else:
+        tok = None if str(data).endswith(".npy") else load_tokenizer(model_path,
+                                                                     trust_remote_code)
+        full = corpus.load_token_sequences(data, seq_len, tok, tokens)
+        start, stop = corpus.shard_bounds(full.shape[0], shard)
+        items, task, seq_len = full[start:stop], LMTask(), full.shape[1]
+    batches = batched(items, batch_size)
+    fp = model_fingerprint(model)
+    corpus_fp = corpus.fingerprint_tensor(full)
+    out = Path(out)
+    key = run_key(model=fp, corpus=corpus_fp, layers=sorted({m.layer for m in modules}),
+                  modules=[m.name for m in modules], fisher=fisher, seed=seed, shard=shard,
+                  batch_size=batch_size, dtype=dtype)
+    checkpoint = out / f".checkpoint-{key[:12]}.safetensors" if checkpoint_every else None
+    result = collect(model, batches, modules, task, fisher=fisher, seed=seed,
+                     dtype=getattr(torch, dtype), first_index=start, progress=True,
+                     checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                     checkpoint_key=key)
+    layers = sorted({m.layer for m in modules})
+    share = (time.perf_counter() - t0) / len(layers)  # each layer file carries its share
+    for layer in layers:
+        groups = {m.name: {"A": result.A[(layer, m.name)].cpu().numpy(),
+                           "G": result.G[(layer, m.name)].cpu().numpy()}
+                  for m in modules if m.layer == layer}
+        schema.write_layer(schema.layer_path(out, layer), "factors", layer, groups, {
+            "model_id": model_id(model_path), "model_fingerprint": fp,
+            "fisher": fisher, "n_tokens": result.n_tokens, "seq_len": seq_len,
+            "corpus_fingerprint": corpus_fp, "seed": seed, "shard": shard or "",
+            "task": task.name, "data": str(data), "dtype": dtype,
+            "cost_seconds": share, "cost_peak_rss_mb": peak_rss_mb()})
+    if checkpoint is not None and checkpoint.exists():
+        checkpoint.unlink()
+    return result.n_tokens, layers
+
+
 # --------------------------------------------------------------------------- merge
 
 
@@ -353,12 +434,9 @@ def merge_layer_files(paths, out) -> None:
     """Combine shard files of one layer exactly: token-weighted means, in float64."""
     import numpy as np
 
-    from curvmem.corpus import parse_shard
-    from curvmem.store import read_layer, write_layer
-
     if not paths:
         raise ValueError("merge needs at least one factors file")
-    files = [read_layer(p, "factors") for p in paths]
+    files = [schema.read_layer(p, "factors") for p in paths]
     first = files[0]
     same = ("model_fingerprint", "layer", "fisher", "seq_len", "seed", "corpus_fingerprint")
     for f, p in zip(files, paths):
@@ -368,7 +446,7 @@ def merge_layer_files(paths, out) -> None:
                                  f"({first.attrs.get(key)}); only shards of one run merge")
         if sorted(f.groups) != sorted(first.groups):
             raise ValueError(f"{p}: modules {sorted(f.groups)} differ from {sorted(first.groups)}")
-    shards = [parse_shard(f.attrs.get("shard") or None) for f in files]
+    shards = [corpus.parse_shard(f.attrs.get("shard") or None) for f in files]
     n = {s[1] for s in shards}
     if len(n) != 1 or sorted(s[0] for s in shards) != list(range(n.pop())):
         raise ValueError(f"shards {[f.attrs.get('shard') for f in files]} are not exactly "
@@ -386,4 +464,4 @@ def merge_layer_files(paths, out) -> None:
     attrs.update(n_tokens=total, shard="",
                  cost_seconds=sum(float(f.attrs.get("cost_seconds", 0)) for f in files),
                  cost_peak_rss_mb=max(float(f.attrs.get("cost_peak_rss_mb", 0)) for f in files))
-    write_layer(out, "factors", int(first.layer), groups, attrs)
+    schema.write_layer(out, "factors", int(first.layer), groups, attrs)

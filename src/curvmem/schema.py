@@ -10,52 +10,22 @@ group per module, named by its path inside the block (e.g. "/mlp.gate_proj"):
 Root attributes (ROOT_ATTRS) say where the numbers came from. Edits: a safetensors file of full
 parameter names -> edited weights in the model's own layout, plus a JSON sidecar (same stem,
 ".json") with the method, spec and per-module stats. Every write is atomic (temp file + rename),
-so a killed job never leaves a file that looks complete.
+so a killed job never leaves a file that looks complete (curvmem.io).
+
+Model-free: `read_layer` checks a file against itself; `curvmem.model.read_layer` also checks it
+against the model at hand (fingerprint and shapes).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-# --------------------------------------------------------------------------- JSONL data files
-
-
-def iter_jsonl(path, required: tuple[str, ...] = ()):
-    """Rows of a JSONL file, streamed; one clear error for a missing file, bad JSON, a line that
-    is not an object, or missing fields. Blank lines are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    with path.open() as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{i}: each line must be a JSON object")  # noqa: TRY004
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise ValueError(f"{path}:{i}: missing field(s) {missing}")
-            yield row
-
-
-def read_jsonl(path, required: tuple[str, ...] = ()) -> list[dict]:
-    """`iter_jsonl` as a list; an empty file is an error too."""
-    rows = list(iter_jsonl(path, required))
-    if not rows:
-        raise ValueError(f"{path}: no rows (the file is empty)")
-    return rows
+# The JSON helpers and the error type live in curvmem.io; they are part of the schema's API too.
+from curvmem.io import StoreError, atomic_output, read_json, write_json  # noqa: F401
 
 SCHEMA_VERSION = 1
 
@@ -82,58 +52,6 @@ VARIABLES = {
         "G_eigenvectors": ("g_i", "g_k"),
     },
 }
-
-
-class StoreError(ValueError):
-    """An artifact that is missing, malformed, or does not belong to the model at hand."""
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-@contextmanager
-def atomic_output(path):
-    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_json(path, obj) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path):
-    path = Path(path)
-    if not path.is_file():
-        raise StoreError(f"{path}: no such file")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise StoreError(f"{path}: not valid JSON ({e})") from None
-
 
 # --------------------------------------------------------------------------- layer files
 
@@ -200,11 +118,11 @@ def write_layer(path, kind: str, layer: int, groups: dict, attrs: dict) -> None:
         xr.DataTree.from_dict(tree).to_netcdf(tmp, engine="h5netcdf")
 
 
-def read_layer(path, kind: str, model=None, modules=None) -> LayerFile:
-    """Read and validate a layer file.
+def read_layer(path, kind: str, modules=None) -> LayerFile:
+    """Read and validate a layer file. With `modules`, require those groups to be present.
 
-    With `model`, refuse a file computed on different weights (fingerprint) or whose shapes do not
-    match the model's modules. With `modules`, require those groups to be present.
+    `curvmem.model.read_layer(path, kind, model, modules)` also refuses a file computed on other
+    weights (fingerprint) or whose shapes do not match the model's modules.
     """
     import xarray as xr
 
@@ -233,21 +151,6 @@ def read_layer(path, kind: str, model=None, modules=None) -> LayerFile:
         absent = [m for m in modules if m not in groups]
         if absent:
             raise StoreError(f"{path}: no group for module(s) {absent}; has {list(groups)}")
-    if model is not None:
-        from curvmem.models import mlp_modules, model_fingerprint
-
-        fp = model_fingerprint(model)
-        if attrs["model_fingerprint"] != fp:
-            raise StoreError(
-                f"{path}: computed on model {attrs['model_id']} (fingerprint "
-                f"{attrs['model_fingerprint']}), but the model given has fingerprint {fp}. "
-                "Factors belong to the exact weights they were collected on.")
-        for m in mlp_modules(model, [layer], [g for g in groups]):
-            a_var, g_var = ("A", "G") if kind == "factors" else ("A_eigenvalues", "G_eigenvalues")
-            got = (groups[m.name][a_var].shape[0], groups[m.name][g_var].shape[0])
-            if got != (m.d_in, m.d_out):
-                raise StoreError(f"{path}: '{m.name}' has (d_in, d_out) = {got}, but the model's "
-                                 f"module has {(m.d_in, m.d_out)}")
     return LayerFile(kind, layer, groups, attrs)
 
 

@@ -14,7 +14,7 @@ def register(sub, evaluate_sub) -> None:
                               "`curvmem edit`, so `evaluate --edit` and report-lm take them.")
     baseline_sub = baseline.add_subparsers(dest="baseline", metavar="BASELINE", required=True)
 
-    from curvmem.baselines import BSNConfig
+    from curvmem.edit.bsn import BSNConfig
 
     d = BSNConfig()
     p = baseline_sub.add_parser(
@@ -63,7 +63,7 @@ def register(sub, evaluate_sub) -> None:
 
 
 def _bsn(args: argparse.Namespace) -> None:
-    from curvmem.baselines import BSNConfig, run_bsn
+    from curvmem.edit.bsn import BSNConfig, run_bsn
 
     config = BSNConfig(ratio=args.ratio, alpha=args.alpha, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, seed=args.seed,
@@ -79,7 +79,7 @@ def _bsn(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from curvmem.baselines import compare
+    from curvmem.report.compare import compare
 
     result = compare(args.summary, figure=args.figure, table=args.table)
     print(result["table"], end="")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from curvmem.cli.common import add_model_args, cost, peak_rss_mb
+from curvmem.cli.common import add_model_args
+from curvmem.io import cost
 
 
 def register(sub, evaluate_sub) -> None:
@@ -94,7 +94,7 @@ def register(sub, evaluate_sub) -> None:
 
 
 def _layer_list(text):
-    from curvmem.models import parse_int_list
+    from curvmem.model import parse_int_list
 
     try:
         return parse_int_list(text)
@@ -103,72 +103,15 @@ def _layer_list(text):
 
 
 def run_collect(args) -> None:
-    import torch
+    from curvmem.factors import collect_layer_files
 
-    from curvmem import corpus, factors, store, vision
-    from curvmem.models import (
-        adapter_for,
-        default_device,
-        load_model,
-        load_tokenizer,
-        mlp_modules,
-        model_fingerprint,
-        model_id,
-    )
-
-    t0 = time.perf_counter()
-    if args.tokens < 1:
-        raise ValueError(f"--tokens must be positive, got {args.tokens}")
-    device = default_device(args.device)
-    is_vit = vision.is_vision_model(args.model)
-    model = load_model(args.model, dtype=torch.bfloat16 if device.startswith("cuda") else None,
-                       trust_remote_code=args.trust_remote_code, device=device)
-    modules_arg = args.modules.split(",") if args.modules else None
-    adapter = adapter_for(model, args.blocks_path, modules_arg)
-    modules = mlp_modules(model, _layer_list(args.layers), modules_arg, adapter=adapter)
-    if is_vit:
-        images, labels = vision.load_images(args.data, split="train")
-        if images.shape[0] == 0:
-            raise ValueError(f"{args.data}: no training images")
-        images, labels = images[: args.tokens], labels[: args.tokens]
-        full = torch.cat([images.reshape(images.shape[0], -1), labels[:, None].float()], 1)
-        start, stop = corpus.shard_bounds(images.shape[0], args.shard)
-        items, task, seq_len = (images[start:stop], labels[start:stop]), \
-            factors.ClassificationTask(), 1
-    else:
-        tok = None if args.data.endswith(".npy") else load_tokenizer(args.model,
-                                                                     args.trust_remote_code)
-        full = corpus.load_token_sequences(args.data, args.seq_len, tok, args.tokens)
-        start, stop = corpus.shard_bounds(full.shape[0], args.shard)
-        items, task, seq_len = full[start:stop], factors.LMTask(), full.shape[1]
-    batches = factors.batched(items, args.batch_size)
-    dtype = getattr(torch, args.dtype)
-    fp = model_fingerprint(model)
-    corpus_fp = corpus.fingerprint_tensor(full)
-    out = Path(args.out)
-    key = factors.run_key(model=fp, corpus=corpus_fp, layers=sorted({m.layer for m in modules}),
-                          modules=[m.name for m in modules], fisher=args.fisher, seed=args.seed,
-                          shard=args.shard, batch_size=args.batch_size, dtype=args.dtype)
-    checkpoint = out / f".checkpoint-{key[:12]}.safetensors" if args.checkpoint_every else None
-    result = factors.collect(model, batches, modules, task, fisher=args.fisher, seed=args.seed,
-                             dtype=dtype, first_index=start, progress=True,
-                             checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
-                             checkpoint_key=key)
-    layers = sorted({m.layer for m in modules})
-    share = (time.perf_counter() - t0) / len(layers)  # each layer file carries its share
-    for layer in layers:
-        groups = {m.name: {"A": result.A[(layer, m.name)].cpu().numpy(),
-                           "G": result.G[(layer, m.name)].cpu().numpy()}
-                  for m in modules if m.layer == layer}
-        store.write_layer(store.layer_path(out, layer), "factors", layer, groups, {
-            "model_id": model_id(args.model), "model_fingerprint": fp,
-            "fisher": args.fisher, "n_tokens": result.n_tokens, "seq_len": seq_len,
-            "corpus_fingerprint": corpus_fp, "seed": args.seed, "shard": args.shard or "",
-            "task": task.name, "data": str(args.data), "dtype": args.dtype,
-            "cost_seconds": share, "cost_peak_rss_mb": peak_rss_mb()})
-    if checkpoint is not None and checkpoint.exists():
-        checkpoint.unlink()
-    print(f"collected {result.n_tokens} positions for layers {layers} -> {out}")
+    n_tokens, layers = collect_layer_files(
+        args.model, args.data, _layer_list(args.layers), args.out, tokens=args.tokens,
+        modules=args.modules.split(",") if args.modules else None, blocks_path=args.blocks_path,
+        seq_len=args.seq_len, batch_size=args.batch_size, fisher=args.fisher, seed=args.seed,
+        shard=args.shard, dtype=args.dtype, checkpoint_every=args.checkpoint_every,
+        device=args.device, trust_remote_code=args.trust_remote_code)
+    print(f"collected {n_tokens} positions for layers {layers} -> {Path(args.out)}")
 
 
 def run_merge(args) -> None:
@@ -182,7 +125,7 @@ def run_eigen(args) -> None:
     import torch
 
     from curvmem.eigen import eigen_layer
-    from curvmem.models import default_device
+    from curvmem.model import default_device
 
     device = default_device(args.device)
     eigen_layer(args.factors, args.out, dtype=getattr(torch, args.dtype), device=device)
@@ -193,8 +136,8 @@ def run_edit(args) -> None:
     import torch
 
     from curvmem.edit import build_edit, parse_spec
-    from curvmem.models import load_model
-    from curvmem.store import write_edit
+    from curvmem.model import load_model
+    from curvmem.schema import write_edit
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out must end in .safetensors, got '{args.out}'")

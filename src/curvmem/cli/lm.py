@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from curvmem.cli.common import add_model_args, cost
+from curvmem.cli.common import add_model_args
+from curvmem.io import cost
 
 
 def _check_out_json(out) -> None:
@@ -57,7 +58,7 @@ def _load(args, need_edit: bool = False):
     """Model + tokenizer, with the edit applied (unless the caller applies it itself)."""
     import torch
 
-    from curvmem.models import default_device, load_model, load_tokenizer
+    from curvmem.model import default_device, load_model, load_tokenizer
 
     if args.edit is not None and not Path(args.edit).is_file():
         raise ValueError(f"--edit {args.edit}: no such file")
@@ -80,8 +81,8 @@ def _edit_summary(meta) -> dict | None:
 
 
 def _write(args, result: dict, meta, c: dict) -> None:
-    from curvmem.models import default_device
-    from curvmem.store import write_json
+    from curvmem.io import write_json
+    from curvmem.model import default_device
 
     result = {"model": args.model, "data": args.data, "edit_file": args.edit,
               "edit": _edit_summary(meta), **result, "cost": c,
@@ -92,7 +93,7 @@ def _write(args, result: dict, meta, c: dict) -> None:
 
 
 def cmd_memorization(args) -> None:
-    from curvmem import evaluate
+    from curvmem.evaluate import lm as evaluate
 
     _check_out_json(args.out)
     rows = evaluate.read_rows(args.data)
@@ -105,7 +106,7 @@ def cmd_memorization(args) -> None:
 
 
 def cmd_perplexity(args) -> None:
-    from curvmem import evaluate
+    from curvmem.evaluate import lm as evaluate
 
     _check_out_json(args.out)
     texts = evaluate.read_texts(args.data)
@@ -118,7 +119,7 @@ def cmd_perplexity(args) -> None:
 
 
 def cmd_tasks(args) -> None:
-    from curvmem import evaluate
+    from curvmem.evaluate import lm as evaluate
 
     _check_out_json(args.out)
     rows = evaluate.read_rows(args.data, ("category", "prompt", "answer"))
@@ -129,7 +130,7 @@ def cmd_tasks(args) -> None:
 
 
 def cmd_coherence(args) -> None:
-    from curvmem import evaluate
+    from curvmem.evaluate import lm as evaluate
     from curvmem.edit import apply
 
     _check_out_json(args.out)
@@ -149,21 +150,21 @@ def cmd_coherence(args) -> None:
 
 
 def cmd_report_lm(args) -> None:
-    from curvmem import evaluate
+    from curvmem.io import atomic_output, write_json
+    from curvmem.report import lm as report
 
-    entries = evaluate.parse_entries(args.entry)
+    entries = report.parse_entries(args.entry)
     if args.figure and Path(args.figure).suffix != ".png":
         raise ValueError(f"--figure must be a .png file, got {args.figure}")
-    summary = evaluate.build_summary(entries, max_ppl_rise=args.max_ppl_rise)
-    text = evaluate.report_text(summary, max_ppl_rise=args.max_ppl_rise)
-    from curvmem.store import atomic_output, write_json
+    summary = report.build_summary(entries, max_ppl_rise=args.max_ppl_rise)
+    text = report.report_text(summary, max_ppl_rise=args.max_ppl_rise)
 
     write_json(args.out, summary)
     if args.table:
         with atomic_output(args.table) as tmp:
             tmp.write_text(text)
     if args.figure or args.sweep_figure:
-        from curvmem import plots
+        from curvmem.report import figures as plots
 
         if args.figure:
             plots.retention_figure(summary, args.figure)

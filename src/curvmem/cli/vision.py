@@ -61,20 +61,20 @@ def _check_out(path, suffix: str, flag: str = "--out") -> None:
 
 
 def run_data(args) -> None:
-    from curvmem import vision
+    from curvmem.world import images
 
     _check_out(args.out, ".safetensors")
-    tensors, config = vision.make_dataset(args.source, args.seed, args.noise, args.val_fraction,
+    tensors, config = images.make_dataset(args.source, args.seed, args.noise, args.val_fraction,
                                          args.image_size)
-    vision.save_dataset(args.out, tensors, config)
+    images.save_dataset(args.out, tensors, config)
     print(f"{config['n_train']} train ({config['n_noisy']} noisy) + {config['n_val']} val images, "
           f"{config['num_classes']} classes -> {args.out}")
 
 
 def run_train(args) -> None:
-    from curvmem import vision
+    from curvmem.model import vit
 
-    cfg = vision.train_vit(args.data, args.out, args.preset, args.seed, args.epochs,
+    cfg = vit.train_vit(args.data, args.out, args.preset, args.seed, args.epochs,
                            args.model_name, args.pretrained)
     m = cfg["final_metrics"]
     print(f"trained in {cfg['train_seconds']} s: memorized {m['memorized']}, "
@@ -82,17 +82,19 @@ def run_train(args) -> None:
 
 
 def run_evaluate(args) -> None:
-    from curvmem import store, vision
+    from curvmem.evaluate.vit import evaluate_vit
+    from curvmem.io import write_json
 
     _check_out(args.out, ".json")
-    result = vision.evaluate_vit(args.model, args.data, args.edit)
-    store.write_json(args.out, result)
+    result = evaluate_vit(args.model, args.data, args.edit)
+    write_json(args.out, result)
     print(f"memorized {result['memorized']}, train gt {result['train_gt_acc']}, "
           f"clean train {result['clean_train_acc']}, val {result['val_acc']} -> {args.out}")
 
 
 def run_report(args) -> None:
-    from curvmem import store, vision
+    from curvmem import io
+    from curvmem.report import vit as report
 
     _check_out(args.out, ".json")
     if args.table:
@@ -104,13 +106,13 @@ def run_report(args) -> None:
         name, sep, path = text.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"--entry '{text}': expected NAME=FILE.json")
-        entries.append((name, store.read_json(path)))
-    summary = vision.summarize(entries)
-    store.write_json(args.out, summary)
+        entries.append((name, io.read_json(path)))
+    summary = report.summarize(entries)
+    io.write_json(args.out, summary)
     if args.table:
-        with store.atomic_output(args.table) as tmp:
-            tmp.write_text(vision.table_markdown(summary))
+        with io.atomic_output(args.table) as tmp:
+            tmp.write_text(report.table_markdown(summary))
     if args.figure:
-        vision.plot_sweep(summary, args.figure)
+        report.plot_sweep(summary, args.figure)
     print(f"selected K-FAC: {summary['selected']['kfac']}, SVD: {summary['selected']['svd']} "
           f"-> {args.out}")

@@ -1,4 +1,4 @@
-"""Baselines for the K-FAC edit: BalancedSubnet (BSN), and the comparison of all methods.
+"""BalancedSubnet (BSN), the learned-mask unlearning baseline for the K-FAC edit.
 
 BalancedSubnet (Sakarvadia et al., "Mitigating Memorization in Language Models", ICLR 2025; the
 OLMo-2 port of Merullo et al. 2025): every MLP input and output matrix W of every block gets a
@@ -11,14 +11,11 @@ and retain sequences the loss is
 
 (mean over the sequences of the batch of each sequence's mean next-token CE), minimised by SGD
 (momentum 0.9, weight decay 5e-4) on the scores. The final hard mask is baked into the weights
-and written as an ordinary curvmem edit (`store.write_edit`).
+and written as an ordinary curvmem edit (`curvmem.schema.write_edit`).
 
 The model's code is left alone: masked weights are handed to `torch.func.functional_call`.
 
-The comparison reads `results/lm_summary.json` (written by `curvmem report-lm`) and sets every
-edit beside the base model and beside the paper's Table 1: memorization, perplexity, task
-retention and the cost of producing the edit, plus a Pareto figure (untargeted strict recitation
-against perplexity, one curve per method and recipe: BSN's training length, an edit's layer set).
+The comparison of all methods is curvmem.report.compare.
 """
 
 from __future__ import annotations
@@ -32,8 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curvmem import store
-from curvmem.models import MLPModule, adapter_for, mlp_modules, model_device, model_fingerprint
+from curvmem import io, schema
+from curvmem.model.adapters import (
+    MLPModule,
+    adapter_for,
+    default_device,
+    mlp_modules,
+    model_device,
+    model_fingerprint,
+)
+from curvmem.model.load import load_model, load_tokenizer
 
 PAD = -1  # padding value inside token-id tensors: never fed to the model, ignored by the loss
 
@@ -246,7 +251,7 @@ def train_bsn(model: nn.Module, forget_ids: torch.Tensor, retain_ids: torch.Tens
 
 def read_texts(path) -> list[str]:
     """The non-empty "text" fields of a JSONL file (one JSON object per line)."""
-    texts = [str(r["text"]) for r in store.iter_jsonl(path, ("text",)) if str(r["text"]).strip()]
+    texts = [str(r["text"]) for r in io.iter_jsonl(path, ("text",)) if str(r["text"]).strip()]
     if not texts:
         raise ValueError(f"{path}: no texts (the file is empty or every \"text\" is blank); BSN "
                          "needs at least one forget and one retain sequence")
@@ -287,9 +292,6 @@ def run_bsn(model_path, forget, retain, out, config: BSNConfig = BSNConfig(), se
             tokenizer_path=None, progress: bool = True, trust_remote_code: bool = False,
             device: str | None = None) -> dict:
     """`curvmem baseline bsn`: train BSN on files and write the edit + sidecar. Returns the meta."""
-    from curvmem.cli.common import cost
-    from curvmem.models import default_device, load_model, load_tokenizer
-
     config.validate()
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -304,7 +306,7 @@ def run_bsn(model_path, forget, retain, out, config: BSNConfig = BSNConfig(), se
                          "pass --tokenizer DIR") from None
     model = load_model(model_path, trust_remote_code=trust_remote_code,
                        device=default_device(device))
-    with cost() as c:
+    with io.cost() as c:
         forget_ids = tokenize_texts(forget_texts, tokenizer, seq_len)
         retain_ids = tokenize_texts(retain_texts, tokenizer, seq_len, pack=True)
         subnet, history = train_bsn(model, forget_ids, retain_ids, config, progress=progress)
@@ -319,305 +321,5 @@ def run_bsn(model_path, forget, retain, out, config: BSNConfig = BSNConfig(), se
     meta = {"method": "bsn", "spec": spec, "modules": subnet.stats(),
             "model_fingerprint": model_fingerprint(model), "seconds": c["seconds"],
             "peak_rss_mb": c["peak_rss_mb"], "history": history}
-    store.write_edit(out, tensors, meta)
+    schema.write_edit(out, tensors, meta)
     return meta
-
-
-# --------------------------------------------------------------------------- the comparison
-
-# The paper's Table 1 (Merullo et al. 2025), copied from docs' PAPER.md: reference values only,
-# printed beside ours and labelled as the paper's. Dolma = targeted memorized training sequences,
-# Quotes = untargeted historical quotes; strict/loose in %, Avg Lev higher = less memorization.
-PAPER_TABLE1 = [
-    # model, method, Dolma strict, loose, avg lev, Quotes strict, loose, avg lev, PPL
-    ("7B", "base", 99.9, 100.0, 0.002, 99.9, 100.0, 0.001, 19.04),
-    ("7B", "BSN", 6.0, 11.0, 0.860, 60.0, 79.0, 0.180, 23.59),
-    ("7B", "K-FAC", 3.4, 8.8, 0.704, 16.1, 23.8, 0.625, 22.84),
-    ("7B", "SVD", 3.0, 6.8, 0.754, 17.5, 30.4, 0.560, 22.49),
-    ("1B", "base", 98.46, 99.38, 0.005, 98.5, 98.95, 0.006, 23.19),
-    ("1B", "BSN", 3.0, 5.0, 0.900, 57.0, 66.0, 0.250, 25.41),
-    ("1B", "K-FAC", 2.8, 7.2, 0.761, 27.7, 39.9, 0.470, 26.53),
-    ("1B", "SVD", 3.2, 6.3, 0.781, 39.6, 48.5, 0.401, 26.94),
-]
-
-# Each method's knob, in the order the spec keys are looked up, and the table/plot label.
-KNOBS = {
-    "kfac": ("rho", ("rho",)),
-    "kfac-bottom": ("rho", ("rho",)),
-    "kfac-random": ("rho", ("rho",)),
-    "kfac-shard": ("rho", ("rho",)),
-    "svd": ("drop", ("svd_drop", "drop", "fraction")),
-    "bsn": ("ratio", ("ratio",)),
-}
-METHOD_ORDER = ("base", "kfac", "svd", "bsn", "kfac-bottom", "kfac-random", "kfac-shard")
-CONTROLS = ("kfac-bottom", "kfac-random", "kfac-shard")
-TASK_CATEGORIES = ("closed_book", "open_book", "arithmetic", "logic")
-MATCH_TOLERANCE = 0.05  # perplexities "match" when the larger is within 5 % of the smaller
-
-
-def _number(x, keys=("value", "mean", "accuracy", "score", "perplexity")):
-    """A metric as a float: a number, or the first numeric entry of a dict among `keys`."""
-    if isinstance(x, bool):
-        return None
-    if isinstance(x, (int, float)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, dict):
-        for k in keys:
-            if k in x:
-                return _number(x[k], keys)
-    return None
-
-
-def knob(method: str, spec: dict):
-    """(knob name, value) of an edit from its sidecar spec; value None when absent.
-
-    BSN's spec names its knob (`ratio`); `curvmem edit` writes {layer: {module: value}} (ρ or the
-    SVD drop fraction). Where modules got different values, the knob is their largest.
-    """
-    name, keys = KNOBS.get(method, ("", ()))
-    spec = spec or {}
-    for k in keys:
-        v = _number(spec.get(k))
-        if v is not None:
-            return name, v
-    per_module = [_number(v) for mods in spec.values() if isinstance(mods, dict)
-                  for v in mods.values()]
-    per_module = [v for v in per_module if v is not None]
-    return name, (max(per_module) if per_module else None)
-
-
-def curve_variant(spec: dict) -> str:
-    """What tells curves of one method apart: BSN's training length ("50 epochs"), or the layer
-    set of an edit written by `curvmem edit` ("L4+5"); "" when neither is recorded."""
-    epochs = _number(spec.get("epochs"))
-    if epochs is not None:
-        return f"{epochs:g} epochs"
-    from curvmem.edit import layer_set_label
-
-    return layer_set_label(spec)
-
-
-def comparison_rows(summary: dict) -> list[dict]:
-    """One row per model of an lm_summary: metrics, knob, task retention relative to base."""
-    models = summary.get("models") if isinstance(summary, dict) else None
-    if not isinstance(models, dict) or "base" not in models:
-        raise ValueError("the summary needs {\"models\": {\"base\": ..., \"<edit>\": ...}} as "
-                         "written by `curvmem report-lm`; it has no base model")
-    base_tasks = {c: _number((models["base"].get("tasks") or {}).get(c)) for c in TASK_CATEGORIES}
-    rows = []
-    for name, m in models.items():
-        if not isinstance(m, dict):
-            raise ValueError(f"summary entry '{name}' is not an object")  # noqa: TRY004
-        method = "base" if name == "base" else str(m.get("method") or name)
-        knob_name, knob_value = knob(method, m.get("spec") or {})
-        row = {"name": name, "method": method, "knob_name": knob_name, "knob": knob_value,
-               "selected": name == summary.get("selected")}  # report-lm's chosen K-FAC edit
-        for split in ("forget", "untargeted", "control"):
-            metrics = m.get(split) or {}
-            for key in ("strict", "loose", "avg_distance"):
-                row[f"{split}_{key}"] = _number(metrics.get(key))
-        row["perplexity"] = _number(m.get("perplexity"))
-        row["ndcg10"] = _number(m.get("ndcg10"))
-        for cat in TASK_CATEGORIES:
-            v, b = _number((m.get("tasks") or {}).get(cat)), base_tasks[cat]
-            row[f"{cat}_retention"] = 100 * v / b if v is not None and b else None
-        row["seconds"] = _number(m.get("seconds"))
-        row["peak_rss_mb"] = _number(m.get("peak_rss_mb"))
-        rows.append(row)
-    # One curve per recipe: BSN at 5 and at 50 epochs are two curves, and so are K-FAC edits of
-    # different layer sets (a knob sweep only makes a curve within one recipe).
-    variants = [curve_variant(m.get("spec") or {}) for m in models.values()]
-    recipes = {}
-    for r, v in zip(rows, variants):
-        recipes.setdefault(r["method"], set()).add(v)
-    for r, v in zip(rows, variants):
-        r["recipe"] = v if len(recipes[r["method"]]) > 1 else ""
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    rows.sort(key=lambda r: (rank.get(r["method"], len(rank)), r["method"],
-                             r["knob"] if r["knob"] is not None else math.inf, r["name"]))
-    return rows
-
-
-def matched_perplexity_verdict(rows: list[dict], tolerance: float = MATCH_TOLERANCE) -> dict:
-    """Is K-FAC's untargeted strict recitation lower than BSN's at matched perplexity?
-
-    For each BSN point, the K-FAC points whose perplexity is within `tolerance` (larger/smaller
-    ≤ 1 + tolerance) are its matches; the best of them (lowest untargeted strict, then lowest
-    perplexity) is compared with it. Verdict: "yes" if K-FAC is lower at every matched BSN point,
-    "no" if at none, "mixed" otherwise, "no match" if no BSN point has a K-FAC match.
-    """
-    def usable(r):
-        return r["perplexity"] is not None and r["untargeted_strict"] is not None
-
-    kfac = [r for r in rows if r["method"] == "kfac" and usable(r)]
-    bsn = [r for r in rows if r["method"] == "bsn" and usable(r)]
-    pairs = []
-    for b in bsn:
-        near = [k for k in kfac
-                if max(k["perplexity"], b["perplexity"])
-                <= (1 + tolerance) * min(k["perplexity"], b["perplexity"])]
-        if not near:
-            continue
-        k = min(near, key=lambda r: (r["untargeted_strict"], r["perplexity"]))
-        pairs.append({"bsn": b["name"], "kfac": k["name"],
-                      "bsn_perplexity": b["perplexity"], "kfac_perplexity": k["perplexity"],
-                      "bsn_untargeted_strict": b["untargeted_strict"],
-                      "kfac_untargeted_strict": k["untargeted_strict"],
-                      "kfac_lower": k["untargeted_strict"] < b["untargeted_strict"]})
-    lower = sum(p["kfac_lower"] for p in pairs)
-    if not pairs:
-        verdict = "no match"
-    elif lower == len(pairs):
-        verdict = "yes"
-    elif lower == 0:
-        verdict = "no"
-    else:
-        verdict = "mixed"
-    return {"verdict": verdict, "tolerance": tolerance, "pairs": pairs,
-            "n_kfac": len(kfac), "n_bsn": len(bsn)}
-
-
-def _fmt(v, digits=1, scale=1.0):
-    return "–" if v is None else f"{v * scale:.{digits}f}"
-
-
-def _pct_scale(rows: list[dict]) -> float:
-    """Strict/loose come as fractions (→ ×100) unless some value already exceeds 1 (percent)."""
-    vals = [r[f"{s}_{k}"] for r in rows for s in ("forget", "untargeted")
-            for k in ("strict", "loose") if r[f"{s}_{k}"] is not None]
-    return 1.0 if any(v > 1 for v in vals) else 100.0
-
-
-def comparison_table(rows: list[dict], verdict: dict, source: str = "") -> str:
-    """Markdown: our Table 1 (with cost and task retention), the verdict, the paper's Table 1."""
-    pct = _pct_scale(rows)
-    head = ("| entry | method | knob | forget strict % | loose % | Avg Lev | untargeted strict % "
-            "| loose % | Avg Lev | PPL | nDCG@10 | closed-book | open-book | arithmetic | logic "
-            "| edit s | peak MB |")
-    lines = [f"## This run{f' ({source})' if source else ''}", "",
-             ("Forget = the canaries given to the methods (the paper's Dolma column); untargeted "
-             "= canaries never given to any method (the paper's Quotes column). Task columns: "
-             "score as % of the base model's. Edit s / peak MB: wall time and peak RSS of "
-             "producing the edit. (selected) = report-lm's chosen K-FAC edit (forget set and "
-             "perplexity only)."), "", head, "|" + "---|" * 17]
-    for r in rows:
-        k = "" if r["knob"] is None else f"{r['knob_name']}={r['knob']:g}"
-        cells = [r["name"] + (" (selected)" if r["selected"] else ""), r["method"], k,
-                 _fmt(r["forget_strict"], 1, pct), _fmt(r["forget_loose"], 1, pct),
-                 _fmt(r["forget_avg_distance"], 3),
-                 _fmt(r["untargeted_strict"], 1, pct), _fmt(r["untargeted_loose"], 1, pct),
-                 _fmt(r["untargeted_avg_distance"], 3), _fmt(r["perplexity"], 2),
-                 _fmt(r["ndcg10"], 3)]
-        cells += [_fmt(r[f"{c}_retention"], 1) for c in TASK_CATEGORIES]
-        cells += [_fmt(r["seconds"], 1), _fmt(r["peak_rss_mb"], 0)]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", (f"**Matched perplexity (within {verdict['tolerance']:.0%}): is K-FAC's "
-              f"untargeted strict recitation lower than BSN's? {verdict['verdict']}.**")]
-    if verdict["pairs"]:
-        lower = sum(p["kfac_lower"] for p in verdict["pairs"])
-        lines.append(f"K-FAC is lower at {lower} of {len(verdict['pairs'])} BSN settings that "
-                     "have a K-FAC setting at matched perplexity:")
-        for p in verdict["pairs"]:
-            lines.append(f"- {p['bsn']} (PPL {p['bsn_perplexity']:.2f}, untargeted strict "
-                         f"{p['bsn_untargeted_strict'] * pct:.1f} %) vs {p['kfac']} (PPL "
-                         f"{p['kfac_perplexity']:.2f}, {p['kfac_untargeted_strict'] * pct:.1f} %)")
-    else:
-        lines.append(f"No BSN setting has a K-FAC setting within {verdict['tolerance']:.0%} "
-                     f"perplexity ({verdict['n_bsn']} BSN, {verdict['n_kfac']} K-FAC points): "
-                     "widen the sweeps to compare.")
-    lines += ["", "## The paper's Table 1 (Merullo et al. 2025, OLMo-2; not this run)", "",
-              ("| model | method | Dolma strict % | loose % | Avg Lev | Quotes strict % | loose % "
-              "| Avg Lev | PPL |"), "|" + "---|" * 9]
-    for model, method, *v in PAPER_TABLE1:
-        cells = [f"{v[0]:g}", f"{v[1]:g}", f"{v[2]:.3f}", f"{v[3]:g}", f"{v[4]:g}",
-                 f"{v[5]:.3f}", f"{v[6]:.2f}"]
-        lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
-    lines += ["", ("Paper, nDCG@10 (7B): base 1.00, BSN 0.97, K-FAC 0.91, SVD 0.91. The paper "
-              "reports no cost of producing the edits.")]
-    return "\n".join(lines) + "\n"
-
-
-STYLES = {  # method -> (label, colour, marker, joined by a line)
-    "kfac": ("K-FAC (top curvature)", "tab:blue", "o", True),
-    "svd": ("SVD", "tab:orange", "s", True),
-    "bsn": ("BalancedSubnet", "tab:green", "^", True),
-    "kfac-bottom": ("control: K-FAC bottom", "tab:red", "v", False),
-    "kfac-random": ("control: K-FAC random", "tab:purple", "X", False),
-    "kfac-shard": ("control: K-FAC other shard", "tab:brown", "D", False),
-}
-
-
-def comparison_figure(rows: list[dict], path, verdict: dict | None = None) -> None:
-    """Untargeted strict recitation vs perplexity: one curve per method and recipe, base and controls marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from curvmem.plots import RECIPE_MARKERS, log_x_if_wide, recipe_order, shade
-
-    pct = _pct_scale(rows)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    drawable = [r for r in rows if r["method"] != "base" and r["perplexity"] is not None
-                and r["untargeted_strict"] is not None]
-    methods = list(dict.fromkeys(r["method"] for r in drawable))
-    curves = sorted(dict.fromkeys((r["method"], r.get("recipe", "")) for r in drawable),
-                    key=lambda c: (methods.index(c[0]), recipe_order(c[1])))
-    base = next((r for r in rows if r["method"] == "base"), None)
-    if base and base["perplexity"] is not None and base["untargeted_strict"] is not None:
-        # drawn first and hollow, so an edit sitting on the base point stays visible
-        ax.plot([base["perplexity"]], [base["untargeted_strict"] * pct], marker="*",
-                markerfacecolor="none", markeredgecolor="black", markersize=20,
-                linestyle="none", label="base model", zorder=1)
-    n_recipes = {m: sum(1 for c in curves if c[0] == m) for m, _ in curves}
-    seen = {}
-    for i, (method, recipe) in enumerate(curves):
-        pts = [r for r in drawable if r["method"] == method and r.get("recipe", "") == recipe]
-        label, colour, marker, line = STYLES.get(method, (method, "tab:gray", "P", True))
-        k = seen[method] = seen.get(method, -1) + 1
-        if n_recipes[method] > 1:  # a method's recipes: shades of its colour, each its own marker
-            colour = shade(colour, k / (n_recipes[method] - 1))
-            marker = RECIPE_MARKERS[k % len(RECIPE_MARKERS)]
-        pts.sort(key=lambda r: r["knob"] if r["knob"] is not None else math.inf)
-        xs = [r["perplexity"] for r in pts]
-        ys = [r["untargeted_strict"] * pct for r in pts]
-        ax.plot(xs, ys, marker=marker, color=colour, label=f"{label}, {recipe}" if recipe else label,
-                markersize=7, linestyle="-" if line else "none", alpha=0.85, zorder=2)
-        for r, x, y in zip(pts, xs, ys):
-            if r["knob"] is not None:  # labels of different methods stacked apart vertically
-                ax.annotate(f"{r['knob']:g}", (x, y), textcoords="offset points",
-                            xytext=(4, 5 + 9 * (i % 4)), fontsize=7, color=colour)
-    log_x_if_wide(ax, [r["perplexity"] for r in rows])
-    ax.margins(y=0.15)  # room for the knob labels above the points
-    ax.set_xlabel("perplexity on held-out text (lower is better); point labels: the method's "
-                  "knob (rho, drop, ratio)")
-    ax.set_ylabel("untargeted strict recitation, % (lower is better)")
-    title = "Memorization removed vs. cost in perplexity (lower-left is better)"
-    if verdict is not None:
-        title += (f"\nK-FAC below BSN at matched perplexity (±{verdict['tolerance']:.0%}): "
-                  f"{verdict['verdict']}")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    with store.atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130)
-    plt.close(fig)
-
-
-def compare(summary_path, figure=None, table=None) -> dict:
-    """`curvmem compare`: rows, matched-perplexity verdict, figure and Markdown table."""
-    for path, suffix, flag in ((figure, ".png", "--figure"), (table, ".md", "--table")):
-        if path is not None and Path(path).suffix != suffix:
-            raise ValueError(f"{flag} {path}: expected a {suffix} file")
-    summary = store.read_json(summary_path)
-    rows = comparison_rows(summary)
-    verdict = matched_perplexity_verdict(rows)
-    text = comparison_table(rows, verdict, source=str(summary_path))
-    if figure is not None:
-        comparison_figure(rows, figure, verdict)
-    if table is not None:
-        with store.atomic_output(table) as tmp:
-            tmp.write_text(text)
-    return {"rows": rows, "verdict": verdict, "table": text}
-

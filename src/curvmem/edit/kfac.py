@@ -1,4 +1,4 @@
-"""The curvature-mass edit, its controls, and the SVD baseline.
+"""The curvature-mass edit and its controls (--keep bottom / random, bands).
 
 In the K-FAC eigenbasis the weight is C = U_Gᵀ W U_A, and pair (i, j) carries curvature λᵢμⱼ
 (λ: eigenvalues of G, rows; μ: eigenvalues of A, columns; both descending). The edit keeps the
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from curvmem.models import default_device
+from curvmem.model.adapters import default_device
 
 BAND_LIMIT = 4096  # pairs sorted explicitly at the selection boundary
 
@@ -151,133 +151,3 @@ def kfac_edit_weight(W, UG, lam, UA, mu, mask) -> tuple[torch.Tensor, dict]:
         "weight_norm_ratio": float(W_new.norm() / W64.norm()),
     }
     return W_new.cpu(), stats
-
-
-def svd_truncate(W, drop: float) -> tuple[torch.Tensor, dict]:
-    """Drop the smallest fraction `drop` of singular values of W (rounded to a whole count)."""
-    drop = float(drop)
-    if not 0.0 <= drop < 1.0:
-        raise ValueError(f"the SVD drop fraction must be in [0, 1), got {drop}")
-    W64 = torch.as_tensor(W).to(dtype=torch.float64, device=default_device())
-    U, S, Vh = torch.linalg.svd(W64, full_matrices=False)
-    r = S.numel()
-    keep = r - round(drop * r)
-    W_new = (U[:, :keep] * S[:keep]) @ Vh[:keep]
-    return W_new.cpu(), {"singular_values_kept": keep, "singular_values_total": r,
-                         "weight_norm_ratio": float(W_new.norm() / W64.norm())}
-
-
-def parse_spec(spec, layers=None, modules=None, value=None) -> dict:
-    """{layer: {module: value}} from a JSON spec, or from layers × modules × one value."""
-    import json
-
-    from curvmem.models import parse_int_list
-
-    if spec is not None:
-        raw = json.loads(spec) if isinstance(spec, str) else spec
-        if not isinstance(raw, dict) or not raw:
-            raise ValueError("--spec must be a JSON object {layer: {module: value}}")
-        out = {}
-        for layer, mods in raw.items():
-            if not isinstance(mods, dict) or not mods:
-                raise ValueError(f"--spec: layer {layer} needs {{module: value}}")
-            out[int(layer)] = {str(k): float(v) for k, v in mods.items()}
-        return out
-    if layers is None or modules is None or value is None:
-        raise ValueError("give --spec, or --layers, --modules and a value (--rho / --svd-drop)")
-    mods = [m.strip() for m in modules.split(",")] if isinstance(modules, str) else list(modules)
-    return {layer: {m: float(value) for m in mods} for layer in parse_int_list(layers)}
-
-
-def layer_set_label(spec: dict) -> str:
-    """"L4+5" for a {layer: {module: value}} spec (keys may be JSON strings); "" for none."""
-    layers = sorted(int(k) for k in spec if str(k).isdecimal())
-    return "L" + "+".join(map(str, layers)) if layers else ""
-
-
-def build_edit(model, spec: dict, method: str = "kfac", eigen_dir=None, keep: str = "top",
-               seed: int = 0) -> tuple[dict, dict]:
-    """Edited weights {param_name: tensor (model layout, model dtype)} and the sidecar meta.
-
-    Everything is validated (modules, layers, ρ, eigen files against the model) before any
-    weight is computed, so a bad spec fails fast and writes nothing.
-    """
-    from curvmem.models import mlp_modules, model_fingerprint
-    from curvmem.store import layer_path, read_layer
-
-    if method not in ("kfac", "svd"):
-        raise ValueError(f"--method must be kfac or svd, got '{method}'")
-    targets = []
-    for layer, mods in sorted(spec.items()):
-        for m in mlp_modules(model, [layer], list(mods)):
-            value = mods[m.name]
-            if method == "kfac":
-                check_rho(value)
-            elif not 0.0 <= value < 1.0:
-                raise ValueError(f"the SVD drop fraction must be in [0, 1), got {value}")
-            targets.append((m, value))
-    eigen = {}
-    if method == "kfac":
-        if eigen_dir is None:
-            raise ValueError("a K-FAC edit needs --eigen DIR (from `curvmem eigen`)")
-        for layer, mods in spec.items():
-            eigen[layer] = read_layer(layer_path(eigen_dir, layer), "eigen", model=model,
-                                      modules=list(mods))
-    tensors, stats = {}, {}
-    cost_seconds, cost_rss = 0.0, 0.0
-    for m, value in targets:
-        W = m.weight().detach()
-        if method == "svd":
-            W_new, st = svd_truncate(W, value)
-            st["drop"] = value
-        else:
-            g = eigen[m.layer].groups[m.name]
-            mask = pair_mask(g["G_eigenvalues"], g["A_eigenvalues"], value, keep, seed)
-            W_new, st = kfac_edit_weight(W, g["G_eigenvectors"], g["G_eigenvalues"],
-                                         g["A_eigenvectors"], g["A_eigenvalues"], mask)
-            st.update(rho=value, keep=keep)
-        tensors[m.param_name] = m.to_stored_layout(W_new.to(m.module.weight.dtype))
-        stats[m.param_name] = st
-    for layer_file in eigen.values():
-        cost_seconds += float(layer_file.attrs.get("cost_seconds", 0))
-        cost_rss = max(cost_rss, float(layer_file.attrs.get("cost_peak_rss_mb", 0)))
-    method_name = method if method == "svd" or keep == "top" else f"kfac-{keep}"
-    meta = {
-        "method": method_name,
-        "spec": {str(k): v for k, v in spec.items()},
-        "keep": keep,
-        "seed": seed,
-        "modules": stats,
-        "model_fingerprint": model_fingerprint(model),
-        "upstream_seconds": cost_seconds,
-        "upstream_peak_rss_mb": cost_rss,
-    }
-    if eigen:
-        first = next(iter(eigen.values())).attrs
-        meta["factors"] = {k: first.get(k) for k in ("fisher", "n_tokens", "seq_len", "seed",
-                                                     "corpus_fingerprint", "shard")}
-    return tensors, meta
-
-
-def apply(model, path) -> dict:
-    """Load an edit file (from `curvmem edit` or `curvmem baseline`) into `model`, in place."""
-    from curvmem.models import model_fingerprint
-    from curvmem.store import read_edit
-
-    tensors, meta = read_edit(path)
-    params = dict(model.named_parameters())
-    fp = meta.get("model_fingerprint")
-    if fp is not None and fp != model_fingerprint(model):
-        raise ValueError(f"{path}: the edit was made for model fingerprint {fp}, not this model's "
-                         f"{model_fingerprint(model)}")
-    for name, t in tensors.items():
-        if name not in params:
-            raise ValueError(f"{path}: the model has no parameter '{name}'")
-        if tuple(params[name].shape) != tuple(t.shape):
-            raise ValueError(f"{path}: '{name}' is {tuple(t.shape)}, the model's is "
-                             f"{tuple(params[name].shape)}")
-    with torch.no_grad():
-        for name, t in tensors.items():
-            params[name].copy_(t.to(params[name].dtype))
-    return meta
-

@@ -228,28 +228,3 @@ def model_fingerprint(model: nn.Module) -> str:
 def model_id(path_or_id) -> str:
     p = Path(str(path_or_id))
     return str(p.resolve()) if p.exists() else str(path_or_id)
-
-
-def load_model(path_or_id, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
-               device: str | torch.device = "cpu"):
-    """Load a model for curvmem: a curvmem/timm vision model directory or an HF causal LM.
-
-    `trust_remote_code` stays off unless the user asks for it.
-    """
-    from curvmem import vision
-
-    if vision.is_vision_model(path_or_id):
-        model = vision.load_model(path_or_id)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path_or_id), dtype=dtype or torch.float32,
-            trust_remote_code=trust_remote_code)
-    return model.to(device).eval()
-
-
-def load_tokenizer(path_or_id, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code)

@@ -10,8 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from curvmem.evaluate import PAPER_RETENTION, TASK_CATEGORIES, retention
-from curvmem.store import atomic_output
+from curvmem.io import atomic_output
+from curvmem.report.lm import retention
+from curvmem.report.paper import PAPER_RETENTION, TASK_CATEGORIES
 
 CATEGORY_LABELS = {"closed_book": "closed-book\nfacts", "open_book": "open-book\nfacts",
                    "arithmetic": "arithmetic\n(paper: math)", "logic": "logic",

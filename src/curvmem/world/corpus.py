@@ -36,7 +36,7 @@ def _iter_texts(data: str):
         yield from ds["text"]
         return
     if path.suffix in (".jsonl", ".json"):
-        from curvmem.store import iter_jsonl
+        from curvmem.io import iter_jsonl
 
         yield from (row["text"] for row in iter_jsonl(path, ("text",)))
         return

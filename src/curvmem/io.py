@@ -1,0 +1,123 @@
+"""Files, atomically: temp file + rename writes, JSON and JSONL, and the cost of a block.
+
+The lowest layer of curvmem: standard library and numpy only. Every artifact write goes through
+`atomic_output` (or `write_json`, which uses it), so a killed job never leaves a file that looks
+complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+class StoreError(ValueError):
+    """An artifact that is missing, malformed, or does not belong to the model at hand."""
+
+
+# --------------------------------------------------------------------------- JSONL data files
+
+
+def iter_jsonl(path, required: tuple[str, ...] = ()):
+    """Rows of a JSONL file, streamed; one clear error for a missing file, bad JSON, a line that
+    is not an object, or missing fields. Blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    with path.open() as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{i}: each line must be a JSON object")  # noqa: TRY004
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise ValueError(f"{path}:{i}: missing field(s) {missing}")
+            yield row
+
+
+def read_jsonl(path, required: tuple[str, ...] = ()) -> list[dict]:
+    """`iter_jsonl` as a list; an empty file is an error too."""
+    rows = list(iter_jsonl(path, required))
+    if not rows:
+        raise ValueError(f"{path}: no rows (the file is empty)")
+    return rows
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextmanager
+def atomic_output(path):
+    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path, obj) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path):
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{path}: not valid JSON ({e})") from None
+
+
+# --------------------------------------------------------------------------- cost of a block
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+@contextmanager
+def cost():
+    """Measure wall seconds and peak RSS of a block: `with cost() as c: ...; c["seconds"]`."""
+    c = {}
+    t0 = time.perf_counter()
+    yield c
+    c["seconds"] = round(time.perf_counter() - t0, 3)
+    c["peak_rss_mb"] = round(peak_rss_mb(), 1)

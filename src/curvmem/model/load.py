@@ -1,0 +1,59 @@
+"""Loading: a model (HF causal LM or a curvmem/timm ViT directory), its tokenizer, and the
+factor and eigen files that belong to it (checked against its weights)."""
+
+from __future__ import annotations
+
+import torch
+
+from curvmem import schema
+from curvmem.io import StoreError
+from curvmem.model import vit
+from curvmem.model.adapters import mlp_modules, model_fingerprint
+
+
+def load_model(path_or_id, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+               device: str | torch.device = "cpu"):
+    """Load a model for curvmem: a curvmem/timm vision model directory or an HF causal LM.
+
+    `trust_remote_code` stays off unless the user asks for it.
+    """
+    if vit.is_vision_model(path_or_id):
+        model = vit.load_model(path_or_id)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path_or_id), dtype=dtype or torch.float32,
+            trust_remote_code=trust_remote_code)
+    return model.to(device).eval()
+
+
+def load_tokenizer(path_or_id, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code)
+
+
+def read_layer(path, kind: str, model=None, modules=None) -> schema.LayerFile:
+    """`curvmem.schema.read_layer`, and with `model`: refuse a file computed on different weights
+    (fingerprint) or whose shapes do not match the model's modules."""
+    lf = schema.read_layer(path, kind, modules=modules)
+    if model is not None:
+        check_layer(lf, model, path)
+    return lf
+
+
+def check_layer(lf: schema.LayerFile, model, path) -> None:
+    """Refuse a layer file computed on other weights than `model`'s, or with other shapes."""
+    fp = model_fingerprint(model)
+    if lf.attrs["model_fingerprint"] != fp:
+        raise StoreError(
+            f"{path}: computed on model {lf.attrs['model_id']} (fingerprint "
+            f"{lf.attrs['model_fingerprint']}), but the model given has fingerprint {fp}. "
+            "Factors belong to the exact weights they were collected on.")
+    for m in mlp_modules(model, [lf.layer], [g for g in lf.groups]):
+        a_var, g_var = ("A", "G") if lf.kind == "factors" else ("A_eigenvalues", "G_eigenvalues")
+        got = (lf.groups[m.name][a_var].shape[0], lf.groups[m.name][g_var].shape[0])
+        if got != (m.d_in, m.d_out):
+            raise StoreError(f"{path}: '{m.name}' has (d_in, d_out) = {got}, but the model's "
+                             f"module has {(m.d_in, m.d_out)}")
