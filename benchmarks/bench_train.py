@@ -8,6 +8,10 @@ that take about a fifth of an eager step on CPU; the matrix products are the sam
     python benchmarks/bench_train.py                 # the README's figures (2 threads)
     python benchmarks/bench_train.py --preset adamw --default-steps 4364
     python benchmarks/bench_train.py --threads 1 --steps 50
+    python benchmarks/bench_train.py --ns-dtype bfloat16   # Muon as torch runs it (bf16 iterations)
+
+It prints the CPU's capability and whether it multiplies bf16 natively (AVX512-BF16 or AMX):
+Muon's Newton-Schulz iterations run in bf16 only there (curvmem.muon), in float32 elsewhere.
 
 Inductor caches compiled kernels (by default under /tmp); the benchmark points it at a fresh
 directory, so "first steps" is a cold compilation, as on a fresh machine.
@@ -25,15 +29,17 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_train_ind
 
 import torch
 
-from curvmem import presets
+from curvmem import muon, presets
 from curvmem.world import _compiled, _deterministic, build_model, make_optimizer, train_step
 
 
-def seconds_per_step(cfg, vocab: int, compile: bool, steps: int, warmup: int):
+def seconds_per_step(cfg, vocab: int, compile: bool, steps: int, warmup: int, ns_dtype: str):
     """(seconds of the first `warmup` steps, mean seconds per step after them)."""
     model = build_model(cfg, vocab, eos_id=0, pad_id=1)
     model.train()
     opt = make_optimizer(model, cfg)
+    if cfg.optimizer == "muon":
+        opt.muon.ns_dtype = muon.resolve_ns_dtype(ns_dtype, "cpu")
     forward = _compiled(model) if compile else model
     gen = torch.Generator().manual_seed(0)
     batches = torch.randint(2, vocab, (warmup + steps, cfg.batch_size, cfg.seq_len), generator=gen)
@@ -57,15 +63,24 @@ def main() -> None:
     p.add_argument("--default-steps", type=int, default=2182,
                    help="steps of a training run (default preset: 2182; adamw: 4364), for the "
                    "projected totals")
+    p.add_argument("--ns-dtype", default="auto", help="Muon's Newton-Schulz precision: auto "
+                   "(train-lm's choice) | float32 | bfloat16")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = replace(presets.train_config(args.preset), threads=args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), preset {args.preset}: "
           f"{cfg.n_layers} layers, {cfg.optimizer}, "
           f"d {cfg.d_model}, MLP {cfg.d_ff}, batch {cfg.batch_size} x {cfg.seq_len} tokens")
+    native = muon.cpu_has_native_bf16()
+    print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, native bf16 matmul: "
+          f"{'yes' if native else 'no (AVX512-BF16/AMX absent: bf16 is emulated)'}"
+          + (f"; Muon's Newton-Schulz iterations in "
+             f"{str(muon.resolve_ns_dtype(args.ns_dtype, 'cpu')).removeprefix('torch.')}"
+             if cfg.optimizer == "muon" else ""))
     results = {}
     for compile in (False, True):
-        warm, step = seconds_per_step(cfg, args.vocab, compile, args.steps, args.warmup)
+        warm, step = seconds_per_step(cfg, args.vocab, compile, args.steps, args.warmup,
+                                      args.ns_dtype)
         results[compile] = step
         name = "compiled" if compile else "eager"
         total = warm + step * (args.default_steps - args.warmup)

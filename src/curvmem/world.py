@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from curvmem.muon import Muon
 from curvmem.presets import TrainConfig, WorldConfig
 from curvmem.store import read_jsonl
 
@@ -469,20 +470,17 @@ class MuonWithAdamW:
     Muon orthogonalizes each matrix's momentum (Newton-Schulz), which suits hidden matrices only;
     embeddings, the LM head and the norm weights keep AdamW, as Muon's authors advise. Muon's
     step is scaled to AdamW's update RMS ("match_rms_adamw"), so both share one learning rate and
-    train_lm's schedule sets it on every group alike.
+    train_lm's schedule sets it on every group alike. The Newton-Schulz iterations run in bf16
+    where the hardware multiplies bf16 natively and in float32 elsewhere (curvmem.muon).
     """
 
     def __init__(self, model, cfg: TrainConfig):
-        if not hasattr(torch.optim, "Muon"):
-            raise ValueError(f"optimizer 'muon' needs torch.optim.Muon (torch >= 2.9; this is "
-                             f"torch {torch.__version__}): upgrade torch, or train with "
-                             f"--optimizer adamw")
         hidden, rest = [], []
         for name, p in model.named_parameters():
             (hidden if p.ndim == 2 and ".layers." in name else rest).append(p)
+        self.muon = Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.optimizers = [
-            torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             adjust_lr_fn="match_rms_adamw"),
+            self.muon,
             torch.optim.AdamW(rest, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0,
                               fused=cfg.fused_adamw or None)]
         self.param_groups = [g for opt in self.optimizers for g in opt.param_groups]
@@ -591,6 +589,8 @@ def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = T
            "tokens_per_step": cfg.batch_size * cfg.seq_len, "final_loss": losses[-1],
            "losses": losses, "seconds": seconds,
            "parameters": sum(p.numel() for p in model.parameters())}
+    if isinstance(opt, MuonWithAdamW):  # the trained weights depend on it (curvmem.muon)
+        log["muon_ns_dtype"] = str(opt.muon.ns_dtype).removeprefix("torch.")
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
