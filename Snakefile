@@ -10,6 +10,8 @@ one `curvmem` command (docs/ARCHITECTURE.md, "CLI contract"). See docs/workflow.
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+from curvmem.plan import schema_problem
+
 min_version("8.20")
 
 # The embedded default is used only when no --configfile is given: a config file replaces it
@@ -17,19 +19,6 @@ min_version("8.20")
 if not workflow.config_settings.configfiles:
 
     configfile: "workflow/config/default.yaml"
-
-
-def schema_problem(error):
-    """The most specific reason a config failed its schema, as `path.to.key: what is wrong`."""
-    import jsonschema
-
-    cause = error.__context__  # snakemake raises its WorkflowError while handling this one
-    if not isinstance(cause, jsonschema.ValidationError):
-        return str(error)
-    if cause.context:  # oneOf / anyOf: report the alternative that came closest
-        cause = jsonschema.exceptions.best_match(cause.context)
-    where = ".".join(map(str, cause.absolute_path)) or "(top level)"
-    return f"{where}: {cause.message}"
 
 
 try:

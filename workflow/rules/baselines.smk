@@ -13,10 +13,14 @@ if "lm" in DOMAINS:
         wildcard_constraints:
             key=one_of(edit_keys("lm", ["bsn"])),
         params:
-            model=model_arg("lm"),
+            model=lambda wc: model_arg("lm"),
             args=bsn_flags,
         log:
             "logs/lm/bsn/{key}.log",
+        benchmark:
+            bench("lm/bsn/{key}")
+        conda:
+            "../envs/curvmem.yaml"
         threads: res("bsn")["threads"]
         resources:
             **resources_of("bsn", "lm"),
@@ -34,6 +38,10 @@ if "lm" in DOMAINS:
                          category="Language model", subcategory="Method comparison"),
         log:
             "logs/lm/compare.log",
+        benchmark:
+            bench("lm/compare")
+        conda:
+            "../envs/curvmem.yaml"
         resources:
             **resources_of("report"),
         shell:

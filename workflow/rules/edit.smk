@@ -11,6 +11,10 @@ rule edit:
         args=edit_flags,
     log:
         "logs/{domain}/edit/{key}.log",
+    benchmark:
+        bench("{domain}/edit/{key}")
+    conda:
+        "../envs/curvmem.yaml"
     threads: res("edit")["threads"]
     resources:
         **resources_of("edit", "{domain}"),

@@ -8,6 +8,10 @@ rule eigen:
         f"{OUT}/{{domain}}/eigen/{{fkey}}/layer_{{layer}}.nc",
     log:
         "logs/{domain}/eigen/{fkey}/layer_{layer}.log",
+    benchmark:
+        bench("{domain}/eigen/{fkey}/layer_{layer}")
+    conda:
+        "../envs/curvmem.yaml"
     threads: res("eigen")["threads"]
     resources:
         **resources_of("eigen", "{domain}"),

@@ -8,15 +8,19 @@ if "lm" in DOMAINS:
         output:
             f"{OUT}/lm/eval/{{key}}/{{evaluation}}.json",
         wildcard_constraints:
-            evaluation=one_of(list(config["lm"]["evaluations"])),
+            evaluation=one_of(list(lookup(dpath="lm/evaluations", within=config))),
         params:
-            kind=lambda wc: config["lm"]["evaluations"][wc.evaluation]["kind"],
-            data=lambda wc: lm_data(config["lm"]["evaluations"][wc.evaluation]["data"]),
+            kind=lm_evaluation("kind"),
+            data=lm_evaluation("data"),
             model=model_arg("lm"),
-            edit=lambda wc: edit_flag("lm", wc.key),
-            load=flags(("--dtype", config["lm"]["model"].get("dtype"))),
+            edit=edit_flag("lm"),
+            load=model_flags("lm", "dtype"),
         log:
             "logs/lm/evaluate/{key}/{evaluation}.log",
+        benchmark:
+            bench("lm/evaluate/{key}/{evaluation}")
+        conda:
+            "../envs/curvmem.yaml"
         threads: res("evaluate")["threads"]
         resources:
             **resources_of("evaluate", "lm"),
@@ -28,16 +32,19 @@ if "vit" in DOMAINS:
 
     rule evaluate_vit:
         input:
-            lambda wc: model_input("vit") + [vit_data()]
-            + ([] if wc.key == BASE["vit"] else [edit_path("vit", wc.key)]),
+            vit_eval_inputs,
         output:
             f"{OUT}/vit/eval/{{key}}/vit.json",
         params:
             model=model_arg("vit"),
             data=vit_data(),
-            edit=lambda wc: edit_flag("vit", wc.key),
+            edit=edit_flag("vit"),
         log:
             "logs/vit/evaluate/{key}.log",
+        benchmark:
+            bench("vit/evaluate/{key}")
+        conda:
+            "../envs/curvmem.yaml"
         threads: res("evaluate")["threads"]
         resources:
             **resources_of("evaluate", "vit"),

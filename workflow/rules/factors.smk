@@ -3,18 +3,22 @@
 
 rule collect:
     input:
-        data=lambda wc: domain_data(wc.domain),
-        model=lambda wc: model_input(wc.domain),
+        data=domain_data,
+        model=domain_model_input,
     output:
         f"{OUT}/{{domain}}/factors/{{fkey}}/layer_{{layer}}.nc",
     wildcard_constraints:
         fkey=one_of(fkeys(sharded=False)),
     params:
-        model=lambda wc: model_arg(wc.domain),
+        model=domain_model_arg,
         out=lambda wc, output: os.path.dirname(output[0]),
-        args=lambda wc: collect_flags(wc.domain, wc.fkey),
+        args=collect_flags,
     log:
         "logs/{domain}/collect/{fkey}/layer_{layer}.log",
+    benchmark:
+        bench("{domain}/collect/{fkey}/layer_{layer}")
+    conda:
+        "../envs/curvmem.yaml"
     threads: res("collect")["threads"]
     resources:
         **resources_of("collect", "{domain}"),
@@ -25,20 +29,24 @@ rule collect:
 
 rule collect_shard:
     input:
-        data=lambda wc: domain_data(wc.domain),
-        model=lambda wc: model_input(wc.domain),
+        data=domain_data,
+        model=domain_model_input,
     output:
-        f"{OUT}/{{domain}}/factors/{{fkey}}/shard-{{k}}-of-{{n}}/layer_{{layer}}.nc",
+        temp(f"{OUT}/{{domain}}/factors/{{fkey}}/shard-{{k}}-of-{{n}}/layer_{{layer}}.nc"),
     wildcard_constraints:
         fkey=one_of(fkeys(sharded=True)),
         k=r"\d+",
         n=r"\d+",
     params:
-        model=lambda wc: model_arg(wc.domain),
+        model=domain_model_arg,
         out=lambda wc, output: os.path.dirname(output[0]),
-        args=lambda wc: collect_flags(wc.domain, wc.fkey),
+        args=collect_flags,
     log:
         "logs/{domain}/collect/{fkey}/shard-{k}-of-{n}/layer_{layer}.log",
+    benchmark:
+        bench("{domain}/collect/{fkey}/shard-{k}-of-{n}/layer_{layer}")
+    conda:
+        "../envs/curvmem.yaml"
     threads: res("collect")["threads"]
     resources:
         **resources_of("collect", "{domain}"),
@@ -56,6 +64,10 @@ rule merge:
         fkey=one_of(fkeys(sharded=True)),
     log:
         "logs/{domain}/merge/{fkey}/layer_{layer}.log",
+    benchmark:
+        bench("{domain}/merge/{fkey}/layer_{layer}")
+    conda:
+        "../envs/curvmem.yaml"
     threads: res("merge")["threads"]
     resources:
         **resources_of("merge", "{domain}"),

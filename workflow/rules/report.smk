@@ -18,6 +18,10 @@ if "lm" in DOMAINS:
             entries=report_entries("lm"),
         log:
             "logs/lm/report_lm.log",
+        benchmark:
+            bench("lm/report_lm")
+        conda:
+            "../envs/curvmem.yaml"
         resources:
             **resources_of("report"),
         shell:
@@ -40,21 +44,15 @@ if "vit" in DOMAINS:
             entries=report_entries("vit"),
         log:
             "logs/vit/report_vit.log",
+        benchmark:
+            bench("vit/report_vit")
+        conda:
+            "../envs/curvmem.yaml"
         resources:
             **resources_of("report"),
         shell:
             "curvmem report-vit {params.entries} --out {output.summary} --table {output.table}"
             " --figure {output.figure} > {log} 2>&1"
-
-
-def same_config_args():
-    """The nested `snakemake --report` must see the same config as this run."""
-    # relative paths: an absolute one would make the report stale in every other checkout
-    files = [os.path.relpath(f) for f in workflow.config_settings.configfiles]
-    args = (["--configfile", *files] if files else []) + (
-        ["--config", *workflow.config_settings.config_args]
-        if workflow.config_settings.config else [])
-    return " ".join(shlex.quote(a) for a in args)
 
 
 # The report is a DAG output: once every table and figure exists, a nested snakemake (sharing
@@ -69,6 +67,8 @@ rule report_html:
         config=same_config_args(),
     log:
         "logs/report_html.log",
+    conda:
+        "../envs/curvmem.yaml"
     localrule: True
     shell:
         "snakemake --snakefile {params.snakefile} --nolock --cores 1 {params.config}"

@@ -10,12 +10,14 @@ if "lm" in DOMAINS and embedded("lm"):
         output:
             directory(model_arg("lm")),
         params:
-            world=f"{model_dir('lm')}/world",
-            args=flags(("--preset", config["lm"]["model"].get("preset")),
-                       ("--seed", config["lm"]["model"]["seed"]),
-                       ("--steps", config["lm"]["model"].get("steps"))),
+            world=lambda wc, input: os.path.dirname(input.world),
+            args=model_flags("lm", "preset", "seed", "steps"),
         log:
             "logs/lm/train_lm.log",
+        benchmark:
+            bench("lm/train_lm")
+        conda:
+            "../envs/curvmem.yaml"
         threads: res("train", "lm")["threads"]
         resources:
             **resources_of("train", "lm"),

@@ -6,12 +6,13 @@ if "vit" in DOMAINS and embedded("vit"):
         output:
             vit_data(),
         params:
-            args=flags(("--source", config["vit"]["model"].get("data_source")),
-                       ("--seed", config["vit"]["model"]["seed"]),
-                       ("--noise", config["vit"]["model"].get("noise")),
-                       ("--image-size", config["vit"]["model"].get("image_size"))),
+            args=model_flags("vit", ("source", "data_source"), "seed", "noise", "image_size"),
         log:
             "logs/vit/vision_data.log",
+        benchmark:
+            bench("vit/vision_data")
+        conda:
+            "../envs/curvmem.yaml"
         threads: res("vision_data")["threads"]
         resources:
             **resources_of("vision_data"),
@@ -24,12 +25,13 @@ if "vit" in DOMAINS and embedded("vit"):
         output:
             directory(model_arg("vit")),
         params:
-            args=flags(("--preset", config["vit"]["model"].get("preset")),
-                       ("--seed", config["vit"]["model"]["seed"]),
-                       ("--model-name", config["vit"]["model"].get("model_name")),
-                       ("--epochs", config["vit"]["model"].get("epochs"))),
+            args=model_flags("vit", "preset", "seed", "model_name", "epochs"),
         log:
             "logs/vit/train_vit.log",
+        benchmark:
+            bench("vit/train_vit")
+        conda:
+            "../envs/curvmem.yaml"
         threads: res("train", "vit")["threads"]
         resources:
             **resources_of("train", "vit"),

@@ -4,13 +4,16 @@ if "lm" in DOMAINS and embedded("lm"):
 
     rule world:
         output:
-            [world_file("world.json")] + [world_file(f) for f in config["lm"]["data"].values()],
+            PLAN.world_outputs(),
         params:
-            out=f"{model_dir('lm')}/world",
-            args=flags(("--preset", config["lm"]["model"].get("preset")),
-                       ("--seed", config["lm"]["model"]["seed"])),
+            out=lambda wc, output: os.path.dirname(output[0]),
+            args=model_flags("lm", "preset", "seed"),
         log:
             "logs/lm/world.log",
+        benchmark:
+            bench("lm/world")
+        conda:
+            "../envs/curvmem.yaml"
         threads: res("world")["threads"]
         resources:
             **resources_of("world"),
@@ -23,9 +26,13 @@ if "lm" in DOMAINS and embedded("lm"):
         output:
             directory(f"{model_dir('lm')}/tokenizer"),
         params:
-            args=flags(("--vocab-size", config["lm"]["model"].get("vocab_size"))),
+            args=model_flags("lm", "vocab_size"),
         log:
             "logs/lm/tokenizer.log",
+        benchmark:
+            bench("lm/tokenizer")
+        conda:
+            "../envs/curvmem.yaml"
         threads: res("tokenizer")["threads"]
         resources:
             **resources_of("tokenizer"),

@@ -1,0 +1,150 @@
+"""curvmem.plan: the workflow's keys, sweeps, checks and flags, without Snakemake or torch.
+
+tests/data/plan_keys.json was recorded from workflow/rules/common.smk before the plan moved into
+the package (commit 54b2284): every shipped config must still give the same content keys, paths
+and flags, so an existing results/ directory is reused, not recomputed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from curvmem.plan import Plan, PlanError, digest, flags, method_tag, one_of, sweep_specs
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = json.loads((Path(__file__).parent / "data/plan_keys.json").read_text())
+CONFIGS = sorted(p.stem for p in (ROOT / "workflow/config").glob("*.yaml"))
+
+
+def config(name: str) -> dict:
+    cfg = yaml.safe_load((ROOT / f"workflow/config/{name}.yaml").read_text())
+    validate(cfg, str(ROOT / "workflow/schemas/config.schema.yaml"))  # fills the defaults
+    return cfg
+
+
+def record(plan: Plan) -> dict:
+    """What tests/data/plan_keys.json holds for one config."""
+    rec = {"outdir": plan.out, "domains": plan.domains}
+    for d in plan.domains:
+        rec[d] = {
+            "model_key": plan.model_key(d), "base": plan.base[d], "model_arg": plan.model_arg(d),
+            "factor_sets": plan.factor_sets[d], "edits": plan.edits[d],
+            "collect_flags": {k: plan.collect_flags(d, k) for k in plan.factor_sets[d]},
+            "edit_paths": {k: plan.edit_path(d, k) for k in plan.edits[d]},
+            "report_entries": plan.report_entries(d),
+        }
+        flags_, inputs = {}, {}
+        for k, s in plan.edits[d].items():
+            if s["method"] == "bsn":
+                flags_[k] = plan.bsn_flags(k)
+            else:
+                flags_[k] = plan.edit_flags(d, k)
+                inputs[k] = plan.edit_inputs(d, k)
+        rec[d]["edit_flags"] = flags_
+        if inputs:
+            rec[d]["edit_inputs"] = inputs
+        if d == "lm":
+            rec[d]["eval_files"] = {k: plan.lm_eval_files(k) for k in plan.eval_keys("lm")}
+    rec["final_targets"] = plan.final_targets()
+    return json.loads(json.dumps(rec))
+
+
+def test_golden_file_covers_every_shipped_config():
+    assert sorted(GOLDEN) == CONFIGS
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_keys_paths_and_flags_are_those_recorded_before_the_move(name):
+    assert record(Plan(config(name))) == GOLDEN[name]
+
+
+def test_plan_is_torch_free():
+    code = "import sys, curvmem.plan; print(sorted(m for m in ('torch', 'numpy', 'snakemake') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_flags_quote_join_lists_and_drop_none():
+    assert flags(("--a", 1), ("--b", None), ("--c", [1, 2]), ("--d", "x y")) == \
+        "--a 1 --c 1,2 --d 'x y'"
+    assert flags() == ""
+
+
+def test_one_of_escapes_and_matches_nothing_when_empty():
+    import re
+
+    assert re.fullmatch(one_of(["a.b", "c"]), "a.b") and not re.fullmatch(one_of(["a.b"]), "axb")
+    assert not re.fullmatch(one_of([]), "")
+
+
+def test_digest_ignores_key_order():
+    assert digest({"a": 1, "b": [1, 2]}) == digest({"b": [1, 2], "a": 1})
+    assert len(digest({}, n=6)) == 6
+
+
+def test_sweep_expansion_labels_and_specs():
+    sweep = {"method": "kfac", "layers": [[3, 2], [4]], "modules": ["mlp.gate_proj"],
+             "rho": [0.6, {"mlp.gate_proj": 0.5}], "keep": "random", "seed": 3}
+    got = sweep_specs("lm", "k", sweep)
+    assert [label for label, _ in got] == ["k-L2+3-rho0.6", "k-L2+3-rhogate0.5", "k-L4-rho0.6",
+                                          "k-L4-rhogate0.5"]
+    assert got[0][1] == {"name": "k", "method": "kfac", "layers": [2, 3],
+                         "modules": ["mlp.gate_proj"], "rho": 0.6, "keep": "random",
+                         "factors": "main", "seed": 3}
+    assert method_tag(got[0][1]) == "kfac-random"
+    bsn = sweep_specs("lm", "b", {"method": "bsn", "ratio": [0.01, 0.02], "epochs": 2})
+    assert bsn == [("b-ratio0.01", {"name": "b", "method": "bsn", "ratio": 0.01, "epochs": 2}),
+                   ("b-ratio0.02", {"name": "b", "method": "bsn", "ratio": 0.02, "epochs": 2})]
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"method": "svd", "layers": [[1]], "modules": ["mlp.fc1"]}, "needs ['svd_drop']"),
+    ({"method": "bsn", "ratio": [0.1]}, "bsn is a language-model baseline"),
+    ({"method": "kfac", "layers": [[1]], "modules": ["mlp.fc1"], "rho": [{"mlp.fc2": 0.5}]},
+     "names modules ['mlp.fc2'] not in `modules`"),
+])
+def test_bad_sweeps_are_refused(sweep, message):
+    with pytest.raises(PlanError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        sweep_specs("vit", "s", sweep)
+
+
+def test_checks_beyond_the_schema():
+    smoke = config("smoke")
+    cfg = copy.deepcopy(smoke)
+    del cfg["lm"]["evaluations"]["tasks"]
+    with pytest.raises(PlanError, match=r"lacks \['tasks'\]"):
+        Plan(cfg)
+    cfg = copy.deepcopy(smoke)
+    cfg["lm"]["edits"]["kfac"]["modules"] = ["mlp.down_proj"]
+    with pytest.raises(PlanError, match="are not in lm.factors.modules"):
+        Plan(cfg)
+    cfg = copy.deepcopy(smoke)
+    cfg["lm"]["edits"]["again"] = dict(cfg["lm"]["edits"]["kfac"])
+    cfg["lm"]["edits"]["again"]["rho"] = [0.6]
+    assert len(Plan(cfg).edits["lm"]) == 3  # another sweep name: another label
+    with pytest.raises(PlanError, match="neither an `lm` nor a `vit`"):
+        Plan({"outdir": "r", "threads": 1}).final_targets()
+
+
+def test_model_flags_resources_and_evaluations():
+    plan = Plan(config("smoke"))
+    assert plan.model_flags("vit", ("source", "data_source"), "seed", "noise", "image_size") == \
+        "--seed 0 --noise 0.1"
+    assert plan.model_flags("lm", "preset", "seed", "steps") == "--preset smoke --seed 0"
+    assert plan.res("train", "lm") == {"mem_mb": 1000, "runtime": 10, "gpu": 1, "threads": 1}
+    assert plan.lm_evaluations(plan.base["lm"]) == [
+        "memorization_forget", "memorization_untargeted", "memorization_control", "perplexity",
+        "tasks"]  # no coherence for the base model
+    key = plan.edit_keys("lm", ["bsn"])[0]
+    assert plan.lm_eval_inputs(key, "coherence")[-1] == plan.edit_path("lm", key)
+    assert plan.edit_path("lm", key).startswith("results/smoke/lm/bsn/")
+    assert plan.shard_files("lm", plan.fkeys(sharded=True)[0], 2)[1].endswith(
+        "/shard-1-of-2/layer_2.nc")
