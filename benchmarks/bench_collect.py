@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from curvmem.factors import LMTask, batched, collect, sample_targets
-from curvmem.models import mlp_modules
+from curvmem.model import mlp_modules
 
 
 def tiny_olmo2(layers, d, ff, vocab, device):

@@ -11,7 +11,7 @@ that take about a fifth of an eager step on CPU; the matrix products are the sam
     python benchmarks/bench_train.py --ns-dtype bfloat16   # Muon as torch runs it (bf16 iterations)
 
 It prints the CPU's capability and whether it multiplies bf16 natively (AVX512-BF16 or AMX):
-Muon's Newton-Schulz iterations run in bf16 only there (curvmem.muon), in float32 elsewhere.
+Muon's Newton-Schulz iterations run in bf16 only there (curvmem.model.muon), in float32 elsewhere.
 
 Inductor caches compiled kernels (by default under /tmp); the benchmark points it at a fresh
 directory, so "first steps" is a cold compilation, as on a fresh machine.
@@ -29,8 +29,9 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_train_ind
 
 import torch
 
-from curvmem import muon, presets
-from curvmem.world import _compiled, _deterministic, build_model, make_optimizer, train_step
+from curvmem import presets
+from curvmem.model import muon
+from curvmem.model.lm import _compiled, _deterministic, build_model, make_optimizer, train_step
 
 
 def seconds_per_step(cfg, vocab: int, compile: bool, steps: int, warmup: int, ns_dtype: str):

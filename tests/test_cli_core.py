@@ -312,7 +312,7 @@ def test_edit_in_bfloat16_matches_the_float32_edit_and_applies_to_either(disk, o
 
 
 def write_raw_factor_file(path, A, G, attrs):
-    """A factors file written around curvmem.store (which refuses NaN), as a corrupt job might."""
+    """A factors file written around curvmem.schema (which refuses NaN), as a corrupt job might."""
     import xarray as xr
 
     tree = {"/": xr.Dataset(attrs=attrs),

@@ -349,12 +349,13 @@ def test_evaluations_load_the_model_in_the_requested_dtype(tmp_path):
     import random
 
     from conftest import tiny_olmo2
-    from curvmem import world
+    from curvmem.model.lm import train_tokenizer
+    from curvmem.world.lm import paragraph
 
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"text": world.paragraph(random.Random(i))}) + "\n"
+    corpus.write_text("".join(json.dumps({"text": paragraph(random.Random(i))}) + "\n"
                               for i in range(30)))
-    world.train_tokenizer(corpus, tmp_path / "model", vocab_size=300)
+    train_tokenizer(corpus, tmp_path / "model", vocab_size=300)
     from curvmem.model import load_tokenizer
 
     tiny_olmo2(vocab=len(load_tokenizer(tmp_path / "model"))).save_pretrained(tmp_path / "model")

@@ -8,7 +8,10 @@ from collections import Counter
 import pytest
 import torch
 
-from curvmem import models, muon, presets, store, world
+from curvmem import io, model, presets
+from curvmem.model import lm as model_lm
+from curvmem.model import muon
+from curvmem.world import lm as world_lm
 
 
 @pytest.fixture(scope="module")
@@ -18,18 +21,18 @@ def smoke_cfg():
 
 @pytest.fixture(scope="module")
 def smoke_world(smoke_cfg):
-    return world.generate_world(smoke_cfg)
+    return world_lm.generate_world(smoke_cfg)
 
 
 def test_generation_is_deterministic_and_seeded(smoke_cfg, smoke_world):
-    assert world.generate_world(smoke_cfg) == smoke_world
-    other = world.generate_world(presets.world_config("smoke", seed=4))
+    assert world_lm.generate_world(smoke_cfg) == smoke_world
+    other = world_lm.generate_world(presets.world_config("smoke", seed=4))
     assert other["canaries_forget"] != smoke_world["canaries_forget"]
     assert other["train"] != smoke_world["train"]
 
 
 def test_changing_one_size_leaves_other_components_alone(smoke_cfg, smoke_world):
-    bigger = world.generate_world(presets.world_config("smoke", seed=3, overrides={"n_filler": 70}))
+    bigger = world_lm.generate_world(presets.world_config("smoke", seed=3, overrides={"n_filler": 70}))
     assert bigger["canaries_control"] == smoke_world["canaries_control"]
     assert [t for t in bigger["tasks"] if t["category"] == "arithmetic"] == \
         [t for t in smoke_world["tasks"] if t["category"] == "arithmetic"]
@@ -85,7 +88,7 @@ def test_task_items_do_not_leak_into_training(smoke_world):
 
 def test_logic_tests_hold_out_boolean_expressions_from_training():
     cfg = presets.world_config("smoke", overrides={"n_logic_train": 1500, "n_logic_test": 80})
-    w = world.generate_world(cfg)
+    w = world_lm.generate_world(cfg)
     trained = {r["text"].rsplit(" ", 1)[0] for r in w["train"] if r["source"] == "logic"}
     tests = [t["prompt"] for t in w["tasks"] if t["category"] == "logic"]
     boolean = [p for p in tests if p.startswith("Evaluate:")]
@@ -96,7 +99,7 @@ def test_logic_tests_hold_out_boolean_expressions_from_training():
 
 def test_copy_practice_and_open_book_passage_size():
     cfg = presets.world_config("smoke", overrides={"n_copy_train": 5, "open_facts": 3})
-    w = world.generate_world(cfg)
+    w = world_lm.generate_world(cfg)
     copies = [r["text"] for r in w["train"] if r["source"] == "copy"]
     assert len(copies) == 5
     names = set()
@@ -142,7 +145,7 @@ def test_bad_config_is_refused():
 
 
 def test_write_world_layout(tmp_path, smoke_cfg):
-    meta = world.write_world(tmp_path / "w", smoke_cfg)
+    meta = world_lm.write_world(tmp_path / "w", smoke_cfg)
     names = sorted(p.name for p in (tmp_path / "w").iterdir())
     assert names == ["canaries_control.jsonl", "canaries_forget.jsonl",
                      "canaries_untargeted.jsonl", "heldout.jsonl", "retain.jsonl",
@@ -156,35 +159,35 @@ def test_read_jsonl_errors(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(ValueError, match="empty"):
-        store.read_jsonl(empty)
+        io.read_jsonl(empty)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a"}\n{"other": 1}\n')
     with pytest.raises(ValueError, match="missing field"):
-        store.read_jsonl(bad, ("text",))
+        io.read_jsonl(bad, ("text",))
     with pytest.raises(ValueError, match="no such file"):
-        store.read_jsonl(tmp_path / "nope.jsonl")
+        io.read_jsonl(tmp_path / "nope.jsonl")
 
 
 def test_tokenizer_round_trip_and_canary_length(tmp_path, smoke_cfg):
     from transformers import AutoTokenizer
 
-    world.write_world(tmp_path / "w", smoke_cfg)
-    world.train_tokenizer(tmp_path / "w" / "train.jsonl", tmp_path / "tok", vocab_size=400)
+    world_lm.write_world(tmp_path / "w", smoke_cfg)
+    model_lm.train_tokenizer(tmp_path / "w" / "train.jsonl", tmp_path / "tok", vocab_size=400)
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
-    assert tok.eos_token == world.EOS and tok.pad_token == world.PAD
+    assert tok.eos_token == model_lm.EOS and tok.pad_token == model_lm.PAD
     text = "Compute: 45 + 23 = 68."
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     assert "4" in tok.tokenize("Compute: 45")  # digits one by one
     for split in ("forget", "control"):
-        for row in store.read_jsonl(tmp_path / "w" / f"canaries_{split}.jsonl"):
+        for row in io.read_jsonl(tmp_path / "w" / f"canaries_{split}.jsonl"):
             assert len(tok(row["text"], add_special_tokens=False)["input_ids"]) >= 112
     with pytest.raises(ValueError, match="vocab-size"):
-        world.train_tokenizer(tmp_path / "w" / "train.jsonl", tmp_path / "t2", vocab_size=10)
+        model_lm.train_tokenizer(tmp_path / "w" / "train.jsonl", tmp_path / "t2", vocab_size=10)
 
 
 def test_pack_documents_keeps_documents_whole():
     docs = [[5] * 3, [6] * 4, [7] * 2, [8] * 9]
-    blocks = world.pack_documents(docs, seq_len=6, eos_id=1, pad_id=0)
+    blocks = model_lm.pack_documents(docs, seq_len=6, eos_id=1, pad_id=0)
     assert blocks.tolist() == [[5, 5, 5, 1, 0, 0], [6, 6, 6, 6, 1, 0], [7, 7, 1, 0, 0, 0],
                                [8, 8, 8, 8, 8, 8], [8, 8, 8, 1, 0, 0]]
     assert blocks.dtype == torch.long
@@ -194,8 +197,8 @@ def test_pack_documents_keeps_documents_whole():
 def smoke_lm_inputs(tmp_path_factory):
     """A written smoke world and its tokenizer (module-scoped: several training tests share it)."""
     root = tmp_path_factory.mktemp("smoke_lm")
-    world.write_world(root / "world", presets.world_config("smoke", seed=3))
-    world.train_tokenizer(root / "world" / "train.jsonl", root / "tok", vocab_size=400)
+    world_lm.write_world(root / "world", presets.world_config("smoke", seed=3))
+    model_lm.train_tokenizer(root / "world" / "train.jsonl", root / "tok", vocab_size=400)
     return root / "world", root / "tok"
 
 
@@ -207,10 +210,10 @@ def test_compiled_training_matches_eager(tmp_path, smoke_lm_inputs):
 
     w, tok = smoke_lm_inputs
     cfg = replace(presets.train_config("smoke"), steps=6, threads=2)
-    eager = world.train_lm(w, tok, tmp_path / "eager", cfg, progress=False)
-    compiled = world.train_lm(w, tok, tmp_path / "compiled", replace(cfg, compile=True),
+    eager = model_lm.train_lm(w, tok, tmp_path / "eager", cfg, progress=False)
+    compiled = model_lm.train_lm(w, tok, tmp_path / "compiled", replace(cfg, compile=True),
                               progress=False)
-    again = world.train_lm(w, tok, tmp_path / "again", replace(cfg, compile=True),
+    again = model_lm.train_lm(w, tok, tmp_path / "again", replace(cfg, compile=True),
                            progress=False)
     assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is restored
     assert compiled["config"]["compile"] is True and eager["config"]["compile"] is False
@@ -226,8 +229,8 @@ def test_compiled_training_matches_eager(tmp_path, smoke_lm_inputs):
     # much of the distance training moved them (measured: ~1e-5 of it in float32).
     u = torch.finfo(getattr(torch, eager["muon_ns_dtype"])).eps / 2
     bound = cfg.steps * muon.NS_COEFFICIENTS[0] ** muon.NS_STEPS * u
-    tok_ = models.load_tokenizer(tok)
-    init = world.build_model(cfg, len(tok_), tok_.eos_token_id, tok_.pad_token_id).state_dict()
+    tok_ = model.load_tokenizer(tok)
+    init = model_lm.build_model(cfg, len(tok_), tok_.eos_token_id, tok_.pad_token_id).state_dict()
     for name in a:
         moved = (a[name] - init[name]).norm()
         assert (b[name] - a[name]).norm() <= bound * moved, name
@@ -247,7 +250,7 @@ def test_compile_without_a_cxx_compiler_is_one_clear_error(tmp_path, smoke_lm_in
     monkeypatch.setattr(cpp_builder, "get_cpp_compiler", lambda: "/nonexistent/c++")
     cfg = replace(presets.train_config("smoke"), steps=2, compile=True)
     with pytest.raises(ValueError, match=r"C\+\+ compiler '/nonexistent/c\+\+'.*--no-compile"):
-        world.train_lm(w, tok, tmp_path / "model", cfg, progress=False)
+        model_lm.train_lm(w, tok, tmp_path / "model", cfg, progress=False)
     assert not (tmp_path / "model").exists()
 
 
@@ -255,8 +258,8 @@ def test_muon_with_adamw_splits_parameters_and_shares_the_schedule():
     from dataclasses import replace
 
     cfg = replace(presets.train_config("smoke"), optimizer="muon")
-    model = world.build_model(cfg, vocab_size=50, eos_id=0, pad_id=1)
-    opt = world.make_optimizer(model, cfg)
+    model = model_lm.build_model(cfg, vocab_size=50, eos_id=0, pad_id=1)
+    opt = model_lm.make_optimizer(model, cfg)
     muon, adamw = opt.optimizers
     names = {id(p): n for n, p in model.named_parameters()}
     in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
@@ -281,8 +284,8 @@ def test_muon_step_is_the_orthogonalized_gradient():
     from dataclasses import replace
 
     cfg = replace(presets.train_config("smoke"), optimizer="muon", lr=1e-2)
-    model = world.build_model(cfg, vocab_size=50, eos_id=0, pad_id=1)
-    opt = world.make_optimizer(model, cfg)
+    model = model_lm.build_model(cfg, vocab_size=50, eos_id=0, pad_id=1)
+    opt = model_lm.make_optimizer(model, cfg)
     w = model.model.layers[0].mlp.up_proj.weight
     before = w.detach().clone()
     torch.manual_seed(0)
@@ -306,8 +309,8 @@ def test_muon_training_runs_and_is_reproducible(tmp_path, smoke_lm_inputs):
 
     w, tok = smoke_lm_inputs
     cfg = replace(presets.train_config("smoke"), steps=8, threads=2, optimizer="muon")
-    a = world.train_lm(w, tok, tmp_path / "a", cfg, progress=False)
-    b = world.train_lm(w, tok, tmp_path / "b", cfg, progress=False)
+    a = model_lm.train_lm(w, tok, tmp_path / "a", cfg, progress=False)
+    b = model_lm.train_lm(w, tok, tmp_path / "b", cfg, progress=False)
     assert b["losses"] == a["losses"]
     assert a["config"]["optimizer"] == "muon"
     assert a["muon_ns_dtype"] == str(muon.resolve_ns_dtype("auto", "cpu")).removeprefix("torch.")
@@ -317,7 +320,7 @@ def test_muon_training_runs_and_is_reproducible(tmp_path, smoke_lm_inputs):
 
 
 def test_muon_in_bfloat16_is_torch_muon_bit_for_bit():
-    """curvmem.muon.Muon with bf16 iterations performs torch.optim.Muon's update exactly."""
+    """curvmem.model.muon.Muon with bf16 iterations performs torch.optim.Muon's update exactly."""
     if not hasattr(torch.optim, "Muon"):
         pytest.skip("torch.optim.Muon needs torch >= 2.9")
     gen = torch.Generator().manual_seed(0)
@@ -373,5 +376,5 @@ def test_unknown_optimizer_is_refused(tmp_path, smoke_lm_inputs):
     w, tok = smoke_lm_inputs
     cfg = replace(presets.train_config("smoke"), steps=2, optimizer="sgd")
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
-        world.train_lm(w, tok, tmp_path / "model", cfg, progress=False)
+        model_lm.train_lm(w, tok, tmp_path / "model", cfg, progress=False)
     assert not (tmp_path / "model").exists()

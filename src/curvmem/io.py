@@ -11,6 +11,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 import uuid
@@ -102,6 +103,23 @@ def read_json(path):
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise StoreError(f"{path}: not valid JSON ({e})") from None
+
+
+@contextmanager
+def atomic_dir(out):
+    """Yield a temp directory beside `out`; it replaces `out` only if the block succeeds."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 # --------------------------------------------------------------------------- cost of a block

@@ -20,7 +20,8 @@ def _check_out_json(out) -> None:
 
 
 def cmd_world(args) -> None:
-    from curvmem import presets, world
+    from curvmem import presets
+    from curvmem.world import lm as world
 
     cfg = presets.world_config(args.preset, args.seed, args.config)
     meta = world.write_world(args.out, cfg)
@@ -28,16 +29,17 @@ def cmd_world(args) -> None:
 
 
 def cmd_tokenizer(args) -> None:
-    from curvmem import world
+    from curvmem.model import lm
 
-    info = world.train_tokenizer(args.corpus, args.out, args.vocab_size)
+    info = lm.train_tokenizer(args.corpus, args.out, args.vocab_size)
     print(json.dumps({"out": args.out, **info}))
 
 
 def cmd_train_lm(args) -> None:
     from dataclasses import replace
 
-    from curvmem import presets, world
+    from curvmem import presets
+    from curvmem.model import lm
 
     cfg = presets.train_config(args.preset, args.seed, args.steps)
     if args.threads is not None:
@@ -46,7 +48,7 @@ def cmd_train_lm(args) -> None:
         cfg = replace(cfg, compile=args.compile)
     if args.optimizer is not None:
         cfg = replace(cfg, optimizer=args.optimizer)
-    log = world.train_lm(args.world, args.tokenizer, args.out, cfg, progress=True)
+    log = lm.train_lm(args.world, args.tokenizer, args.out, cfg, progress=True)
     print(json.dumps({"out": args.out, "steps": log["steps"], "final_loss": log["final_loss"],
                       "parameters": log["parameters"], "seconds": log["seconds"]}))
 

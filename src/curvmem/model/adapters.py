@@ -99,7 +99,7 @@ def _hand_naming_hint(model: nn.Module) -> str:
         f"curvmem has no adapter for {type(model).__name__}. Name the modules by hand: "
         "pass --blocks-path (the attribute path of the block list, e.g. 'transformer.h') and "
         "--modules (linear modules inside a block, e.g. 'mlp.c_fc,mlp.c_proj'), or call "
-        "curvmem.models.adapter_for(model, blocks_path=..., modules=[...])."
+        "curvmem.model.adapter_for(model, blocks_path=..., modules=[...])."
     )
 
 

@@ -1,6 +1,3 @@
-"""TEMPORARY (issue 15): runs ../world.py here until it moves into this package."""
-
-import pathlib as _pathlib
-
-_src = _pathlib.Path(__file__).resolve().parent.parent / "world.py"
-exec(compile(_src.read_text(), str(_src), "exec"))  # noqa: S102
+"""The world layer: the data the models learn from. lm: the embedded synthetic world (language,
+facts, skills, canaries); corpus: token streams from JSONL/text/`datasets`/.npy; images: vision
+datasets with seeded noisy labels."""
