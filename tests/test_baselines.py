@@ -9,9 +9,9 @@ import torch
 
 from conftest import FAMILIES, tiny_olmo2
 from curvmem import io, schema
+from curvmem.cli import main
 from curvmem.edit import bsn
 from curvmem.edit.bsn import PAD, BalancedSubnet, BSNConfig, pruned_count, train_bsn
-from curvmem.cli import main
 from curvmem.model import adapter_for
 from curvmem.report import compare
 
@@ -236,7 +236,7 @@ def test_cli_bsn_writes_an_edit_that_apply_loads(bsn_files, tmp_path):
     assert len(meta["spec"]["forget_fingerprint"]) == 16
     assert meta["seconds"] > 0 and meta["peak_rss_mb"] > 0
     assert set(tensors) == set(meta["modules"]) and len(tensors) == 9
-    for name, st in meta["modules"].items():
+    for st in meta["modules"].values():
         assert st == {"pruned": round(0.05 * 384), "total": 384}
     apply(model, out)
     for name, t in tensors.items():

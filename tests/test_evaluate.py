@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from curvmem.evaluate import lm as evaluate_lm
 from curvmem.cli import main
+from curvmem.evaluate import lm as evaluate_lm
 
 V = 20  # vocabulary of the hand-made models
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from curvmem.cli import main
 from curvmem.model import vit
 from curvmem.report import vit as report_vit
 from curvmem.world import images as vision_data
-from curvmem.cli import main
 
 
 def run_cli(*argv) -> int:

@@ -132,8 +132,8 @@ def cmd_tasks(args) -> None:
 
 
 def cmd_coherence(args) -> None:
-    from curvmem.evaluate import lm as evaluate
     from curvmem.edit import apply
+    from curvmem.evaluate import lm as evaluate
 
     _check_out_json(args.out)
     texts = evaluate.read_texts(args.data)

@@ -9,7 +9,6 @@ from curvmem.edit.build import layer_set_label
 from curvmem.report.figures import RECIPE_MARKERS, recipe_order, shade
 from curvmem.report.paper import PAPER_TABLE2
 
-
 # --------------------------------------------------------------------------- report
 
 
