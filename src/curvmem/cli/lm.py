@@ -94,58 +94,137 @@ def _write(args, result: dict, meta, c: dict) -> None:
     print(json.dumps(brief, default=str)[:2000])
 
 
-def cmd_memorization(args) -> None:
+# Each evaluation kind: read (and check) its data before any model is loaded, then compute.
+
+
+def _read_memorization(args):
     from curvmem.evaluate import lm as evaluate
 
-    _check_out_json(args.out)
-    rows = evaluate.read_rows(args.data)
-    with cost() as c:
-        model, tokenizer, meta = _load(args)
-        result = evaluate.evaluate_memorization(model, tokenizer, rows, args.prefix_len,
-                                                args.suffix_len, args.batch_size,
-                                                progress=True, where=args.data)
-    _write(args, result, meta, c)
+    return evaluate.read_rows(args.data)
 
 
-def cmd_perplexity(args) -> None:
+def _memorization(model, tokenizer, rows, args) -> dict:
     from curvmem.evaluate import lm as evaluate
 
-    _check_out_json(args.out)
-    texts = evaluate.read_texts(args.data)
-    with cost() as c:
-        model, tokenizer, meta = _load(args)
-        result = evaluate.evaluate_perplexity(model, tokenizer, texts, args.block_len,
-                                              args.batch_size, args.max_tokens, progress=True,
-                                              where=args.data)
-    _write(args, result, meta, c)
+    return evaluate.evaluate_memorization(model, tokenizer, rows, args.prefix_len,
+                                          args.suffix_len, args.batch_size, progress=True,
+                                          where=args.data)
 
 
-def cmd_tasks(args) -> None:
+def _read_texts(args):
     from curvmem.evaluate import lm as evaluate
 
-    _check_out_json(args.out)
-    rows = evaluate.read_rows(args.data, ("category", "prompt", "answer"))
-    with cost() as c:
-        model, tokenizer, meta = _load(args)
-        result = evaluate.evaluate_tasks(model, tokenizer, rows, args.batch_size, progress=True)
-    _write(args, result, meta, c)
+    return evaluate.read_texts(args.data)
 
 
-def cmd_coherence(args) -> None:
+def _perplexity(model, tokenizer, texts, args) -> dict:
+    from curvmem.evaluate import lm as evaluate
+
+    return evaluate.evaluate_perplexity(model, tokenizer, texts, args.block_len, args.batch_size,
+                                        args.max_tokens, progress=True, where=args.data)
+
+
+def _read_tasks(args):
+    from curvmem.evaluate import lm as evaluate
+
+    return evaluate.read_rows(args.data, ("category", "prompt", "answer"))
+
+
+def _tasks(model, tokenizer, rows, args) -> dict:
+    from curvmem.evaluate import lm as evaluate
+
+    return evaluate.evaluate_tasks(model, tokenizer, rows, args.batch_size, progress=True)
+
+
+def _coherence(model, tokenizer, texts, args, apply_edit) -> dict:
+    """Top-10 tokens before and after `apply_edit(model)`; the result carries "edit_meta"."""
+    from curvmem.evaluate import lm as evaluate
+
+    return evaluate.evaluate_coherence(model, tokenizer, texts, apply_edit, k=10,
+                                       block_len=args.block_len, batch_size=args.batch_size,
+                                       max_tokens=args.max_tokens, where=args.data)
+
+
+KINDS = {"memorization": (_read_memorization, _memorization),
+         "perplexity": (_read_texts, _perplexity),
+         "tasks": (_read_tasks, _tasks),
+         "coherence": (_read_texts, _coherence)}
+
+
+def cmd_evaluate(args) -> None:
+    """One evaluation (`curvmem evaluate memorization|perplexity|tasks|coherence`)."""
     from curvmem.edit import apply
-    from curvmem.evaluate import lm as evaluate
 
+    read, compute = KINDS[args.evaluation]
     _check_out_json(args.out)
-    texts = evaluate.read_texts(args.data)
+    data = read(args)
     with cost() as c:
-        model, tokenizer, _ = _load(args, need_edit=True)
-        result = evaluate.evaluate_coherence(model, tokenizer, texts,
-                                             lambda m: apply(m, args.edit), k=10,
-                                             block_len=args.block_len,
-                                             batch_size=args.batch_size,
-                                             max_tokens=args.max_tokens, where=args.data)
-    meta = result.pop("edit_meta")
+        if args.evaluation == "coherence":
+            model, tokenizer, _ = _load(args, need_edit=True)
+            result = compute(model, tokenizer, data, args, lambda m: apply(m, args.edit))
+            meta = result.pop("edit_meta")
+        else:
+            model, tokenizer, meta = _load(args)
+            result = compute(model, tokenizer, data, args)
     _write(args, result, meta, c)
+
+
+def _run_args(args, kind: str, data: str, out: str):
+    """The namespace `curvmem evaluate KIND` would have for one --run of `evaluate batch`."""
+    shared = {k: v for k, v in vars(args).items() if k not in ("run", "func")}
+    options = {name: default for name, (default, _) in KIND_OPTIONS.get(kind, {}).items()}
+    return argparse.Namespace(**{**options, **shared, "evaluation": kind, "data": data,
+                                 "out": out})
+
+
+def cmd_evaluate_batch(args) -> None:
+    """Several evaluations of one model (and edit) in one process: the model loads once.
+
+    Each --run writes the file `curvmem evaluate KIND` would write, with the same numbers: the
+    same functions run on the same weights. Coherence needs the unedited model, so coherence
+    runs go first and the base weights are put back after each; the other kinds then run on
+    the edited model. A file's `cost` is its own compute; `cost.shared_load_seconds` is the
+    model load they share.
+    """
+    import torch
+
+    from curvmem.edit import apply
+    from curvmem.schema import read_edit
+
+    runs = [_run_args(args, kind, data, out) for kind, data, out in args.run]
+    outs = [r.out for r in runs]
+    if len(set(outs)) != len(outs):
+        raise ValueError(f"--run: two runs write the same file ({outs})")
+    for r in runs:
+        if r.evaluation not in KINDS:
+            raise ValueError(f"--run {r.evaluation}: unknown evaluation kind; choose one of "
+                             f"{sorted(KINDS)}")
+        if r.evaluation == "coherence" and args.edit is None:
+            raise ValueError("--run coherence compares an edit with the base model: give --edit")
+        _check_out_json(r.out)
+    data = [KINDS[r.evaluation][0](r) for r in runs]  # every input checked before the model loads
+    with cost() as load:
+        model, tokenizer, _ = _load(args, need_edit=True)
+    original = {}
+    if args.edit is not None:
+        touched = set(read_edit(args.edit)[0])
+        original = {n: p.detach().clone() for n, p in model.named_parameters() if n in touched}
+    meta, edited = None, False
+    for i in sorted(range(len(runs)), key=lambda i: runs[i].evaluation != "coherence"):
+        r = runs[i]
+        with cost() as c:
+            if r.evaluation == "coherence":
+                result = _coherence(model, tokenizer, data[i], r, lambda m: apply(m, args.edit))
+                meta = result.pop("edit_meta")
+                with torch.no_grad():  # back to the base weights for the next run
+                    for n, p in model.named_parameters():
+                        if n in original:
+                            p.copy_(original[n])
+            else:
+                if args.edit is not None and not edited:
+                    meta, edited = apply(model, args.edit), True
+                result = KINDS[r.evaluation][1](model, tokenizer, data[i], r)
+        _write(r, result, meta, {**c, "shared_load_seconds": load["seconds"]})
 
 
 # --------------------------------------------------------------------------- report
@@ -178,12 +257,25 @@ def cmd_report_lm(args) -> None:
 # --------------------------------------------------------------------------- registration
 
 
-def _eval_common(p, edit_required: bool = False) -> None:
+# The options of each evaluation kind: name -> (default, help). `evaluate batch` runs each
+# kind with these defaults.
+KIND_OPTIONS = {
+    "memorization": {"prefix_len": (64, None), "suffix_len": (48, None), "batch_size": (32, None)},
+    "perplexity": {"block_len": (112, None), "batch_size": (8, None),
+                   "max_tokens": (None, "cap on evaluated tokens")},
+    "tasks": {"batch_size": (32, None)},
+    "coherence": {"block_len": (112, None), "batch_size": (8, None),
+                  "max_tokens": (8192, "cap on evaluated positions")},
+}
+
+
+def _eval_common(p, edit_required: bool = False, batch: bool = False) -> None:
     add_model_args(p)
     p.add_argument("--edit", required=edit_required,
                    help="edit file (.safetensors) to apply before evaluating")
-    p.add_argument("--data", required=True, help="JSONL file")
-    p.add_argument("--out", required=True, help="result JSON file")
+    if not batch:
+        p.add_argument("--data", required=True, help="JSONL file")
+        p.add_argument("--out", required=True, help="result JSON file")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
@@ -229,33 +321,32 @@ def register(sub, evaluate_sub) -> None:
                    "(default: the preset's)")
     p.set_defaults(func=cmd_train_lm)
 
-    p = evaluate_sub.add_parser("memorization", help="strict/loose recitation of memorized text",
-                                description="Greedy |S| tokens after each prefix; token-level "
-                                "Levenshtein distance to the true suffix.")
-    _eval_common(p)
-    p.add_argument("--prefix-len", type=int, default=64)
-    p.add_argument("--suffix-len", type=int, default=48)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.set_defaults(func=cmd_memorization)
+    helps = {"memorization": ("strict/loose recitation of memorized text", "Greedy |S| tokens "
+                              "after each prefix; token-level Levenshtein distance to the true "
+                              "suffix."),
+             "perplexity": ("held-out perplexity in fixed-length blocks", None),
+             "tasks": ("accuracy per task category (greedy exact match)", None),
+             "coherence": ("nDCG@10 of edited vs unedited top-10 tokens", None)}
+    for kind, (help_, description) in helps.items():
+        p = evaluate_sub.add_parser(kind, help=help_, description=description)
+        _eval_common(p, edit_required=kind == "coherence")
+        for name, (default, option_help) in KIND_OPTIONS[kind].items():
+            p.add_argument("--" + name.replace("_", "-"), type=int, default=default,
+                           help=option_help)
+        p.set_defaults(func=cmd_evaluate)
 
-    p = evaluate_sub.add_parser("perplexity", help="held-out perplexity in fixed-length blocks")
-    _eval_common(p)
-    p.add_argument("--block-len", type=int, default=112)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-tokens", type=int, default=None, help="cap on evaluated tokens")
-    p.set_defaults(func=cmd_perplexity)
-
-    p = evaluate_sub.add_parser("tasks", help="accuracy per task category (greedy exact match)")
-    _eval_common(p)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.set_defaults(func=cmd_tasks)
-
-    p = evaluate_sub.add_parser("coherence", help="nDCG@10 of edited vs unedited top-10 tokens")
-    _eval_common(p, edit_required=True)
-    p.add_argument("--block-len", type=int, default=112)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-tokens", type=int, default=8192, help="cap on evaluated positions")
-    p.set_defaults(func=cmd_coherence)
+    p = evaluate_sub.add_parser(
+        "batch", help="several evaluations of one model (and edit), loading it once",
+        description="Each --run KIND DATA OUT writes the file `curvmem evaluate KIND --data DATA "
+        "--out OUT` would, with the same numbers, and the model loads once for all of them (the "
+        "workflow runs one such job per model or edit). Each kind's options take their "
+        "defaults.")
+    _eval_common(p, batch=True)
+    p.add_argument("--run", nargs=3, action="append", required=True,
+                   metavar=("KIND", "DATA", "OUT"),
+                   help=f"one evaluation: KIND ({', '.join(KIND_OPTIONS)}), its data file and its "
+                   "result JSON; repeat for each")
+    p.set_defaults(func=cmd_evaluate_batch)
 
     p = sub.add_parser("report-lm", help="Table-1/Figure-3 style summary of LM evaluations",
                        description="Each --entry NAME=DIR names a directory of evaluation JSONs "
