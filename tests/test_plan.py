@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -144,7 +145,16 @@ def test_model_flags_resources_and_evaluations():
         "memorization_forget", "memorization_untargeted", "memorization_control", "perplexity",
         "tasks"]  # no coherence for the base model
     key = plan.edit_keys("lm", ["bsn"])[0]
-    assert plan.lm_eval_inputs(key, "coherence")[-1] == plan.edit_path("lm", key)
+    inputs = plan.lm_eval_inputs(key)  # one job per edit: the model, each data file once, the edit
+    assert inputs[-1] == plan.edit_path("lm", key) and len(inputs) == len(set(inputs))
+    assert set(inputs[1:-1]) == {plan.lm_data(plan.evaluation(n)["data"])
+                                 for n in plan.lm_evaluations(key)}
+    runs = shlex.split(plan.lm_eval_runs(key))
+    assert runs[::4] == ["--run"] * len(plan.lm_evaluations(key))
+    assert [tuple(runs[i + 1:i + 4]) for i in range(0, len(runs), 4)] == [
+        (plan.evaluation(n)["kind"], plan.lm_data(plan.evaluation(n)["data"]),
+         f"results/smoke/lm/eval/{key}/{n}.json") for n in plan.lm_evaluations(key)]
+    assert "coherence" not in plan.lm_eval_runs(plan.base["lm"])
     assert plan.edit_path("lm", key).startswith("results/smoke/lm/bsn/")
     assert plan.shard_files("lm", plan.fkeys(sharded=True)[0], 2)[1].endswith(
         "/shard-1-of-2/layer_2.nc")

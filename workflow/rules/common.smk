@@ -30,6 +30,9 @@ def planned(method):
     return call
 
 
+# A path param is a function of the wildcards only (lambda wc: ...), never derived from input or
+# output (lambda wc, output: ...): Snakemake records the value of the former for its params rerun
+# trigger, not of the latter, so changing one kind into the other reruns a finished DAG.
 embedded = PLAN.embedded
 model_dir = PLAN.model_dir
 model_arg = planned(PLAN.model_arg)
@@ -46,13 +49,6 @@ report_entries = PLAN.report_entries
 summaries = PLAN.summaries
 final_targets = planned(PLAN.final_targets)
 fkeys = PLAN.fkeys
-
-
-def lm_evaluation(key):
-    """A field of the evaluation the job's wildcards name (kind, or its data file)."""
-    if key == "data":
-        return lambda wc: lm_data(PLAN.evaluation(wc.evaluation)["data"])
-    return lambda wc: PLAN.evaluation(wc.evaluation)[key]
 
 
 # --------------------------------------------------------------------------- input and params
@@ -92,7 +88,16 @@ def bsn_flags(wc):
 
 
 def lm_eval_inputs(wc):
-    return planned(PLAN.lm_eval_inputs)(wc.key, wc.evaluation)
+    return planned(PLAN.lm_eval_inputs)(wc.key)
+
+
+def lm_eval_outputs(key):
+    """The evaluation files of the base model (`key` = BASE["lm"]) or of any edit (None)."""
+    return [f"{OUT}/lm/eval/{{key}}/{name}.json" for name in PLAN.lm_evaluations(key)]
+
+
+def lm_eval_runs(wc):
+    return planned(PLAN.lm_eval_runs)(wc.key)
 
 
 def vit_eval_inputs(wc):

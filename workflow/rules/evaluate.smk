@@ -1,4 +1,6 @@
-"""Evaluations, one job per (model, edit, evaluation): base model key base-..., edits by key."""
+"""Evaluations. LM: one job per model or edit (base key base-..., edits by key) runs all its
+evaluations in one process (`curvmem evaluate batch`), one JSON file each; the base model has no
+coherence file (coherence compares an edit with the base). ViT: one job per model or edit."""
 
 if "lm" in DOMAINS:
 
@@ -6,27 +8,33 @@ if "lm" in DOMAINS:
         input:
             lm_eval_inputs,
         output:
-            f"{OUT}/lm/eval/{{key}}/{{evaluation}}.json",
+            lm_eval_outputs(None),
         wildcard_constraints:
-            evaluation=one_of(list(lookup(dpath="lm/evaluations", within=config))),
+            key=one_of(list(PLAN.edits["lm"])),
         params:
-            kind=lm_evaluation("kind"),
-            data=lm_evaluation("data"),
             model=model_arg("lm"),
             edit=edit_flag("lm"),
             load=model_flags("lm", "dtype"),
+            runs=lm_eval_runs,
         log:
-            "logs/lm/evaluate/{key}/{evaluation}.log",
+            "logs/lm/evaluate/{key}.log",
         benchmark:
-            bench("lm/evaluate/{key}/{evaluation}")
+            bench("lm/evaluate/{key}")
         conda:
             "../envs/curvmem.yaml"
         threads: res("evaluate")["threads"]
         resources:
             **resources_of("evaluate", "lm"),
         shell:
-            "curvmem evaluate {params.kind} --model {params.model} {params.edit} {params.load}"
-            " --data {params.data} --threads {threads} --out {output} > {log} 2>&1"
+            "curvmem evaluate batch --model {params.model} {params.edit} {params.load}"
+            " --threads {threads} {params.runs} > {log} 2>&1"
+
+    use rule evaluate_lm as evaluate_lm_base with:
+        output:
+            lm_eval_outputs(BASE["lm"]),
+        wildcard_constraints:
+            key=one_of([BASE["lm"]]),
+
 
 if "vit" in DOMAINS:
 
