@@ -10,7 +10,7 @@ if "lm" in DOMAINS and embedded("lm"):
         output:
             directory(model_arg("lm")),
         params:
-            world=lambda wc, input: os.path.dirname(input.world),
+            world=lambda wc: f"{model_dir('lm')}/world",  # not derived from input: see common.smk
             args=model_flags("lm", "preset", "seed", "steps"),
         log:
             "logs/lm/train_lm.log",

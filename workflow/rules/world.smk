@@ -6,7 +6,7 @@ if "lm" in DOMAINS and embedded("lm"):
         output:
             PLAN.world_outputs(),
         params:
-            out=lambda wc, output: os.path.dirname(output[0]),
+            out=lambda wc: f"{model_dir('lm')}/world",  # not derived from output: see common.smk
             args=model_flags("lm", "preset", "seed"),
         log:
             "logs/lm/world.log",
