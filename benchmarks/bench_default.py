@@ -7,6 +7,10 @@ directory, runs the whole DAG there with the installed curvmem, and samples memo
 the run, and the largest resident set of any process under snakemake. Linux only (/proc).
 torch.compile's kernel cache (TORCHINDUCTOR_CACHE_DIR) starts empty, as on a fresh machine.
 
+Where the time goes, per rule: the sum of its jobs' wall times (Snakemake's `benchmark:` TSVs)
+split into process start-up (interpreter, imports, model load: until the job's model is ready)
+and compute, from the `curvmem timing:` line each CLI process writes to its job log.
+
     python benchmarks/bench_default.py                       # the README's figures
     python benchmarks/bench_default.py --cores 2 --keep /tmp/run   # keep the run's results/
     python benchmarks/bench_default.py --configfile workflow/config/adamw.yaml  # AdamW, 8 layers
@@ -19,6 +23,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -68,6 +73,69 @@ def sample(proc: subprocess.Popen, interval: float, out: dict) -> None:
         time.sleep(interval)
 
 
+def cpu_description() -> str:
+    """The CPU model and the instruction sets that matter to torch on CPU."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    flags = set((re.search(r"^flags\s*:\s*(.+)$", text, re.M) or [None, ""])[1].split())
+    sets = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model[1].strip() if model else platform.processor()} ({', '.join(sets) or 'no AVX2'})"
+
+
+def job_records(snakemake_log: Path, work: Path) -> list[dict]:
+    """One record per job of the run: its rule, and from its benchmark TSV and job log the wall
+    seconds, peak RSS and the start-up / compute split (None where a job has no such file)."""
+    jobs, job = [], None
+    for line in snakemake_log.read_text().splitlines():
+        started = re.match(r"^(?:local)?rule (\S+):$", line)
+        if started:
+            job = {"rule": started[1], "log": None, "benchmark": None}
+            jobs.append(job)
+        elif job is not None and (field := re.match(r"^\s+(log|benchmark): (\S+)", line)):
+            job[field[1]] = field[2]
+    for job in jobs:
+        tsv = work / job["benchmark"] if job["benchmark"] else None
+        if tsv and tsv.is_file():
+            rows = [r.split("\t") for r in tsv.read_text().splitlines()]
+            row = dict(zip(rows[0], rows[-1]))
+            job["wall"] = float(row["s"])
+            job["max_rss_mb"] = float(row["max_rss"]) if row["max_rss"] not in ("-", "") else None
+        log = work / job["log"] if job["log"] else None
+        timing = None
+        if log and log.is_file():
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith("curvmem timing:"):
+                    timing = json.loads(line.removeprefix("curvmem timing:"))
+        job["timing"] = timing
+    return jobs
+
+
+def per_rule(jobs: list[dict]) -> dict:
+    """{rule: {"jobs", "wall", "startup", "compute", "max_rss_mb"}} over the jobs that ran."""
+    out = {}
+    for job in jobs:
+        r = out.setdefault(job["rule"], {"jobs": 0, "wall": 0.0, "startup": 0.0, "compute": 0.0,
+                                         "max_rss_mb": 0.0})
+        r["jobs"] += 1
+        r["wall"] += job.get("wall") or 0.0
+        if job["timing"]:
+            r["startup"] += job["timing"]["startup_seconds"]
+            r["compute"] += job["timing"]["compute_seconds"]
+        r["max_rss_mb"] = max(r["max_rss_mb"], job.get("max_rss_mb") or 0.0)
+    return out
+
+
+def print_rules(rules: dict) -> None:
+    print(f"  {'rule':<18}{'jobs':>5}{'wall s':>9}{'start-up s':>12}{'compute s':>11}"
+          f"{'max RSS MB':>12}")
+    for name, r in sorted(rules.items(), key=lambda kv: -kv[1]["wall"]):
+        print(f"  {name:<18}{r['jobs']:>5}{r['wall']:>9.1f}{r['startup']:>12.1f}"
+              f"{r['compute']:>11.1f}{r['max_rss_mb']:>12.0f}")
+    total = {k: sum(r[k] for r in rules.values()) for k in ("jobs", "wall", "startup", "compute")}
+    print(f"  {'all jobs':<18}{total['jobs']:>5}{total['wall']:>9.1f}{total['startup']:>12.1f}"
+          f"{total['compute']:>11.1f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cores", default="all", help="snakemake --cores (default: all)")
@@ -109,6 +177,7 @@ def main() -> int:
         "commit": commit,
         "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, "
                    f"torch {importlib.metadata.version('torch')}",
+        "cpu": cpu_description(),
         "cores": args.cores,
         "wall_seconds": round(wall, 1),
         "jobs": text.count("Finished job"),
@@ -117,6 +186,8 @@ def main() -> int:
         "lm_final_loss": train.get("final_loss"),
         "peak_memory_above_idle_mb": round(peaks["used_mb"] - idle),
         "largest_process_mb": round(peaks["max_rss_mb"]),
+        "lm_muon_ns_dtype": train.get("muon_ns_dtype"),
+        "rules": per_rule(job_records(log, work)),
     }
     print(f"embedded default DAG, commit {commit}, --cores {args.cores} ({figures['machine']})")
     minutes, seconds = divmod(round(wall), 60)
@@ -125,7 +196,14 @@ def main() -> int:
           f"{figures['lm_training_steps']} steps, final loss {figures['lm_final_loss']}")
     print(f"  peak memory above idle {figures['peak_memory_above_idle_mb']} MB")
     print(f"  largest process        {figures['largest_process_mb']} MB")
+    print(f"  CPU                    {figures['cpu']}; Muon iterations in "
+          f"{figures['lm_muon_ns_dtype']}")
+    print("  where the time goes (sums over jobs; start-up = interpreter, imports, model load):")
+    print_rules(figures["rules"])
     print(json.dumps(figures))
+    env_note = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS") if k in os.environ}
+    if env_note:
+        print(f"  environment: {env_note}")
     if not args.keep:
         shutil.rmtree(work.parent, ignore_errors=True)
     return 0

@@ -139,3 +139,44 @@ def cost():
     yield c
     c["seconds"] = round(time.perf_counter() - t0, 3)
     c["peak_rss_mb"] = round(peak_rss_mb(), 1)
+
+
+# --------------------------------------------------------------------------- process start-up
+
+
+_STARTUP = {}  # "model_ready": the process's age when its model was first loaded or built
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (from /proc, 10 ms resolution); None without /proc."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in ticks
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def begin_command() -> float | None:
+    """The process's age as a command starts; forgets an earlier command's model load (tests
+    run several commands in one process)."""
+    _STARTUP.clear()
+    return process_age()
+
+
+def note_model_ready() -> None:
+    """Mark the end of start-up (interpreter, imports, model loaded or built); the first call
+    counts."""
+    _STARTUP.setdefault("model_ready", process_age())
+
+
+def startup_split(command_age: float | None) -> dict | None:
+    """How a finished process spent its time: start-up up to its first model load (without a
+    model, up to the command's start, `command_age`), then compute. None without /proc."""
+    age = process_age()
+    ready = _STARTUP.get("model_ready") or command_age
+    if age is None or ready is None:
+        return None
+    return {"startup_seconds": round(ready, 2), "compute_seconds": round(age - ready, 2),
+            "model_ready": "model_ready" in _STARTUP}
+

@@ -10,11 +10,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 from curvmem import __version__
 from curvmem.cli import baselines, core, lm, vision
+from curvmem.io import begin_command, startup_split
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    command_age = begin_command()
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as e:
@@ -44,6 +47,9 @@ def main(argv=None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"curvmem {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    split = startup_split(command_age)
+    if split is not None:  # benchmarks/bench_default.py reads this line from the job logs
+        print(f"curvmem timing: {json.dumps(split)}", file=sys.stderr)
     return 0
 
 

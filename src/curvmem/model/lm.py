@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from curvmem import io
 from curvmem.io import atomic_dir, read_jsonl
 from curvmem.model.load import load_tokenizer
 from curvmem.model.muon import Muon
@@ -202,6 +203,7 @@ def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = T
     steps = cfg.steps or cfg.epochs * steps_per_epoch
 
     model = build_model(cfg, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    io.note_model_ready()
     model.train()
     opt = make_optimizer(model, cfg)
     forward = _compiled(model) if cfg.compile else model

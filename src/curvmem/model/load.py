@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from curvmem import schema
+from curvmem import io, schema
 from curvmem.io import StoreError
 from curvmem.model import vit
 from curvmem.model.adapters import mlp_modules, model_fingerprint
@@ -25,7 +25,9 @@ def load_model(path_or_id, dtype: torch.dtype | None = None, trust_remote_code: 
         model = AutoModelForCausalLM.from_pretrained(
             str(path_or_id), dtype=dtype or torch.float32,
             trust_remote_code=trust_remote_code)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    io.note_model_ready()  # the end of this process's start-up (cli: timing line)
+    return model
 
 
 def load_tokenizer(path_or_id, trust_remote_code: bool = False):

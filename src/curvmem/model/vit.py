@@ -140,6 +140,7 @@ def load_model(path) -> torch.nn.Module:
         raise ValueError(f"{path}: no {WEIGHTS_FILE}")
     model = _create(cfg["model_name"], cfg["kwargs"])
     model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    io.note_model_ready()
     return model.eval()
 
 
@@ -232,6 +233,7 @@ def train_vit(data_path, out, preset: str = "default", seed: int = 0, epochs=Non
     tensors, data_cfg = load_dataset(data_path)
     model, cfg = build_model(data_cfg["num_classes"], tensors["train_images"].shape[1:], preset,
                              model_name, pretrained, seed)
+    io.note_model_ready()
     recipe = dict(VISION_PRESETS[preset]["train"])
     if epochs is not None:
         recipe["epochs"] = int(epochs)
