@@ -141,7 +141,8 @@ def activation_ratio_figure(result: dict, path) -> None:
                 ax.scatter(pos, mod["ratio"][kind][family], marker=marker, s=14, color="k",
                            zorder=3, label=f"{kind} items" if k == 0 else None)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(x, [lab.replace(" ", "\n", 1) for lab in labels], fontsize=8)
+        ax.set_xticks(x, [lab.replace("top ", "top\n").replace("bottom ", "bottom\n")
+                          for lab in labels], fontsize=8)
         ax.set_title(module_label(mod["layer"], mod["module"]), fontsize=10)
     for ax in axes[:, 0]:
         ax.set_ylabel("memorized ÷ clean\nmean ‖band output‖")

@@ -31,7 +31,7 @@ def band_label(lo: float, hi: float) -> str:
         return f"top {100 * hi:g} %"
     if hi == 1.0:
         return f"bottom {100 * (1 - lo):g} %"
-    return f"{100 * lo:g}-{100 * hi:g} %"
+    return f"{100 * lo:g}–{100 * hi:g} %"
 
 
 def check_bands(bands) -> tuple:
