@@ -407,6 +407,11 @@ def test_every_subcommand_writes_json_and_figure(disk, tmp_path):
         result = json.loads(out.read_text())
         assert result["definition"] and result["params"] and result["cost"]["seconds"] >= 0
         assert fig.stat().st_size > 10_000, name
+    # --summary keeps only the selected K-FAC edit ('k' here, so 'kfac' is dropped)
+    out = tmp_path / "stress_selected.json"
+    assert analyze(["stress", *runs["stress"], "--summary", str(d / "summary.json"),
+                    "--out", str(out)]) == 0
+    assert list(json.loads(out.read_text())["summary"]) == ["base"]
 
 
 def test_bad_inputs_are_refused_before_any_output(disk, tmp_path, capsys):

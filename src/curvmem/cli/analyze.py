@@ -190,6 +190,21 @@ def cmd_stability(args) -> None:
     _finish(args, result, st.stability_figure, c)
 
 
+def _selected_only(edits: dict, summary_path) -> dict:
+    """Drop the K-FAC edits (sidecar method 'kfac') other than the summary's selected one."""
+    from curvmem.store import edit_sidecar, read_json
+
+    _files(summary=summary_path)
+    selected = read_json(summary_path).get("selected")
+    out = {}
+    for name, path in edits.items():
+        side = edit_sidecar(path)
+        method = read_json(side).get("method") if side.is_file() else None
+        if method != "kfac" or name == selected:
+            out[name] = path
+    return out
+
+
 def cmd_stress(args) -> None:
     from curvmem.analysis import stress as ss
     from curvmem.analysis.common import check_outputs
@@ -198,6 +213,8 @@ def cmd_stress(args) -> None:
     check_outputs(args.out, args.figure)
     _files(model=args.model, memorized=args.memorized)
     edits = _named(args.edit, "--edit")
+    if args.summary is not None:
+        edits = _selected_only(edits, args.summary)
     _check_counts(args, "max_items", "batch_size")
     if args.t < 0:
         raise ValueError(f"--t must be >= 0, got {args.t}")
@@ -307,6 +324,8 @@ def register(subparsers) -> None:
     _positions(p, 20)
     p.add_argument("--edit", action="append", default=[], metavar="NAME=FILE",
                    help="an edit to score beside the base model (repeat)")
+    p.add_argument("--summary", default=None,
+                   help="lm_summary.json: of the K-FAC edits given, keep only its selected one")
     p.add_argument("--t", type=int, default=20, help="perturbation size t")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=cmd_stress)
