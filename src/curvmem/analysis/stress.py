@@ -209,8 +209,12 @@ def stress_figure(result: dict, path) -> None:
     for k, (which, colour) in enumerate((("original", "tab:grey"), ("perturbed", "tab:red"))):
         means = [result["summary"][n][which]["mean"] for n in names]
         stds = [result["summary"][n][which]["std"] for n in names]
-        ax.bar(x + (k - 0.5) * 0.38, means, 0.36, yerr=stds, capsize=3, color=colour,
+        pos = x + (k - 0.5) * 0.38
+        ax.bar(pos, means, 0.36, yerr=stds, capsize=3, color=colour,
                label={"original": "original prompt", "perturbed": "best positional variant"}[which])
+        for xi, m, sd in zip(pos, means, stds):  # the numbers, since bars may be near zero
+            ax.annotate(f"{m:.1f}±{sd:.1f}", (xi, m + sd), ha="center", fontsize=7,
+                        xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(x, names, fontsize=8, rotation=15)
     ax.set_ylabel("exact-match length (tokens), mean ± std")
     ax.set_ylim(0, result["params"]["suffix_len"] * 1.05)
