@@ -1,0 +1,153 @@
+"""Basis stability: how alike the eigenbases (and the edit's kept pairs) of independent factor
+sets are, against the number of tokens they were collected on.
+
+Factor sets come from disjoint token slices (`collect --shard k/n`) at several sizes and from
+different label-sampling seeds. For each pair of sets and each module:
+    kept_jaccard      |S1 ∩ S2| / |S1 ∪ S2| of the kept pair index sets at ρ. Caveat: pair (i, j)
+                      of one set is matched to pair (i, j) of the other by eigenvalue rank, which
+                      means little where eigenvalues are close (the eigenvectors may swap or mix).
+    kept_projector    basis-free: the kept pairs span P_S = Σ_{(i,j)∈S} u_i u_iᵀ ⊗ v_j v_jᵀ;
+                      ⟨P1, P2⟩_F / √(|S1| |S2|) = Σ_{S1×S2} (u_iᵀu'_k)² (v_jᵀv'_l)² / √(|S1||S2|),
+                      the cosine between the two projectors (1: the same subspace).
+    principal angles  of the top-k eigenvectors of A and of G: arccos of the singular values of
+                      U1[:, :k]ᵀ U2[:, :k]; overlap = Σ cos² / k = ‖P1 P2‖²_F / k.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from curvmem.analysis.common import module_label, save_figure
+
+# Existing curvmem names used here:
+from curvmem.edit import check_rho, select_pairs
+from curvmem.store import layer_path, read_layer
+
+DEFINITION = (
+    "For every unordered pair of factor sets and module: kept_jaccard = |S1 & S2| / |S1 | S2| of "
+    "the pairs kept at rho (edit.select_pairs; pairs matched by eigenvalue rank index, which is "
+    "arbitrary among near-equal eigenvalues); kept_projector = sum_{(i,j) in S1, (k,l) in S2} "
+    "(U_G1^T U_G2)_ik^2 (U_A1^T U_A2)_jl^2 / sqrt(|S1||S2|), the cosine between the projectors onto "
+    "the kept Kronecker subspaces (basis-free); top-k eigenvectors of A and G: principal angles "
+    "arccos(svd(U1[:, :k]^T U2[:, :k])) in degrees, overlap = sum cos^2 / k. kind: 'data' (same "
+    "seed, other tokens), 'seed' (same tokens, other label seed), 'both'.")
+
+
+def principal_angles(U1, U2, k: int) -> np.ndarray:
+    """Principal angles (radians, ascending) between the spans of the first k columns."""
+    s = np.linalg.svd(np.asarray(U1, np.float64)[:, :k].T @ np.asarray(U2, np.float64)[:, :k],
+                      compute_uv=False)
+    return np.arccos(np.clip(s, -1.0, 1.0))
+
+
+def kept_projector_cosine(S1, S2, UG1, UG2, UA1, UA2) -> float:
+    """⟨P_S1, P_S2⟩_F / √(|S1||S2|) for P_S = Σ_{(i,j)∈S} u_i u_iᵀ ⊗ v_j v_jᵀ."""
+    og = (np.asarray(UG1, np.float64).T @ np.asarray(UG2, np.float64)) ** 2
+    oa = (np.asarray(UA1, np.float64).T @ np.asarray(UA2, np.float64)) ** 2
+    inner = float((S1 * (og @ S2.astype(np.float64) @ oa.T)).sum())
+    return inner / np.sqrt(float(S1.sum()) * float(S2.sum()))
+
+
+def compare_modules(g1: dict, g2: dict, rho: float, top_k: int) -> dict:
+    S1 = select_pairs(g1["G_eigenvalues"], g1["A_eigenvalues"], rho)
+    S2 = select_pairs(g2["G_eigenvalues"], g2["A_eigenvalues"], rho)
+    out = {"kept_jaccard": float((S1 & S2).sum() / (S1 | S2).sum()),
+           "kept_projector": kept_projector_cosine(S1, S2, g1["G_eigenvectors"],
+                                                   g2["G_eigenvectors"], g1["A_eigenvectors"],
+                                                   g2["A_eigenvectors"]),
+           "kept_pairs": [int(S1.sum()), int(S2.sum())]}
+    for side in ("A", "G"):
+        k = min(top_k, len(g1[f"{side}_eigenvalues"]))
+        angles = principal_angles(g1[f"{side}_eigenvectors"], g2[f"{side}_eigenvectors"], k)
+        out[f"{side}_top_k"] = k
+        out[f"{side}_angles_deg"] = np.degrees(angles).tolist()
+        out[f"{side}_overlap"] = float((np.cos(angles) ** 2).sum() / k)
+    return out
+
+
+def comparison_kind(a1: dict, a2: dict) -> str:
+    same_seed = a1.get("seed") == a2.get("seed")
+    same_data = (a1.get("shard") or "") == (a2.get("shard") or "") and \
+        a1.get("n_tokens") == a2.get("n_tokens") and \
+        a1.get("corpus_fingerprint") == a2.get("corpus_fingerprint")
+    if same_seed and same_data:
+        return "same"
+    return "seed" if same_data else ("data" if same_seed else "both")
+
+
+def stability(sets: dict, layers, modules, rho: float = 0.6, top_k: int = 16) -> dict:
+    """`sets`: {name: eigen directory}; compares every unordered pair of sets."""
+    rho = check_rho(rho)
+    if len(sets) < 2:
+        raise ValueError("stability needs at least two factor sets (--set NAME=DIR)")
+    if top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {top_k}")
+    layers = sorted({int(x) for x in layers})
+    files = {(name, layer): read_layer(layer_path(d, layer), "eigen", modules=list(modules))
+             for name, d in sets.items() for layer in layers}
+    for name in sets:  # all sets must describe the same weights
+        fp = files[(name, layers[0])].attrs["model_fingerprint"]
+        first = files[(next(iter(sets)), layers[0])].attrs["model_fingerprint"]
+        if fp != first:
+            raise ValueError(f"--set {name}: model fingerprint {fp} differs from {first}")
+    info = {name: {k: files[(name, layers[0])].attrs.get(k)
+                   for k in ("n_tokens", "seed", "shard", "fisher", "corpus_fingerprint")}
+            for name in sets}
+    comparisons = []
+    for n1, n2 in itertools.combinations(sets, 2):
+        per_module = []
+        for layer in layers:
+            for name in modules:
+                per_module.append({"layer": layer, "module": name,
+                                   **compare_modules(files[(n1, layer)].groups[name],
+                                                     files[(n2, layer)].groups[name], rho, top_k)})
+        mean = {m: float(np.mean([r[m] for r in per_module]))
+                for m in ("kept_jaccard", "kept_projector", "A_overlap", "G_overlap")}
+        comparisons.append({"sets": [n1, n2], "kind": comparison_kind(info[n1], info[n2]),
+                            "n_tokens": [info[n1]["n_tokens"], info[n2]["n_tokens"]],
+                            "mean": mean, "modules": per_module})
+    return {"analysis": "stability", "definition": DEFINITION,
+            "params": {"sets": {k: str(v) for k, v in sets.items()}, "layers": layers,
+                       "modules": list(modules), "rho": rho, "top_k": top_k},
+            "sets": info, "comparisons": comparisons}
+
+
+def stability_figure(result: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = (("kept_jaccard", "kept pairs: Jaccard (index-matched)"),
+               ("kept_projector", "kept pairs: projector cosine (basis-free)"),
+               ("A_overlap", f"top-{result['params']['top_k']} eigvecs of A: Σcos²/k"),
+               ("G_overlap", f"top-{result['params']['top_k']} eigvecs of G: Σcos²/k"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6), sharey=True)
+    styles = {"data": ("tab:blue", "o"), "seed": ("tab:orange", "s"), "both": ("tab:green", "^"),
+              "same": ("grey", "x")}
+    for ax, (metric, title) in zip(axes, metrics):
+        for kind, (colour, marker) in styles.items():
+            comps = [c for c in result["comparisons"] if c["kind"] == kind]
+            if not comps:
+                continue
+            x = [min(c["n_tokens"]) for c in comps]
+            ax.scatter(x, [c["mean"][metric] for c in comps], color=colour, marker=marker,
+                       s=36, label={"data": "disjoint tokens", "seed": "other label seed",
+                                    "both": "both differ", "same": "same"}[kind], zorder=3)
+            for c, xi in zip(comps, x):  # faint: each module
+                ax.scatter([xi] * len(c["modules"]), [r[metric] for r in c["modules"]],
+                           color=colour, marker=marker, s=8, alpha=0.3)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("tokens per factor set (smaller of the two)")
+        ax.set_title(title, fontsize=9)
+    axes[0].set_ylabel(f"similarity (ρ = {result['params']['rho']:g})")
+    axes[0].legend(fontsize=7)
+    mods = sorted({module_label(r["layer"], r["module"]) for c in result["comparisons"]
+                   for r in c["modules"]})
+    fig.suptitle("Eigenbasis stability vs tokens (big markers: mean over " + ", ".join(mods)
+                 + ")", y=1.03, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)

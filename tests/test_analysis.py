@@ -1,0 +1,446 @@
+"""The analyses (curvmem.analysis) against brute-force computations on tiny models.
+
+Band outputs against `edit.kfac_edit_weight` (the edit's own path) and against W a; per-example
+projections against the explicit Kronecker product and autograd weight gradients; the stress
+test's batched, left-padded, early-stopping decoder against unpadded greedy decoding one prompt at
+a time; stability metrics against explicit projectors; then every CLI subcommand end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_olmo2
+from curvmem.analysis import activation_ratio as ar
+from curvmem.analysis import per_example as pe
+from curvmem.analysis import spectra as sp
+from curvmem.analysis import stability as st
+from curvmem.analysis import stress as ss
+from curvmem.analysis import task_interaction as ti
+from curvmem.analysis.common import (
+    BANDS,
+    capture_inputs,
+    mass_share_masks,
+    pair_share_masks,
+    parse_bands,
+)
+from curvmem.edit import kfac_edit_weight, select_pairs
+from curvmem.eigen import eigh_descending
+from curvmem.evaluate import greedy_continue
+from curvmem.models import mlp_modules
+
+torch.set_num_threads(1)
+MODS = ["mlp.gate_proj", "mlp.up_proj"]
+
+
+class CharTokenizer:
+    """One token per character (ids 2..61), EOS 0, PAD 1: enough for clean text and tasks."""
+
+    eos_token_id, pad_token_id = 0, 1
+
+    def _ids(self, text):
+        return [2 + ord(c) % 59 for c in text]
+
+    def __call__(self, text, add_special_tokens=False):
+        if isinstance(text, list):
+            return {"input_ids": [self._ids(t) for t in text]}
+        return {"input_ids": self._ids(text)}
+
+
+def random_eigen(m, n, seed=0) -> dict:
+    """Eigenbases of random PSD factors, in load_eigen's layout."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for side, d in (("A", n), ("G", m)):
+        x = torch.randn(3 * d, d, generator=g, dtype=torch.float64)
+        x = x * torch.rand(d, generator=g, dtype=torch.float64)  # uneven spectrum
+        vals, vecs = eigh_descending(x.T @ x)
+        out["U" + side], out[{"A": "mu", "G": "lam"}[side]] = vecs, vals.numpy()
+    return out
+
+
+def model_eigen(model, layers=(1,)) -> dict:
+    return {(m.layer, m.name): random_eigen(m.d_out, m.d_in, seed=m.layer * 7 + len(m.name))
+            for m in mlp_modules(model, list(layers), MODS)}
+
+
+def mem_rows(n=6, p=10, s=6, seed=0):
+    rng = random.Random(seed)
+    return [{"prefix_ids": [rng.randrange(2, 61) for _ in range(p)],
+             "suffix_ids": [rng.randrange(2, 61) for _ in range(s)],
+             "kind": ["random", "natural"][i % 2], "id": i} for i in range(n)]
+
+
+CLEAN = ["the quiet river carried a small boat past the old mill. " * 3,
+         "a farmer counted his goats twice before the storm came in. " * 3]
+
+
+# --------------------------------------------------------------------------- bands
+
+
+def test_band_masks_partition_the_pairs_and_match_the_edit_selection():
+    e = random_eigen(7, 5)
+    for masks in (pair_share_masks(e["lam"], e["mu"]), mass_share_masks(e["lam"], e["mu"])):
+        assert np.array_equal(sum(m.astype(int) for m in masks), np.ones((7, 5), int))
+    by_pairs = pair_share_masks(e["lam"], e["mu"])
+    assert [int(m.sum()) for m in by_pairs] == [round(35 * hi) - round(35 * lo) for lo, hi in BANDS]
+    prod = np.outer(e["lam"], e["mu"])
+    assert prod[by_pairs[0]].min() >= prod[by_pairs[1]].max()  # top band really on top
+    mass = mass_share_masks(e["lam"], e["mu"])
+    assert np.array_equal(mass[0], select_pairs(e["lam"], e["mu"], 0.1))
+    assert np.array_equal(mass[0] | mass[1], select_pairs(e["lam"], e["mu"], 0.25))
+    assert parse_bands("0.1,0.25,0.5") == BANDS
+    with pytest.raises(ValueError, match="tile"):
+        parse_bands("0.5,0.25")
+
+
+def test_band_outputs_sum_to_w_a_and_equal_the_edit_of_each_band():
+    e = random_eigen(9, 6, seed=3)
+    W = torch.randn(9, 6, dtype=torch.float64)
+    ops = ar.band_operators(W, e)
+    for family, mats in ops.items():
+        assert torch.allclose(sum(mats), W, atol=1e-10), family
+    for M, op in zip(pair_share_masks(e["lam"], e["mu"]), ops["kfac_pairs"]):
+        edited, _ = kfac_edit_weight(W, e["UG"], e["lam"], e["UA"], e["mu"], M)
+        assert torch.allclose(op, edited, atol=1e-10)
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)  # svd bands: 6 values cut 1/1/1/3
+    assert torch.allclose(ops["svd"][0], S[0] * torch.outer(U[:, 0], Vh[0]), atol=1e-10)
+
+
+def test_activation_ratio_equals_a_one_item_at_a_time_computation():
+    model, tok = tiny_olmo2(), CharTokenizer()
+    eigen, rows = model_eigen(model), mem_rows()
+    res = ar.activation_ratio(model, tok, eigen, [1], MODS, rows, CLEAN, max_items=6,
+                              max_clean_blocks=5, batch_size=4)
+    mods = mlp_modules(model, [1], MODS)
+
+    def inputs_of(ids, positions):  # brute force: one sequence, a hook of our own
+        got = {}
+        hs = [m.module.register_forward_hook(
+            lambda mod, a, o, k=m.name: got.__setitem__(k, (a[0][0, positions].double(),
+                                                            o[0, positions].double())))
+              for m in mods]
+        with torch.no_grad():
+            model(input_ids=torch.tensor([ids]))
+        for h in hs:
+            h.remove()
+        return got
+
+    from curvmem.evaluate import token_blocks
+    blocks = token_blocks(CLEAN, tok, 16, 16 * 5)
+    positions = list(range(9, 15))
+    mem_in = [inputs_of(r["prefix_ids"] + r["suffix_ids"], positions) for r in rows]
+    clean_in = [inputs_of(b.tolist(), positions) for b in blocks]
+    for m, record in zip(mods, res["modules"]):
+        e, W = eigen[(1, m.name)], m.weight().detach().double()
+        a_mem = torch.cat([x[m.name][0] for x in mem_in])
+        a_clean = torch.cat([x[m.name][0] for x in clean_in])
+        assert torch.allclose(a_mem @ W.T, torch.cat([x[m.name][1] for x in mem_in]), atol=1e-5)
+        for b, M in enumerate(pair_share_masks(e["lam"], e["mu"])):
+            Wb, _ = kfac_edit_weight(W, e["UG"], e["lam"], e["UA"], e["mu"], M)
+            want = (a_mem @ Wb.T).norm(dim=1).mean() / (a_clean @ Wb.T).norm(dim=1).mean()
+            assert record["ratio"]["all"]["kfac_pairs"][b] == pytest.approx(float(want), rel=1e-9)
+        assert record["n_positions"] == {"all": 36, "clean": 30, "natural": 18, "random": 18}
+    assert "definition" in res and res["params"]["bands"][0] == [0.0, 0.1]
+
+
+def test_capture_keeps_item_order_across_length_groups():
+    model = tiny_olmo2()
+    items = [{"ids": list(range(2, 2 + n)), "positions": [n - 1]} for n in (7, 4, 7, 5)]
+    got = capture_inputs(model, mlp_modules(model, [0], ["mlp.up_proj"]), items, batch_size=2)
+    alone = [capture_inputs(model, mlp_modules(model, [0], ["mlp.up_proj"]), [it])
+             for it in items]
+    want = torch.cat([a[(0, "mlp.up_proj")] for a in alone])
+    assert torch.allclose(got[(0, "mlp.up_proj")], want, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- per-example
+
+
+def test_per_example_projection_equals_the_kronecker_product_of_the_weight_gradient():
+    model = tiny_olmo2()
+    m = mlp_modules(model, [1], ["mlp.up_proj"])[0]
+    e = random_eigen(m.d_out, m.d_in, seed=5)
+    item = {"ids": [3, 9, 4, 17, 22, 5, 8, 30], "positions": [3, 4, 5, 6]}
+    _, grads = next(pe.example_gradients(model, [m], [item]))
+    P = pe.project(grads[(1, "mlp.up_proj")], e)
+    # brute force: autograd on the weight itself, then (U_G ⊗ U_A)ᵀ vec(grad W) (row-major vec)
+    w = m.module.weight
+    w.requires_grad_(True)
+    logits = model(input_ids=torch.tensor([item["ids"]])).logits[0]
+    pos = torch.tensor(item["positions"])
+    loss = torch.nn.functional.cross_entropy(logits[pos], torch.tensor(item["ids"])[pos + 1],
+                                             reduction="sum")
+    (gw,) = torch.autograd.grad(loss, [w])
+    w.requires_grad_(False)
+    kron = torch.kron(e["UG"], e["UA"])
+    want = (kron.T @ gw.double().reshape(-1)).reshape(m.d_out, m.d_in)
+    assert torch.allclose(P, want, atol=1e-6 * float(want.abs().max()))
+    assert float((P ** 2).sum()) == pytest.approx(float((gw.double() ** 2).sum()), rel=1e-6)
+
+
+def test_per_example_band_shares_sum_to_one():
+    model, tok = tiny_olmo2(), CharTokenizer()
+    res = pe.per_example_curvature(model, tok, model_eigen(model), [1], MODS, mem_rows(), CLEAN,
+                                   max_items=4, batch_size=3)
+    for mod in res["modules"]:
+        assert mod["memorized"]["n"] == 4 and mod["clean"]["n"] == 4
+        for group in ("memorized", "clean"):
+            for ex in mod[group]["examples"]:
+                assert sum(ex["band_share"]) == pytest.approx(1.0)
+                assert ex["grad_sq"] > 0 and ex["kappa"] > 0
+
+
+# --------------------------------------------------------------------------- spectra, stability
+
+
+def test_spectra_effective_rank_mass_curve_and_cutoffs(tmp_path):
+    e = random_eigen(6, 4)
+    write_eigen(tmp_path / "e", 0, {"mlp.up_proj": e})
+    res = sp.spectra(tmp_path / "e", [0], ["mlp.up_proj"], [0.5, 0.9])
+    mod = res["modules"][0]
+    p = np.outer(e["lam"], e["mu"]).ravel()
+    p = p / p.sum()
+    assert mod["effective_rank"]["pairs"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())))
+    assert mod["mass_curve"]["mass_fraction"][-1] == pytest.approx(1.0)
+    assert np.all(np.diff(mod["mass_curve"]["mass_fraction"]) >= 0)
+    assert mod["cutoffs"]["0.9"]["pairs"] == int(select_pairs(e["lam"], e["mu"], 0.9).sum())
+
+
+def write_eigen(directory, layer, groups, **attrs):
+    from curvmem.store import layer_path, write_layer
+
+    base = {"model_id": "tiny", "model_fingerprint": "fp", "fisher": "sampled", "n_tokens": 100,
+            "seq_len": 8, "corpus_fingerprint": "c", "seed": 0, "shard": ""}
+    write_layer(layer_path(directory, layer), "eigen", layer, {
+        name: {"A_eigenvalues": e["mu"], "A_eigenvectors": e["UA"].numpy(),
+               "G_eigenvalues": e["lam"], "G_eigenvectors": e["UG"].numpy()}
+        for name, e in groups.items()}, {**base, **attrs})
+
+
+def test_stability_metrics_against_explicit_projectors(tmp_path):
+    e1, e2 = random_eigen(4, 3, seed=1), random_eigen(4, 3, seed=2)
+    out = st.compare_modules(*[{"A_eigenvalues": e["mu"], "A_eigenvectors": e["UA"].numpy(),
+                                "G_eigenvalues": e["lam"], "G_eigenvectors": e["UG"].numpy()}
+                               for e in (e1, e2)], rho=0.7, top_k=2)
+    projectors = []
+    for e in (e1, e2):
+        S = select_pairs(e["lam"], e["mu"], 0.7)
+        P = sum(torch.kron(torch.outer(e["UG"][:, i], e["UG"][:, i]),
+                           torch.outer(e["UA"][:, j], e["UA"][:, j]))
+                for i, j in zip(*np.nonzero(S)))
+        projectors.append((P, S.sum()))
+    (P1, k1), (P2, k2) = projectors
+    assert out["kept_projector"] == pytest.approx(float((P1 * P2).sum()) / np.sqrt(k1 * k2))
+    Q1, Q2 = e1["UA"][:, :2], e2["UA"][:, :2]
+    assert out["A_overlap"] == pytest.approx(float(((Q1 @ Q1.T) @ (Q2 @ Q2.T)).norm() ** 2 / 2))
+    same = st.compare_modules(*[{"A_eigenvalues": e1["mu"], "A_eigenvectors": e1["UA"].numpy(),
+                                 "G_eigenvalues": e1["lam"], "G_eigenvectors": e1["UG"].numpy()}
+                                ] * 2, rho=0.7, top_k=2)
+    assert same["kept_jaccard"] == 1.0 and same["kept_projector"] == pytest.approx(1.0)
+    assert max(same["G_angles_deg"]) == pytest.approx(0.0, abs=1e-4)
+    for name, (e, seed, shard) in {"a": (e1, 0, "0/2"), "b": (e2, 0, "1/2"),
+                                   "c": (e2, 1, "1/2")}.items():
+        write_eigen(tmp_path / name, 0, {"mlp.up_proj": e}, seed=seed, shard=shard)
+    res = st.stability({n: tmp_path / n for n in "abc"}, [0], ["mlp.up_proj"], 0.7, 2)
+    assert [c["kind"] for c in res["comparisons"]] == ["data", "both", "seed"]
+
+
+# --------------------------------------------------------------------------- stress test
+
+
+def test_stress_variants_are_the_documented_ones():
+    prefix, suffix = list(range(100, 130)), list(range(200, 212))  # n = 30, k = 12
+    v = ss.variants(prefix, suffix, t=5)
+    extend = [p for p, off, f in v if f == "extend"]
+    shift = [p for p, off, f in v if f == "shift"]
+    assert extend == [prefix + suffix[:i] for i in range(1, 6)]
+    assert shift == [prefix[30 - m:] for m in range(6, 30)]
+    assert len(v) == min(5, 12) + 30 - 5 - 1  # the code's count, unperturbed prompt excluded
+    assert all(off == (len(p) - 30 if f == "extend" else 0) for p, off, f in v)
+    assert prefix not in [p for p, _, _ in v]
+    pre = ss.variants(prefix, suffix, t=5, preceding=[1, 2, 3])
+    assert [p for p, _, f in pre if f == "preceding"] == [[3] + prefix, [2, 3] + prefix,
+                                                          [1, 2, 3] + prefix]
+
+
+def test_left_padded_batched_decoding_equals_one_prompt_at_a_time():
+    model = tiny_olmo2(vocab=61)
+    rng = random.Random(0)
+    prompts = [[rng.randrange(2, 61) for _ in range(rng.randrange(3, 12))] for _ in range(9)]
+    golds, want = [], []
+    for k, p in enumerate(prompts):  # gold = the model's own greedy text, spoiled at step k % 7
+        own = greedy_continue(model, torch.tensor([p]), 7)[0].tolist()
+        r = k % 7
+        golds.append(own[:r] + [(own[r] + 1) % 61] + own[r + 1:])
+        want.append(r)
+    got = ss.exact_match_lengths(model, prompts, golds, pad_id=1, batch_size=4)
+    assert got == want
+
+
+def test_stress_test_restores_the_weights_and_reports_mean_and_std(tmp_path):
+    from curvmem.edit import build_edit
+    from curvmem.store import write_edit
+
+    model, tok = tiny_olmo2(), CharTokenizer()
+    rows = [{"prefix_ids": r["prefix_ids"] * 3, "suffix_ids": r["suffix_ids"], "kind": r["kind"]}
+            for r in mem_rows(4)]
+    tensors, meta = build_edit(model, {1: {"mlp.up_proj": 0.5}}, method="svd")
+    write_edit(tmp_path / "svd.safetensors", tensors, meta)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = ss.stress_test(model, tok, rows, {"svd": tmp_path / "svd.safetensors"}, t=5,
+                         max_items=4, batch_size=16)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert set(res["summary"]) == {"base", "svd"}
+    for sc in res["items"].values():
+        assert all(s["n_variants"] == 5 + 30 - 5 - 1 and s["perturbed"] >= 0 for s in sc)
+    assert "none of the items" in res["params"]["preceding_text"]
+
+
+# --------------------------------------------------------------------------- task interaction
+
+
+def test_spearman_and_task_interaction():
+    assert ti.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert ti.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert ti.spearman([1, 2], [1, 2]) is None
+    model, tok = tiny_olmo2(), CharTokenizer()
+    tasks = [{"category": c, "prompt": f"q{i} {c}?", "answer": str(i)}
+             for c in ("arithmetic", "logic", "open_book") for i in range(3)]
+    summary = {"selected": "k",
+               "models": {"base": {"tasks": {"arithmetic": .5, "logic": .5, "open_book": .5,
+                                             "closed_book": .5}, "untargeted": {"strict": 1.0}},
+                          "k": {"tasks": {"arithmetic": .2, "logic": .5, "open_book": .4,
+                                          "closed_book": .3}, "untargeted": {"strict": 0.1}}}}
+    res = ti.task_interaction(model, tok, model_eigen(model), [1], MODS, tasks, CLEAN, summary,
+                              memorized_rows=mem_rows(), block_len=16, max_clean_blocks=4)
+    assert res["categories"] == ["arithmetic", "logic", "open_book", "memorization"]
+    assert res["retention"]["arithmetic"] == pytest.approx(0.4)
+    assert res["spearman_n"] == 4 and len(res["spearman"]["kfac_pairs"]) == 4
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def analyze(argv) -> int:
+    """Run `curvmem analyze ...` through register() on a fresh parser, as cli.main reports."""
+    from curvmem.cli import analyze as cli_analyze
+
+    parser = argparse.ArgumentParser(prog="curvmem")
+    cli_analyze.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["analyze", *argv])
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"curvmem {args.command}: error: {e}")
+        return 2
+    return 0
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory):
+    """A saved tiny OLMo-2 with a BPE tokenizer, its eigen files (two shards, two seeds), edits."""
+    from curvmem import world
+    from curvmem.cli import main
+    from curvmem.models import load_tokenizer
+
+    d = tmp_path_factory.mktemp("analysis")
+    rng = random.Random(0)
+    corpus = d / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": world.paragraph(rng)}) + "\n"
+                              for _ in range(40)))
+    world.train_tokenizer(corpus, d / "model", vocab_size=300)
+    tiny_olmo2(vocab=len(load_tokenizer(d / "model"))).save_pretrained(d / "model")
+    mem = d / "mem.jsonl"
+    mem.write_text("".join(json.dumps({"text": world.natural_text(rng, 40), "kind": k}) + "\n"
+                           for k in ("random", "natural") * 2))
+    tasks = d / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"category": c, "prompt": f"Compute: {i} + 1 =",
+                                         "answer": str(i + 1)}) + "\n"
+                             for c in ("arithmetic", "logic", "closed_book") for i in range(3)))
+    summary = {"selected": "k", "models": {
+        "base": {"tasks": {"arithmetic": .5, "logic": .5, "closed_book": .5, "open_book": .5},
+                 "untargeted": {"strict": 1.0}},
+        "k": {"tasks": {"arithmetic": .1, "logic": .6, "closed_book": .3, "open_book": .5},
+              "untargeted": {"strict": 0.2}}}}
+    (d / "summary.json").write_text(json.dumps(summary))
+    common = ["--model", str(d / "model"), "--data", str(corpus), "--layers", "1", "--modules",
+              ",".join(MODS), "--seq-len", "16", "--batch-size", "4", "--device", "cpu"]
+    for name, extra in {"main": ["--tokens", "640"], "s0": ["--tokens", "640", "--shard", "0/2"],
+                        "s1": ["--tokens", "640", "--shard", "1/2"],
+                        "seed1": ["--tokens", "640", "--seed", "1"]}.items():
+        assert main(["collect", *common, *extra, "--out", str(d / "factors" / name)]) == 0
+        assert main(["eigen", "--factors", str(d / "factors" / name / "layer_1.nc"), "--device",
+                     "cpu", "--out", str(d / "eigen" / name / "layer_1.nc")]) == 0
+    assert main(["edit", "--model", str(d / "model"), "--eigen", str(d / "eigen" / "main"),
+                 "--layers", "1", "--modules", ",".join(MODS), "--rho", "0.6",
+                 "--out", str(d / "kfac.safetensors")]) == 0
+    return d
+
+
+def test_every_subcommand_writes_json_and_figure(disk, tmp_path):
+    d = disk
+    model = ["--model", str(d / "model"), "--threads", "1", "--device", "cpu"]
+    eig = ["--eigen", str(d / "eigen" / "main"), "--layers", "1"]
+    mem = ["--memorized", str(d / "mem.jsonl"), "--prefix-len", "24", "--suffix-len", "12"]
+    clean = ["--clean", str(d / "corpus.jsonl")]
+    runs = {
+        "activation-ratio": [*model, *eig, *mem, *clean, "--max-clean-blocks", "4"],
+        "task-interaction": [*model, *eig, *mem, *clean, "--tasks", str(d / "tasks.jsonl"),
+                             "--summary", str(d / "summary.json"), "--block-len", "16",
+                             "--max-clean-blocks", "4"],
+        "spectra": [*eig, "--rhos", "0.5,0.6"],
+        "per-example": [*model, *eig, *mem, *clean, "--max-items", "3"],
+        "stability": ["--layers", "1", *[f"--set={n}={d / 'eigen' / n}"
+                                         for n in ("s0", "s1", "seed1")], "--top-k", "4"],
+        "stress": [*model, *mem, "--edit", f"kfac={d / 'kfac.safetensors'}", "--t", "4"],
+    }
+    for name, argv in runs.items():
+        out, fig = tmp_path / f"{name}.json", tmp_path / f"{name}.png"
+        assert analyze([name, *argv, "--out", str(out), "--figure", str(fig)]) == 0, name
+        result = json.loads(out.read_text())
+        assert result["definition"] and result["params"] and result["cost"]["seconds"] >= 0
+        assert fig.stat().st_size > 10_000, name
+    # --summary keeps only the selected K-FAC edit ('k' here, so 'kfac' is dropped)
+    out = tmp_path / "stress_selected.json"
+    assert analyze(["stress", *runs["stress"], "--summary", str(d / "summary.json"),
+                    "--out", str(out)]) == 0
+    assert list(json.loads(out.read_text())["summary"]) == ["base"]
+
+
+def test_bad_inputs_are_refused_before_any_output(disk, tmp_path, capsys):
+    d = disk
+    out = tmp_path / "r.json"
+    cases = [
+        (["spectra", "--eigen", str(d / "eigen" / "main"), "--layers", "1", "--out",
+          str(tmp_path / "r.txt")], ".json"),
+        (["spectra", "--eigen", str(d / "eigen" / "main"), "--layers", "1", "--figure",
+          str(tmp_path / "f.jpg"), "--out", str(out)], ".png"),
+        (["spectra", "--eigen", str(d / "nope"), "--layers", "1", "--out", str(out)],
+         "no such"),
+        (["spectra", "--eigen", str(d / "eigen" / "main"), "--layers", "1", "--rhos", "1.5",
+          "--out", str(out)], "rho"),
+        (["stability", "--layers", "1", "--set", f"a={d / 'eigen' / 's0'}", "--out", str(out)],
+         "at least two"),
+        (["stability", "--layers", "1", "--set", "a", "--set", "b=c", "--out", str(out)],
+         "NAME=PATH"),
+        (["stress", "--model", str(d / "model"), "--memorized", str(d / "mem.jsonl"),
+          "--edit", f"base={d / 'kfac.safetensors'}", "--out", str(out)], "reserved"),
+        (["activation-ratio", "--model", str(d / "model"), "--eigen", str(d / "eigen" / "main"),
+          "--layers", "1", "--memorized", str(d / "mem.jsonl"), "--clean",
+          str(d / "corpus.jsonl"), "--bands", "0.5,0.2", "--out", str(out)], "tile"),
+        (["task-interaction", "--model", str(d / "model"), "--eigen",
+          str(d / "eigen" / "main"), "--layers", "1", "--tasks", str(d / "tasks.jsonl"),
+          "--clean", str(d / "corpus.jsonl"), "--summary", str(d / "summary.json"),
+          "--selected", "nope", "--out", str(out)], "no edit 'nope'"),
+    ]
+    for argv, words in cases:
+        assert analyze(argv) == 2, argv
+        assert words in capsys.readouterr().out, argv
+        assert not out.exists()
