@@ -32,8 +32,8 @@ from curvmem.analysis.common import (
 )
 from curvmem.edit import kfac_edit_weight, select_pairs
 from curvmem.eigen import eigh_descending
-from curvmem.evaluate import greedy_continue
-from curvmem.models import mlp_modules
+from curvmem.evaluate.lm import greedy_continue
+from curvmem.model import mlp_modules
 
 torch.set_num_threads(1)
 MODS = ["mlp.gate_proj", "mlp.up_proj"]
@@ -132,7 +132,7 @@ def test_activation_ratio_equals_a_one_item_at_a_time_computation():
             h.remove()
         return got
 
-    from curvmem.evaluate import token_blocks
+    from curvmem.evaluate.lm import token_blocks
     blocks = token_blocks(CLEAN, tok, 16, 16 * 5)
     positions = list(range(9, 15))
     mem_in = [inputs_of(r["prefix_ids"] + r["suffix_ids"], positions) for r in rows]
@@ -214,7 +214,7 @@ def test_spectra_effective_rank_mass_curve_and_cutoffs(tmp_path):
 
 
 def write_eigen(directory, layer, groups, **attrs):
-    from curvmem.store import layer_path, write_layer
+    from curvmem.schema import layer_path, write_layer
 
     base = {"model_id": "tiny", "model_fingerprint": "fp", "fisher": "sampled", "n_tokens": 100,
             "seq_len": 8, "corpus_fingerprint": "c", "seed": 0, "shard": ""}
@@ -286,7 +286,7 @@ def test_left_padded_batched_decoding_equals_one_prompt_at_a_time():
 
 def test_stress_test_restores_the_weights_and_reports_mean_and_std(tmp_path):
     from curvmem.edit import build_edit
-    from curvmem.store import write_edit
+    from curvmem.schema import write_edit
 
     model, tok = tiny_olmo2(), CharTokenizer()
     rows = [{"prefix_ids": r["prefix_ids"] * 3, "suffix_ids": r["suffix_ids"], "kind": r["kind"]}
@@ -318,8 +318,11 @@ def test_spearman_and_task_interaction():
                                              "closed_book": .5}, "untargeted": {"strict": 1.0}},
                           "k": {"tasks": {"arithmetic": .2, "logic": .5, "open_book": .4,
                                           "closed_book": .3}, "untargeted": {"strict": 0.1}}}}
-    res = ti.task_interaction(model, tok, model_eigen(model), [1], MODS, tasks, CLEAN, summary,
-                              memorized_rows=mem_rows(), block_len=16, max_clean_blocks=4)
+    from curvmem.report.lm import retention
+
+    res = ti.task_interaction(model, tok, model_eigen(model), [1], MODS, tasks, CLEAN,
+                              retention(summary, "k"), "k", memorized_rows=mem_rows(),
+                              block_len=16, max_clean_blocks=4)
     assert res["categories"] == ["arithmetic", "logic", "open_book", "memorization"]
     assert res["retention"]["arithmetic"] == pytest.approx(0.4)
     assert res["spearman_n"] == 4 and len(res["spearman"]["kfac_pairs"]) == 4
@@ -346,16 +349,17 @@ def analyze(argv) -> int:
 @pytest.fixture(scope="module")
 def disk(tmp_path_factory):
     """A saved tiny OLMo-2 with a BPE tokenizer, its eigen files (two shards, two seeds), edits."""
-    from curvmem import world
     from curvmem.cli import main
-    from curvmem.models import load_tokenizer
+    from curvmem.model import load_tokenizer
+    from curvmem.model.lm import train_tokenizer
+    from curvmem.world import lm as world
 
     d = tmp_path_factory.mktemp("analysis")
     rng = random.Random(0)
     corpus = d / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": world.paragraph(rng)}) + "\n"
                               for _ in range(40)))
-    world.train_tokenizer(corpus, d / "model", vocab_size=300)
+    train_tokenizer(corpus, d / "model", vocab_size=300)
     tiny_olmo2(vocab=len(load_tokenizer(d / "model"))).save_pretrained(d / "model")
     mem = d / "mem.jsonl"
     mem.write_text("".join(json.dumps({"text": world.natural_text(rng, 40), "kind": k}) + "\n"

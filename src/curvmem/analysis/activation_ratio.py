@@ -28,7 +28,7 @@ from curvmem.analysis.common import (
 )
 
 # Existing curvmem names used here:
-from curvmem.models import mlp_modules
+from curvmem.model import mlp_modules
 
 DEFINITION = (
     "ratio[band] = mean_{memorized positions} ||y_B(a)|| / mean_{clean positions} ||y_B(a)||, "

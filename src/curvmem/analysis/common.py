@@ -19,9 +19,10 @@ import torch
 
 # Existing curvmem names used here (the lead rewrites these imports after the layout refactor):
 from curvmem.edit import band_mask
-from curvmem.evaluate import memorization_examples, token_blocks
-from curvmem.models import mlp_modules, model_device
-from curvmem.store import atomic_output, layer_path, read_layer
+from curvmem.evaluate.lm import memorization_examples, token_blocks
+from curvmem.io import atomic_output
+from curvmem.model import mlp_modules, model_device, read_layer
+from curvmem.schema import layer_path
 
 BANDS = ((0.0, 0.10), (0.10, 0.25), (0.25, 0.50), (0.50, 1.0))
 

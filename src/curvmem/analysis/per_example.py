@@ -30,7 +30,7 @@ from curvmem.analysis.common import (
 )
 
 # Existing curvmem names used here:
-from curvmem.models import mlp_modules, model_device
+from curvmem.model import mlp_modules, model_device
 
 DEFINITION = (
     "loss(sequence) = sum over its scored positions of cross-entropy with the gold next token "

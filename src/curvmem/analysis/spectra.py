@@ -14,7 +14,7 @@ from curvmem.analysis.common import module_label, pair_order, save_figure
 
 # Existing curvmem names used here:
 from curvmem.edit import check_rho, select_pairs
-from curvmem.store import layer_path, read_layer
+from curvmem.schema import layer_path, read_layer
 
 DEFINITION = (
     "A_eigenvalues mu and G_eigenvalues lambda, descending, as stored in the eigen files. "

@@ -23,7 +23,7 @@ from curvmem.analysis.common import module_label, save_figure
 
 # Existing curvmem names used here:
 from curvmem.edit import check_rho, select_pairs
-from curvmem.store import layer_path, read_layer
+from curvmem.schema import layer_path, read_layer
 
 DEFINITION = (
     "For every unordered pair of factor sets and module: kept_jaccard = |S1 & S2| / |S1 | S2| of "

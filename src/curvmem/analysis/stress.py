@@ -29,9 +29,9 @@ from curvmem.analysis.common import save_figure
 
 # Existing curvmem names used here:
 from curvmem.edit import apply
-from curvmem.evaluate import memorization_examples
-from curvmem.models import model_device
-from curvmem.store import read_edit
+from curvmem.evaluate.lm import memorization_examples
+from curvmem.model import model_device
+from curvmem.schema import read_edit
 
 DEFINITION = (
     "Variants per item (prefix x_1..x_n, gold s_1..s_k, t): extend x_1..x_n s_1..s_i for "

@@ -25,8 +25,7 @@ from curvmem.analysis.common import (
 )
 
 # Existing curvmem names used here:
-from curvmem.evaluate import retention
-from curvmem.models import mlp_modules
+from curvmem.model import mlp_modules
 
 DEFINITION = (
     "ratio[category][band] = mean_{category positions} ||y_B(a)|| / mean_{clean positions} "
@@ -71,15 +70,11 @@ def task_items(rows, tokenizer, max_per_category: int) -> dict:
 
 
 def task_interaction(model, tokenizer, eigen: dict, layers, modules, task_rows, clean_texts,
-                     summary: dict, selected: str | None = None, memorized_rows=None,
+                     retention: dict, selected: str, memorized_rows=None,
                      bands=BANDS, max_per_category: int = 40, max_clean_blocks: int = 40,
                      block_len: int = 64, prefix_len: int = 64, suffix_len: int = 48,
                      batch_size: int = 16) -> dict:
     bands = check_bands(bands)
-    selected = selected or summary.get("selected")
-    if not selected or selected not in summary.get("models", {}):
-        raise ValueError(f"no edit '{selected}' in the summary (has "
-                         f"{sorted(summary.get('models', {}))}); pass --selected NAME")
     targets = mlp_modules(model, layers, modules)
     groups = task_items(task_rows, tokenizer, max_per_category)
     if memorized_rows is not None:
@@ -98,7 +93,7 @@ def task_interaction(model, tokenizer, eigen: dict, layers, modules, task_rows, 
         for c in cats:
             for f in FAMILIES:
                 mean_ratio[c][f] += np.asarray(ratios[c][f]) / len(norms)
-    kept = retention(summary, selected)
+    kept = retention
     both = [c for c in cats if kept.get(c) is not None]
     corr = {f: [spearman([mean_ratio[c][f][b] for c in both], [kept[c] for c in both])
                 for b in range(len(bands))] for f in FAMILIES}

@@ -5,6 +5,8 @@
                report-lm                                        (embedded default, LM evaluations)
     vision     vision-data, train-vit, evaluate vit, report-vit (ViT on noisy digits)
     baselines  baseline {bsn}, compare                          (BalancedSubnet, SVD, controls)
+    analyze    analyze {activation-ratio,task-interaction,spectra,per-example,stability,stress}
+                                                                (mechanism analyses)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import sys
 
 from curvmem import __version__
-from curvmem.cli import baselines, core, lm, vision
+from curvmem.cli import analyze, baselines, core, lm, vision
 from curvmem.io import begin_command, startup_split
 
 
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_sub = evaluate.add_subparsers(dest="evaluation", metavar="EVALUATION", required=True)
     for group in (core, lm, vision, baselines):
         group.register(sub, evaluate_sub)
+    analyze.register(sub)
     return parser
 
 

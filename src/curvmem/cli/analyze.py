@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 # Existing curvmem names used here (the lead rewrites these imports after the layout refactor):
-from curvmem.cli.common import add_model_args, cost
+from curvmem.cli.common import add_model_args
+from curvmem.io import cost
 
 
 def _files(**paths) -> None:
@@ -43,7 +44,7 @@ def _modules(text) -> list[str]:
 
 
 def _layers(text) -> list[int]:
-    from curvmem.models import parse_int_list
+    from curvmem.model import parse_int_list
 
     try:
         layers = parse_int_list(text)
@@ -63,7 +64,7 @@ def _check_counts(args, *names) -> None:
 def _load_model(args):
     import torch
 
-    from curvmem.models import default_device, load_model, load_tokenizer
+    from curvmem.model import default_device, load_model, load_tokenizer
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, trust_remote_code=args.trust_remote_code,
@@ -72,7 +73,7 @@ def _load_model(args):
 
 
 def _finish(args, result: dict, figure_fn, c: dict) -> None:
-    from curvmem.store import write_json
+    from curvmem.io import write_json
 
     result["cost"] = c
     result["inputs"] = {k: v for k, v in vars(args).items()
@@ -109,7 +110,7 @@ def _bands(args):
 def cmd_activation_ratio(args) -> None:
     from curvmem.analysis import activation_ratio as ar
     from curvmem.analysis.common import load_eigen
-    from curvmem.evaluate import read_rows, read_texts
+    from curvmem.evaluate.lm import read_rows, read_texts
 
     _prepare(args)
     _check_counts(args, "max_items", "max_clean_blocks", "batch_size")
@@ -126,8 +127,9 @@ def cmd_activation_ratio(args) -> None:
 def cmd_task_interaction(args) -> None:
     from curvmem.analysis import task_interaction as ti
     from curvmem.analysis.common import load_eigen
-    from curvmem.evaluate import read_rows, read_texts
-    from curvmem.store import read_json
+    from curvmem.evaluate.lm import read_rows, read_texts
+    from curvmem.io import read_json
+    from curvmem.report.lm import retention
 
     _prepare(args)
     _check_counts(args, "max_per_category", "max_clean_blocks", "batch_size", "block_len")
@@ -140,11 +142,12 @@ def cmd_task_interaction(args) -> None:
     if selected not in summary.get("models", {}):
         raise ValueError(f"--summary has no edit '{selected}'; pass --selected NAME "
                          f"(one of {sorted(summary.get('models', {}))})")
+    kept = retention(summary, selected)  # edited / base per category (the report's rule)
     with cost() as c:
         model, tok = _load_model(args)
         eigen = load_eigen(args.eigen, model, args.layer_list, args.module_list)
         result = ti.task_interaction(model, tok, eigen, args.layer_list, args.module_list, rows,
-                                     texts, summary, selected, mem, bands, args.max_per_category,
+                                     texts, kept, selected, mem, bands, args.max_per_category,
                                      args.max_clean_blocks, args.block_len, args.prefix_len,
                                      args.suffix_len, args.batch_size)
     _finish(args, result, ti.task_interaction_figure, c)
@@ -164,7 +167,7 @@ def cmd_spectra(args) -> None:
 def cmd_per_example(args) -> None:
     from curvmem.analysis import per_example as pe
     from curvmem.analysis.common import load_eigen
-    from curvmem.evaluate import read_rows, read_texts
+    from curvmem.evaluate.lm import read_rows, read_texts
 
     _prepare(args)
     _check_counts(args, "max_items", "batch_size")
@@ -192,7 +195,8 @@ def cmd_stability(args) -> None:
 
 def _selected_only(edits: dict, summary_path) -> dict:
     """Drop the K-FAC edits (sidecar method 'kfac') other than the summary's selected one."""
-    from curvmem.store import edit_sidecar, read_json
+    from curvmem.io import read_json
+    from curvmem.schema import edit_sidecar
 
     _files(summary=summary_path)
     selected = read_json(summary_path).get("selected")
@@ -208,7 +212,7 @@ def _selected_only(edits: dict, summary_path) -> dict:
 def cmd_stress(args) -> None:
     from curvmem.analysis import stress as ss
     from curvmem.analysis.common import check_outputs
-    from curvmem.evaluate import read_rows
+    from curvmem.evaluate.lm import read_rows
 
     check_outputs(args.out, args.figure)
     _files(model=args.model, memorized=args.memorized)
