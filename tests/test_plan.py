@@ -54,7 +54,8 @@ def record(plan: Plan) -> dict:
             rec[d]["edit_inputs"] = inputs
         if d == "lm":
             rec[d]["eval_files"] = {k: plan.lm_eval_files(k) for k in plan.eval_keys("lm")}
-    rec["final_targets"] = plan.final_targets()
+    # the analyses' outputs were added after the move (issue 18); everything else is as before
+    rec["final_targets"] = [t for t in plan.final_targets() if t not in plan.analysis_targets()]
     return json.loads(json.dumps(rec))
 
 
@@ -158,3 +159,44 @@ def test_model_flags_resources_and_evaluations():
     assert plan.edit_path("lm", key).startswith("results/smoke/lm/bsn/")
     assert plan.shard_files("lm", plan.fkeys(sharded=True)[0], 2)[1].endswith(
         "/shard-1-of-2/layer_2.nc")
+
+
+def test_analysis_plan_slices_and_checks():
+    plan = Plan(config("default"))
+    a = plan.analysis()
+    assert plan.analysis_targets() == [f"results/analysis/{n}.{x}" for n in (
+        "activation_ratio", "task_interaction", "spectra", "per_example", "stability", "stress")
+        for x in ("json", "png")]
+    assert set(plan.analysis_targets()) <= set(plan.summaries())  # shown in the HTML report
+    sets = plan.stability_sets()
+    sizes = a["stability"]["sizes"]
+    assert len(sets) == 2 * len(sizes) + 1  # two disjoint slices per size, one more label seed
+    for name, (size, k, seed) in sets.items():
+        args = shlex.split(plan.stability_collect_flags(name))
+        assert args[args.index("--tokens") + 1] == str(2 * size)
+        assert args[args.index("--shard") + 1] == f"{k}/2"
+        assert args[args.index("--seed") + 1] == str(seed)
+    assert sorted((s, k) for s, k, seed in sets.values() if seed == 0) == sorted(
+        (s, k) for s in sizes for k in (0, 1))
+    other_model = config("default")
+    other_model["lm"]["model"]["seed"] = 1  # another model: other slices, never reused
+    assert set(Plan(other_model).stability_sets()).isdisjoint(sets)
+    stress = shlex.split(plan.stress_flags())
+    labels = {stress[i + 1].split("=")[0] for i, a_ in enumerate(stress) if a_ == "--edit"}
+    assert {"svd-L1+2-drop0.5"} <= labels and not any("bottom" in x or "random" in x
+                                                       for x in labels)
+    assert all(lb.startswith(("kfac-", "svd-", "bsn")) for lb in labels)
+    assert Plan(config("smoke")).analysis() is None and not Plan(config("smoke")).analysis_targets()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"layers": [0, 9]}, r"\[9\] have no eigenbasis"),
+    ({"modules": ["mlp.down_proj"]}, "not in lm.factors.modules"),
+    ({"stability": {"layer": 3, "sizes": [100], "rho": 0.6}}, "stability.layer 3 is not"),
+])
+def test_bad_analysis_configs_are_refused(change, message):
+    cfg = config("default")
+    cfg["lm"]["analysis"].update(change)
+    with pytest.raises(PlanError, match=message):
+        Plan(cfg)
+

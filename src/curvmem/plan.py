@@ -35,6 +35,11 @@ REPORT_LM_NEEDS = ["memorization_forget", "memorization_untargeted", "memorizati
                    "perplexity", "tasks"]
 
 
+# `curvmem analyze` subcommands the workflow runs when the config has `lm.analysis`
+ANALYSES = ("activation_ratio", "task_interaction", "spectra", "per_example", "stability",
+            "stress")
+
+
 class PlanError(ValueError):
     """A config the workflow cannot plan (the schema passed, but it asks for the impossible)."""
 
@@ -147,6 +152,7 @@ class Plan:
             if missing:
                 raise PlanError(f"config lm.evaluations lacks {missing}: curvmem report-lm needs "
                                 f"{REPORT_LM_NEEDS} (coherence is optional); see docs/workflow.md")
+            self._check_analysis()
 
     # ----------------------------------------------------------------------- base models
 
@@ -382,6 +388,106 @@ class Plan:
                      for k in self.eval_keys("vit")]
         return " ".join(f"--entry {shlex.quote(f'{n}={p}')}" for n, p in pairs)
 
+    # ----------------------------------------------------------------------- analyses
+
+    def analysis(self) -> dict | None:
+        """`lm.analysis` (curvmem analyze; docs/lm.md), or None: no analyses for this config."""
+        return (self.config.get("lm") or {}).get("analysis") if "lm" in self.domains else None
+
+    def _check_analysis(self) -> None:
+        a = self.analysis()
+        if a is None:
+            return
+        main = self.factor_key("lm", "main")
+        have = self.factor_sets["lm"].get(main, {}).get("layers", [])
+        missing = sorted(set(a["layers"]) - set(have))
+        if missing:
+            raise PlanError(f"config lm.analysis.layers: {missing} have no eigenbasis of the main "
+                            f"factors (layers {have}: those of the kfac sweeps)")
+        extra = sorted(set(a["modules"]) - set(self.factor_config("lm", "main")["modules"]))
+        if extra:
+            raise PlanError(f"config lm.analysis.modules: {extra} are not in lm.factors.modules")
+        if a["stability"]["layer"] not in a["layers"]:
+            raise PlanError(f"config lm.analysis.stability.layer {a['stability']['layer']} is not "
+                            f"one of lm.analysis.layers {a['layers']}")
+
+    def analysis_eigen_files(self):
+        """The main factor set's eigenbases of the analysed layers."""
+        eigen = f"{self.out}/lm/eigen/{self.factor_key('lm', 'main')}"
+        return [f"{eigen}/layer_{layer}.nc" for layer in self.analysis()["layers"]]
+
+    def analysis_flags(self, eigen: bool = True):
+        a = self.analysis()
+        pairs = [("--layers", a["layers"]), ("--modules", a["modules"])]
+        if eigen:
+            pairs.insert(0, ("--eigen", f"{self.out}/lm/eigen/{self.factor_key('lm', 'main')}"))
+        return flags(*pairs)
+
+    def analysis_outputs(self, name):
+        return {"json": f"{self.out}/analysis/{name}.json",
+                "figure": f"{self.out}/analysis/{name}.png"}
+
+    def sweep_rhos(self):
+        """The single ρ values of the K-FAC sweeps (marked on the spectra)."""
+        return sorted({s["rho"] for s in self.edits["lm"].values()
+                       if s["method"] == "kfac" and not isinstance(s["rho"], dict)}) or None
+
+    def stability_sets(self):
+        """{name: (size, shard, seed)}: per size, two disjoint slices of the curvature corpus
+        (shards 0/2 and 1/2 of 2 x size positions) and, at the largest size, the first slice
+        again with another label-sampling seed. Names carry a content key (model, settings)."""
+        st = self.analysis()["stability"]
+        seed = self.factor_config("lm", "main")["seed"]
+        variants = [(size, k, seed) for size in st["sizes"] for k in (0, 1)]
+        variants.append((max(st["sizes"]), 0, seed + 1))
+        sets = {}
+        for size, k, s in variants:
+            key = digest({"model": self.model_key("lm"), "factors": self.factor_config("lm", "main"),
+                          "size": size, "shard": k, "seed": s})
+            sets[f"n{size}-slice{k}-seed{s}-{key}"] = (size, k, s)
+        return sets
+
+    def stability_collect_flags(self, sname):
+        """`collect` of one slice: the main factors' settings, 2 x size positions cut in two."""
+        size, k, seed = self.stability_sets()[sname]
+        f = self.factor_config("lm", "main")
+        return flags(("--modules", self.analysis()["modules"]), ("--tokens", 2 * size),
+                     ("--seq-len", f["seq_len"]), ("--batch-size", f["batch_size"]),
+                     ("--fisher", f["fisher"]), ("--seed", seed), ("--dtype", f["dtype"]),
+                     ("--shard", f"{k}/2"))
+
+    def stability_eigen_files(self):
+        layer = self.analysis()["stability"]["layer"]
+        return [f"{self.out}/lm/analysis/stability/{n}/eigen/layer_{layer}.nc"
+                for n in self.stability_sets()]
+
+    def stability_flags(self):
+        st = self.analysis()["stability"]
+        sets = " ".join(f"--set {shlex.quote(f'{n}={self.out}/lm/analysis/stability/{n}/eigen')}"
+                        for n in self.stability_sets())
+        return f"{sets} " + flags(("--layers", [st["layer"]]),
+                                  ("--modules", self.analysis()["modules"]), ("--rho", st["rho"]))
+
+    def stress_edits(self):
+        """The edits the stress test scores: every SVD and BSN edit and every top-keeping K-FAC
+        edit of the main factors (`--summary` keeps only the selected one of these)."""
+        main = self.factor_key("lm", "main")
+        return [k for k, s in self.edits["lm"].items() if s["method"] in ("svd", "bsn")
+                or (s["method"] == "kfac" and s["keep"] == "top" and s["fkey"] == main)]
+
+    def stress_flags(self):
+        a = self.analysis()
+        edits = " ".join("--edit " + shlex.quote(f"{self.edits['lm'][k]['label']}="
+                                                 f"{self.edit_path('lm', k)}")
+                         for k in self.stress_edits())
+        return f"{edits} " + flags(("--max-items", a["stress"]["max_items"]),
+                                   ("--t", a["stress"]["t"]))
+
+    def analysis_targets(self):
+        if self.analysis() is None:
+            return []
+        return [f for name in ANALYSES for f in self.analysis_outputs(name).values()]
+
     # ----------------------------------------------------------------------- resources, targets
 
     def res(self, rule, domain=None):
@@ -403,7 +509,7 @@ class Plan:
                       f"{out}/lm_sweep.png", f"{out}/compare.png", f"{out}/compare.md"]
         if "vit" in self.domains:
             files += [f"{out}/vit_summary.json", f"{out}/vit_table.md", f"{out}/vit_figure.png"]
-        return files
+        return files + self.analysis_targets()
 
     def final_targets(self):
         if not self.domains:
