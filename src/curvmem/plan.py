@@ -514,4 +514,20 @@ class Plan:
     def final_targets(self):
         if not self.domains:
             raise PlanError("the config has neither an `lm` nor a `vit` section: nothing to do")
-        return self.summaries() + [f"{self.out}/report.html"]
+        return self.summaries() + [self.readme_tables(), f"{self.out}/report.html"]
+
+    def readme_tables(self):
+        """The README's results tables (curvmem report-readme), from this run's summaries."""
+        return f"{self.out}/readme_tables.md"
+
+    def readme_inputs(self):
+        files = {"lm": f"{self.out}/lm_summary.json", "vit": f"{self.out}/vit_summary.json"}
+        inputs = {d: files[d] for d in self.domains}
+        if self.analysis() is not None:
+            inputs["analyses"] = [self.analysis_outputs(n)["json"] for n in ANALYSES]
+        return inputs
+
+    def readme_flags(self):
+        return flags(("--lm-summary", self.readme_inputs().get("lm")),
+                     ("--vit-summary", self.readme_inputs().get("vit")),
+                     ("--analysis", f"{self.out}/analysis" if self.analysis() else None))

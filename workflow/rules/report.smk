@@ -55,6 +55,25 @@ if "vit" in DOMAINS:
             " --figure {output.figure} > {log} 2>&1"
 
 
+rule readme_tables:
+    input:
+        **PLAN.readme_inputs(),
+    output:
+        PLAN.readme_tables(),
+    params:
+        args=PLAN.readme_flags(),
+    log:
+        "logs/readme_tables.log",
+    benchmark:
+        bench("readme_tables")
+    conda:
+        "../envs/curvmem.yaml"
+    resources:
+        **resources_of("report"),
+    shell:
+        "curvmem report-readme {params.args} --out {output} > {log} 2>&1"
+
+
 # The report is a DAG output: once every table and figure exists, a nested snakemake (sharing
 # .snakemake/ metadata, --nolock because this run holds the lock) renders them into one HTML file.
 rule report_html:

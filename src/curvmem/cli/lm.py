@@ -254,6 +254,26 @@ def cmd_report_lm(args) -> None:
     sys.stdout.write(text)
 
 
+def cmd_report_readme(args) -> None:
+    from curvmem.io import atomic_output, read_json
+    from curvmem.plan import ANALYSES
+    from curvmem.report.readme import readme_tables
+
+    if not (args.lm_summary or args.vit_summary):
+        raise ValueError("report-readme needs --lm-summary and/or --vit-summary")
+    analyses = {}
+    if args.analysis:
+        if not Path(args.analysis).is_dir():
+            raise ValueError(f"--analysis {args.analysis}: not a directory")
+        analyses = {n: read_json(Path(args.analysis) / f"{n}.json") for n in ANALYSES
+                    if (Path(args.analysis) / f"{n}.json").is_file()}
+    text = readme_tables(read_json(args.lm_summary) if args.lm_summary else None,
+                         read_json(args.vit_summary) if args.vit_summary else None, analyses)
+    with atomic_output(args.out) as tmp:
+        tmp.write_text(text)
+    sys.stdout.write(text)
+
+
 # --------------------------------------------------------------------------- registration
 
 
@@ -347,6 +367,17 @@ def register(sub, evaluate_sub) -> None:
                    help=f"one evaluation: KIND ({', '.join(KIND_OPTIONS)}), its data file and its "
                    "result JSON; repeat for each")
     p.set_defaults(func=cmd_evaluate_batch)
+
+    p = sub.add_parser("report-readme", help="the README's results tables from a run's summaries",
+                       description="Markdown of the rows the README shows, chosen by rule (base, "
+                       "the selected edit, each layer set's pick, every control, SVD and BSN "
+                       "edit), the paper's rows beside them, the counts the README cites, and "
+                       "the analyses' headline numbers.")
+    p.add_argument("--lm-summary", default=None, help="lm_summary.json (report-lm)")
+    p.add_argument("--vit-summary", default=None, help="vit_summary.json (report-vit)")
+    p.add_argument("--analysis", default=None, help="directory of analysis JSONs (optional)")
+    p.add_argument("--out", required=True, help="Markdown file")
+    p.set_defaults(func=cmd_report_readme)
 
     p = sub.add_parser("report-lm", help="Table-1/Figure-3 style summary of LM evaluations",
                        description="Each --entry NAME=DIR names a directory of evaluation JSONs "
