@@ -1,0 +1,49 @@
+"""The README's results are generated: rows chosen by rule, and every number in the README's
+results section comes from the committed snapshot of a run (docs/results/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from curvmem.report.readme import claim_counts, readme_tables, table_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model(forget, untargeted, ppl, method=None, layers=None, tasks=(0.9, 0.9, 0.9, 0.9)):
+    def split(strict):
+        return {"strict": strict, "loose": strict, "avg_distance": 1 - strict,
+                "by_kind": {"random": None, "natural": None}}
+    m = {"forget": split(forget), "untargeted": split(untargeted), "control": split(0.0),
+         "perplexity": ppl, "ndcg10": None if method is None else 0.9,
+         "tasks": dict(zip(("closed_book", "open_book", "arithmetic", "logic"), tasks)),
+         "tasks_n": {}, "subtasks": {}, "subtasks_n": {}}
+    if method:
+        m.update(method=method, spec={"layers": layers or []})
+    return m
+
+
+def synthetic_summary():
+    models = {
+        "base": _model(1.0, 1.0, 20.0),
+        "kfac-L1-rho0.6": _model(0.0, 0.0, 21.8, "kfac", [1], (0.5, 0.95, 0.6, 0.99)),
+        "kfac-L1-rho0.8": _model(0.2, 0.1, 21.0, "kfac", [1], (0.8, 0.95, 0.9, 0.99)),
+        "kfac-L1+2-rho0.6": _model(0.0, 0.0, 21.5, "kfac", [1, 2], (0.9, 0.8, 0.9, 0.8)),
+        "kfac-L1+2-rho0.5": _model(0.0, 0.0, 40.0, "kfac", [1, 2]),  # over the budget
+        "bottom": _model(0.6, 0.6, 50.0, "kfac-bottom", [1, 2]),
+        "svd": _model(0.9, 0.9, 21.0, "svd", [1, 2]),
+        "bsn": _model(0.0, 0.5, 19.0, "bsn"),
+    }
+    return {"models": models, "selected": "kfac-L1+2-rho0.6"}
+
+
+def test_rows_are_chosen_by_rule_not_by_hand():
+    s = synthetic_summary()
+    # base, the selected edit, each layer set's pick by the same rule, controls, SVD, BSN
+    assert table_rows(s) == ["base", "kfac-L1+2-rho0.6", "kfac-L1-rho0.6", "bottom", "svd",
+                             "bsn"]
+    assert claim_counts(s) == {"kfac_edits": 4, "erase_untargeted": 3, "split_of_skills": 2}
+    text = readme_tables(s)
+    assert "**kfac-L1+2-rho0.6 (selected)**" in text and "kfac-L1+2-rho0.5" not in text
+    assert "| *paper 7B K-FAC* | 3.4 / 8.8 / 0.704 | 16.1 / 23.8 / 0.625 |" in text
+    assert "21.50 (+7.5 %)" in text  # perplexity and its rise over base
