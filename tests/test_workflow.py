@@ -76,8 +76,13 @@ def test_embedded_dag_runs_every_stage_and_its_sweeps(repo, name):
     lm_edits = n_edits(cfg["lm"]["edits"]) - n_edits(cfg["lm"]["edits"], "bsn")
     assert jobs["edit"] == lm_edits + n_edits(cfg["vit"]["edits"])
     assert jobs["bsn"] == n_edits(cfg["lm"]["edits"], "bsn")
-    evals = len(cfg["lm"]["evaluations"])  # coherence is not run on the base model
-    assert jobs["evaluate_lm"] == (evals - 1) + evals * n_edits(cfg["lm"]["edits"])
+    # one evaluation job per LM edit (curvmem evaluate batch), and one for the base model
+    assert jobs["evaluate_lm"] == n_edits(cfg["lm"]["edits"]) and jobs["evaluate_lm_base"] == 1
+    assert jobs["readme_tables"] == 1
+    if "analysis" in cfg["lm"]:
+        for rule in ("activation_ratio", "task_interaction", "spectra", "per_example",
+                     "stability", "stress"):
+            assert jobs[f"analysis_{rule}"] == 1, rule
     # one collection (and eigen) job per (factor set, layer) the K-FAC edits use
     layers = {(d, s.get("factors", "main"), layer) for d in ("lm", "vit")
               for s in cfg[d]["edits"].values() if s["method"] == "kfac"
@@ -195,6 +200,5 @@ def test_adding_one_rho_runs_only_that_edit_and_its_evaluations(tmp_path):
     path = tmp_path / "more.yaml"
     path.write_text(yaml.safe_dump(cfg))
     jobs = dry_run_jobs(work, f"--configfile={path}")
-    evals = len(cfg["lm"]["evaluations"])
-    assert jobs == {"edit": 1, "evaluate_lm": evals, "report_lm": 1, "compare": 1,
-                    "report_html": 1, "all": 1}
+    assert jobs == {"edit": 1, "evaluate_lm": 1, "report_lm": 1, "compare": 1,
+                    "readme_tables": 1, "report_html": 1, "all": 1}
