@@ -14,6 +14,11 @@ and compute, from the `curvmem timing:` line each CLI process writes to its job 
     python benchmarks/bench_default.py                       # the README's figures
     python benchmarks/bench_default.py --cores 2 --keep /tmp/run   # keep the run's results/
     python benchmarks/bench_default.py --configfile workflow/config/adamw.yaml  # AdamW, 8 layers
+    python benchmarks/bench_default.py --snapshot docs/results/default   # the README's numbers
+
+`--snapshot DIR` copies what the README's results section is generated from into DIR (the
+summaries, readme_tables.md, the analyses' JSON, and run.json: these figures, the commit, the
+machine and the versions); commit DIR, then paste DIR/readme_tables.md into the README.
 """
 
 from __future__ import annotations
@@ -136,6 +141,25 @@ def print_rules(rules: dict) -> None:
           f"{total['compute']:>11.1f}")
 
 
+def snapshot(work: Path, dest: Path, figures: dict) -> None:
+    """What the README's results are generated from, with the facts of the run that made it."""
+    out = work / "results"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("lm_summary.json", "vit_summary.json", "readme_tables.md", "lm_table.md",
+                 "vit_table.md", "compare.md"):
+        if (out / name).is_file():
+            shutil.copy2(out / name, dest / name)
+    if (out / "analysis").is_dir():
+        (dest / "analysis").mkdir(exist_ok=True)
+        for f in (out / "analysis").glob("*.json"):
+            shutil.copy2(f, dest / "analysis" / f.name)
+    versions = {p: importlib.metadata.version(p) for p in ("torch", "transformers", "timm",
+                                                          "snakemake")}
+    run = {**figures, "versions": versions, "python": platform.python_version()}
+    (dest / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+    print(f"  snapshot in {dest}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cores", default="all", help="snakemake --cores (default: all)")
@@ -144,6 +168,8 @@ def main() -> int:
     ap.add_argument("--configfile", default=None,
                     help="a config of the clone, e.g. workflow/config/adamw.yaml (default: none, "
                     "the embedded default)")
+    ap.add_argument("--snapshot", default=None,
+                    help="copy the run's summaries, README tables and run facts into this directory")
     args = ap.parse_args()
 
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
@@ -204,6 +230,8 @@ def main() -> int:
     env_note = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS") if k in os.environ}
     if env_note:
         print(f"  environment: {env_note}")
+    if args.snapshot:
+        snapshot(work, Path(args.snapshot), figures)
     if not args.keep:
         shutil.rmtree(work.parent, ignore_errors=True)
     return 0
