@@ -183,3 +183,71 @@ def test_bad_arguments_fail_before_loading_or_writing(tmp_path, monkeypatch, ext
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
         run_cli(*argv)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "ids.npy"]
+
+
+# --------------------------------------------------------------------------- the paper's files
+
+
+@pytest.fixture(scope="module")
+def small_lm(tmp_path_factory):
+    """A tiny random OLMo-2 saved with a real (BPE) tokenizer of matching vocabulary."""
+    from transformers import AutoTokenizer
+
+    tmp = tmp_path_factory.mktemp("formats")
+    corpus = tmp / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"to be or not to be, {i} times"}) + "\n"
+                              for i in range(30)))
+    world.train_tokenizer(corpus, tmp / "lm", 300)
+    tok = AutoTokenizer.from_pretrained(tmp / "lm")
+    tiny_olmo2(vocab=len(tok)).save_pretrained(tmp / "lm")
+    return tmp / "lm", tok
+
+
+def test_rows_of_every_released_format(small_lm):
+    _, tok = small_lm
+    ids = tok("to be or not to be, that is the question", add_special_tokens=False)["input_ids"]
+    window = {"prefix_len": 3, "suffix_len": 2, "prefix_text": "ignored when ids are given",
+              "suffix_text": "ignored", "prefix_ids": ids[:3], "suffix_ids": ids[3:5]}
+    quote = {"id": 7, "author": "Shakespeare", "topic": "doubt",
+             "full_quote": "to be or not to be, that is the question",
+             "prefix": "to be or not to be,", "target_suffix": " that is the question"}
+    today = [{"text": "to be or not to be, that is the question"},
+             {"prefix": "to be", "suffix": " or not"}]
+    ex = evaluate.memorization_examples([window, quote, *today], tok, prefix_len=4,
+                                        suffix_len=3, where="rows.jsonl")
+    assert (ex[0]["prefix"], ex[0]["suffix"]) == (ids[:3], ids[3:5])  # ids used as given
+    assert ex[1]["prefix"] == tok("to be or not to be,", add_special_tokens=False)["input_ids"]
+    assert ex[1]["suffix"] == tok(" that is the question", add_special_tokens=False)["input_ids"]
+    assert ex[1]["id"] == 7
+    assert (ex[2]["prefix"], ex[2]["suffix"]) == (ids[:4], ids[4:7])
+    assert ex[3]["suffix"] == tok(" or not", add_special_tokens=False)["input_ids"]
+    for bad in (len(tok), -1, 2.5, True):
+        rows = [window, {**window, "suffix_ids": [1, bad]}]
+        with pytest.raises(ValueError, match=r"rows.jsonl row 2: token id .* vocabulary"):
+            evaluate.memorization_examples(rows, tok, where="rows.jsonl")
+
+
+def test_evaluate_memorization_reads_the_paper_files(small_lm, tmp_path, capsys):
+    from curvmem.cli import main
+
+    lm, tok = small_lm
+    ids = tok("to be or not to be, 3 times", add_special_tokens=False)["input_ids"]
+    windows = tmp_path / "olmo_dedup_val.jsonl"
+    row = {"prefix_len": 4, "suffix_len": 3, "prefix_text": tok.decode(ids[:4]),
+           "suffix_text": tok.decode(ids[4:7]), "prefix_ids": ids[:4], "suffix_ids": ids[4:7]}
+    windows.write_text(json.dumps(row) + "\n")
+    quotes = tmp_path / "quotes.jsonl"
+    quotes.write_text(json.dumps({"id": 0, "author": "a", "topic": "t", "full_quote": "x y",
+                                  "prefix": "to be or", "target_suffix": " not to be"}) + "\n")
+    for data in (windows, quotes):
+        out = tmp_path / f"{data.stem}.json"
+        assert main(["evaluate", "memorization", "--model", str(lm), "--data", str(data),
+                     "--out", str(out), "--threads", "1"]) == 0
+        assert json.loads(out.read_text())["n"] == 1
+    bad = tmp_path / "other_tokenizer.jsonl"
+    bad.write_text(json.dumps(row) + "\n" + json.dumps({**row, "prefix_ids": [100277]}) + "\n")
+    assert main(["evaluate", "memorization", "--model", str(lm), "--data", str(bad),
+                 "--out", str(tmp_path / "never.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad} row 2: token id 100277" in err
+    assert not (tmp_path / "never.json").exists()
