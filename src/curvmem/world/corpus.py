@@ -30,16 +30,16 @@ def parse_hf(data: str) -> dict:
     spec, _, field = spec.partition("#")
     spec, _, revision = spec.partition("@")
     path, _, split = spec.partition(":")
+    if not path:
+        raise ValueError(f"{data}: no dataset name after 'hf:'")
     config = None
     if not Path(path).is_dir():
         parts = path.split("/")
-        if len(parts) == 3:
-            path, config = "/".join(parts[:2]), parts[2]
-        elif len(parts) > 3 or not all(parts):
+        if len(parts) > 3 or not all(parts):
             raise ValueError(f"{data}: expected hf:NAME[/CONFIG][:SPLIT][@REVISION][#FIELD] "
                              "with NAME = owner/name or a local directory")
-    if not path:
-        raise ValueError(f"{data}: no dataset name after 'hf:'")
+        if len(parts) == 3:
+            path, config = "/".join(parts[:2]), parts[2]
     return {"path": path, "name": config, "split": split or "train",
             "revision": revision or None, "field": field or "text"}
 
@@ -183,8 +183,11 @@ def load_token_shard(data, seq_len: int, tokenizer, n_tokens: int, shard: str | 
         take(tokenizer(batch, add_special_tokens=False)["input_ids"])
     stream = torch.tensor([t for c in kept for t in c], dtype=torch.long)
     n_seq = stream.numel() // seq_len
-    return _check_nonempty(stream[: n_seq * seq_len].view(n_seq, seq_len),
-                           f"{data} shard {shard}", seq_len), start
+    if n_seq == 0:
+        raise ValueError(f"{data}: shard {shard} starts at sequence {start} of the "
+                         f"{n_tokens // seq_len} planned on --tokens {n_tokens}, but the corpus "
+                         f"ends at sequence {pos // seq_len}; lower --tokens to what it holds")
+    return stream[: n_seq * seq_len].view(n_seq, seq_len), start
 
 
 def _check_nonempty(seqs: torch.Tensor, data: str, seq_len: int) -> torch.Tensor:
