@@ -262,7 +262,7 @@ def main():
               f"{pr['flops_per_token'] / 1e9:6.2f} GFLOP/token -> {pr['seconds'] / 60:6.1f} min")
     ppl = json.loads((work / "ppl.json").read_text())
     print(f"perplexity of the edited random model: {ppl['perplexity']:.0f} "
-          f"({ppl['n_tokens']} tokens; random weights: ~vocab size expected)")
+          f"({ppl['n_tokens']} tokens; random weights: meaningless, only the cost counts)")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "steps": [
             {k: v for k, v in r.items() if k != "output"} for r in results],
