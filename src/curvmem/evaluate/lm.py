@@ -73,18 +73,29 @@ def memorization_examples(rows: list[dict], tokenizer, prefix_len: int = 64,
                           suffix_len: int = 48, where: str = "data") -> list[dict]:
     """(prefix ids, suffix ids, kind) per row, from any of the accepted formats.
 
-    prefix_ids/suffix_ids (token ids), prefix/suffix (texts; the suffix's length is its own), or
-    text (cut into prefix_len + suffix_len tokens).
+    prefix_ids/suffix_ids (token ids, used as given: the paper's memorized-window files and
+    `curvmem mine`'s), prefix/suffix or prefix/target_suffix (texts, e.g. the paper's quotes
+    file; the suffix's length is its own), or text (cut into prefix_len + suffix_len tokens).
     """
     if prefix_len < 1 or suffix_len < 1:
         raise ValueError(f"prefix and suffix lengths must be >= 1, got {prefix_len}, {suffix_len}")
+    # an HF tokenizer's len() counts its added tokens too; a stand-in without one is not checked
+    vocab = len(tokenizer) if hasattr(tokenizer, "__len__") else None
     out = []
     for i, row in enumerate(rows, 1):
+        suffix_key = "suffix" if "suffix" in row else "target_suffix"
         if "prefix_ids" in row and "suffix_ids" in row:
             prefix, suffix = list(row["prefix_ids"]), list(row["suffix_ids"])
-        elif "prefix" in row and "suffix" in row:
+            bad = [t for t in prefix + suffix
+                   if isinstance(t, bool) or not isinstance(t, int) or t < 0
+                   or (vocab is not None and t >= vocab)]
+            if bad:  # ids of another tokenizer would index garbage (or crash the embedding)
+                raise ValueError(f"{where} row {i}: token id {bad[0]!r} is not in the "
+                                 f"tokenizer's vocabulary ({vocab} ids); were these ids made "
+                                 "with another tokenizer?")
+        elif "prefix" in row and suffix_key in row:
             prefix = tokenizer(row["prefix"], add_special_tokens=False)["input_ids"]
-            suffix = tokenizer(row["suffix"], add_special_tokens=False)["input_ids"]
+            suffix = tokenizer(row[suffix_key], add_special_tokens=False)["input_ids"]
         elif "text" in row:
             ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
             if len(ids) < prefix_len + suffix_len:
@@ -93,8 +104,9 @@ def memorization_examples(rows: list[dict], tokenizer, prefix_len: int = 64,
                     f"suffix {suffix_len}; lower --prefix-len/--suffix-len or drop the row")
             prefix, suffix = ids[:prefix_len], ids[prefix_len:prefix_len + suffix_len]
         else:
-            raise ValueError(f"{where} row {i}: needs 'text', or 'prefix' and 'suffix', or "
-                             f"'prefix_ids' and 'suffix_ids'; has {sorted(row)}")
+            raise ValueError(f"{where} row {i}: needs 'text', or 'prefix' and 'suffix' (or "
+                             "'target_suffix'), or 'prefix_ids' and 'suffix_ids'; "
+                             f"has {sorted(row)}")
         if not prefix or not suffix:
             raise ValueError(f"{where} row {i}: empty prefix or suffix")
         out.append({"prefix": prefix, "suffix": suffix, "kind": str(row.get("kind", "all")),

@@ -2,27 +2,70 @@
 
 Sources: a JSONL file with a "text" field per line, a plain-text file (one document per non-empty
 line), a `.npy` array of token ids (1-D stream to pack, or 2-D [n_seq, seq_len] used as given),
-or a Hugging Face `datasets` dataset (a directory from `save_to_disk`, or `hf:NAME[:SPLIT]`).
-Documents are joined with the tokenizer's EOS token and packed without padding; the remainder
-that does not fill a whole sequence is dropped.
+a directory from `datasets`' `save_to_disk`, or a dataset streamed from the hub (or a local
+directory of parquet/JSON files) as `hf:NAME[/CONFIG][:SPLIT][@REVISION][#FIELD]` (see
+`parse_hf`). Documents are joined with the tokenizer's EOS token and packed without padding; the
+remainder that does not fill a whole sequence is dropped. Reading stops once the tokens asked
+for are there, so a streamed corpus is never downloaded beyond them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 
+def parse_hf(data: str) -> dict:
+    """`hf:NAME[/CONFIG][:SPLIT][@REVISION][#FIELD]` -> load_dataset arguments and the text field.
+
+    NAME is a hub id (owner/name) or a local directory of data files; a third path component is
+    the config (hf:allenai/c4/en:train). SPLIT defaults to train, FIELD to text.
+    """
+    spec = data[3:]
+    spec, _, field = spec.partition("#")
+    spec, _, revision = spec.partition("@")
+    path, _, split = spec.partition(":")
+    if not path:
+        raise ValueError(f"{data}: no dataset name after 'hf:'")
+    config = None
+    if not Path(path).is_dir():
+        parts = path.split("/")
+        if len(parts) > 3 or not all(parts):
+            raise ValueError(f"{data}: expected hf:NAME[/CONFIG][:SPLIT][@REVISION][#FIELD] "
+                             "with NAME = owner/name or a local directory")
+        if len(parts) == 3:
+            path, config = "/".join(parts[:2]), parts[2]
+    return {"path": path, "name": config, "split": split or "train",
+            "revision": revision or None, "field": field or "text"}
+
+
+def _iter_hf(data: str):
+    """Texts of a streamed dataset: rows are fetched as they are consumed, never all at once."""
+    import datasets
+
+    spec = parse_hf(data)
+    field = spec.pop("field")
+    rows = datasets.load_dataset(**spec, streaming=True)
+    for i, row in enumerate(rows):
+        if field not in row:
+            raise ValueError(f"{data}: row {i} has no field '{field}' (has {sorted(row)}); "
+                             "name the text field with hf:...#FIELD")
+        yield row[field]
+
+
+def iter_texts(data) -> Iterator[str]:
+    """Documents of a text corpus (any source but .npy), read lazily."""
+    return _iter_texts(str(data))
+
+
 def _iter_texts(data: str):
     if data.startswith("hf:"):
-        import datasets
-
-        name, _, split = data[3:].partition(":")
-        yield from (row["text"] for row in datasets.load_dataset(name, split=split or "train"))
+        yield from _iter_hf(data)
         return
     path = Path(data)
     if path.is_dir():
@@ -86,6 +129,65 @@ def load_token_sequences(data, seq_len: int | None, tokenizer=None,
     if n_tokens is not None:
         n_seq = min(n_seq, n_tokens // seq_len)
     return _check_nonempty(stream[: n_seq * seq_len].view(n_seq, seq_len), data, seq_len)
+
+
+def load_token_shard(data, seq_len: int, tokenizer, n_tokens: int, shard: str | None,
+                     skip_batch: int = 256) -> tuple[torch.Tensor, int]:
+    """(sequences, index of the first) of the k-th of n contiguous slices of what
+    `load_token_sequences(data, seq_len, tokenizer, n_tokens)` returns, reading no document past
+    the slice's end.
+
+    Slices are planned on the budget (n_tokens // seq_len sequences); when the corpus is shorter,
+    the last slices are shorter, so the shards stay disjoint and still cover what is there.
+    Packing makes where a sequence starts depend on the token count of every earlier document, so
+    the documents before the slice are tokenized to be counted only: `skip_batch` at a time
+    (the fast tokenizer's batch path), their ids dropped at once. That is a few seconds per
+    10M tokens against minutes of forward-backward; a pre-tokenized .npy skips for free.
+    """
+    data = str(data)
+    if not seq_len or seq_len < 2:
+        raise ValueError(f"--seq-len must be >= 2 (a sequence needs a next token), got {seq_len}")
+    if n_tokens is None or n_tokens < seq_len:
+        raise ValueError(f"--tokens ({n_tokens}) must cover at least one sequence of {seq_len}")
+    start, stop = shard_bounds(n_tokens // seq_len, shard)
+    if data.endswith(".npy"):
+        full = load_token_sequences(data, seq_len, tokenizer, n_tokens)
+        return _check_nonempty(full[start:stop], f"{data} shard {shard}", seq_len), start
+    if tokenizer is None:
+        raise ValueError(f"{data}: a text corpus needs the model's tokenizer")
+    if not data.startswith("hf:") and not Path(data).exists():
+        raise ValueError(f"{data}: no such corpus file or directory")
+    first, last = start * seq_len, stop * seq_len
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    pos, kept, batch = 0, [], []  # pos: stream tokens before the next document
+
+    def take(docs):
+        nonlocal pos
+        for ids in docs:
+            ids = ids + eos
+            if pos + len(ids) > first and pos < last:
+                kept.append(ids[max(first - pos, 0):last - pos])
+            pos += len(ids)
+
+    for text in _iter_texts(data):
+        if pos < first:  # before the slice: count in batches
+            batch.append(text)
+            if len(batch) == skip_batch:
+                take(tokenizer(batch, add_special_tokens=False)["input_ids"])
+                batch = []
+        else:
+            take([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        if pos >= last:
+            break
+    if batch:  # the corpus ended inside the skipped part
+        take(tokenizer(batch, add_special_tokens=False)["input_ids"])
+    stream = torch.tensor([t for c in kept for t in c], dtype=torch.long)
+    n_seq = stream.numel() // seq_len
+    if n_seq == 0:
+        raise ValueError(f"{data}: shard {shard} starts at sequence {start} of the "
+                         f"{n_tokens // seq_len} planned on --tokens {n_tokens}, but the corpus "
+                         f"ends at sequence {pos // seq_len}; lower --tokens to what it holds")
+    return stream[: n_seq * seq_len].view(n_seq, seq_len), start
 
 
 def _check_nonempty(seqs: torch.Tensor, data: str, seq_len: int) -> torch.Tensor:
