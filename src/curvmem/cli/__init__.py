@@ -5,6 +5,8 @@
                report-lm                                        (embedded default, LM evaluations)
     vision     vision-data, train-vit, evaluate vit, report-vit (ViT on noisy digits)
     baselines  baseline {bsn}, compare                          (BalancedSubnet, SVD, controls)
+    mine       mine                                             (memorized windows of a corpus)
+    export     export                                           (base + edit -> HF checkpoint)
     analyze    analyze {activation-ratio,task-interaction,spectra,per-example,stability,stress}
                                                                 (mechanism analyses)
 """
@@ -17,7 +19,7 @@ import os
 import sys
 
 from curvmem import __version__
-from curvmem.cli import analyze, baselines, core, lm, vision
+from curvmem.cli import analyze, baselines, core, export, lm, mine, vision
 from curvmem.io import begin_command, startup_split
 
 
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="evaluate a model, optionally with an edit applied",
                               description="Evaluations write one JSON file each.")
     evaluate_sub = evaluate.add_subparsers(dest="evaluation", metavar="EVALUATION", required=True)
-    for group in (core, lm, vision, baselines):
+    for group in (core, lm, vision, baselines, mine, export):
         group.register(sub, evaluate_sub)
     analyze.register(sub)
     return parser
