@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from curvmem import world
+from curvmem.model import lm as lm_model
 from curvmem.world import corpus
 
 TEXTS = [f"document {i}: " + " ".join(["the river ran past the mill"] * (1 + i % 4))
@@ -37,7 +37,7 @@ def files(tmp_path_factory):
         str(tmp / "ds" / "train.parquet"))
     jsonl = tmp / "docs.jsonl"
     jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
-    world.train_tokenizer(jsonl, tmp / "tok", 300)
+    lm_model.train_tokenizer(jsonl, tmp / "tok", 300)
     return {"hf": f"hf:{tmp / 'ds'}", "jsonl": jsonl,
             "tok": AutoTokenizer.from_pretrained(tmp / "tok")}
 

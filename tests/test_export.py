@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from conftest import tiny_olmo2
-from curvmem import edit, schema, world
+from curvmem import edit, schema
 from curvmem.cli import export as export_cli
+from curvmem.model import lm as lm_model
 from test_edit import make_eigen_dir
 
 torch.set_num_threads(1)
@@ -35,7 +36,7 @@ def base(tmp_path_factory):
     corpus = tmp / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": f"the river {i} ran past the old mill"}) + "\n"
                               for i in range(40)))
-    world.train_tokenizer(corpus, tmp / "tok", 300)
+    lm_model.train_tokenizer(corpus, tmp / "tok", 300)
     tok = AutoTokenizer.from_pretrained(tmp / "tok")
     model = tiny_olmo2(vocab=len(tok))
     model.save_pretrained(tmp / "base")

@@ -15,13 +15,15 @@ import pytest
 import torch
 
 from conftest import tiny_olmo2
-from curvmem import presets, world
+from curvmem import presets
 from curvmem.cli import mine as mine_cli
 from curvmem.evaluate import lm as evaluate
 from curvmem.evaluate import mine
 from curvmem.evaluate.lm import greedy_continue
 from curvmem.io import read_jsonl
+from curvmem.model import lm as lm_model
 from curvmem.model import load_model, load_tokenizer
+from curvmem.world import lm as world
 
 torch.set_num_threads(1)
 
@@ -86,7 +88,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mine")
     w, tok, m = tmp / "world", tmp / "tok", tmp / "model"
     world.write_world(w, presets.world_config("smoke"))
-    world.train_tokenizer(w / "train.jsonl", tok, 400)
+    lm_model.train_tokenizer(w / "train.jsonl", tok, 400)
     canaries = {s: read_jsonl(w / f"canaries_{s}.jsonl")
                 for s in ("forget", "untargeted", "control")}
     trained_texts = {r["text"] for s in ("forget", "untargeted") for r in canaries[s]}
@@ -98,7 +100,7 @@ def trained(tmp_path_factory):
     (small / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
     cfg = replace(presets.train_config("smoke"), d_model=64, d_ff=128, n_layers=2, steps=85,
                   lr=1e-2, warmup=10, threads=1)
-    world.train_lm(small, tok, m, cfg, progress=False)
+    lm_model.train_lm(small, tok, m, cfg, progress=False)
     # the corpus to mine: what the model was trained on, plus the never-trained control canaries
     corpus = tmp / "corpus.jsonl"
     corpus.write_text((small / "train.jsonl").read_text()
@@ -197,7 +199,7 @@ def small_lm(tmp_path_factory):
     corpus = tmp / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": f"to be or not to be, {i} times"}) + "\n"
                               for i in range(30)))
-    world.train_tokenizer(corpus, tmp / "lm", 300)
+    lm_model.train_tokenizer(corpus, tmp / "lm", 300)
     tok = AutoTokenizer.from_pretrained(tmp / "lm")
     tiny_olmo2(vocab=len(tok)).save_pretrained(tmp / "lm")
     return tmp / "lm", tok

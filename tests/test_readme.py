@@ -3,6 +3,7 @@ results section comes from the committed snapshot of a run (docs/results/)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from curvmem.report.readme import claim_counts, readme_tables, table_rows
@@ -19,7 +20,7 @@ def _model(forget, untargeted, ppl, method=None, layers=None, tasks=(0.9, 0.9, 0
          "tasks": dict(zip(("closed_book", "open_book", "arithmetic", "logic"), tasks)),
          "tasks_n": {}, "subtasks": {}, "subtasks_n": {}}
     if method:
-        m.update(method=method, spec={"layers": layers or []})
+        m.update(method=method, spec={str(layer): {"mlp.up_proj": 0.6} for layer in layers or []})
     return m
 
 
@@ -47,3 +48,31 @@ def test_rows_are_chosen_by_rule_not_by_hand():
     assert "**kfac-L1+2-rho0.6 (selected)**" in text and "kfac-L1+2-rho0.5" not in text
     assert "| *paper 7B K-FAC* | 3.4 / 8.8 / 0.704 | 16.1 / 23.8 / 0.625 |" in text
     assert "21.50 (+7.5 %)" in text  # perplexity and its rise over base
+
+
+def _numbers(text: str) -> set[str]:
+    """Decimal numbers as written (0.931, 27.81, 4.1, 23), signs and % dropped."""
+    return set(re.findall(r"\d+(?:\.\d+)?", text))
+
+
+def _results_section(readme: str) -> str:
+    start = readme.index("## What the embedded default shows")
+    return readme[start:readme.index("\n## ", start + 1)]
+
+
+def test_every_number_of_the_readme_results_is_in_the_committed_snapshot():
+    snapshot = ROOT / "docs" / "results" / "default"
+    readme = (ROOT / "README.md").read_text()
+    section = _results_section(readme)
+    tables = (snapshot / "readme_tables.md").read_text()
+    assert tables in section, "the README must show docs/results/default/readme_tables.md as is"
+    known = _numbers(tables) | _numbers((snapshot / "run.json").read_text())
+    for path in [snapshot / "lm_summary.json", snapshot / "vit_summary.json",
+                 *sorted((snapshot / "analysis").glob("*.json"))]:
+        known |= _numbers(path.read_text())
+    prose = section.replace(tables, "")
+    # a link's target, a list's ordinal or a section number is not a result
+    prose = re.sub(r"\]\([^)]*\)|`[^`]*`|\bL\d[\d+]*\b|\b(?:Fig\.|Figure|Table|issue) \d+", "",
+                   prose)
+    typed = sorted(_numbers(prose) - known)
+    assert not typed, f"numbers in the README's results section that no snapshot holds: {typed}"

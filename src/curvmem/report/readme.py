@@ -28,7 +28,9 @@ def table_rows(summary: dict) -> list[str]:
     by_layers = {}
     for name, m in models.items():
         if m.get("method") == "kfac":
-            by_layers.setdefault(tuple((m.get("spec") or {}).get("layers", [])), []).append(name)
+            spec = m.get("spec") or {}  # {layer: {module: rho}}, layers as JSON strings
+            layers = tuple(sorted(int(k) for k in spec if str(k).isdecimal()))
+            by_layers.setdefault(layers, []).append(name)
     for layers in sorted(by_layers, key=lambda t: (len(t), t)):
         pick = select_edit({"base": models["base"], **{n: models[n] for n in by_layers[layers]}},
                            summary.get("max_ppl_rise", 0.10))
