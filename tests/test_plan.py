@@ -155,8 +155,12 @@ def test_model_flags_resources_and_evaluations():
     assert runs[::4] == ["--run"] * len(plan.lm_evaluations(key))
     assert [tuple(runs[i + 1:i + 4]) for i in range(0, len(runs), 4)] == [
         (plan.evaluation(n)["kind"], plan.lm_data(plan.evaluation(n)["data"]),
-         f"results/smoke/lm/eval/{key}/{n}.json") for n in plan.lm_evaluations(key)]
+         f"results/smoke/lm/eval/{key}/{n}.json") for n in sorted(plan.lm_evaluations(key))]
     assert "coherence" not in plan.lm_eval_runs(plan.base["lm"])
+    shuffled = config("smoke")  # a config written back in another key order runs nothing new
+    shuffled["lm"]["evaluations"] = dict(reversed(list(shuffled["lm"]["evaluations"].items())))
+    assert Plan(shuffled).lm_eval_runs(key) == plan.lm_eval_runs(key)
+    assert Plan(shuffled).lm_eval_inputs(key) == plan.lm_eval_inputs(key)
     assert plan.edit_path("lm", key).startswith("results/smoke/lm/bsn/")
     assert plan.shard_files("lm", plan.fkeys(sharded=True)[0], 2)[1].endswith(
         "/shard-1-of-2/layer_2.nc")

@@ -353,7 +353,7 @@ class Plan:
     def lm_eval_inputs(self, key):
         """What the evaluation job of `key` reads: the model, every evaluation's data, the edit."""
         data = dict.fromkeys(self.lm_data(self.evaluation(n)["data"])
-                             for n in self.lm_evaluations(key))
+                             for n in sorted(self.lm_evaluations(key)))
         files = self.model_input("lm") + list(data)
         if key != self.base["lm"]:
             files.append(self.edit_path("lm", key))
@@ -363,7 +363,7 @@ class Plan:
         """`--run KIND DATA OUT` for each evaluation of `key`: one `curvmem evaluate batch` job
         per model or edit, so the model loads once, not once per evaluation."""
         runs = []
-        for name in self.lm_evaluations(key):
+        for name in sorted(self.lm_evaluations(key)):  # the config's order is no rerun reason
             ev = self.evaluation(name)
             run = (ev["kind"], self.lm_data(ev["data"]), f"{self.out}/lm/eval/{key}/{name}.json")
             runs.append("--run " + " ".join(shlex.quote(str(a)) for a in run))
