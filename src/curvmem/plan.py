@@ -411,17 +411,18 @@ class Plan:
             raise PlanError(f"config lm.analysis.stability.layer {a['stability']['layer']} is not "
                             f"one of lm.analysis.layers {a['layers']}")
 
-    def analysis_eigen_files(self):
-        """The main factor set's eigenbases of the analysed layers."""
-        eigen = f"{self.out}/lm/eigen/{self.factor_key('lm', 'main')}"
-        return [f"{eigen}/layer_{layer}.nc" for layer in self.analysis()["layers"]]
+    def analysis_eigen_dir(self):
+        """The main factor set's eigenbases, which the analyses read."""
+        return f"{self.out}/lm/eigen/{self.factor_key('lm', 'main')}"
 
-    def analysis_flags(self, eigen: bool = True):
+    def analysis_eigen_files(self):
+        return [f"{self.analysis_eigen_dir()}/layer_{layer}.nc"
+                for layer in self.analysis()["layers"]]
+
+    def analysis_flags(self):
         a = self.analysis()
-        pairs = [("--layers", a["layers"]), ("--modules", a["modules"])]
-        if eigen:
-            pairs.insert(0, ("--eigen", f"{self.out}/lm/eigen/{self.factor_key('lm', 'main')}"))
-        return flags(*pairs)
+        return flags(("--eigen", self.analysis_eigen_dir()), ("--layers", a["layers"]),
+                     ("--modules", a["modules"]))
 
     def analysis_outputs(self, name):
         return {"json": f"{self.out}/analysis/{name}.json",
@@ -456,14 +457,16 @@ class Plan:
                      ("--fisher", f["fisher"]), ("--seed", seed), ("--dtype", f["dtype"]),
                      ("--shard", f"{k}/2"))
 
+    def stability_eigen_dir(self, sname):
+        return f"{self.out}/lm/analysis/stability/{sname}/eigen"
+
     def stability_eigen_files(self):
         layer = self.analysis()["stability"]["layer"]
-        return [f"{self.out}/lm/analysis/stability/{n}/eigen/layer_{layer}.nc"
-                for n in self.stability_sets()]
+        return [f"{self.stability_eigen_dir(n)}/layer_{layer}.nc" for n in self.stability_sets()]
 
     def stability_flags(self):
         st = self.analysis()["stability"]
-        sets = " ".join(f"--set {shlex.quote(f'{n}={self.out}/lm/analysis/stability/{n}/eigen')}"
+        sets = " ".join(f"--set {shlex.quote(f'{n}={self.stability_eigen_dir(n)}')}"
                         for n in self.stability_sets())
         return f"{sets} " + flags(("--layers", [st["layer"]]),
                                   ("--modules", self.analysis()["modules"]), ("--rho", st["rho"]))
@@ -528,6 +531,6 @@ class Plan:
         return inputs
 
     def readme_flags(self):
-        return flags(("--lm-summary", self.readme_inputs().get("lm")),
-                     ("--vit-summary", self.readme_inputs().get("vit")),
+        inputs = self.readme_inputs()
+        return flags(("--lm-summary", inputs.get("lm")), ("--vit-summary", inputs.get("vit")),
                      ("--analysis", f"{self.out}/analysis" if self.analysis() else None))

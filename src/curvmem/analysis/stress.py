@@ -28,10 +28,9 @@ import torch
 from curvmem.analysis.common import save_figure
 
 # Existing curvmem names used here:
-from curvmem.edit import apply
+from curvmem.edit import apply, restored_after
 from curvmem.evaluate.lm import memorization_examples
 from curvmem.model import model_device
-from curvmem.schema import read_edit
 
 DEFINITION = (
     "Variants per item (prefix x_1..x_n, gold s_1..s_k, t): extend x_1..x_n s_1..s_i for "
@@ -165,18 +164,11 @@ def stress_test(model, tokenizer, rows, edits: dict, t: int = 20, prefix_len: in
     if not items:
         raise ValueError("no memorized items")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    params = dict(model.named_parameters())
     results = {"base": score_items(model, items, t, pad_id, batch_size)}
     for name, path in edits.items():
-        touched = list(read_edit(path)[0])
-        saved = {k: params[k].detach().clone() for k in touched if k in params}
-        try:
+        with restored_after(model, path):
             apply(model, path)
             results[name] = score_items(model, items, t, pad_id, batch_size)
-        finally:
-            with torch.no_grad():
-                for k, v in saved.items():
-                    params[k].copy_(v)
     summary = {name: {"original": _mean_std([s["original"] for s in sc]),
                       "perturbed": _mean_std([s["perturbed"] for s in sc]),
                       "improved_rate": sum(s["perturbed"] > s["original"] for s in sc) / len(sc),

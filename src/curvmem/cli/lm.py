@@ -186,10 +186,7 @@ def cmd_evaluate_batch(args) -> None:
     the edited model. A file's `cost` is its own compute; `cost.shared_load_seconds` is the
     model load they share.
     """
-    import torch
-
-    from curvmem.edit import apply
-    from curvmem.schema import read_edit
+    from curvmem.edit import apply, restored_after
 
     runs = [_run_args(args, kind, data, out) for kind, data, out in args.run]
     outs = [r.out for r in runs]
@@ -205,21 +202,16 @@ def cmd_evaluate_batch(args) -> None:
     data = [KINDS[r.evaluation][0](r) for r in runs]  # every input checked before the model loads
     with cost() as load:
         model, tokenizer, _ = _load(args, need_edit=True)
-    original = {}
-    if args.edit is not None:
-        touched = set(read_edit(args.edit)[0])
-        original = {n: p.detach().clone() for n, p in model.named_parameters() if n in touched}
     meta, edited = None, False
+    # coherence runs first, on the base weights; then the edit stays applied for the rest
     for i in sorted(range(len(runs)), key=lambda i: runs[i].evaluation != "coherence"):
         r = runs[i]
         with cost() as c:
             if r.evaluation == "coherence":
-                result = _coherence(model, tokenizer, data[i], r, lambda m: apply(m, args.edit))
+                with restored_after(model, args.edit):  # back to the base weights after it
+                    result = _coherence(model, tokenizer, data[i], r,
+                                        lambda m: apply(m, args.edit))
                 meta = result.pop("edit_meta")
-                with torch.no_grad():  # back to the base weights for the next run
-                    for n, p in model.named_parameters():
-                        if n in original:
-                            p.copy_(original[n])
             else:
                 if args.edit is not None and not edited:
                     meta, edited = apply(model, args.edit), True

@@ -4,7 +4,7 @@ BalancedSubnet baseline (bsn), and an edit as a file (build: spec, build_edit, a
 `curvmem.edit.apply(model, path)` loads any edit file into a model.
 """
 
-from curvmem.edit.build import apply, build_edit, layer_set_label, parse_spec
+from curvmem.edit.build import apply, build_edit, layer_set_label, parse_spec, restored_after
 from curvmem.edit.kfac import (
     BAND_LIMIT,
     band_mask,
@@ -16,4 +16,5 @@ from curvmem.edit.kfac import (
 from curvmem.edit.svd import svd_truncate
 
 __all__ = ["BAND_LIMIT", "apply", "band_mask", "build_edit", "check_rho", "kfac_edit_weight",
-           "layer_set_label", "pair_mask", "parse_spec", "select_pairs", "svd_truncate"]
+           "layer_set_label", "pair_mask", "parse_spec", "restored_after", "select_pairs",
+           "svd_truncate"]

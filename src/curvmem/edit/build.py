@@ -4,6 +4,7 @@ a K-FAC or SVD edit (`curvmem edit`), and `apply`, which loads any edit file int
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import torch
 
@@ -117,4 +118,19 @@ def apply(model, path) -> dict:
         for name, t in tensors.items():
             params[name].copy_(t.to(params[name].dtype))
     return meta
+
+
+@contextmanager
+def restored_after(model, path):
+    """Put back, on leaving, the parameters the edit file `path` touches: apply an edit inside,
+    and the model is the unedited one again afterwards."""
+    touched = set(read_edit(path)[0])
+    saved = {n: p.detach().clone() for n, p in model.named_parameters() if n in touched}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in saved:
+                    p.copy_(saved[n])
 
