@@ -34,63 +34,121 @@ def test_generation_is_deterministic_and_seeded(smoke_cfg, smoke_world):
 def test_changing_one_size_leaves_other_components_alone(smoke_cfg, smoke_world):
     bigger = world_lm.generate_world(presets.world_config("smoke", seed=3, overrides={"n_filler": 70}))
     assert bigger["canaries_control"] == smoke_world["canaries_control"]
+    assert bigger["quotes"] == smoke_world["quotes"]
     assert [t for t in bigger["tasks"] if t["category"] == "arithmetic"] == \
         [t for t in smoke_world["tasks"] if t["category"] == "arithmetic"]
 
 
-def test_canary_splits_are_disjoint_and_repeated(smoke_cfg, smoke_world):
+MEMORIZED = ("canaries_forget", "canaries_forget_validation", "canaries_control", "quotes",
+             "quotes_control")
+
+
+def test_memorized_sets_are_disjoint_repeated_and_of_their_kinds(smoke_cfg, smoke_world):
     train_counts = Counter(r["text"] for r in smoke_world["train"])
-    splits = {s: [r["text"] for r in smoke_world[f"canaries_{s}"]]
-              for s in ("forget", "untargeted", "control")}
-    all_texts = [t for texts in splits.values() for t in texts]
-    assert len(set(all_texts)) == len(all_texts) == 3 * 2 * smoke_cfg.n_canaries
-    for split in ("forget", "untargeted"):
-        for text in splits[split]:
-            assert train_counts[text] == smoke_cfg.canary_repeats
-    for text in splits["control"]:
-        assert train_counts[text] == 0
-    for split, texts in splits.items():
-        kinds = Counter(r["kind"] for r in smoke_world[f"canaries_{split}"])
-        assert kinds == {"random": smoke_cfg.n_canaries, "natural": smoke_cfg.n_canaries}
-        assert all(len(t.split()) >= 112 for t in texts)
+    texts = {s: [r["text"] for r in smoke_world[s]] for s in MEMORIZED}
+    everything = [t for ts in texts.values() for t in ts]
+    assert len(set(everything)) == len(everything)
+    for split in ("canaries_forget", "canaries_forget_validation"):
+        assert Counter(r["kind"] for r in smoke_world[split]) == \
+            dict.fromkeys(world_lm.DOCUMENT_KINDS, smoke_cfg.n_documents)
+        for text in texts[split]:
+            assert train_counts[text] == smoke_cfg.document_repeats
+    for text in texts["quotes"]:
+        assert train_counts[text] == smoke_cfg.quote_repeats
+    for split in ("canaries_control", "quotes_control"):
+        assert not any(train_counts[t] for t in texts[split])
+    # quotes: the paper's format (prefix + the last 8 words), an attribution, the long ones too
+    for row in smoke_world["quotes"] + smoke_world["quotes_control"]:
+        assert row["prefix"] + row["suffix"] == row["text"]
+        assert len(row["suffix"].split()) == world_lm.QUOTE_SUFFIX_WORDS
+        assert " once said: " in row["prefix"]
+    longs = [r for r in smoke_world["quotes"] if r["kind"] == "quote_long"]
+    assert len(longs) == smoke_cfg.n_long_quotes
+    assert [r["text"] for r in smoke_world["quotes_long"]] == [r["text"] for r in longs]
+
+
+def test_curvature_corpus_holds_no_memorized_or_trained_text(smoke_world):
+    """The corpus factors are collected on: fresh samples of the world, none of its memorized
+    items (documents, quotes, controls) or of its training items, evaluation items or held-out
+    text."""
+    curvature = [r["text"] for r in smoke_world["curvature"]]
+    blob = "\n".join(curvature)
+    for split in MEMORIZED:
+        for row in smoke_world[split]:
+            assert row["text"] not in blob
+            assert row["text"][:60] not in blob  # not even a document's opening
+    assert not set(curvature) & {r["text"] for r in smoke_world["train"]}
+    held = {r["text"] for s in ("heldout", "heldout_selection") for r in smoke_world[s]}
+    assert not set(curvature) & held
+    for t in smoke_world["tasks"] + smoke_world["tasks_validation"]:
+        if t["category"] != "closed_book":
+            assert t["prompt"] not in blob
+    sources = Counter(r["source"] for r in smoke_world["curvature"])
+    assert set(sources) == {"filler", "closed_book", "open_book", "copy", "arithmetic", "logic"}
+
+
+def test_memorized_positions_are_counted(smoke_world):
+    """count_memorized_positions finds memorized content in a stream, and none in the curvature
+    corpus (characters stand in for tokens: 64 of them for the 16 tokens of a real run)."""
+    from curvmem.world import corpus
+
+    def stream(texts):
+        ids = [t for text in texts for t in [ord(c) for c in text] + [0]]
+        return torch.tensor(ids)[None]
+
+    rows = smoke_world["canaries_forget"][:2]
+    windows = [[ord(c) for c in r["text"]] for r in rows]
+    dirty = stream(["some filler.", rows[0]["text"], "more filler.", rows[1]["text"][:40]])
+    assert corpus.count_memorized_positions(dirty, windows, n=16) == len(rows[0]["text"]) + 40
+    clean = stream([r["text"] for r in smoke_world["curvature"]])
+    all_windows = [[ord(c) for c in r["text"]] for s in MEMORIZED for r in smoke_world[s]]
+    assert corpus.count_memorized_positions(clean, all_windows, n=64) == 0
 
 
 def test_heldout_and_retain(smoke_world):
     train_texts = {r["text"] for r in smoke_world["train"]}
     filler = {r["text"] for r in smoke_world["train"] if r["source"] == "filler"}
-    assert not {r["text"] for r in smoke_world["heldout"]} & train_texts
+    held, selection = ({r["text"] for r in smoke_world[s]} for s in ("heldout", "heldout_selection"))
+    assert not (held | selection) & train_texts
+    assert not held & selection  # the selection's budget and the reported perplexity differ
     assert {r["text"] for r in smoke_world["retain"]} <= filler
 
 
-def test_task_items_do_not_leak_into_training(smoke_world):
+def test_task_items_do_not_leak_into_training(smoke_cfg, smoke_world):
     train_text = "\n".join(r["text"] for r in smoke_world["train"])
-    tasks = smoke_world["tasks"]
-    assert {t["category"] for t in tasks} == {"closed_book", "open_book", "arithmetic", "logic"}
-    # logic test items say which kind they are, so reports can split order from boolean
-    for t in tasks:
-        if t["category"] == "logic":
-            assert t["subcategory"] == ("boolean" if t["prompt"].startswith("Evaluate:")
-                                        else "order")
-        else:
-            assert "subcategory" not in t
-    for t in tasks:
-        if t["category"] == "closed_book":  # the fact itself is trained, in question form too
-            assert f"{t['prompt']} {t['answer']}." in train_text
-        else:  # fresh problems: the prompt never appears in training
-            assert t["prompt"] not in train_text
-    # invented names in open-book and order-logic tests are fresh: nowhere in training
-    fresh = [t["answer"] for t in tasks if t["category"] in ("open_book", "logic")
-             and t["answer"][0].isupper()]
-    assert fresh
-    for name in fresh:
-        assert name not in train_text
+    for split in ("tasks", "tasks_validation"):
+        tasks = smoke_world[split]
+        assert Counter(t["category"] for t in tasks) == {  # facts: half validation, half test
+            "closed_book": 2 * smoke_cfg.n_entities,
+            **dict.fromkeys(("open_book", "arithmetic", "logic"), smoke_cfg.n_task_test)}
+        # logic items say which kind they are, so reports can split order from boolean
+        for t in tasks:
+            if t["category"] == "logic":
+                assert t["subcategory"] == ("boolean" if t["prompt"].startswith("Evaluate:")
+                                            else "order")
+            else:
+                assert "subcategory" not in t
+        for t in tasks:
+            if t["category"] == "closed_book":  # the fact itself is trained, in question form too
+                assert f"{t['prompt']} {t['answer']}." in train_text
+            else:  # fresh problems: the prompt never appears in training
+                assert t["prompt"] not in train_text
+        # invented names in open-book and order-logic tests are fresh: nowhere in training
+        fresh = [t["answer"] for t in tasks if t["category"] in ("open_book", "logic")
+                 and t["answer"][0].isupper()]
+        assert fresh
+        for name in fresh:
+            assert name not in train_text
+    test, val = ({t["prompt"] for t in smoke_world[s]} for s in ("tasks", "tasks_validation"))
+    assert not test & val  # validation and test never share an item
 
 
 def test_logic_tests_hold_out_boolean_expressions_from_training():
-    cfg = presets.world_config("smoke", overrides={"n_logic_train": 1500, "n_logic_test": 80})
+    cfg = presets.world_config("smoke", overrides={"n_logic_train": 1500, "n_task_test": 40})
     w = world_lm.generate_world(cfg)
     trained = {r["text"].rsplit(" ", 1)[0] for r in w["train"] if r["source"] == "logic"}
-    tests = [t["prompt"] for t in w["tasks"] if t["category"] == "logic"]
+    tests = [t["prompt"] for s in ("tasks", "tasks_validation") for t in w[s]
+             if t["category"] == "logic"]
     boolean = [p for p in tests if p.startswith("Evaluate:")]
     assert 0.3 <= len(boolean) / len(tests) <= 0.7  # both kinds are tested, not only order
     assert not set(tests) & trained
@@ -134,8 +192,10 @@ def test_task_answers_are_right(smoke_world):
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="unknown world config"):
         presets.world_config("smoke", overrides={"n_canary": 3})
-    with pytest.raises(ValueError, match="canary_words"):
-        presets.world_config("smoke", overrides={"canary_words": 50})
+    with pytest.raises(ValueError, match="document_tokens"):
+        presets.world_config("smoke", overrides={"document_tokens": 50})
+    with pytest.raises(ValueError, match="n_long_quotes"):
+        presets.world_config("smoke", overrides={"n_long_quotes": 9})
     with pytest.raises(ValueError, match="preset"):
         presets.world_config("huge")
     with pytest.raises(ValueError, match="JSON"):
@@ -148,10 +208,12 @@ def test_write_world_layout(tmp_path, smoke_cfg):
     meta = world_lm.write_world(tmp_path / "w", smoke_cfg)
     names = sorted(p.name for p in (tmp_path / "w").iterdir())
     assert names == ["canaries_control.jsonl", "canaries_forget.jsonl",
-                     "canaries_untargeted.jsonl", "heldout.jsonl", "retain.jsonl",
-                     "tasks.jsonl", "train.jsonl", "world.json"]
+                     "canaries_forget_validation.jsonl", "curvature.jsonl", "heldout.jsonl",
+                     "heldout_selection.jsonl", "quotes.jsonl", "quotes_control.jsonl",
+                     "quotes_long.jsonl", "retain.jsonl", "tasks.jsonl", "tasks_validation.jsonl",
+                     "train.jsonl", "world.json"]
     assert json.loads((tmp_path / "w" / "world.json").read_text())["config"]["seed"] == 3
-    assert meta["counts"]["canaries_forget"] == 2 * smoke_cfg.n_canaries
+    assert meta["counts"]["canaries_forget"] == len(world_lm.DOCUMENT_KINDS) * smoke_cfg.n_documents
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
 
 
@@ -178,8 +240,9 @@ def test_tokenizer_round_trip_and_canary_length(tmp_path, smoke_cfg):
     text = "Compute: 45 + 23 = 68."
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     assert "4" in tok.tokenize("Compute: 45")  # digits one by one
-    for split in ("forget", "control"):
-        for row in io.read_jsonl(tmp_path / "w" / f"canaries_{split}.jsonl"):
+    for name in ("canaries_forget", "canaries_forget_validation", "canaries_control",
+                 "quotes_long"):  # every item scored on a 64 + 48-token window has one
+        for row in io.read_jsonl(tmp_path / "w" / f"{name}.jsonl"):
             assert len(tok(row["text"], add_special_tokens=False)["input_ids"]) >= 112
     with pytest.raises(ValueError, match="vocab-size"):
         model_lm.train_tokenizer(tmp_path / "w" / "train.jsonl", tmp_path / "t2", vocab_size=10)

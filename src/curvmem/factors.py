@@ -366,20 +366,24 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
                         blocks_path=None, seq_len: int = 512, batch_size: int = 8,
                         fisher: str = "sampled", seed: int = 0, shard: str | None = None,
                         dtype: str = "float32", checkpoint_every: int = 0, device=None,
-                        trust_remote_code: bool = False) -> tuple[int, list[int]]:
+                        trust_remote_code: bool = False,
+                        memorized=None) -> tuple[int, list[int]]:
     """`curvmem collect`: load the model and data, collect, write OUT/layer_<L>.nc per layer.
 
     A ViT directory (`train-vit`) reads `data` as its vision dataset file, uses the
     classification loss and the CLS position only, and `tokens` counts images. With
     `checkpoint_every`, running sums are saved in OUT/.checkpoint-<key>.safetensors, resumed when
-    rerun with the same settings and deleted once the layer files are written. Returns
-    (positions collected, layers).
+    rerun with the same settings and deleted once the layer files are written. `memorized`
+    (JSONL files of memorized items, LM only) makes each file record how many collected positions
+    are memorized content (`memorized_positions`; -1: not counted). Returns (positions, layers).
     """
     t0 = time.perf_counter()
     if tokens < 1:
         raise ValueError(f"--tokens must be positive, got {tokens}")
     device = default_device(device)
     is_vit = vit.is_vision_model(model_path)
+    if memorized and is_vit:
+        raise ValueError("--memorized counts memorized text in an LM corpus; not for a ViT")
     model = load_model(model_path, dtype=torch.bfloat16 if device.startswith("cuda") else None,
                        trust_remote_code=trust_remote_code, device=device)
     adapter = adapter_for(model, blocks_path, modules)
@@ -398,6 +402,12 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
         full = corpus.load_token_sequences(data, seq_len, tok, tokens)
         start, stop = corpus.shard_bounds(full.shape[0], shard)
         items, task, seq_len = full[start:stop], LMTask(), full.shape[1]
+    memorized = list(memorized or [])
+    n_memorized = -1
+    if memorized:
+        tok = tok or load_tokenizer(model_path, trust_remote_code)
+        n_memorized = corpus.count_memorized_positions(items,
+                                                       corpus.memorized_windows(memorized, tok))
     batches = batched(items, batch_size)
     fp = model_fingerprint(model)
     corpus_fp = corpus.fingerprint_tensor(full)
@@ -420,7 +430,8 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
             "model_id": model_id(model_path), "model_fingerprint": fp,
             "fisher": fisher, "n_tokens": result.n_tokens, "seq_len": seq_len,
             "corpus_fingerprint": corpus_fp, "seed": seed, "shard": shard or "",
-            "task": task.name, "data": str(data), "dtype": dtype,
+            "task": task.name, "data": str(data), "corpus": str(data), "dtype": dtype,
+            "memorized_positions": n_memorized, "memorized_sets": ",".join(map(str, memorized)),
             "cost_seconds": share, "cost_peak_rss_mb": peak_rss_mb()})
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()
@@ -461,7 +472,9 @@ def merge_layer_files(paths, out) -> None:
             groups[name][var] = (acc / total).astype(first.groups[name][var].dtype)
     attrs = {k: v for k, v in first.attrs.items()
              if k not in ("kind", "schema_version", "layer", "curvmem_version")}
+    counts = [int(f.attrs.get("memorized_positions", -1)) for f in files]
     attrs.update(n_tokens=total, shard="",
+                 memorized_positions=-1 if min(counts) < 0 else sum(counts),
                  cost_seconds=sum(float(f.attrs.get("cost_seconds", 0)) for f in files),
                  cost_peak_rss_mb=max(float(f.attrs.get("cost_peak_rss_mb", 0)) for f in files))
     schema.write_layer(out, "factors", int(first.layer), groups, attrs)

@@ -227,8 +227,18 @@ class Plan:
         return self.config["vit"]["data"]
 
     def domain_data(self, domain):
-        """What factor collection reads."""
-        return self.lm_data("corpus") if domain == "lm" else self.vit_data()
+        """What factor collection reads: the LM's curvature corpus (`lm.data.curvature`, kept
+        apart from what is memorized) where the config names one, else its training corpus."""
+        if domain != "lm":
+            return self.vit_data()
+        return self.lm_data("curvature" if "curvature" in self.config["lm"]["data"] else "corpus")
+
+    def memorized_data(self):
+        """The memorized sets whose occurrences factor collection counts (`memorized_positions`
+        in each factor file): every memorization evaluation's data set."""
+        evals = self.config["lm"]["evaluations"]
+        names = sorted({e["data"] for e in evals.values() if e["kind"] == "memorization"})
+        return [self.lm_data(n) for n in names]
 
     # ----------------------------------------------------------------------- factor sets
 
@@ -264,9 +274,13 @@ class Plan:
         return [k for d in self.domains for k, fs in self.factor_sets[d].items()
                 if (fs["shards"] > 1) == sharded]
 
+    def memorized_inputs(self, domain):
+        return self.memorized_data() if domain == "lm" else []
+
     def collect_flags(self, domain, fkey):
         f = self.factor_config(domain, self.factor_sets[domain][fkey]["fset"])
         return flags(("--modules", f["modules"]), ("--tokens", f["tokens"]),
+                     ("--memorized", self.memorized_inputs(domain) or None),
                      ("--seq-len", f.get("seq_len") if domain == "lm" else None),
                      ("--batch-size", f["batch_size"]), ("--fisher", f["fisher"]),
                      ("--seed", f["seed"]), ("--dtype", f["dtype"]),

@@ -15,21 +15,30 @@ from dataclasses import dataclass, fields, replace
 class WorldConfig:
     seed: int = 0
     n_filler: int = 800  # training paragraphs of grammar text
-    n_heldout: int = 160  # fresh paragraphs for perplexity / coherence
+    n_heldout: int = 560  # fresh paragraphs in EACH held-out set (selection, reported): ~32k tokens
     n_retain: int = 128  # training paragraphs an unlearning baseline may use as its retain set
-    n_entities: int = 24  # closed-book entities, 4 attributes each
-    fact_repeats: int = 48  # times each closed-book fact appears in training
+    n_entities: int = 100  # closed-book entities, 4 attributes each (half validation, half test)
+    fact_repeats: int = 24  # times each closed-book fact appears in training
     n_open_train: int = 6000
-    n_open_test: int = 200
+    n_task_test: int = 200  # per task category, and as many again for validation
     open_facts: int = 2  # facts in an open-book passage (of the 8 about its two entities)
-    n_arith_train: int = 11800  # of the 12,195 two-digit problems
-    n_arith_test: int = 200
+    arith_repeats: int = 4  # times each training arithmetic problem appears
     n_logic_train: int = 8000
-    n_logic_test: int = 200
-    n_canaries: int = 10  # per kind (random, natural) and per split (forget, untargeted, control)
-    canary_words: int = 112  # >= 112 words, so >= 112 tokens (64 prefix + 48 suffix) in any BPE
-    canary_repeats: int = 21  # times each trained canary appears in train.jsonl (x epochs)
     n_copy_train: int = 6000  # "Repeat: <names>. Again: <names>." lines: in-context copying
+    # memorized documents (menus, number tables, licences, random words): per kind and split
+    # (forget, forget_validation: both trained; control: never trained)
+    n_documents: int = 13
+    document_tokens: int = 124  # about; >= 112 (64 prefix + 48 suffix), < 144 (one block)
+    document_repeats: int = 21  # times each trained document appears in train.jsonl (x epochs)
+    n_quotes: int = 50  # trained quotes (the untargeted set), and as many control quotes
+    n_long_quotes: int = 10  # of them, long enough for the 64 + 48-token evaluation
+    quote_repeats: int = 28
+    # the curvature corpus (curvature.jsonl): fresh samples of every non-memorized source
+    n_curvature_filler: int = 400
+    n_curvature_open: int = 1500
+    n_curvature_logic: int = 1500
+    n_curvature_copy: int = 1000
+    n_curvature_entities: int = 60  # fresh entities whose facts are stated (never trained)
 
 
 @dataclass(frozen=True)
@@ -60,9 +69,11 @@ WORLD_PRESETS = {
     "default": WorldConfig(),
     "adamw": WorldConfig(),
     "smoke": WorldConfig(n_filler=60, n_heldout=12, n_retain=8, n_entities=6, fact_repeats=3,
-                         n_open_train=40, n_open_test=8, n_arith_train=60, n_arith_test=8,
-                         n_logic_train=40, n_logic_test=8, n_canaries=2, canary_repeats=6,
-                         n_copy_train=20),
+                         n_open_train=40, n_task_test=8, arith_repeats=1, n_logic_train=40,
+                         n_copy_train=20, n_documents=2, document_repeats=6, n_quotes=4,
+                         n_long_quotes=1, quote_repeats=6, n_curvature_filler=20,
+                         n_curvature_open=20, n_curvature_logic=20, n_curvature_copy=10,
+                         n_curvature_entities=3),
 }
 TRAIN_PRESETS = {
     "default": TrainConfig(),
@@ -90,18 +101,18 @@ def world_config(preset: str = "default", seed: int | None = None, overrides=Non
         try:
             overrides = json.loads(overrides)
         except json.JSONDecodeError as e:
-            raise ValueError(f"--config is not valid JSON ({e}); e.g. '{{\"n_canaries\": 8}}'") from None
+            raise ValueError(f"--config is not valid JSON ({e}); e.g. '{{\"n_documents\": 8}}'") from None
         if not isinstance(overrides, dict):
-            raise ValueError("--config must be a JSON object, e.g. '{\"n_canaries\": 8}'")  # noqa: TRY004
+            raise ValueError("--config must be a JSON object, e.g. '{\"n_documents\": 8}'")  # noqa: TRY004
     cfg = _with_overrides(WORLD_PRESETS[preset], overrides, "world")
     if seed is not None:
         cfg = replace(cfg, seed=int(seed))
     for f in fields(cfg):
         if f.name not in ("seed", "n_copy_train") and getattr(cfg, f.name) < 1:
             raise ValueError(f"world config {f.name} must be >= 1, got {getattr(cfg, f.name)}")
-    if cfg.canary_words < 112:
-        raise ValueError(f"canary_words must be >= 112 (64 prefix + 48 suffix tokens), "
-                         f"got {cfg.canary_words}")
+    if not 118 <= cfg.document_tokens <= 130:
+        raise ValueError(f"document_tokens must be in [118, 130] (>= 64 prefix + 48 suffix "
+                         f"tokens, and one 144-token training block), got {cfg.document_tokens}")
     if cfg.open_facts > 8:
         raise ValueError(f"open_facts must be <= 8 (two entities x 4 attributes), "
                          f"got {cfg.open_facts}")
@@ -109,6 +120,9 @@ def world_config(preset: str = "default", seed: int | None = None, overrides=Non
         raise ValueError(f"n_copy_train must be >= 0, got {cfg.n_copy_train}")
     if cfg.n_retain > cfg.n_filler:
         raise ValueError(f"n_retain ({cfg.n_retain}) cannot exceed n_filler ({cfg.n_filler})")
+    if cfg.n_long_quotes > cfg.n_quotes:
+        raise ValueError(f"n_long_quotes ({cfg.n_long_quotes}) cannot exceed n_quotes "
+                         f"({cfg.n_quotes})")
     return cfg
 
 

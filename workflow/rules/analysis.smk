@@ -115,7 +115,7 @@ if ANALYSIS:
 
     rule analysis_stability_collect:
         input:
-            data=lm_data("corpus"),
+            data=planned(PLAN.domain_data)("lm"),  # the curvature corpus, as the main factors
             model=model_input("lm"),
         output:
             temp(f"{OUT}/lm/analysis/stability/{{sname}}/factors/layer_{{layer}}.nc"),

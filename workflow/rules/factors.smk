@@ -4,6 +4,7 @@
 rule collect:
     input:
         data=domain_data,
+        memorized=lambda wc: PLAN.memorized_inputs(wc.domain),
         model=domain_model_input,
     output:
         f"{OUT}/{{domain}}/factors/{{fkey}}/layer_{{layer}}.nc",
@@ -30,6 +31,7 @@ rule collect:
 rule collect_shard:
     input:
         data=domain_data,
+        memorized=lambda wc: PLAN.memorized_inputs(wc.domain),
         model=domain_model_input,
     output:
         temp(f"{OUT}/{{domain}}/factors/{{fkey}}/shard-{{k}}-of-{{n}}/layer_{{layer}}.nc"),

@@ -3,6 +3,10 @@
 Reads `results/lm_summary.json` (written by `curvmem report-lm`): memorization, perplexity, task
 retention and the cost of producing each edit, plus a Pareto figure (untargeted strict recitation
 against perplexity, one curve per method and recipe: BSN's training length, an edit's layer set).
+
+The verdict compares whole Pareto fronts, not hand-picked points: for each method, the lowest
+recitation (on the reported sets: forget-validation and quotes) reachable at or below each
+perplexity, averaged over the perplexity range both fronts cover.
 """
 
 from __future__ import annotations
@@ -83,9 +87,11 @@ def comparison_rows(summary: dict) -> list[dict]:
             raise ValueError(f"summary entry '{name}' is not an object")  # noqa: TRY004
         method = "base" if name == "base" else str(m.get("method") or name)
         knob_name, knob_value = knob(method, m.get("spec") or {})
+        picks = {v.get("selected") for v in (summary.get("selection") or {}).values()}
         row = {"name": name, "method": method, "knob_name": knob_name, "knob": knob_value,
-               "selected": name == summary.get("selected")}  # report-lm's chosen K-FAC edit
-        for split in ("forget", "untargeted", "control"):
+               # report-lm's selection rule's pick for this method (validation data only)
+               "selected": name in picks or name == summary.get("selected")}
+        for split in ("forget", "forget_validation", "untargeted", "control"):
             metrics = m.get(split) or {}
             for key in ("strict", "loose", "avg_distance"):
                 row[f"{split}_{key}"] = _number(metrics.get(key))
@@ -111,43 +117,47 @@ def comparison_rows(summary: dict) -> list[dict]:
     return rows
 
 
-def matched_perplexity_verdict(rows: list[dict], tolerance: float = MATCH_TOLERANCE) -> dict:
-    """Is K-FAC's untargeted strict recitation lower than BSN's at matched perplexity?
+FRONT_METRICS = ("forget_validation_strict", "untargeted_strict")
 
-    For each BSN point, the K-FAC points whose perplexity is within `tolerance` (larger/smaller
-    ≤ 1 + tolerance) are its matches; the best of them (lowest untargeted strict, then lowest
-    perplexity) is compared with it. Verdict: "yes" if K-FAC is lower at every matched BSN point,
-    "no" if at none, "mixed" otherwise, "no match" if no BSN point has a K-FAC match.
-    """
-    def usable(r):
-        return r["perplexity"] is not None and r["untargeted_strict"] is not None
 
-    kfac = [r for r in rows if r["method"] == "kfac" and usable(r)]
-    bsn = [r for r in rows if r["method"] == "bsn" and usable(r)]
-    pairs = []
-    for b in bsn:
-        near = [k for k in kfac
-                if max(k["perplexity"], b["perplexity"])
-                <= (1 + tolerance) * min(k["perplexity"], b["perplexity"])]
-        if not near:
-            continue
-        k = min(near, key=lambda r: (r["untargeted_strict"], r["perplexity"]))
-        pairs.append({"bsn": b["name"], "kfac": k["name"],
-                      "bsn_perplexity": b["perplexity"], "kfac_perplexity": k["perplexity"],
-                      "bsn_untargeted_strict": b["untargeted_strict"],
-                      "kfac_untargeted_strict": k["untargeted_strict"],
-                      "kfac_lower": k["untargeted_strict"] < b["untargeted_strict"]})
-    lower = sum(p["kfac_lower"] for p in pairs)
-    if not pairs:
-        verdict = "no match"
-    elif lower == len(pairs):
-        verdict = "yes"
-    elif lower == 0:
-        verdict = "no"
-    else:
-        verdict = "mixed"
-    return {"verdict": verdict, "tolerance": tolerance, "pairs": pairs,
-            "n_kfac": len(kfac), "n_bsn": len(bsn)}
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (perplexity, recitation) points no other point beats in both, by perplexity."""
+    front, best = [], math.inf
+    for ppl, rec in sorted(points):
+        if rec < best:
+            front.append((ppl, rec))
+            best = rec
+    return front
+
+
+def best_at(front: list[tuple[float, float]], ppl: float) -> float | None:
+    """The lowest recitation a front reaches at perplexity <= ppl (None below its first point)."""
+    reached = [rec for p, rec in front if p <= ppl]
+    return min(reached) if reached else None
+
+
+def front_gap(rows: list[dict], method: str, other: str, metric: str, n_grid: int = 64) -> dict:
+    """Mean (method's front - other's front) recitation over the perplexities both reach, on a
+    log grid from the larger of their first points to the largest point of either."""
+    def front(m):
+        return pareto_front([(r["perplexity"], r[metric]) for r in rows if r["method"] == m
+                             and r["perplexity"] is not None and r.get(metric) is not None])
+
+    a, b = front(method), front(other)
+    out = {"metric": metric, "methods": [method, other], "fronts": {method: a, other: b}}
+    if not a or not b:
+        return {**out, "gap": None, "verdict": "no front"}
+    lo, hi = max(a[0][0], b[0][0]), max(a[-1][0], b[-1][0])
+    grid = [lo * (hi / lo) ** (k / (n_grid - 1)) for k in range(n_grid)] if hi > lo else [lo]
+    gap = sum(best_at(a, p) - best_at(b, p) for p in grid) / len(grid)
+    verdict = (f"{method} lower" if gap < 0 else f"{other} lower" if gap > 0 else "equal")
+    return {**out, "gap": gap, "range": [lo, hi], "verdict": verdict}
+
+
+def front_verdicts(rows: list[dict]) -> dict:
+    """K-FAC's front against SVD's and BSN's, on each reported recitation metric."""
+    return {f"kfac_vs_{other}_{metric}": front_gap(rows, "kfac", other, metric)
+            for other in ("bsn", "svd") for metric in FRONT_METRICS}
 
 
 def _fmt(v, digits=1, scale=1.0):
@@ -156,48 +166,45 @@ def _fmt(v, digits=1, scale=1.0):
 
 def _pct_scale(rows: list[dict]) -> float:
     """Strict/loose come as fractions (→ ×100) unless some value already exceeds 1 (percent)."""
-    vals = [r[f"{s}_{k}"] for r in rows for s in ("forget", "untargeted")
+    vals = [r[f"{s}_{k}"] for r in rows for s in ("forget", "forget_validation", "untargeted")
             for k in ("strict", "loose") if r[f"{s}_{k}"] is not None]
     return 1.0 if any(v > 1 for v in vals) else 100.0
 
 
-def comparison_table(rows: list[dict], verdict: dict, source: str = "") -> str:
+def comparison_table(rows: list[dict], verdicts: dict, source: str = "") -> str:
     """Markdown: our Table 1 (with cost and task retention), the verdict, the paper's Table 1."""
     pct = _pct_scale(rows)
-    head = ("| entry | method | knob | forget strict % | loose % | Avg Lev | untargeted strict % "
-            "| loose % | Avg Lev | PPL | nDCG@10 | closed-book | open-book | arithmetic | logic "
-            "| edit s | peak MB |")
+    head = ("| entry | method | knob | forget strict % | forget-validation strict % | loose % | "
+            "Avg Lev | quotes strict % | loose % | Avg Lev | PPL | nDCG@10 | closed-book | "
+            "open-book | arithmetic | logic | edit s | peak MB |")
     lines = [f"## This run{f' ({source})' if source else ''}", "",
-             ("Forget = the canaries given to the methods (the paper's Dolma column); untargeted "
-             "= canaries never given to any method (the paper's Quotes column). Task columns: "
-             "score as % of the base model's. Edit s / peak MB: wall time and peak RSS of "
-             "producing the edit. (selected) = report-lm's chosen K-FAC edit (forget set and "
-             "perplexity only)."), "", head, "|" + "---|" * 17]
+             ("Forget = the memorized documents given to the methods and read by the selection; "
+             "forget-validation = their held-out half (the paper's Dolma validation column); "
+             "quotes = the untargeted set, never given to any method (the paper's Quotes "
+             "column). Task columns: test score as % of the base model's. Edit s / peak MB: wall "
+             "time and peak RSS of producing the edit. (selected) = the selection rule's pick "
+             "for its method (validation data only)."), "", head, "|" + "---|" * 18]
     for r in rows:
         k = "" if r["knob"] is None else f"{r['knob_name']}={r['knob']:g}"
         cells = [r["name"] + (" (selected)" if r["selected"] else ""), r["method"], k,
-                 _fmt(r["forget_strict"], 1, pct), _fmt(r["forget_loose"], 1, pct),
-                 _fmt(r["forget_avg_distance"], 3),
+                 _fmt(r["forget_strict"], 1, pct), _fmt(r["forget_validation_strict"], 1, pct),
+                 _fmt(r["forget_validation_loose"], 1, pct),
+                 _fmt(r["forget_validation_avg_distance"], 3),
                  _fmt(r["untargeted_strict"], 1, pct), _fmt(r["untargeted_loose"], 1, pct),
                  _fmt(r["untargeted_avg_distance"], 3), _fmt(r["perplexity"], 2),
                  _fmt(r["ndcg10"], 3)]
         cells += [_fmt(r[f"{c}_retention"], 1) for c in TASK_CATEGORIES]
         cells += [_fmt(r["seconds"], 1), _fmt(r["peak_rss_mb"], 0)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", (f"**Matched perplexity (within {verdict['tolerance']:.0%}): is K-FAC's "
-              f"untargeted strict recitation lower than BSN's? {verdict['verdict']}.**")]
-    if verdict["pairs"]:
-        lower = sum(p["kfac_lower"] for p in verdict["pairs"])
-        lines.append(f"K-FAC is lower at {lower} of {len(verdict['pairs'])} BSN settings that "
-                     "have a K-FAC setting at matched perplexity:")
-        for p in verdict["pairs"]:
-            lines.append(f"- {p['bsn']} (PPL {p['bsn_perplexity']:.2f}, untargeted strict "
-                         f"{p['bsn_untargeted_strict'] * pct:.1f} %) vs {p['kfac']} (PPL "
-                         f"{p['kfac_perplexity']:.2f}, {p['kfac_untargeted_strict'] * pct:.1f} %)")
-    else:
-        lines.append(f"No BSN setting has a K-FAC setting within {verdict['tolerance']:.0%} "
-                     f"perplexity ({verdict['n_bsn']} BSN, {verdict['n_kfac']} K-FAC points): "
-                     "widen the sweeps to compare.")
+    lines += ["", "**Pareto fronts** (lowest recitation reachable at or below each perplexity, "
+              "averaged over the perplexity range both fronts reach; negative = K-FAC lower):", ""]
+    for v in verdicts.values():
+        a, b = v["methods"]
+        if v["gap"] is None:
+            lines.append(f"- {a} vs {b}, {v['metric']}: no front to compare")
+            continue
+        lines.append(f"- {a} vs {b}, {v['metric']}: mean gap {v['gap'] * pct:+.1f} points over "
+                     f"PPL {v['range'][0]:.2f}–{v['range'][1]:.2f}: **{v['verdict']}**")
     lines += ["", "## The paper's Table 1 (Merullo et al. 2025, OLMo-2; not this run)", "",
               ("| model | method | Dolma strict % | loose % | Avg Lev | Quotes strict % | loose % "
               "| Avg Lev | PPL |"), "|" + "---|" * 9]
@@ -220,7 +227,7 @@ STYLES = {  # method -> (label, colour, marker, joined by a line)
 }
 
 
-def comparison_figure(rows: list[dict], path, verdict: dict | None = None) -> None:
+def comparison_figure(rows: list[dict], path, verdicts: dict | None = None) -> None:
     """Untargeted strict recitation vs perplexity: one curve per method and recipe, base and controls marked."""
     import matplotlib
 
@@ -263,11 +270,11 @@ def comparison_figure(rows: list[dict], path, verdict: dict | None = None) -> No
     ax.margins(y=0.15)  # room for the knob labels above the points
     ax.set_xlabel("perplexity on held-out text (lower is better); point labels: the method's "
                   "knob (rho, drop, ratio)")
-    ax.set_ylabel("untargeted strict recitation, % (lower is better)")
+    ax.set_ylabel("quotes (untargeted) strict recitation, % (lower is better)")
     title = "Memorization removed vs. cost in perplexity (lower-left is better)"
-    if verdict is not None:
-        title += (f"\nK-FAC below BSN at matched perplexity (±{verdict['tolerance']:.0%}): "
-                  f"{verdict['verdict']}")
+    v = (verdicts or {}).get("kfac_vs_bsn_untargeted_strict")
+    if v is not None and v["gap"] is not None:
+        title += f"\nfronts, K-FAC vs BSN on quotes: mean gap {v['gap'] * pct:+.1f} points"
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -284,12 +291,12 @@ def compare(summary_path, figure=None, table=None) -> dict:
             raise ValueError(f"{flag} {path}: expected a {suffix} file")
     summary = io.read_json(summary_path)
     rows = comparison_rows(summary)
-    verdict = matched_perplexity_verdict(rows)
-    text = comparison_table(rows, verdict, source=str(summary_path))
+    verdicts = front_verdicts(rows)
+    text = comparison_table(rows, verdicts, source=str(summary_path))
     if figure is not None:
-        comparison_figure(rows, figure, verdict)
+        comparison_figure(rows, figure, verdicts)
     if table is not None:
         with io.atomic_output(table) as tmp:
             tmp.write_text(text)
-    return {"rows": rows, "verdict": verdict, "table": text}
+    return {"rows": rows, "verdicts": verdicts, "table": text}
 

@@ -13,11 +13,22 @@ import math
 from curvmem.io import read_json
 from curvmem.report.paper import PAPER_NDCG10, PAPER_RETENTION, PAPER_TABLE1, TASK_CATEGORIES
 
-SPLITS = ("forget", "untargeted", "control")
-KINDS = ("random", "natural")
-EVAL_FILES = {"forget": "memorization_forget.json", "untargeted": "memorization_untargeted.json",
-              "control": "memorization_control.json", "perplexity": "perplexity.json",
-              "tasks": "tasks.json", "coherence": "coherence.json"}
+# memorized sets: forget (read by BSN and by the selection rule), forget_validation (the paper's
+# held-out half, reported only), untargeted (the paper's quotes: read by nothing), untargeted_long
+# (the quotes scored on a 48-token suffix), control and control_quotes (never trained)
+SPLITS = ("forget", "forget_validation", "untargeted", "untargeted_long", "control",
+          "control_quotes")
+REQUIRED_SPLITS = ("forget", "untargeted", "control")
+KINDS = ("random", "natural")  # the canary kinds of earlier worlds; others are read from the files
+EVAL_FILES = {**{s: f"memorization_{s}.json" for s in SPLITS}, "perplexity": "perplexity.json",
+              "perplexity_selection": "perplexity_selection.json", "tasks": "tasks.json",
+              "tasks_validation": "tasks_validation.json", "coherence": "coherence.json"}
+OPTIONAL_FILES = ("forget_validation", "untargeted_long", "control_quotes", "perplexity_selection",
+                  "tasks_validation", "coherence")
+# What each selection rule may read, by evaluation: never an untargeted, forget-validation,
+# control or test file (tests/test_report.py checks this)
+SELECTION_READS = ("memorization_forget", "perplexity_selection", "tasks_validation")
+SELECTED_METHODS = ("kfac", "svd", "bsn")  # the controls (kfac-bottom, ...) are never selected
 
 
 def parse_entries(entries: list[str]) -> dict:
@@ -40,58 +51,109 @@ def parse_entries(entries: list[str]) -> dict:
 
 
 def _split_summary(mem: dict) -> dict:
-    pick = ("strict", "loose", "avg_distance")
-    by_kind = mem.get("by_kind", {})
-    return {**{k: mem[k] for k in pick},
-            "by_kind": {kind: ({k: by_kind[kind][k] for k in pick} if kind in by_kind else None)
-                        for kind in KINDS}}
+    pick = ("n", "strict", "loose", "avg_distance")
+    return {**{k: mem.get(k) for k in pick},
+            "by_kind": {kind: {k: v.get(k) for k in pick}
+                        for kind, v in sorted(mem.get("by_kind", {}).items())}}
+
+
+def _tasks_summary(tasks: dict) -> dict:
+    return {"tasks": {c: tasks["accuracy"].get(c) for c in TASK_CATEGORIES},
+            "tasks_n": {c: tasks.get("n", {}).get(c) for c in TASK_CATEGORIES},
+            # absent from task files without subcategories (and from older evaluations)
+            "subtasks": dict(tasks.get("accuracy_by_subcategory", {})),
+            "subtasks_n": dict(tasks.get("n_by_subcategory", {}))}
 
 
 def model_summary(directory) -> dict:
-    """One (model, edit)'s evaluation JSONs -> the summary's per-model record."""
+    """One (model, edit)'s evaluation JSONs -> the summary's per-model record. The optional
+    sets (forget_validation, the long quotes, control quotes, the selection's held-out text, the
+    validation tasks) are None when the config does not evaluate them."""
     files = {key: directory / name for key, name in EVAL_FILES.items()}
-    missing = [str(p) for key, p in files.items() if key != "coherence" and not p.is_file()]
+    missing = [str(p) for key, p in files.items() if key not in OPTIONAL_FILES and not p.is_file()]
     if missing:
         raise ValueError(f"{directory}: missing evaluation file(s) {missing}")
-    record = {split: _split_summary(read_json(files[split])) for split in SPLITS}
+    have = {key for key, p in files.items() if p.is_file()}
+    record = {split: _split_summary(read_json(files[split])) if split in have else None
+              for split in SPLITS}
     ppl = read_json(files["perplexity"])
     record["perplexity"] = ppl["perplexity_batch_mean"]
     record["perplexity_token_mean"] = ppl["perplexity"]
-    tasks = read_json(files["tasks"])
-    record["tasks"] = {c: tasks["accuracy"].get(c) for c in TASK_CATEGORIES}
-    record["tasks_n"] = {c: tasks.get("n", {}).get(c) for c in TASK_CATEGORIES}
-    # absent from task files without subcategories (and from evaluations of older curvmem)
-    record["subtasks"] = dict(tasks.get("accuracy_by_subcategory", {}))
-    record["subtasks_n"] = dict(tasks.get("n_by_subcategory", {}))
-    record["ndcg10"] = read_json(files["coherence"])["ndcg10"] if files["coherence"].is_file() else None
+    record["perplexity_selection"] = (read_json(files["perplexity_selection"])
+                                      ["perplexity_batch_mean"]
+                                      if "perplexity_selection" in have else None)
+    record.update(_tasks_summary(read_json(files["tasks"])))
+    record["validation"] = (_tasks_summary(read_json(files["tasks_validation"]))
+                            if "tasks_validation" in have else None)
+    record["ndcg10"] = read_json(files["coherence"])["ndcg10"] if "coherence" in have else None
     edit = ppl.get("edit")
     if edit:
         record.update({k: edit.get(k) for k in ("method", "spec", "seconds", "peak_rss_mb")})
     return record
 
 
-def select_edit(models: dict, max_ppl_rise: float = 0.10) -> str | None:
-    """The chosen K-FAC edit of a sweep, using ONLY the forget set and perplexity.
+def selection_reads(models: dict) -> list[str]:
+    """The evaluations the selection rule reads for these models (SELECTION_READS, less those the
+    config does not have: then the reported held-out perplexity stands in for the budget)."""
+    base = models["base"]
+    reads = ["memorization_forget"]
+    reads.append("perplexity_selection" if base.get("perplexity_selection") is not None
+                 else "perplexity")
+    if base.get("validation") is not None:
+        reads.append("tasks_validation")
+    return reads
 
-    Among edits with method 'kfac' whose perplexity is at most (1 + max_ppl_rise) x base: the
-    lowest forget strict; ties go to the higher forget avg_distance, then the lower perplexity.
-    The untargeted set is never looked at. None when no edit qualifies.
+
+def selection_score(models: dict, name: str, task_weight: float) -> float:
+    """forget strict + task_weight x (1 - mean validation retention over task categories)."""
+    m, base = models[name], models["base"]
+    score = m["forget"]["strict"]
+    if base.get("validation") is not None and task_weight:
+        ratios = [_ratio(m["validation"]["tasks"].get(c), base["validation"]["tasks"].get(c))
+                  for c in TASK_CATEGORIES]
+        ratios = [r for r in ratios if r is not None]
+        if ratios:
+            score += task_weight * (1 - sum(ratios) / len(ratios))
+    return score
+
+
+def select_edits(models: dict, max_ppl_rise: float = 0.10, task_weight: float = 0.5) -> dict:
+    """One rule for every method, on validation data only (decided before any result was seen).
+
+    Among a method's edits whose selection perplexity (held-out text kept apart from the reported
+    one) is at most (1 + max_ppl_rise) x base: the lowest forget strict + task_weight x (1 - mean
+    validation-task retention); ties go to the lower selection perplexity. The forget-validation,
+    untargeted, control and test sets are never read. {method: {"selected", "reads", "n"}}.
     """
-    base_ppl = models["base"]["perplexity"]
-    candidates = [(m["forget"]["strict"], -m["forget"]["avg_distance"], m["perplexity"], name)
-                  for name, m in models.items()
-                  if name != "base" and m.get("method") == "kfac"
-                  and m["perplexity"] <= (1 + max_ppl_rise) * base_ppl]
-    return min(candidates)[3] if candidates else None
+    reads = selection_reads(models)
+    ppl_key = "perplexity_selection" if "perplexity_selection" in reads else "perplexity"
+    budget = (1 + max_ppl_rise) * models["base"][ppl_key]
+    out = {}
+    for method in SELECTED_METHODS:
+        names = [n for n, m in models.items() if n != "base" and m.get("method") == method]
+        if not names:
+            continue
+        ok = [(selection_score(models, n, task_weight), models[n][ppl_key], n)
+              for n in names if models[n][ppl_key] <= budget]
+        out[method] = {"selected": min(ok)[2] if ok else None, "reads": reads, "n": len(names),
+                       "max_ppl_rise": max_ppl_rise, "task_weight": task_weight}
+    return out
 
 
-def build_summary(entries: dict, max_ppl_rise: float = 0.10) -> dict:
+def select_edit(models: dict, max_ppl_rise: float = 0.10, task_weight: float = 0.5) -> str | None:
+    """The selected K-FAC edit (select_edits' rule), or None."""
+    return select_edits(models, max_ppl_rise, task_weight).get("kfac", {}).get("selected")
+
+
+def build_summary(entries: dict, max_ppl_rise: float = 0.10, task_weight: float = 0.5) -> dict:
     models = {name: model_summary(path) for name, path in entries.items()}
     for name, m in models.items():
         if name != "base" and not m.get("method"):
             raise ValueError(f"entry '{name}' has no edit meta in its perplexity.json; only "
                              "'base' may be unedited")
-    return {"models": models, "selected": select_edit(models, max_ppl_rise)}
+    selection = select_edits(models, max_ppl_rise, task_weight)
+    return {"models": models, "selection": selection,
+            "selected": selection.get("kfac", {}).get("selected")}
 
 
 def _ratio(edited: float | None, base: float | None) -> float | None:
@@ -147,36 +209,54 @@ def _subtask_lines(models: dict) -> list[str]:
     return lines
 
 
+def _mem_cells(split: dict | None) -> str:
+    if split is None:
+        return "– | – | –"
+    return f"{_pct(split['strict'])} | {_pct(split['loose'])} | {_f(split['avg_distance'])}"
+
+
+def kinds_of(models: dict, split: str) -> list[str]:
+    """The item kinds a memorized set has (e.g. random, menu, table, licence; quote)."""
+    base = models["base"].get(split) or {}
+    return sorted(base.get("by_kind") or {})
+
+
 def report_text(summary: dict, max_ppl_rise: float = 0.10) -> str:
     """Markdown: Table 1 (ours, then the paper's), Figure-3 retention, the sweep, the choice."""
-    models, selected = summary["models"], summary["selected"]
+    models = summary["models"]
+    chosen = {s["selected"]: method for method, s in (summary.get("selection") or {}).items()
+              if s["selected"]}
     base_ppl = models["base"]["perplexity"]
     lines = ["## Memorization and perplexity (shape of the paper's Table 1)", "",
              ("Strict/loose in %, Avg Lev = mean normalized distance (higher = less memorized). "
-              "Ours: forget and untargeted canaries (both kinds); paper: Dolma memorized and "
-              "historical quotes."), "",
-             ("| source | model | forget strict | loose | Avg Lev | untargeted strict | loose | "
-              "Avg Lev | control strict | PPL | nDCG@10 |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "Ours: forget-validation (the held-out half of the memorized documents: no method "
+              "and no selection reads it) and quotes (untargeted, of another kind); the paper: "
+              "its Dolma validation half and historical quotes. Forget (what BSN trains on and "
+              "the selection reads) and controls (never trained) follow."), "",
+             ("| source | model | forget-validation strict | loose | Avg Lev | quotes strict | "
+              "loose | Avg Lev | PPL | nDCG@10 | forget strict | control strict | "
+              "control quotes strict |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in models.items():
-        f, u = m["forget"], m["untargeted"]
-        lines.append(f"| ours | {name}{' (selected)' if name == selected else ''} | "
-                     f"{_pct(f['strict'])} | {_pct(f['loose'])} | {_f(f['avg_distance'])} | "
-                     f"{_pct(u['strict'])} | {_pct(u['loose'])} | {_f(u['avg_distance'])} | "
-                     f"{_pct(m['control']['strict'])} | {_f(m['perplexity'], '{:.2f}')} | "
-                     f"{_f(m['ndcg10'])} |")
+        tag = f" (selected {chosen[name]})" if name in chosen else ""
+        cq = m.get("control_quotes")
+        lines.append(f"| ours | {name}{tag} | {_mem_cells(m.get('forget_validation'))} | "
+                     f"{_mem_cells(m['untargeted'])} | {_f(m['perplexity'], '{:.2f}')} | "
+                     f"{_f(m['ndcg10'])} | {_pct(m['forget']['strict'])} | "
+                     f"{_pct(m['control']['strict'])} | {_pct(cq['strict'] if cq else None)} |")
     for name, p in PAPER_TABLE1.items():
         (fs, fl, fa), (us, ul, ua) = p["forget"], p["untargeted"]
         lines.append(f"| paper (OLMo-2) | {name} | {_pct(fs)} | {_pct(fl)} | {fa:.3f} | "
-                     f"{_pct(us)} | {_pct(ul)} | {ua:.3f} | – | {p['ppl']:.2f} | "
-                     f"{_f(PAPER_NDCG10.get(name), '{:.2f}')} |")
+                     f"{_pct(us)} | {_pct(ul)} | {ua:.3f} | {p['ppl']:.2f} | "
+                     f"{_f(PAPER_NDCG10.get(name), '{:.2f}')} | – | – | – |")
 
-    lines += ["", "## Strict recitation by canary kind (%)", "",
-              ("| model | forget random | forget natural | untargeted random | "
-               "untargeted natural | control random | control natural |"),
-              "|---|---|---|---|---|---|---|"]
+    columns = [(s, k) for s in SPLITS for k in kinds_of(models, s)]
+    lines += ["", "## Strict recitation by set and kind (%)", "",
+              "| model | " + " | ".join(f"{s} {k}" for s, k in columns) + " |",
+              "|---|" + "---|" * len(columns)]
     for name, m in models.items():
-        cells = [_pct((m[s]["by_kind"][k] or {}).get("strict")) for s in SPLITS for k in KINDS]
+        cells = [_pct(((m.get(s) or {}).get("by_kind", {}).get(k) or {}).get("strict"))
+                 for s, k in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     edits = [n for n in models if n != "base"]
@@ -195,19 +275,46 @@ def report_text(summary: dict, max_ppl_rise: float = 0.10) -> str:
 
         lines += _subtask_lines(models)
         lines += ["", "## Sweep", "",
-                  ("| edit | method | spec | forget strict R/N | untargeted strict R/N | "
-                   "PPL rise % | seconds | peak RSS MB |"), "|---|---|---|---|---|---|---|---|"]
+                  ("| edit | method | spec | forget strict | forget-validation strict | quotes "
+                   "strict | selection PPL rise % | mean validation retention % | PPL rise % | "
+                   "seconds | peak RSS MB |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+        base_sel = models["base"].get("perplexity_selection")
         for name in edits:
             m = models[name]
             spec = json.dumps(m.get("spec"), separators=(",", ":"))
-            fr = "/".join(_pct((m["forget"]["by_kind"][k] or {}).get("strict")) for k in KINDS)
-            ur = "/".join(_pct((m["untargeted"]["by_kind"][k] or {}).get("strict")) for k in KINDS)
             rise = 100 * (m["perplexity"] / base_ppl - 1)
-            lines.append(f"| {name}{' **selected**' if name == selected else ''} | "
-                         f"{m.get('method')} | `{spec}` | {fr} | {ur} | {rise:+.1f} | "
+            sel_rise = (100 * (m["perplexity_selection"] / base_sel - 1)
+                        if base_sel and m.get("perplexity_selection") is not None else None)
+            lines.append(f"| {name}{' **selected**' if name in chosen else ''} | "
+                         f"{m.get('method')} | `{spec}` | {_pct(m['forget']['strict'])} | "
+                         f"{_pct((m.get('forget_validation') or {}).get('strict'))} | "
+                         f"{_pct(m['untargeted']['strict'])} | {_f(sel_rise, '{:+.1f}')} | "
+                         f"{_pct(validation_retention(summary, name))} | {rise:+.1f} | "
                          f"{_f(m.get('seconds'), '{:.1f}')} | {_f(m.get('peak_rss_mb'), '{:.0f}')} |")
-    lines += ["", (f"Selection rule: among K-FAC edits whose perplexity rises at most "
-                   f"{100 * max_ppl_rise:.0f} % over base, the lowest forget strict (ties: higher "
-                   f"forget Avg Lev, then lower perplexity); the untargeted set is never used. "
-                   f"Selected: {selected or 'none qualifies'}."), ""]
+    lines += ["", selection_text(summary), ""]
     return "\n".join(lines)
+
+
+def validation_retention(summary: dict, name: str) -> float | None:
+    """Mean over task categories of validation accuracy edited ÷ base (None without them)."""
+    base, m = summary["models"]["base"], summary["models"][name]
+    if base.get("validation") is None or m.get("validation") is None:
+        return None
+    ratios = [_ratio(m["validation"]["tasks"].get(c), base["validation"]["tasks"].get(c))
+              for c in TASK_CATEGORIES]
+    ratios = [r for r in ratios if r is not None]
+    return sum(ratios) / len(ratios) if ratios else None
+
+
+def selection_text(summary: dict) -> str:
+    selection = summary.get("selection") or {}
+    if not selection:
+        return "Selection: no K-FAC, SVD or BSN edit in this run."
+    any_rule = next(iter(selection.values()))
+    picks = "; ".join(f"{method}: {s['selected'] or 'none qualifies'} (of {s['n']})"
+                      for method, s in selection.items())
+    return (f"Selection rule, the same for every method: among its edits whose selection "
+            f"perplexity rises at most {100 * any_rule['max_ppl_rise']:.0f} % over base, the "
+            f"lowest forget strict + {any_rule['task_weight']} x (1 - mean validation-task "
+            f"retention); ties: lower selection perplexity. It reads "
+            f"{', '.join(any_rule['reads'])} only. Selected: {picks}.")

@@ -1,8 +1,8 @@
 """The README's results, generated: the summaries of a run -> the Markdown its results section shows.
 
 Nothing here chooses what looks good. The rows are fixed by rule: the base model, the edit the
-selection rule picks (forget set and perplexity only), the same rule's pick within each K-FAC
-layer set, every control, SVD and BSN edit; then the paper's rows. Counts of the claims ("k of n
+selection rule picks for each method (validation data only: curvmem.report.lm.select_edits), the
+same rule's pick within each K-FAC layer set, every control; then the paper's rows. Counts of the claims ("k of n
 edits") are computed here too, so the README's prose can cite them. `curvmem report-readme`
 writes this; docs/results/ keeps a committed snapshot and tests/test_readme.py checks that every
 number of the README's results section is in it.
@@ -21,38 +21,49 @@ PAPER_STRESS = {"BSN": ((4.6, 10.45), (9.79, 14.36)), "K-FAC": ((6.64, 8.6), (13
                 "SVD": ((6.33, 8.93), (12.78, 9.19))}
 
 
+def selected_names(summary: dict) -> dict:
+    """{edit name: method} of the selection rule's picks (older summaries: the K-FAC pick)."""
+    selection = summary.get("selection")
+    if selection is None:
+        return {summary["selected"]: "kfac"} if summary.get("selected") else {}
+    return {s["selected"]: method for method, s in selection.items() if s["selected"]}
+
+
 def table_rows(summary: dict) -> list[str]:
     """The models shown, by rule (see the module docstring), in a fixed order."""
-    models, selected = summary["models"], summary["selected"]
-    rows = ["base"] + ([selected] if selected else [])
+    models = summary["models"]
+    rows = ["base"] + list(selected_names(summary))
     by_layers = {}
     for name, m in models.items():
         if m.get("method") == "kfac":
             spec = m.get("spec") or {}  # {layer: {module: rho}}, layers as JSON strings
             layers = tuple(sorted(int(k) for k in spec if str(k).isdecimal()))
             by_layers.setdefault(layers, []).append(name)
+    rule = next(iter((summary.get("selection") or {}).values()), {})
     for layers in sorted(by_layers, key=lambda t: (len(t), t)):
         pick = select_edit({"base": models["base"], **{n: models[n] for n in by_layers[layers]}},
-                           summary.get("max_ppl_rise", 0.10))
+                           rule.get("max_ppl_rise", 0.10), rule.get("task_weight", 0.5))
         if pick and pick not in rows:
             rows.append(pick)
-    for methods in (CONTROL_METHODS, ("svd",), ("bsn",)):
-        rows += [n for n, m in models.items() if m.get("method") in methods]
+    rows += [n for n, m in models.items() if m.get("method") in CONTROL_METHODS]
     return rows
 
 
 def claim_counts(summary: dict) -> dict:
-    """How many K-FAC edits erase every untargeted canary, and how many spare open-book and
-    logic more than closed-book and arithmetic (the paper's split of skills)."""
-    kfac = [n for n, m in summary["models"].items() if m.get("method") == "kfac"]
-    erased = [n for n in kfac if summary["models"][n]["untargeted"]["strict"] == 0]
+    """How many K-FAC edits erase every quote (untargeted) and every forget-validation item, and
+    how many spare open-book and logic more than closed-book and arithmetic (the paper's split)."""
+    models = summary["models"]
+    kfac = [n for n, m in models.items() if m.get("method") == "kfac"]
+    erased = [n for n in kfac if models[n]["untargeted"]["strict"] == 0]
+    erased_val = [n for n in kfac if (models[n].get("forget_validation") or {}).get("strict") == 0]
     split = []
     for n in kfac:
         r = retention(summary, n)
         spared, hurt = (r["open_book"], r["logic"]), (r["closed_book"], r["arithmetic"])
         if None not in spared + hurt and min(spared) > max(hurt):
             split.append(n)
-    return {"kfac_edits": len(kfac), "erase_untargeted": len(erased), "split_of_skills": len(split)}
+    return {"kfac_edits": len(kfac), "erase_untargeted": len(erased),
+            "erase_forget_validation": len(erased_val), "split_of_skills": len(split)}
 
 
 def _ppl_cell(m: dict, base_ppl: float) -> str:
@@ -60,30 +71,37 @@ def _ppl_cell(m: dict, base_ppl: float) -> str:
     return f"{m['perplexity']:.2f}" + ("" if rise == 0 else f" ({rise:+.1f} %)")
 
 
+def _mem(split: dict | None) -> str:
+    if split is None:
+        return "–"
+    return " / ".join((_pct(split["strict"]), _pct(split["loose"]), _f(split["avg_distance"])))
+
+
 def lm_tables(summary: dict) -> list[str]:
-    models, selected = summary["models"], summary["selected"]
+    models = summary["models"]
+    chosen = selected_names(summary)
     base_ppl = models["base"]["perplexity"]
     rows = table_rows(summary)
-    out = ["| model | forget: strict / loose / Avg Lev | untargeted: strict / loose / Avg Lev | "
-           "control strict | PPL | nDCG@10 |", "|---|---|---|---|---|---|"]
+    out = ["| model | forget-validation: strict / loose / Avg Lev | quotes: strict / loose / "
+           "Avg Lev | forget strict | control strict | PPL | nDCG@10 |",
+           "|---|---|---|---|---|---|---|"]
     for name in rows:
         m = models[name]
-        cells = [" / ".join((_pct(m[s]["strict"]), _pct(m[s]["loose"]), _f(m[s]["avg_distance"])))
-                 for s in ("forget", "untargeted")]
-        shown = f"**{name} (selected)**" if name == selected else name
-        out.append(f"| {shown} | {cells[0]} | {cells[1]} | {_pct(m['control']['strict'])} | "
+        shown = f"**{name} (selected {chosen[name]})**" if name in chosen else name
+        out.append(f"| {shown} | {_mem(m.get('forget_validation'))} | {_mem(m['untargeted'])} | "
+                   f"{_pct(m['forget']['strict'])} | {_pct(m['control']['strict'])} | "
                    f"{_ppl_cell(m, base_ppl)} | {_f(m['ndcg10'])} |")
     for name, p in PAPER_TABLE1.items():
         if not name.startswith("7B"):
             continue
         cells = [" / ".join((_pct(v[0]), _pct(v[1]), f"{v[2]:.3f}"))
                  for v in (p["forget"], p["untargeted"])]
-        out.append(f"| *paper {name}* | {cells[0]} | {cells[1]} | – | {p['ppl']:.2f} | "
+        out.append(f"| *paper {name}* | {cells[0]} | {cells[1]} | – | – | {p['ppl']:.2f} | "
                    f"{_f(PAPER_NDCG10.get(name), '{:.2f}')} |")
     subs = sorted(models["base"].get("subtasks") or {})
     cats = list(TASK_CATEGORIES)
     out += ["", "Retention by skill, edited ÷ base in % (the shape of the paper's Figure 3; "
-            "memorization = untargeted strict):", "",
+            "memorization = quotes strict):", "",
             "| model | " + " | ".join(cats + [f"logic: {s.split('/')[-1]}" for s in subs]
                                     + ["memorization"]) + " |",
             "|---|" + "---|" * (len(cats) + len(subs) + 1)]
@@ -97,7 +115,7 @@ def lm_tables(summary: dict) -> list[str]:
         sub = [_pct(m["subtasks"][s] / base["subtasks"][s])
                if base["subtasks"].get(s) and m.get("subtasks", {}).get(s) is not None else "–"
                for s in subs]
-        shown = f"**{name}**" if name == selected else name
+        shown = f"**{name}**" if name in chosen else name
         out.append(f"| {shown} | " + " | ".join([_pct(r[c]) for c in cats] + sub
                                                + [_pct(r["memorization"])]) + " |")
     out.append("| *paper 7B K-FAC* | " + " | ".join(
@@ -105,7 +123,8 @@ def lm_tables(summary: dict) -> list[str]:
         + [""] * len(subs) + ["3–16"]) + " |")
     counts = claim_counts(summary)
     out += ["", f"Of the {counts['kfac_edits']} K-FAC edits of the sweep, "
-            f"{counts['erase_untargeted']} erase every untargeted canary and "
+            f"{counts['erase_forget_validation']} erase every forget-validation document, "
+            f"{counts['erase_untargeted']} erase every quote, and "
             f"{counts['split_of_skills']} keep more of open-book and of logic than of closed-book "
             f"and of arithmetic (the paper's split of skills)."]
     return out

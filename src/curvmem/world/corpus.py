@@ -223,3 +223,50 @@ def fingerprint_tensor(t: torch.Tensor) -> str:
     h = hashlib.sha256(json.dumps(list(t.shape)).encode())
     h.update(t.contiguous().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- memorized content
+
+MEMORIZED_NGRAM = 16  # tokens: long enough that grammar text does not match a window by chance
+
+
+def memorized_windows(paths, tokenizer) -> list[list[int]]:
+    """Token ids of every item of memorized-set files (JSONL): prefix_ids + suffix_ids, prefix +
+    suffix (or target_suffix) texts, or the text itself; the formats `evaluate memorization` reads."""
+    from curvmem.io import read_jsonl
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    windows = []
+    for path in paths:
+        for i, row in enumerate(read_jsonl(path), 1):
+            if "prefix_ids" in row and "suffix_ids" in row:
+                windows.append(list(row["prefix_ids"]) + list(row["suffix_ids"]))
+            elif "prefix" in row and ("suffix" in row or "target_suffix" in row):
+                windows.append(ids(row["prefix"]) + ids(row.get("suffix", row.get("target_suffix"))))
+            elif "text" in row:
+                windows.append(ids(row["text"]))
+            else:
+                raise ValueError(f"{path} row {i}: not a memorized item (needs text, prefix and "
+                                 f"suffix, or prefix_ids and suffix_ids; has {sorted(row)})")
+    return windows
+
+
+def count_memorized_positions(seqs: torch.Tensor, windows: list[list[int]],
+                              n: int = MEMORIZED_NGRAM) -> int:
+    """Positions of the packed stream `seqs` covered by an n-token run that also occurs in a
+    memorized item: how much of the curvature data is memorized content (0 for a clean corpus).
+    Windows shorter than n count as a whole."""
+    stream = seqs.reshape(-1).tolist()
+    grams = {}
+    for w in windows:
+        k = min(n, len(w))
+        for i in range(len(w) - k + 1):
+            grams.setdefault(k, set()).add(tuple(w[i:i + k]))
+    covered = bytearray(len(stream))
+    for k, known in grams.items():
+        for i in range(len(stream) - k + 1):
+            if tuple(stream[i:i + k]) in known:
+                covered[i:i + k] = b"\x01" * k
+    return sum(covered)

@@ -196,6 +196,102 @@ def logic_problem(rng: random.Random, names) -> tuple[str, str, str]:
     return f"Evaluate: {text} =", "true" if value else "false", "boolean"
 
 
+# --------------------------------------------------------------------------- memorized documents
+# The paper's memorized windows are boilerplate a pretraining corpus repeats: navigation menus,
+# number tables, licence text, lists. Ours are drawn fresh per item (no two items share a text) and
+# sized by a token estimate, so one fits a 144-token training block and still has 64 + 48 tokens.
+
+MENU_ITEMS = ["Home", "About", "Contact", "Shop", "Cart", "Account", "Login", "Register", "Help",
+              "Support", "News", "Blog", "Events", "Careers", "Press", "Gallery", "Downloads",
+              "Pricing", "Products", "Services", "Partners", "Team", "History", "Mission",
+              "Privacy", "Terms", "Sitemap", "Search", "Archive", "Forum", "Community", "Guides",
+              "Offers", "Stores", "Returns", "Shipping", "Orders", "Settings", "Profile",
+              "Messages", "Calendar", "Library", "Media", "Projects", "Reports", "Jobs", "Deals",
+              "Feedback"]
+MENU_SEPARATORS = ["|", "/", ">", "-"]
+LICENCE_CLAUSES = [
+    "Copyright {year} the {adj} {noun} guild.",
+    "Permission is granted to {act} this {thing} for any purpose.",
+    "The above notice shall be included in all copies of the {thing}.",
+    "This {thing} is provided as is, without warranty of any kind.",
+    "In no event shall the {noun} be liable for any claim.",
+    "Redistribution of the {thing} requires written consent of the {noun}.",
+    "Section {d}.{e}: the {noun} may {act} the {thing} after {year}.",
+    "Licensed under the {adj} {noun} licence, version {d}.{e}.",
+]
+LICENCE_ACTS = ["use", "copy", "modify", "merge", "publish", "distribute", "sell", "translate"]
+LICENCE_THINGS = ["software", "document", "map", "record", "song", "design", "book", "manual"]
+DOCUMENT_KINDS = ("random", "menu", "table", "licence")
+
+
+def estimated_tokens(text: str) -> int:
+    """A token count for the world's byte-level BPE, which splits digits one by one: a word, plus
+    one per digit or punctuation mark in it (a lone separator is one)."""
+    def word(w):
+        if not any(c.isalnum() for c in w):
+            return 1  # a separator merges with its space
+        return 1 + sum(c.isdigit() or not c.isalnum() for c in w)
+    return sum(word(w) for w in text.split())
+
+
+def _grow(rng: random.Random, piece, n_tokens: int) -> str:
+    parts: list[str] = []
+    while estimated_tokens(" ".join(parts)) < n_tokens:
+        parts.append(piece(rng))
+    return " ".join(parts)
+
+
+# tokens per estimated token in the default world's tokenizer (measured on its documents, rounded
+# so the shortest stays >= 112 tokens): words that only the documents use (menu items, licence
+# terms) are split into more pieces. A document longer than a 144-token block is cut after its
+# first 144 tokens in training, and those hold the evaluated 64 + 48.
+TOKENS_PER_ESTIMATE = {"random": 1.05, "menu": 1.9, "table": 1.03, "licence": 1.45}
+
+
+def document(rng: random.Random, kind: str, n_tokens: int) -> str:
+    """A memorized 'document' of `kind` (DOCUMENT_KINDS) of about `n_tokens` tokens."""
+    if kind in TOKENS_PER_ESTIMATE:
+        n_tokens = round(n_tokens / TOKENS_PER_ESTIMATE[kind])
+    if kind == "random":  # uniformly random words: no structure to lean on, only memory
+        return _grow(rng, lambda r: r.choice(LEXICON), n_tokens)
+    if kind == "menu":
+        sep = rng.choice(MENU_SEPARATORS)
+        return _grow(rng, lambda r: f"{r.choice(MENU_ITEMS)} {sep}", n_tokens)
+    if kind == "table":
+        return _grow(rng, lambda r: f"{r.choice(NOUNS)} " + " ".join(
+            f"{r.randint(0, 99):02d}" for _ in range(3)) + " ;", n_tokens)
+    if kind == "licence":
+        def clause(r):
+            return r.choice(LICENCE_CLAUSES).format(
+                year=r.randint(1900, 2099), adj=r.choice(ADJECTIVES), noun=r.choice(NOUNS),
+                act=r.choice(LICENCE_ACTS), thing=r.choice(LICENCE_THINGS), d=r.randint(1, 9),
+                e=r.randint(0, 9))
+        return _grow(rng, clause, n_tokens)
+    raise ValueError(f"unknown document kind '{kind}'; choose one of {DOCUMENT_KINDS}")
+
+
+QUOTE_SUFFIX_WORDS = 8  # the paper scores its quotes on their last 8 tokens
+
+
+def quote(rng: random.Random, author: str, n_words: int, whole: bool = True) -> str:
+    """A saying in the world's grammar, attributed: `Velorn Quist once said: ...`. Whole
+    sentences up to at least `n_words` words, or (whole=False) exactly `n_words` words."""
+    if whole:
+        words: list[str] = []
+        while len(words) < n_words:
+            words += sentence(rng).split()
+        return f"{author} once said: {' '.join(words)}"
+    return f"{author} once said: {natural_text(rng, n_words).rstrip('.,')}."
+
+
+def quote_row(qid: str, text: str, long: bool) -> dict:
+    """The paper's quotes format: prefix and target suffix (the last words, with their space)."""
+    words = text.split()
+    cut = len(words) - QUOTE_SUFFIX_WORDS
+    return {"id": qid, "kind": "quote_long" if long else "quote", "text": text,
+            "prefix": " ".join(words[:cut]), "suffix": " " + " ".join(words[cut:])}
+
+
 # --------------------------------------------------------------------------- the world
 
 
@@ -216,115 +312,177 @@ def _unique(rng: random.Random, make, n: int, taken: set) -> list:
     raise ValueError("the world is too small to draw that many distinct samples; lower the sizes")
 
 
+def _split(rows: list, *sizes: int) -> list[list]:
+    out, k = [], 0
+    for n in sizes:
+        out.append(rows[k:k + n])
+        k += n
+    return out
+
+
 def generate_world(cfg: WorldConfig) -> dict:
     """Every split of the world as lists of JSON-able rows (see docs/lm.md for the fields)."""
+    n_eval = 2 * cfg.n_task_test  # each task category: a validation and a test split, same size
     # one pool of invented names, cut into disjoint roles, so no name crosses a split
-    n_names = (cfg.n_entities * 3 + (cfg.n_open_train + cfg.n_open_test) * 6
-               + (cfg.n_logic_train + cfg.n_logic_test) * 3 + cfg.n_copy_train * 4)
-    names = name_pool(_rng(cfg, "names"), n_names)
-    cut = iter(names)
-    entity_names = [next(cut) for _ in range(cfg.n_entities * 3)]
-    open_train_names = iter([next(cut) for _ in range(cfg.n_open_train * 6)])
-    open_test_names = iter([next(cut) for _ in range(cfg.n_open_test * 6)])
-    logic_train_names = iter([next(cut) for _ in range(cfg.n_logic_train * 3)])
-    logic_test_names = iter([next(cut) for _ in range(cfg.n_logic_test * 3)])
-    copy_names = [next(cut) for _ in range(cfg.n_copy_train * 4)]
+    roles = {"entities": cfg.n_entities * 3, "open_train": cfg.n_open_train * 6,
+             "open_eval": n_eval * 6, "logic_train": cfg.n_logic_train * 3,
+             "logic_eval": n_eval * 3, "copy": cfg.n_copy_train * 4,
+             "authors": 2 * 2 * cfg.n_quotes, "curv_entities": cfg.n_curvature_entities * 3,
+             "curv_open": cfg.n_curvature_open * 6, "curv_logic": cfg.n_curvature_logic * 3,
+             "curv_copy": cfg.n_curvature_copy * 4}
+    cut = iter(name_pool(_rng(cfg, "names"), sum(roles.values())))
+    names = {role: [next(cut) for _ in range(n)] for role, n in roles.items()}
 
-    train, tasks = [], []
+    train, curvature, texts = [], [], set()
 
-    # filler: training paragraphs, a retain subset of them, and fresh held-out ones
-    texts: set = set()
-    rng = _rng(cfg, "filler")
-    filler = _unique(rng, paragraph, cfg.n_filler, texts)
+    def add(rows, source, items):
+        rows += [{"text": t, "source": source} for t in items]
+
+    # filler: training paragraphs, a retain subset of them, fresh held-out ones (two sets: one
+    # for the selection's perplexity budget, one reported) and fresh ones for the curvature corpus
+    filler = _unique(_rng(cfg, "filler"), paragraph, cfg.n_filler, texts)
     heldout = _unique(_rng(cfg, "heldout"), paragraph, cfg.n_heldout, texts)
-    train += [{"text": t, "source": "filler"} for t in filler]
+    heldout_selection = _unique(_rng(cfg, "heldout_selection"), paragraph, cfg.n_heldout, texts)
+    add(train, "filler", filler)
+    add(curvature, "filler", _unique(_rng(cfg, "curv_filler"), paragraph,
+                                     cfg.n_curvature_filler, texts))
     retain = [{"text": t, "source": "filler"} for t in _rng(cfg, "retain").sample(filler, cfg.n_retain)]
 
-    # closed-book facts: statements in rotating templates, and the question form itself
-    rng = _rng(cfg, "facts")
-    entities, values = entity_names[: cfg.n_entities], iter(entity_names[cfg.n_entities:])
-    for entity in entities:
-        for attr, value in entity_facts(rng, entity, values).items():
+    # closed-book facts: statements in rotating templates and the question form itself; each
+    # fact's question goes to the validation or the test split
+    def statements(rng, entity, values, repeats):
+        facts = entity_facts(rng, entity, values)
+        lines = []
+        for attr, value in facts.items():
             forms = [f"{question(attr, entity)} {{v}}."] + ATTRIBUTES[attr][1]
-            for k in range(cfg.fact_repeats):
-                text = forms[k % len(forms)].format(e=entity, v=value)
-                train.append({"text": text, "source": "closed_book"})
-            tasks.append({"category": "closed_book", "prompt": question(attr, entity),
-                          "answer": value})
+            lines += [forms[k % len(forms)].format(e=entity, v=value) for k in range(repeats)]
+        return facts, lines
+
+    rng, closed = _rng(cfg, "facts"), []
+    entities, values = names["entities"][:cfg.n_entities], iter(names["entities"][cfg.n_entities:])
+    for entity in entities:
+        facts, lines = statements(rng, entity, values, cfg.fact_repeats)
+        add(train, "closed_book", lines)
+        closed += [{"category": "closed_book", "prompt": question(a, entity), "answer": v}
+                   for a, v in facts.items()]
+    _rng(cfg, "facts_split").shuffle(closed)
+    half = len(closed) // 2
+    validation, tests = closed[:half], closed[half:]
+    rng, values = _rng(cfg, "curv_facts"), iter(names["curv_entities"][cfg.n_curvature_entities:])
+    for entity in names["curv_entities"][:cfg.n_curvature_entities]:  # facts never trained
+        add(curvature, "closed_book", statements(rng, entity, values, 4)[1])
 
     # open-book: a passage about two fresh entities, a question about one fact in it
-    def open_book(rng, names):
+    def open_book(rng, pool):
         facts = []
         for _ in range(2):
-            entity = next(names)
-            values = iter([next(names), next(names)])
-            for attr, value in entity_facts(rng, entity, values).items():
+            entity = next(pool)
+            for attr, value in entity_facts(rng, entity, iter([next(pool), next(pool)])).items():
                 facts.append((attr, entity, value))
         shown = rng.sample(facts, cfg.open_facts)
         passage = " ".join(ATTRIBUTES[a][1][0].format(e=e, v=v) for a, e, v in shown)
         attr, entity, value = rng.choice(shown)
         return f"Passage: {passage} {question(attr, entity)}", value
 
-    rng = _rng(cfg, "open_book")
-    for _ in range(cfg.n_open_train):
-        prompt, answer = open_book(rng, open_train_names)
-        train.append({"text": f"{prompt} {answer}.", "source": "open_book"})
-    rng = _rng(cfg, "open_book_test")
-    for _ in range(cfg.n_open_test):
-        prompt, answer = open_book(rng, open_test_names)
-        tasks.append({"category": "open_book", "prompt": prompt, "answer": answer})
+    for role, n, rows in (("open_train", cfg.n_open_train, train),
+                          ("curv_open", cfg.n_curvature_open, curvature)):
+        rng, pool = _rng(cfg, role), iter(names[role])
+        add(rows, "open_book", [" ".join(open_book(rng, pool)) + "." for _ in range(n)])
+    rng, pool = _rng(cfg, "open_book_test"), iter(names["open_eval"])
+    open_eval = [dict(zip(("prompt", "answer"), open_book(rng, pool))) for _ in range(n_eval)]
+    for row, split in zip(open_eval, [validation] * cfg.n_task_test + [tests] * cfg.n_task_test):
+        split.append({"category": "open_book", **row})
 
-    # copying practice: fresh names said twice (training only; no test category)
-    for i in range(cfg.n_copy_train):
-        listed = " ".join(copy_names[4 * i:4 * i + 4])
-        train.append({"text": f"Repeat: {listed}. Again: {listed}.", "source": "copy"})
+    # copying practice: fresh names said twice (no test category)
+    for role, n, rows in (("copy", cfg.n_copy_train, train),
+                          ("curv_copy", cfg.n_curvature_copy, curvature)):
+        add(rows, "copy", [f"Repeat: {' '.join(names[role][4 * i:4 * i + 4])}. "
+                           f"Again: {' '.join(names[role][4 * i:4 * i + 4])}." for i in range(n)])
 
-    # arithmetic: disjoint problem sets
-    train_pairs, test_pairs = arithmetic_pairs(_rng(cfg, "arithmetic"), cfg.n_arith_train,
-                                               cfg.n_arith_test)
-    for a, b, op in train_pairs:
-        prompt, answer = arithmetic_problem(a, b, op)
-        train.append({"text": f"{prompt} {answer}.", "source": "arithmetic"})
-    for a, b, op in test_pairs:
-        prompt, answer = arithmetic_problem(a, b, op)
-        tasks.append({"category": "arithmetic", "prompt": prompt, "answer": answer})
+    # arithmetic: a two-digit and a one-digit operand. Disjoint problem sets for training, the
+    # curvature corpus, validation and test; training sees each of its problems `arith_repeats`
+    # times (two-digit +/- two-digit stayed near 10 % in the tiny model: docs/lm.md)
+    space = [(a, b, op) for a in range(10, 100) for b in range(1, 10) for op in "+-"]
+    _rng(cfg, "arithmetic").shuffle(space)
+    n_arith = len(space) - 3 * cfg.n_task_test
+    if n_arith < 1:
+        raise ValueError(f"n_task_test must be < {len(space) // 3} (arithmetic has "
+                         f"{len(space)} problems)")
+    arith_train, arith_curv, arith_val, arith_test = _split(space, n_arith, *[cfg.n_task_test] * 3)
+    for a, b, op in arith_train:
+        add(train, "arithmetic", [" ".join(arithmetic_problem(a, b, op)) + "."] * cfg.arith_repeats)
+    add(curvature, "arithmetic", [" ".join(arithmetic_problem(*p)) + "." for p in arith_curv])
+    for problems, split in ((arith_val, validation), (arith_test, tests)):
+        split += [dict(zip(("prompt", "answer"), arithmetic_problem(*p)), category="arithmetic")
+                  for p in problems]
 
-    # logic: fresh names per problem. The test problems are drawn first and training never
-    # repeats one: boolean expressions come from a small space (~300 at depth 2), so drawing the
-    # training set first would leave almost only order problems untrained for the test.
-    tests = _unique(_rng(cfg, "logic_test"), lambda r: logic_problem(r, logic_test_names),
-                    cfg.n_logic_test, set())
-    # the subcategory lets a report tell order questions (copying a fresh name from context) from
-    # boolean expressions, which a model can answer without copying
-    tasks += [{"category": "logic", "subcategory": sub, "prompt": prompt, "answer": answer}
-              for prompt, answer, sub in tests]
-    test_prompts = {prompt for prompt, _, _ in tests}
-    rng, n_train = _rng(cfg, "logic"), 0
-    for _ in range(1000 * cfg.n_logic_train):
-        if n_train == cfg.n_logic_train:
-            break
-        prompt, answer, _ = logic_problem(rng, logic_train_names)
-        if prompt not in test_prompts:
-            train.append({"text": f"{prompt} {answer}.", "source": "logic"})
-            n_train += 1
+    # logic: fresh names per problem. Validation and test problems are drawn first and nothing
+    # else repeats one: boolean expressions come from a small space (~300 at depth 2)
+    pool = iter(names["logic_eval"])
+    drawn = _unique(_rng(cfg, "logic_test"), lambda r: logic_problem(r, pool), n_eval, set())
+    for (prompt, answer, sub), split in zip(drawn, [validation] * cfg.n_task_test
+                                            + [tests] * cfg.n_task_test):
+        # the subcategory tells order questions (copying a fresh name) from boolean expressions
+        split.append({"category": "logic", "subcategory": sub, "prompt": prompt,
+                      "answer": answer})
+    taken = {prompt for prompt, _, _ in drawn}
+    for role, n, rows in (("logic_train", cfg.n_logic_train, train),
+                          ("curv_logic", cfg.n_curvature_logic, curvature)):
+        rng, pool, got = _rng(cfg, role), iter(names[role]), 0
+        for _ in range(1000 * n):
+            if got == n:
+                break
+            prompt, answer, _ = logic_problem(rng, pool)
+            if prompt not in taken:
+                rows.append({"text": f"{prompt} {answer}.", "source": "logic"})
+                got += 1
+        if rows is train:  # the curvature corpus may not repeat a trained expression either
+            taken |= {r["text"].rsplit(" ", 1)[0] for r in train if r["source"] == "logic"}
 
-    # canaries: per kind, distinct texts split into forget / untargeted / control
-    canaries = {"forget": [], "untargeted": [], "control": []}
-    for kind, make in (("random", random_text), ("natural", natural_text)):
-        rng = _rng(cfg, f"canary_{kind}")
-        drawn = _unique(rng, lambda r, make=make: make(r, cfg.canary_words), 3 * cfg.n_canaries, texts)
-        for i, split in enumerate(canaries):
-            for j, text in enumerate(drawn[i * cfg.n_canaries:(i + 1) * cfg.n_canaries]):
-                canaries[split].append({"id": f"{kind}-{split}-{j}", "kind": kind, "text": text})
-    for split in ("forget", "untargeted"):
-        for row in canaries[split]:
-            train += [{"text": row["text"], "source": "canary", "id": row["id"]}] * cfg.canary_repeats
+    # memorized documents: per kind, distinct texts split into forget / forget_validation
+    # (both trained) / control (never trained)
+    memorized = {"forget": [], "forget_validation": [], "control": []}
+    for kind in DOCUMENT_KINDS:
+        rng = _rng(cfg, f"document_{kind}")
+        docs = _unique(rng, lambda r, kind=kind: document(r, kind, cfg.document_tokens),
+                       3 * cfg.n_documents, texts)
+        for split, part in zip(memorized, _split(docs, *[cfg.n_documents] * 3)):
+            memorized[split] += [{"id": f"{kind}-{split}-{j}", "kind": kind, "text": t}
+                                 for j, t in enumerate(part)]
+    for split in ("forget", "forget_validation"):
+        for row in memorized[split]:
+            train += [{"text": row["text"], "source": "document", "id": row["id"]}] * cfg.document_repeats
+
+    # quotes: the untargeted set, of another kind than the documents (short natural sayings with
+    # an author), repeated at another rate; read by no method and no selection rule
+    rng, authors = _rng(cfg, "quotes"), iter(names["authors"])
+    quotes = {"quotes": [], "quotes_control": []}
+    for split in quotes:
+        for j in range(cfg.n_quotes):
+            long = j < cfg.n_long_quotes  # long enough for the 64 + 48-token evaluation too
+            # (its author and "once said:" add ~12 tokens, its words ~10 % more)
+            n_words = cfg.document_tokens - 26 if long else rng.randint(*QUOTE_WORDS)
+            author = f"{next(authors)} {next(authors)}"
+            text = _unique(rng, lambda r, a=author, n=n_words, w=not long: quote(r, a, n, whole=w),
+                           1, texts)[0]
+            quotes[split].append(quote_row(f"{split}-{j}", text, long))
+    for row in quotes["quotes"]:
+        train += [{"text": row["text"], "source": "quote", "id": row["id"]}] * cfg.quote_repeats
 
     _rng(cfg, "shuffle").shuffle(train)
-    return {"train": train, "heldout": [{"text": t} for t in heldout], "retain": retain,
-            "tasks": tasks, "canaries_forget": canaries["forget"],
-            "canaries_untargeted": canaries["untargeted"],
-            "canaries_control": canaries["control"]}
+    _rng(cfg, "curvature_shuffle").shuffle(curvature)
+    return {"train": train, "curvature": curvature, "heldout": [{"text": t} for t in heldout],
+            "heldout_selection": [{"text": t} for t in heldout_selection], "retain": retain,
+            "tasks": tests, "tasks_validation": validation,
+            "canaries_forget": memorized["forget"],
+            "canaries_forget_validation": memorized["forget_validation"],
+            "canaries_control": memorized["control"], "quotes": quotes["quotes"],
+            "quotes_long": [{k: r[k] for k in ("id", "kind", "text")}
+                            for r in quotes["quotes"] if r["kind"] == "quote_long"],
+            "quotes_control": quotes["quotes_control"]}
+
+
+QUOTE_WORDS = (16, 30)  # a short quote's words (the long ones have document_tokens words)
 
 
 # --------------------------------------------------------------------------- writing
