@@ -308,13 +308,15 @@ def test_compare_table_figure_and_verdict(tmp_path):
                  "--table", str(table)]) == 0
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 10_000
     text = table.read_text()
-    # bsn-0.0015 (PPL 11.2) matches kfac-0.7 (11.0, within 5 %); kfac-0.9 (10.5) is 6.7 % away
     result = compare.compare(path)
-    pairs = result["verdict"]["pairs"]
-    assert [(p["bsn"], p["kfac"]) for p in pairs] == [("bsn-0.0015", "kfac-0.7")]
-    assert result["verdict"]["verdict"] == "yes"
-    assert "lower than BSN's? yes" in text and "1 of 1" in text
-    assert "| kfac-0.7 (selected) | kfac | rho=0.7 | 15.0 | 30.0 |" in text  # fractions as %
+    # fronts on quotes: K-FAC (10.5, 0.6), (11, 0.3), (13, 0.1); BSN (11.2, 0.5), (20, 0.05).
+    # Over PPL 11.2-20, K-FAC reaches 0.3 then 0.1; BSN 0.5 then 0.05 (from 20): K-FAC lower
+    v = result["verdicts"]["kfac_vs_bsn_untargeted_strict"]
+    assert v["fronts"]["kfac"] == [(10.5, 0.6), (11.0, 0.3), (13.0, 0.1)]
+    assert v["fronts"]["bsn"] == [(11.2, 0.5), (20.0, 0.05)]
+    assert v["range"] == [11.2, 20.0] and v["gap"] < 0 and v["verdict"] == "kfac lower"
+    assert "kfac vs bsn, untargeted_strict: mean gap" in text and "**kfac lower**" in text
+    assert "| kfac-0.7 (selected) | kfac | rho=0.7 | 15.0 | – |" in text  # fractions as %
     assert "The paper's Table 1" in text and "| 7B | K-FAC | 3.4 |" in text
     row = next(r for r in result["rows"] if r["name"] == "kfac-0.7")
     assert row["closed_book_retention"] == pytest.approx(80.0)
@@ -355,12 +357,28 @@ def test_compare_draws_one_curve_per_training_recipe(tmp_path, monkeypatch):
 
 def test_compare_verdict_is_computed_not_assumed(tmp_path):
     path = tmp_path / "s.json"
-    io.write_json(path, _summary(bsn_untargeted=0.2))  # BSN now beats K-FAC's 0.3
-    assert compare.compare(path)["verdict"]["verdict"] == "no"
+    io.write_json(path, _summary(bsn_untargeted=0.0))  # BSN now reaches 0 at PPL 11.2
+    v = compare.compare(path)["verdicts"]["kfac_vs_bsn_untargeted_strict"]
+    assert v["gap"] > 0 and v["verdict"] == "bsn lower"
     models = _summary()["models"]
-    del models["bsn-0.0015"]
+    del models["bsn-0.0015"], models["bsn-0.01"]
     io.write_json(path, {"models": models})
-    assert compare.compare(path)["verdict"]["verdict"] == "no match"
+    assert compare.compare(path)["verdicts"]["kfac_vs_bsn_untargeted_strict"]["verdict"] == \
+        "no front"
+
+
+def test_pareto_front_and_gap_against_brute_force():
+    import random
+
+    rng = random.Random(0)
+    pts = [(rng.uniform(10, 20), rng.random()) for _ in range(40)]
+    front = compare.pareto_front(pts)
+    for p, r in pts:  # every point is dominated by (or on) the front
+        assert any(fp <= p and fr <= r for fp, fr in front)
+    for (p1, r1), (p2, r2) in zip(front, front[1:]):
+        assert p1 < p2 and r1 > r2
+    assert compare.best_at(front, 9.0) is None
+    assert compare.best_at(front, 25.0) == min(r for _, r in pts)
 
 
 def test_compare_bad_inputs(tmp_path):

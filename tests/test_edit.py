@@ -135,8 +135,57 @@ def test_keep_bottom_is_the_complement_and_random_the_same_count():
     r1, r2 = (edit.pair_mask(lam, mu, 0.6, "random", seed=s) for s in (1, 1))
     assert np.array_equal(r1, r2) and r1.sum() == top.sum()
     assert not np.array_equal(r1, edit.pair_mask(lam, mu, 0.6, "random", seed=2))
-    with pytest.raises(ValueError, match="top, bottom or random"):
+    with pytest.raises(ValueError, match="--keep must be one of"):
         edit.pair_mask(lam, mu, 0.6, "middle")
+
+
+def test_mass_matched_random_pairs_reach_the_mass_by_brute_force():
+    lam, mu = spectra("random", np.random.default_rng(5))
+    mass = np.outer(lam, mu)
+    kept = edit.pair_mask(lam, mu, 0.6, "random-mass", seed=1)
+    order = np.random.default_rng(1).permutation(mass.size)  # the same draw, replayed
+    cum = np.cumsum(mass.ravel()[order])
+    k = int(np.argmax(cum >= 0.6 * mass.sum())) + 1  # the shortest prefix holding 60 %
+    assert np.array_equal(np.flatnonzero(kept.ravel()), np.sort(order[:k]))
+    assert mass[kept].sum() >= 0.6 * mass.sum() > mass[kept].sum() - mass.ravel()[order[k - 1]]
+    # the same mass takes far more random pairs than top pairs
+    assert kept.sum() > edit.pair_mask(lam, mu, 0.6, "top").sum()
+
+
+@pytest.mark.parametrize("band", ["ablate-top", "ablate-middle", "ablate-bottom"])
+def test_band_ablations_remove_as_many_pairs_as_the_edit_keeps(band):
+    lam, mu = spectra("random", np.random.default_rng(6))
+    top = edit.pair_mask(lam, mu, 0.6, "top")
+    k = int(top.sum())
+    # brute force: every pair sorted by descending curvature, ties by flat index
+    ranked = sorted(range(lam.size * mu.size),
+                    key=lambda f: (-lam[f // mu.size] * mu[f % mu.size], f))
+    start = {"ablate-top": 0, "ablate-middle": (len(ranked) - k) // 2,
+             "ablate-bottom": len(ranked) - k}[band]
+    want = np.ones(top.size, bool)
+    want[ranked[start:start + k]] = False
+    assert np.array_equal(edit.pair_mask(lam, mu, 0.6, band).ravel(), want)
+    if band == "ablate-top":  # removing the top band removes exactly the edit's kept set
+        assert np.array_equal(edit.pair_mask(lam, mu, 0.6, band), ~top)
+
+
+def test_random_basis_control_is_the_edit_in_a_random_orthonormal_basis(tmp_path):
+    q = kfac.random_orthonormal(7, seed=3)
+    np.testing.assert_allclose(q.T @ q, np.eye(7), atol=1e-12)
+    assert np.array_equal(q, kfac.random_orthonormal(7, seed=3))
+    model = tiny_olmo2()
+    eigen_dir = make_eigen_dir(model, tmp_path, [1])
+    name = mlp_modules(model, [1])[0].name
+    tensors, meta = edit.build_edit(model, {1: {name: 0.6}}, eigen_dir=eigen_dir,
+                                    keep="random-basis", seed=4)
+    g = read_layer(schema.layer_path(eigen_dir, 1), "eigen", model=model).groups[name]
+    lam, mu = g["G_eigenvalues"], g["A_eigenvalues"]
+    UG, UA = kfac.random_orthonormal(lam.size, 4), kfac.random_orthonormal(mu.size, 5)
+    W = mlp_modules(model, [1])[0].weight().detach().double().numpy()
+    want = UG @ ((UG.T @ W @ UA) * edit.select_pairs(lam, mu, 0.6)) @ UA.T
+    (param, got), = tensors.items()
+    np.testing.assert_allclose(got.double().numpy(), want, atol=1e-5)
+    assert meta["method"] == "kfac-random-basis"
 
 
 def test_bands_partition_the_pairs():

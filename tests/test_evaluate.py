@@ -217,6 +217,48 @@ def _entry(tmp_path, name, forget, untargeted, ppl, method=None, subtasks=None):
     return f"{name}={d}"
 
 
+def _validation_files(tmp_path, name, forget_validation, ppl_selection, val_accuracy):
+    from curvmem.io import write_json
+
+    d = tmp_path / name
+    write_json(d / "memorization_forget_validation.json", _mem(forget_validation))
+    write_json(d / "perplexity_selection.json", {"perplexity": ppl_selection,
+                                                 "perplexity_batch_mean": ppl_selection})
+    write_json(d / "tasks_validation.json", {"accuracy": dict.fromkeys(
+        ("closed_book", "open_book", "arithmetic", "logic"), val_accuracy)})
+
+
+def test_selection_reads_validation_data_only(tmp_path):
+    """Every method's pick depends on forget, the selection held-out text and the validation
+    tasks alone: changing any reported set (forget-validation, quotes, controls, test tasks,
+    reported perplexity) changes no selection, and `reads` names only those three."""
+    from curvmem.report import lm as report
+
+    def build(report_noise):
+        rows = {"base": (1.0, 10.0, 1.0, None), "k1": (0.0, 10.5, 0.6, "kfac"),
+                "k2": (0.1, 10.6, 0.95, "kfac"), "k3": (0.0, 11.5, 1.0, "kfac"),
+                "s1": (0.5, 10.2, 0.9, "svd"), "s2": (0.2, 10.9, 0.9, "svd"),
+                "b1": (0.0, 10.4, 0.99, "bsn")}
+        entries = []
+        for i, (name, (forget, ppl_sel, val_acc, method)) in enumerate(rows.items()):
+            noise = report_noise[i % len(report_noise)]
+            entries.append(_entry(tmp_path / str(report_noise), name, forget, noise,
+                                  10.0 + 5 * noise, method))
+            _validation_files(tmp_path / str(report_noise), name, noise, ppl_sel, val_acc)
+        return report.build_summary(report.parse_entries(entries))
+
+    first, second = build((0.0, 1.0, 0.5)), build((1.0, 0.0, 0.25, 0.75))
+    # k1: forget 0 but validation tasks at 60 %: score 0.2; k2: 0.1 + 0.025; k3: over budget
+    expected = {"kfac": "k2", "svd": "s2", "bsn": "b1"}
+    for summary in (first, second):
+        assert {m: s["selected"] for m, s in summary["selection"].items()} == expected
+        for s in summary["selection"].values():
+            assert set(s["reads"]) <= set(report.SELECTION_READS)
+            assert s["reads"] == ["memorization_forget", "perplexity_selection",
+                                  "tasks_validation"]
+    assert first["models"]["k1"]["untargeted"] != second["models"]["k1"]["untargeted"]
+
+
 def test_report_selects_by_forget_and_perplexity_only(tmp_path):
     entries = [_entry(tmp_path, "base", 1.0, 1.0, 10.0),
                _entry(tmp_path, "a", 0.0, 0.9, 12.0, "kfac"),   # best forget, ppl +20 %: out

@@ -40,13 +40,17 @@ def synthetic_summary():
 
 def test_rows_are_chosen_by_rule_not_by_hand():
     s = synthetic_summary()
-    # base, the selected edit, each layer set's pick by the same rule, controls, SVD, BSN
-    assert table_rows(s) == ["base", "kfac-L1+2-rho0.6", "kfac-L1-rho0.6", "bottom", "svd",
-                             "bsn"]
-    assert claim_counts(s) == {"kfac_edits": 4, "erase_untargeted": 3, "split_of_skills": 2}
+    # base, the selected edit (a summary without `selection`: its K-FAC pick), each layer set's
+    # pick by the same rule, the controls
+    assert table_rows(s) == ["base", "kfac-L1+2-rho0.6", "kfac-L1-rho0.6", "bottom"]
+    assert claim_counts(s) == {"kfac_edits": 4, "erase_untargeted": 3,
+                               "erase_forget_validation": 0, "split_of_skills": 2}
+    s["selection"] = {"kfac": {"selected": "kfac-L1+2-rho0.6"}, "svd": {"selected": "svd"},
+                      "bsn": {"selected": None}}
+    assert table_rows(s) == ["base", "kfac-L1+2-rho0.6", "svd", "kfac-L1-rho0.6", "bottom"]
     text = readme_tables(s)
-    assert "**kfac-L1+2-rho0.6 (selected)**" in text and "kfac-L1+2-rho0.5" not in text
-    assert "| *paper 7B K-FAC* | 3.4 / 8.8 / 0.704 | 16.1 / 23.8 / 0.625 |" in text
+    assert "**kfac-L1+2-rho0.6 (selected kfac)**" in text and "kfac-L1+2-rho0.5" not in text
+    assert "| *paper 7B K-FAC* | 3.4 / 8.8 / 0.704 | 16.1 / 23.8 / 0.625 | – | – |" in text
     assert "21.50 (+7.5 %)" in text  # perplexity and its rise over base
 
 

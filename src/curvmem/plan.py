@@ -125,12 +125,15 @@ def sweep_specs(domain, name, sweep):
 
 
 def method_tag(spec):
-    """The sidecar's method label (docs/ARCHITECTURE.md): kfac, kfac-bottom, -random, -shard, svd."""
+    """The sidecar's method label (docs/ARCHITECTURE.md): kfac, kfac-KEEP (a keep control),
+    kfac-shard (control_factors), kfac-VARIANT (a factor variant), svd, bsn."""
     if spec["method"] != "kfac":
         return spec["method"]
     if spec["keep"] != "top":
         return f"kfac-{spec['keep']}"
-    return "kfac-shard" if spec["factors"] == "control" else "kfac"
+    if spec["factors"] == "main":
+        return "kfac"
+    return "kfac-shard" if spec["factors"] == "control" else f"kfac-{spec['factors']}"
 
 
 class Plan:
@@ -246,6 +249,15 @@ class Plan:
         f = dict(self.config[domain]["factors"])
         if fset == "control":
             f.update(self.config[domain].get("control_factors") or {})
+        elif fset != "main":
+            variants = self.config[domain].get("factor_variants") or {}
+            if fset not in variants:
+                raise PlanError(f"config {domain}: a sweep names factors '{fset}', which is not "
+                                f"main, control or a key of {domain}.factor_variants "
+                                f"({sorted(variants)})")
+            f.update(variants[fset])
+        if f.get("slice") and f.get("shards", 1) > 1:
+            raise PlanError(f"config {domain} factors '{fset}': slice and shards > 1 do not mix")
         return f
 
     def factor_key(self, domain, fset):
@@ -279,7 +291,9 @@ class Plan:
 
     def collect_flags(self, domain, fkey):
         f = self.factor_config(domain, self.factor_sets[domain][fkey]["fset"])
-        return flags(("--modules", f["modules"]), ("--tokens", f["tokens"]),
+        n_slices = int(f["slice"].split("/")[1]) if f.get("slice") else 1
+        return flags(("--modules", f["modules"]), ("--tokens", n_slices * f["tokens"]),
+                     ("--shard", f.get("slice")),
                      ("--memorized", self.memorized_inputs(domain) or None),
                      ("--seq-len", f.get("seq_len") if domain == "lm" else None),
                      ("--batch-size", f["batch_size"]), ("--fisher", f["fisher"]),

@@ -8,6 +8,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields, replace
 
+# What a K-FAC edit keeps (curvmem.edit.kfac.pair_mask; docs/baselines.md). "top" is the edit;
+# the others are controls: the complement (bottom); random pairs matched in count (random) or in
+# curvature mass (random-mass); removing a band of as many pairs as the edit keeps at the top, the
+# middle or the bottom of the curvature order (ablate-*); the edit's mask in a random orthonormal
+# basis with the same spectra (random-basis).
+KEEP_MODES = ("top", "bottom", "random", "random-mass", "ablate-top", "ablate-middle",
+              "ablate-bottom", "random-basis")
+
 # --------------------------------------------------------------------------- language model
 
 
@@ -22,7 +30,7 @@ class WorldConfig:
     n_open_train: int = 6000
     n_task_test: int = 200  # per task category, and as many again for validation
     open_facts: int = 2  # facts in an open-book passage (of the 8 about its two entities)
-    arith_repeats: int = 4  # times each training arithmetic problem appears
+    arith_repeats: int = 24  # times each arithmetic table problem appears (as fact_repeats)
     n_logic_train: int = 8000
     n_copy_train: int = 6000  # "Repeat: <names>. Again: <names>." lines: in-context copying
     # memorized documents (menus, number tables, licences, random words): per kind and split
@@ -33,12 +41,13 @@ class WorldConfig:
     n_quotes: int = 50  # trained quotes (the untargeted set), and as many control quotes
     n_long_quotes: int = 10  # of them, long enough for the 64 + 48-token evaluation
     quote_repeats: int = 28
-    # the curvature corpus (curvature.jsonl): fresh samples of every non-memorized source
-    n_curvature_filler: int = 400
-    n_curvature_open: int = 1500
-    n_curvature_logic: int = 1500
-    n_curvature_copy: int = 1000
-    n_curvature_entities: int = 60  # fresh entities whose facts are stated (never trained)
+    # the curvature corpus (curvature.jsonl): fresh samples of every non-memorized source, ~240k
+    # tokens: two disjoint 100k-position slices (the main factors and the other-slice control)
+    n_curvature_filler: int = 480
+    n_curvature_open: int = 1800
+    n_curvature_logic: int = 1800
+    n_curvature_copy: int = 1200
+    n_curvature_entities: int = 72  # fresh entities whose facts are stated (never trained)
 
 
 @dataclass(frozen=True)

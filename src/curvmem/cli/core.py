@@ -7,6 +7,7 @@ from pathlib import Path
 
 from curvmem.cli.common import add_model_args
 from curvmem.io import cost
+from curvmem.presets import KEEP_MODES
 
 
 def register(sub, evaluate_sub) -> None:
@@ -79,12 +80,13 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--modules", default=None, help="e.g. mlp.gate_proj,mlp.up_proj")
     p.add_argument("--rho", type=float, default=None, help="mass fraction kept, in (0, 1]")
     p.add_argument("--method", choices=["kfac", "svd"], default="kfac")
-    p.add_argument("--keep", choices=["top", "bottom", "random"], default="top")
+    p.add_argument("--keep", choices=list(KEEP_MODES), default="top",
+                   help="top: the edit; the rest are controls (docs/baselines.md)")
     p.add_argument("--svd-drop", type=float, default=None,
                    help="SVD: fraction of singular values to drop")
     p.add_argument("--spec", default=None,
                    help='JSON {"layer": {"module": value}}: a rho (or drop) per layer and module')
-    p.add_argument("--seed", type=int, default=0, help="seed of --keep random")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random --keep controls")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="dtype to load the model in and write the edited weights in (the edit "
                    "itself is computed in float64); bfloat16 halves a 7B's memory: use the dtype "

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
-from curvmem.edit.kfac import check_rho, kfac_edit_weight, pair_mask
+from curvmem.edit.kfac import check_rho, kfac_edit_weight, pair_mask, random_orthonormal
 from curvmem.edit.svd import svd_truncate
 from curvmem.model.adapters import mlp_modules, model_fingerprint, parse_int_list
 from curvmem.model.load import read_layer
@@ -74,8 +74,11 @@ def build_edit(model, spec: dict, method: str = "kfac", eigen_dir=None, keep: st
         else:
             g = eigen[m.layer].groups[m.name]
             mask = pair_mask(g["G_eigenvalues"], g["A_eigenvalues"], value, keep, seed)
-            W_new, st = kfac_edit_weight(W, g["G_eigenvectors"], g["G_eigenvalues"],
-                                         g["A_eigenvectors"], g["A_eigenvalues"], mask)
+            UG, UA = g["G_eigenvectors"], g["A_eigenvectors"]
+            if keep == "random-basis":  # the same spectra and mask in a basis that knows nothing
+                UG = random_orthonormal(len(g["G_eigenvalues"]), seed)
+                UA = random_orthonormal(len(g["A_eigenvalues"]), seed + 1)
+            W_new, st = kfac_edit_weight(W, UG, g["G_eigenvalues"], UA, g["A_eigenvalues"], mask)
             st.update(rho=value, keep=keep)
         tensors[m.param_name] = m.to_stored_layout(W_new.to(m.module.weight.dtype))
         stats[m.param_name] = st

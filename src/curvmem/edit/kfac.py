@@ -1,4 +1,4 @@
-"""The curvature-mass edit and its controls (--keep bottom / random, bands).
+"""The curvature-mass edit and its controls (--keep: KEEP_MODES; curvature bands).
 
 In the K-FAC eigenbasis the weight is C = U_Gᵀ W U_A, and pair (i, j) carries curvature λᵢμⱼ
 (λ: eigenvalues of G, rows; μ: eigenvalues of A, columns; both descending). The edit keeps the
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from curvmem.model.adapters import default_device
+from curvmem.presets import KEEP_MODES
 
 BAND_LIMIT = 4096  # pairs sorted explicitly at the selection boundary
 
@@ -109,19 +110,44 @@ def band_mask(lam, mu, lo: float, hi: float) -> np.ndarray:
     return upper if lo == 0.0 else upper & ~select_pairs(lam, mu, lo)
 
 
+def curvature_order(lam, mu) -> np.ndarray:
+    """Flat pair indices by descending λᵢμⱼ (ties by flat index, as select_pairs)."""
+    values = (np.asarray(lam, np.float64)[:, None] * np.asarray(mu, np.float64)[None, :]).ravel()
+    return np.lexsort((np.arange(values.size), -values))
+
+
 def pair_mask(lam, mu, rho, keep: str = "top", seed: int = 0) -> np.ndarray:
-    """The kept-pair mask: top (the edit), bottom (its complement) or random (same count, seeded)."""
+    """The kept-pair mask of `keep` (KEEP_MODES); the random ones are seeded."""
+    if keep not in KEEP_MODES:
+        raise ValueError(f"--keep must be one of {', '.join(KEEP_MODES)}, got '{keep}'")
     top = select_pairs(lam, mu, rho)
-    if keep == "top":
+    if keep in ("top", "random-basis"):
         return top
     if keep == "bottom":
         return ~top
+    rng = np.random.default_rng(seed)
+    flat = np.zeros(top.size, dtype=bool)
     if keep == "random":
-        rng = np.random.default_rng(seed)
-        flat = np.zeros(top.size, dtype=bool)
         flat[rng.choice(top.size, size=int(top.sum()), replace=False)] = True
-        return flat.reshape(top.shape)
-    raise ValueError(f"--keep must be top, bottom or random, got '{keep}'")
+    elif keep == "random-mass":  # a random order, cut where it reaches the top set's share ρ
+        mass = (np.asarray(lam, np.float64)[:, None] * np.asarray(mu, np.float64)[None, :]).ravel()
+        order = rng.permutation(top.size)
+        cum = np.cumsum(mass[order])
+        k = min(int(np.searchsorted(cum, check_rho(rho) * mass.sum(), side="left")) + 1, top.size)
+        flat[order[:k]] = True
+    else:  # remove a band of as many pairs as the edit keeps, keep the rest
+        order, k = curvature_order(lam, mu), int(top.sum())
+        start = {"ablate-top": 0, "ablate-middle": (top.size - k) // 2,
+                 "ablate-bottom": top.size - k}[keep]
+        flat[:] = True
+        flat[order[start:start + k]] = False
+    return flat.reshape(top.shape)
+
+
+def random_orthonormal(n: int, seed: int) -> np.ndarray:
+    """A Haar-random n x n orthogonal matrix (QR of a Gaussian, signs fixed), seeded."""
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
 
 
 def kfac_edit_weight(W, UG, lam, UA, mu, mask) -> tuple[torch.Tensor, dict]:

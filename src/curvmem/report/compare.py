@@ -52,7 +52,7 @@ def knob(method: str, spec: dict):
     BSN's spec names its knob (`ratio`); `curvmem edit` writes {layer: {module: value}} (ρ or the
     SVD drop fraction). Where modules got different values, the knob is their largest.
     """
-    name, keys = KNOBS.get(method, ("", ()))
+    name, keys = KNOBS.get(method, KNOBS["kfac"] if method.startswith("kfac-") else ("", ()))
     spec = spec or {}
     for k in keys:
         v = _number(spec.get(k))
@@ -252,7 +252,9 @@ def comparison_figure(rows: list[dict], path, verdicts: dict | None = None) -> N
     seen = {}
     for i, (method, recipe) in enumerate(curves):
         pts = [r for r in drawable if r["method"] == method and r.get("recipe", "") == recipe]
-        label, colour, marker, line = STYLES.get(method, (method, "tab:gray", "P", True))
+        label, colour, marker, line = STYLES.get(
+            method, (f"control: {method}", "tab:gray", "P", False) if method.startswith("kfac-")
+            else (method, "tab:gray", "P", True))
         k = seen[method] = seen.get(method, -1) + 1
         if n_recipes[method] > 1:  # a method's recipes: shades of its colour, each its own marker
             colour = shade(colour, k / (n_recipes[method] - 1))

@@ -14,7 +14,11 @@ from curvmem.report.lm import _accuracy_cell, _f, _pct, retention, select_edit
 from curvmem.report.paper import PAPER_NDCG10, PAPER_RETENTION, PAPER_TABLE1, TASK_CATEGORIES
 from curvmem.report.vit import table_markdown as vit_table
 
-CONTROL_METHODS = ("kfac-bottom", "kfac-random", "kfac-shard")
+
+def is_control(method: str | None) -> bool:
+    """kfac-KEEP and kfac-FACTORS edits: the controls (curvmem.presets.KEEP_MODES, variants)."""
+    return bool(method) and method.startswith("kfac-")
+
 # the paper's Fig. 2 (7B, layer 22) and Table 6 (original -> perturbed mean exact-match length)
 PAPER_ACTIVATION = {"top 10 %": -0.26, "bottom 50 %": +0.231}
 PAPER_STRESS = {"BSN": ((4.6, 10.45), (9.79, 14.36)), "K-FAC": ((6.64, 8.6), (13.27, 9.34)),
@@ -45,7 +49,7 @@ def table_rows(summary: dict) -> list[str]:
                            rule.get("max_ppl_rise", 0.10), rule.get("task_weight", 0.5))
         if pick and pick not in rows:
             rows.append(pick)
-    rows += [n for n, m in models.items() if m.get("method") in CONTROL_METHODS]
+    rows += [n for n, m in models.items() if is_control(m.get("method"))]
     return rows
 
 
