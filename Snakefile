@@ -45,6 +45,7 @@ wildcard_constraints:
 
 localrules:
     all,
+    download_model,
 
 
 rule all:
@@ -52,6 +53,7 @@ rule all:
         final_targets(),
 
 
+include: "workflow/rules/hub.smk"
 include: "workflow/rules/world.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/vision.smk"

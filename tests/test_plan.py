@@ -205,3 +205,35 @@ def test_bad_analysis_configs_are_refused(change, message):
     with pytest.raises(PlanError, match=message):
         Plan(cfg)
 
+
+
+def test_revision_keys_and_snapshot_paths():
+    cfg = config("olmo2-7b")
+    plan = Plan(cfg)
+    assert plan.hub_model("lm") == ("allenai/OLMo-2-1124-7B", None)
+    snap = "results/olmo2-7b/hub/allenai--OLMo-2-1124-7B@main"
+    assert plan.model_arg("lm") == plan.model_input("lm")[0] == snap
+    assert plan.snapshots() == {snap: ("allenai/OLMo-2-1124-7B", None)} and plan.uses_hub()
+    pinned = copy.deepcopy(cfg)
+    pinned["lm"]["model"]["revision"] = "stage1-step928646-tokens3896B"
+    other = Plan(pinned)  # a revision is part of the content key, and of the snapshot's path
+    assert other.model_key("lm") != plan.model_key("lm")
+    assert set(other.edits["lm"]).isdisjoint(plan.edits["lm"])
+    assert other.model_arg("lm").endswith("@stage1-step928646-tokens3896B")
+    local = copy.deepcopy(cfg)  # a directory is loaded where it is, and takes no revision
+    local["lm"]["model"]["id"] = "./models/mine"
+    assert Plan(local).model_arg("lm") == "./models/mine" and not Plan(local).uses_hub()
+    local["lm"]["model"]["revision"] = "main"
+    with pytest.raises(PlanError, match="revision needs a hub id"):
+        Plan(local).model_arg("lm")
+    assert not Plan(config("smoke")).uses_hub()
+
+
+def test_jobs_run_with_the_hub_off_and_downloads_with_the_users_setting():
+    env = {"HF_HUB_OFFLINE": "0"}
+    assert Plan(config("olmo2-7b")).hub_offline_for_jobs(env) == "0"
+    assert env == {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                   "CURVMEM_USER_HF_HUB_OFFLINE": "0"}
+    assert Plan(config("olmo2-7b")).hub_offline_for_jobs(env) == "0"  # parsed again in a job
+    env = {}
+    assert Plan(config("smoke")).hub_offline_for_jobs(env) == "0" and env == {}

@@ -23,9 +23,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 import shlex
 from dataclasses import asdict
+from pathlib import Path
 
 from curvmem import presets
 
@@ -124,6 +126,16 @@ def sweep_specs(domain, name, sweep):
     return out
 
 
+def _local_path(name: str) -> bool:
+    """A model named by a path (absolute, relative with ./, or existing) rather than a hub id."""
+    return name.startswith(("/", ".", "~")) or Path(name).exists() or name.count("/") > 1
+
+
+def _slug(text: str) -> str:
+    """A hub id or revision as one path component (owner/name -> owner--name)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", text.replace("/", "--"))
+
+
 def method_tag(spec):
     """The sidecar's method label (docs/ARCHITECTURE.md): kfac, kfac-bottom, -random, -shard, svd."""
     if spec["method"] != "kfac":
@@ -182,19 +194,61 @@ class Plan:
         """Where an embedded model (and its world or data) is built."""
         return f"{self.out}/{domain}/models/{self.model_key(domain)}"
 
+    def hub_model(self, domain):
+        """(hub id, revision or None) of a pretrained model named by hub id; None for an
+        embedded model or a local directory. Such a model is downloaded once (`download_model`)
+        into `snapshot_dir` and every job loads that directory."""
+        m = self.model_config(domain)
+        name = None if self.embedded(domain) else m.get("id")
+        if name is None or _local_path(name):
+            if m.get("revision"):
+                raise PlanError(f"config {domain}.model.revision: a revision needs a hub id in "
+                                f"{domain}.model.id, not {m.get('id') or m.get('path')!r}")
+            return None
+        return name, m.get("revision")
+
+    def snapshot_dir(self, domain):
+        repo, revision = self.hub_model(domain)
+        return f"{self.out}/hub/{_slug(repo)}@{_slug(revision or 'main')}"
+
+    def snapshots(self):
+        """{snapshot directory: (hub id, revision)} of every model the workflow downloads."""
+        return {self.snapshot_dir(d): self.hub_model(d) for d in self.domains
+                if self.hub_model(d)}
+
+    def uses_hub(self):
+        """Whether the workflow fetches anything from a hub (then its jobs run with it off)."""
+        return bool(self.snapshots())
+
+    def hub_offline_for_jobs(self, environ=None) -> str:
+        """Turn the hub off (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE = 1) in `environ` (default:
+        this process's) when the workflow fetches from a hub, so jobs load only what the
+        download rules fetched; returns the user's own HF_HUB_OFFLINE for those rules. The
+        Snakefile is parsed again inside each cluster job, where the saved value is found."""
+        env = os.environ if environ is None else environ
+        user = env.get("CURVMEM_USER_HF_HUB_OFFLINE", env.get("HF_HUB_OFFLINE", "0"))
+        if self.uses_hub():
+            env.update(CURVMEM_USER_HF_HUB_OFFLINE=user, HF_HUB_OFFLINE="1",
+                       HF_DATASETS_OFFLINE="1")
+        return user
+
     def model_arg(self, domain):
-        """The --model argument: a directory built here, a local path or a hub id."""
+        """The --model argument: a directory built or downloaded here, or a local path."""
         m = self.model_config(domain)
         if self.embedded(domain):
             return f"{self.model_dir(domain)}/model"
         if "id" not in m and "path" not in m:
             raise PlanError(f"config {domain}.model: a pretrained model needs "
-                            f"{'`id` (hub id or directory)' if domain == 'lm' else '`path`'}")
+                            f"{'`id` (hub id or directory)' if domain == 'lm' else '`path` or `id`'}")
+        if self.hub_model(domain):
+            return self.snapshot_dir(domain)
         return m.get("id") or m.get("path")
 
     def model_input(self, domain):
-        """Input files for rules that load the base model (empty for a hub id or a user path)."""
-        return [self.model_arg(domain)] if self.embedded(domain) else []
+        """Input files for rules that load the base model (empty for a user's directory)."""
+        if self.embedded(domain) or self.hub_model(domain):
+            return [self.model_arg(domain)]
+        return []
 
     def model_flags(self, domain, *keys):
         """`--key value` for these keys of `{domain}.model`, in order (snake_case ->

@@ -14,6 +14,9 @@ except PlanError as e:
     raise WorkflowError(str(e)) from None
 
 OUT = PLAN.out
+SNAPSHOTS = PLAN.snapshots()
+# the hub off for every job; the download rules run with the user's own setting (hub.smk)
+USER_HUB_OFFLINE = PLAN.hub_offline_for_jobs()
 DOMAINS = PLAN.domains
 BASE = PLAN.base
 
@@ -55,6 +58,11 @@ ANALYSIS_OUT = {name: PLAN.analysis_outputs(name) for name in ANALYSES}
 
 # --------------------------------------------------------------------------- input and params
 # functions of a job's wildcards
+
+
+def snapshot_flags(snapshot_dir):
+    repo, revision = SNAPSHOTS[snapshot_dir]
+    return flags(("--model", repo), ("--revision", revision))
 
 
 def domain_data(wc):

@@ -7,6 +7,7 @@
     baselines  baseline {bsn}, compare                          (BalancedSubnet, SVD, controls)
     mine       mine                                             (memorized windows of a corpus)
     export     export                                           (base + edit -> HF checkpoint)
+    hub        download                                         (a hub model, once, for offline jobs)
     analyze    analyze {activation-ratio,task-interaction,spectra,per-example,stability,stress}
                                                                 (mechanism analyses)
 """
@@ -19,7 +20,7 @@ import os
 import sys
 
 from curvmem import __version__
-from curvmem.cli import analyze, baselines, core, export, lm, mine, vision
+from curvmem.cli import analyze, baselines, core, export, hub, lm, mine, vision
 from curvmem.io import begin_command, startup_split
 
 
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="evaluate a model, optionally with an edit applied",
                               description="Evaluations write one JSON file each.")
     evaluate_sub = evaluate.add_subparsers(dest="evaluation", metavar="EVALUATION", required=True)
-    for group in (core, lm, vision, baselines, mine, export):
+    for group in (core, lm, vision, baselines, mine, export, hub):
         group.register(sub, evaluate_sub)
     analyze.register(sub)
     return parser

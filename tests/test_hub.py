@@ -1,0 +1,72 @@
+"""Public sources without the network: a hub model snapshot from a local hub cache
+(`curvmem download`), and the plan's revision and snapshot paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from curvmem.model.hub import NOTE_FILE, download_snapshot
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_cache(home: Path, repo_id: str, files_dir: Path, commit: str = COMMIT,
+              refs=("main",)) -> Path:
+    """Lay out `files_dir` as the hub cache's snapshot of `repo_id` at `commit` (HF_HOME=home),
+    with branch/tag `refs` pointing at it: what snapshot_download finds offline."""
+    repo = home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snap = repo / "snapshots" / commit
+    shutil.copytree(files_dir, snap)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    for ref in refs:
+        (repo / "refs" / ref).write_text(commit)
+    return snap
+
+
+@pytest.fixture
+def offline_home(tmp_path, monkeypatch):
+    """HF_HOME in tmp with the hub off; huggingface_hub reads both when a call is made."""
+    import huggingface_hub.constants as c
+
+    home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(home / "hub"))
+    return home
+
+
+def test_download_links_the_cached_snapshot_and_loads(offline_home, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_olmo2
+
+    src = tmp_path / "src"
+    tiny_olmo2().save_pretrained(src)
+    hub_cache(offline_home, "someone/tiny-olmo2", src, refs=("main", "v1"))
+    out = tmp_path / "run" / "hub" / "snap"
+    note = download_snapshot("someone/tiny-olmo2", out, "v1")
+    assert note["commit"] == COMMIT and note["revision"] == "v1"
+    assert json.loads((out / NOTE_FILE).read_text())["commit"] == COMMIT
+    assert sorted(note["files"]) == sorted(p.name for p in src.iterdir())
+    # hard links on the same file system: no second copy of the weights
+    st = (out / "model.safetensors").stat()
+    assert st.st_nlink == 2 or (out / "model.safetensors").is_symlink()
+    AutoModelForCausalLM.from_pretrained(out)  # a plain directory: loads with the hub off
+    # the same by commit, and copied
+    note = download_snapshot("someone/tiny-olmo2", tmp_path / "copy", COMMIT, copy=True)
+    assert (tmp_path / "copy" / "model.safetensors").stat().st_nlink == 1
+
+
+def test_download_refuses_what_is_not_there(offline_home, tmp_path):
+    with pytest.raises(ValueError, match="not in the hub cache"):
+        download_snapshot("someone/absent", tmp_path / "x", "main")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="local path"):
+        download_snapshot(str(tmp_path), tmp_path / "y")
+    assert not os.path.exists(tmp_path / "y")
