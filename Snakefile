@@ -46,6 +46,9 @@ wildcard_constraints:
 localrules:
     all,
     download_model,
+    tokenize_corpus,
+    fetch_texts,
+    fetch_file,
 
 
 rule all:

@@ -218,7 +218,8 @@ class Plan:
 
     def uses_hub(self):
         """Whether the workflow fetches anything from a hub (then its jobs run with it off)."""
-        return bool(self.snapshots())
+        return bool(self.snapshots() or self.fetched_data("tokens")
+                    or self.fetched_data("texts"))
 
     def hub_offline_for_jobs(self, environ=None) -> str:
         """Turn the hub off (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE = 1) in `environ` (default:
@@ -265,12 +266,58 @@ class Plan:
                                                    for f in self.config["lm"]["data"].values()]
 
     def lm_data(self, name):
-        """A named LM data set (`lm.data`): a world file (embedded) or the user's path."""
+        """A named LM data set (`lm.data`): a world file (embedded), the user's path, or where a
+        local rule puts a public source (`fetched_data`)."""
         data = self.config["lm"].get("data") or {}
         if name not in data:
             raise PlanError(f"config lm.data has no entry '{name}' (known: {sorted(data)}); "
                             f"add `{name}: FILE.jsonl` under lm.data")
-        return self.world_file(data[name]) if self.embedded("lm") else data[name]
+        if self.embedded("lm"):
+            return self.world_file(data[name])
+        fetched = self._fetched_entry(name)
+        return fetched[0] if fetched else data[name]
+
+    def corpus_tokens(self):
+        """Tokens a pre-tokenized corpus must hold: the largest factor set's budget, and the
+        stability slices' (two slices of 2 x size positions each)."""
+        need = [self.factor_config("lm", fs)["tokens"] for fs in ("main", "control")]
+        if self.analysis() is not None:
+            need.append(2 * max(self.analysis()["stability"]["sizes"]))
+        return max(need)
+
+    def _fetched_entry(self, name):
+        """(path, kind, curvmem flags) of an lm.data entry a local rule fetches, else None.
+        kind: tokens (an hf: corpus, pre-tokenized), texts (an hf: dataset's texts as JSONL),
+        url (a released file, checked against its sha256)."""
+        value = self.config["lm"]["data"][name]
+        if isinstance(value, str) and not value.startswith("hf:"):
+            return None
+        base = f"{self.out}/lm/data/{_slug(name)}"
+        if isinstance(value, dict) and "url" in value:
+            suffix = "".join(Path(value["url"].split("?")[0]).suffixes[-1:]) or ".jsonl"
+            return (f"{base}-{value['sha256'][:10]}{suffix}", "url",
+                    flags(("--url", value["url"]), ("--sha256", value["sha256"])))
+        source, rows = (value, None) if isinstance(value, str) else (value["hf"], value.get("rows"))
+        if name == "corpus":
+            if rows is not None:
+                raise PlanError("config lm.data.corpus: give the corpus as an 'hf:...' string; "
+                                "how much of it is read follows lm.factors.tokens")
+            tokens = self.corpus_tokens()
+            key = digest({"source": source, "model": self.hub_model("lm") or self.model_arg("lm"),
+                          "tokens": tokens})
+            return (f"{base}-{key}.npy", "tokens",
+                    flags(("--model", self.model_arg("lm")), ("--data", source),
+                          ("--tokens", tokens)))
+        key = digest({"source": source, "rows": rows})
+        return (f"{base}-{key}.jsonl", "texts",
+                flags(("--data", source), ("--rows", rows)))
+
+    def fetched_data(self, kind):
+        """{path: curvmem flags} of the lm.data entries of this kind that local rules fetch."""
+        if "lm" not in self.domains or self.embedded("lm"):
+            return {}
+        entries = [self._fetched_entry(n) for n in self.config["lm"].get("data") or {}]
+        return {e[0]: e[2] for e in entries if e and e[1] == kind}
 
     def vit_data(self):
         if self.embedded("vit"):

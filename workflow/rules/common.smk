@@ -60,6 +60,14 @@ ANALYSIS_OUT = {name: PLAN.analysis_outputs(name) for name in ANALYSES}
 # functions of a job's wildcards
 
 
+FETCHED = {kind: PLAN.fetched_data(kind) for kind in ("tokens", "texts", "url")}
+
+
+def fetched_stems(kind):
+    """File names, without the suffix, of the fetched data of this kind (hub.smk wildcards)."""
+    return [os.path.splitext(os.path.basename(p))[0] for p in FETCHED[kind]]
+
+
 def snapshot_flags(snapshot_dir):
     repo, revision = SNAPSHOTS[snapshot_dir]
     return flags(("--model", repo), ("--revision", revision))

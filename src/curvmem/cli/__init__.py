@@ -7,7 +7,7 @@
     baselines  baseline {bsn}, compare                          (BalancedSubnet, SVD, controls)
     mine       mine                                             (memorized windows of a corpus)
     export     export                                           (base + edit -> HF checkpoint)
-    hub        download                                         (a hub model, once, for offline jobs)
+    hub        download, tokenize, fetch                        (public sources, once, for offline jobs)
     analyze    analyze {activation-ratio,task-interaction,spectra,per-example,stability,stress}
                                                                 (mechanism analyses)
 """
