@@ -70,3 +70,60 @@ def test_download_refuses_what_is_not_there(offline_home, tmp_path):
     with pytest.raises(ValueError, match="local path"):
         download_snapshot(str(tmp_path), tmp_path / "y")
     assert not os.path.exists(tmp_path / "y")
+
+
+def test_fetch_url_checks_the_sha256_and_writes_nothing_else(tmp_path):
+    import hashlib
+
+    from curvmem.world.sources import fetch_url
+
+    src = tmp_path / "mirror" / "data" / "val.jsonl"
+    src.parent.mkdir(parents=True)
+    src.write_text('{"prefix_ids": [1, 2], "suffix_ids": [3]}\n')
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    note = fetch_url(src.as_uri(), sha, tmp_path / "out" / "val.jsonl")
+    assert note["bytes"] == src.stat().st_size
+    assert (tmp_path / "out" / "val.jsonl").read_bytes() == src.read_bytes()
+    with pytest.raises(ValueError, match="is not the expected"):
+        fetch_url(src.as_uri(), "0" * 64, tmp_path / "out" / "bad.jsonl")
+    with pytest.raises(ValueError, match="cannot fetch"):
+        fetch_url((tmp_path / "absent").as_uri(), sha, tmp_path / "out" / "absent.jsonl")
+    with pytest.raises(ValueError, match="64 hex"):
+        fetch_url(src.as_uri(), "abc", tmp_path / "out" / "x.jsonl")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["val.jsonl"]
+
+
+@pytest.mark.slow
+def test_the_7b_configs_released_files_come_from_a_file_mirror(tmp_path):
+    """The fetch_file rules of the 7B config, pointed at a local file:// mirror of the paper's
+    repository layout: each file lands where the evaluations read it, checked; a wrong sha256
+    fails the job and leaves no file."""
+    import hashlib
+
+    import yaml
+
+    from curvmem.plan import Plan
+    from slurm_cluster import copy_repo, snakemake
+
+    repo = copy_repo(tmp_path / "repo")
+    cfg = yaml.safe_load((repo / "workflow/config/olmo2-7b.yaml").read_text())
+    mirror = tmp_path / "mirror"
+    for name in ("forget", "validation", "quotes"):
+        entry = cfg["lm"]["data"][name]
+        path = mirror / entry["url"].split("/memorization_kfac/", 1)[1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"prefix": f"{name} ", "target_suffix": "text"}) + "\n")
+        entry.update(url=path.as_uri(), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    (repo / "mirror.yaml").write_text(yaml.safe_dump(cfg))
+    plan = Plan(cfg)
+    targets = [plan.lm_data(n) for n in ("forget", "validation", "quotes")]
+    snakemake(repo, "--cores", "1", "--configfile=mirror.yaml", *targets)
+    for name, target in zip(("forget", "validation", "quotes"), targets):
+        assert json.loads((repo / target).read_text())["prefix"] == f"{name} "
+    cfg["lm"]["data"]["quotes"]["sha256"] = "f" * 64
+    (repo / "wrong.yaml").write_text(yaml.safe_dump(cfg))
+    target = Plan(cfg).lm_data("quotes")
+    proc = snakemake(repo, "--cores", "1", "--configfile=wrong.yaml", target, check=False)
+    assert proc.returncode != 0 and not (repo / target).exists()
+    logs = (repo / "logs/hub/fetch_file").glob("quotes-f*")
+    assert any("is not the expected" in log.read_text() for log in logs)

@@ -33,8 +33,9 @@ from curvmem import presets
 
 NEVER = "(?!x)x"  # a wildcard constraint that matches nothing
 # `curvmem report-lm` reads these evaluation files from each entry's directory (docs/lm.md)
+# (tasks and coherence are optional: a config may score skills with lm-evaluation-harness only)
 REPORT_LM_NEEDS = ["memorization_forget", "memorization_untargeted", "memorization_control",
-                   "perplexity", "tasks"]
+                   "perplexity"]
 
 
 # `curvmem analyze` subcommands the workflow runs when the config has `lm.analysis`
@@ -163,7 +164,7 @@ class Plan:
             missing = [n for n in REPORT_LM_NEEDS if n not in config["lm"]["evaluations"]]
             if missing:
                 raise PlanError(f"config lm.evaluations lacks {missing}: curvmem report-lm needs "
-                                f"{REPORT_LM_NEEDS} (coherence is optional); see docs/workflow.md")
+                                f"{REPORT_LM_NEEDS} (tasks and coherence are optional); see docs/workflow.md")
             self._check_analysis()
 
     # ----------------------------------------------------------------------- base models
@@ -479,6 +480,13 @@ class Plan:
 
     def label(self, domain, key):
         return "base" if key == self.base[domain] else self.edits[domain][key]["label"]
+
+    def report_lm_flags(self):
+        """report-lm's column titles and the paper's Dolma column (lm.report), when set."""
+        r = self.config["lm"].get("report") or {}
+        labels = " ".join(f"--label {shlex.quote(f'{k}={v}')}"
+                          for k, v in sorted((r.get("labels") or {}).items()))
+        return " ".join(filter(None, [labels, flags(("--paper-dolma", r.get("paper_dolma")))]))
 
     def report_entries(self, domain):
         """--entry NAME=PATH for the report commands: an eval directory (lm) or file (vit)."""

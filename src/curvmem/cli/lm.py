@@ -229,7 +229,8 @@ def cmd_report_lm(args) -> None:
     entries = report.parse_entries(args.entry)
     if args.figure and Path(args.figure).suffix != ".png":
         raise ValueError(f"--figure must be a .png file, got {args.figure}")
-    summary = report.build_summary(entries, max_ppl_rise=args.max_ppl_rise)
+    columns = report.parse_labels(args.label, args.paper_dolma)
+    summary = report.build_summary(entries, max_ppl_rise=args.max_ppl_rise, columns=columns)
     text = report.report_text(summary, max_ppl_rise=args.max_ppl_rise)
 
     write_json(args.out, summary)
@@ -382,4 +383,9 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--sweep-figure", default=None, help="sweep figure (.png)")
     p.add_argument("--max-ppl-rise", type=float, default=0.10,
                    help="selection: K-FAC edits whose perplexity rises at most this fraction")
+    p.add_argument("--label", action="append", default=None, metavar="SPLIT=TEXT",
+                   help="column title of a memorization set (forget, untargeted, control)")
+    p.add_argument("--paper-dolma", choices=["forget", "control"], default="forget",
+                   help="our column the paper's Table 1 Dolma numbers (its validation half) go "
+                   "under")
     p.set_defaults(func=cmd_report_lm)

@@ -50,14 +50,15 @@ def _split_summary(mem: dict) -> dict:
 def model_summary(directory) -> dict:
     """One (model, edit)'s evaluation JSONs -> the summary's per-model record."""
     files = {key: directory / name for key, name in EVAL_FILES.items()}
-    missing = [str(p) for key, p in files.items() if key != "coherence" and not p.is_file()]
+    optional = ("coherence", "tasks")  # tasks: a config may score skills with the harness only
+    missing = [str(p) for key, p in files.items() if key not in optional and not p.is_file()]
     if missing:
         raise ValueError(f"{directory}: missing evaluation file(s) {missing}")
     record = {split: _split_summary(read_json(files[split])) for split in SPLITS}
     ppl = read_json(files["perplexity"])
     record["perplexity"] = ppl["perplexity_batch_mean"]
     record["perplexity_token_mean"] = ppl["perplexity"]
-    tasks = read_json(files["tasks"])
+    tasks = read_json(files["tasks"]) if files["tasks"].is_file() else {"accuracy": {}}
     record["tasks"] = {c: tasks["accuracy"].get(c) for c in TASK_CATEGORIES}
     record["tasks_n"] = {c: tasks.get("n", {}).get(c) for c in TASK_CATEGORIES}
     # absent from task files without subcategories (and from evaluations of older curvmem)
@@ -85,13 +86,30 @@ def select_edit(models: dict, max_ppl_rise: float = 0.10) -> str | None:
     return min(candidates)[3] if candidates else None
 
 
-def build_summary(entries: dict, max_ppl_rise: float = 0.10) -> dict:
+def parse_labels(labels: list[str] | None, paper_dolma: str = "forget") -> dict:
+    """['control=validation half', ...] -> column titles of the three memorization sets, and
+    under which of our columns the paper's Table 1 Dolma numbers belong (its validation half is
+    our control when the forget set is the other released half)."""
+    out = {split: split for split in SPLITS}
+    for item in labels or []:
+        split, sep, text = item.partition("=")
+        if not sep or split not in SPLITS or not text:
+            raise ValueError(f"--label '{item}' must look like SPLIT=TEXT with SPLIT one of "
+                             f"{list(SPLITS)}")
+        out[split] = text
+    if paper_dolma not in ("forget", "control"):
+        raise ValueError(f"--paper-dolma must be forget or control, got '{paper_dolma}'")
+    return {"labels": out, "paper_dolma": paper_dolma}
+
+
+def build_summary(entries: dict, max_ppl_rise: float = 0.10, columns: dict | None = None) -> dict:
     models = {name: model_summary(path) for name, path in entries.items()}
     for name, m in models.items():
         if name != "base" and not m.get("method"):
             raise ValueError(f"entry '{name}' has no edit meta in its perplexity.json; only "
                              "'base' may be unedited")
-    return {"models": models, "selected": select_edit(models, max_ppl_rise)}
+    return {"models": models, "selected": select_edit(models, max_ppl_rise),
+            "columns": columns or parse_labels(None)}
 
 
 def _ratio(edited: float | None, base: float | None) -> float | None:
@@ -150,13 +168,20 @@ def _subtask_lines(models: dict) -> list[str]:
 def report_text(summary: dict, max_ppl_rise: float = 0.10) -> str:
     """Markdown: Table 1 (ours, then the paper's), Figure-3 retention, the sweep, the choice."""
     models, selected = summary["models"], summary["selected"]
+    columns = summary.get("columns") or parse_labels(None)
+    names, dolma = columns["labels"], columns["paper_dolma"]
     base_ppl = models["base"]["perplexity"]
+    where = ("Ours: forget and untargeted canaries (both kinds); paper: Dolma memorized and "
+             "historical quotes." if names == parse_labels(None)["labels"] else
+             f"Ours: forget = {names['forget']}, untargeted = {names['untargeted']}, control = "
+             f"{names['control']}; the paper's Dolma numbers (its validation half) are under "
+             f"{names[dolma]}, its quotes under {names['untargeted']}.")
     lines = ["## Memorization and perplexity (shape of the paper's Table 1)", "",
              ("Strict/loose in %, Avg Lev = mean normalized distance (higher = less memorized). "
-              "Ours: forget and untargeted canaries (both kinds); paper: Dolma memorized and "
-              "historical quotes."), "",
-             ("| source | model | forget strict | loose | Avg Lev | untargeted strict | loose | "
-              "Avg Lev | control strict | PPL | nDCG@10 |"),
+              + where), "",
+             (f"| source | model | {names['forget']} strict | loose | Avg Lev | "
+              f"{names['untargeted']} strict | loose | Avg Lev | {names['control']} strict | PPL "
+              "| nDCG@10 |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in models.items():
         f, u = m["forget"], m["untargeted"]
@@ -167,8 +192,11 @@ def report_text(summary: dict, max_ppl_rise: float = 0.10) -> str:
                      f"{_f(m['ndcg10'])} |")
     for name, p in PAPER_TABLE1.items():
         (fs, fl, fa), (us, ul, ua) = p["forget"], p["untargeted"]
-        lines.append(f"| paper (OLMo-2) | {name} | {_pct(fs)} | {_pct(fl)} | {fa:.3f} | "
-                     f"{_pct(us)} | {_pct(ul)} | {ua:.3f} | – | {p['ppl']:.2f} | "
+        forget_cells, control_cell = f"{_pct(fs)} | {_pct(fl)} | {fa:.3f}", "–"
+        if dolma == "control":  # our control column holds strict recitation only
+            forget_cells, control_cell = "– | – | –", _pct(fs)
+        lines.append(f"| paper (OLMo-2) | {name} | {forget_cells} | "
+                     f"{_pct(us)} | {_pct(ul)} | {ua:.3f} | {control_cell} | {p['ppl']:.2f} | "
                      f"{_f(PAPER_NDCG10.get(name), '{:.2f}')} |")
 
     lines += ["", "## Strict recitation by canary kind (%)", "",
