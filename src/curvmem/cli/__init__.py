@@ -8,6 +8,7 @@
     mine       mine                                             (memorized windows of a corpus)
     export     export                                           (base + edit -> HF checkpoint)
     hub        download, tokenize, fetch                        (public sources, once, for offline jobs)
+    harness    harness, harness-tasks                           (lm-evaluation-harness, [eval] extra)
     analyze    analyze {activation-ratio,task-interaction,spectra,per-example,stability,stress}
                                                                 (mechanism analyses)
 """
@@ -20,7 +21,7 @@ import os
 import sys
 
 from curvmem import __version__
-from curvmem.cli import analyze, baselines, core, export, hub, lm, mine, vision
+from curvmem.cli import analyze, baselines, core, export, harness, hub, lm, mine, vision
 from curvmem.io import begin_command, startup_split
 
 
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="evaluate a model, optionally with an edit applied",
                               description="Evaluations write one JSON file each.")
     evaluate_sub = evaluate.add_subparsers(dest="evaluation", metavar="EVALUATION", required=True)
-    for group in (core, lm, vision, baselines, mine, export, hub):
+    for group in (core, lm, vision, baselines, mine, export, hub, harness):
         group.register(sub, evaluate_sub)
     analyze.register(sub)
     return parser

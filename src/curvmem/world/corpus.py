@@ -261,7 +261,7 @@ def token_array_shard(path, seq_len: int | None, n_tokens: int | None, shard: st
     h = hashlib.sha256(json.dumps([n_seq, seq_len]).encode())
     for s in range(0, n_seq, 4096):  # as fingerprint_tensor, in int64, a block at a time
         h.update(np.ascontiguousarray(ids[s:s + 4096], dtype=np.int64).tobytes())
-    seqs = torch.as_tensor(np.asarray(ids[start:stop], dtype=np.int64))
+    seqs = torch.from_numpy(np.array(ids[start:stop], dtype=np.int64))  # a copy: writable
     return seqs, start, h.hexdigest()[:16]
 
 
