@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from curvmem.model.hub import NOTE_FILE, download_snapshot
@@ -127,3 +128,107 @@ def test_the_7b_configs_released_files_come_from_a_file_mirror(tmp_path):
     assert proc.returncode != 0 and not (repo / target).exists()
     logs = (repo / "logs/hub/fetch_file").glob("quotes-f*")
     assert any("is not the expected" in log.read_text() for log in logs)
+
+
+@pytest.mark.slow
+def test_your_own_model_dag_runs_offline_end_to_end(tmp_path):
+    """The 7B config's DAG shape on public-source stand-ins, with the hub off: a tiny OLMo-2 in a
+    local hub cache (id + revision), a local parquet dataset as the `hf:` corpus (pre-tokenized)
+    and held-out texts, memorized windows fetched from a file:// URL and
+    checked, edits exported as checkpoints and scored by the harness (when lm_eval is installed)."""
+    import hashlib
+
+    import yaml
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from conftest import tiny_olmo2
+    from curvmem.model import lm as lm_model
+    from slurm_cluster import copy_repo, dry_run_jobs, snakemake
+
+    try:
+        import lm_eval  # noqa: F401
+        harness = True
+    except ImportError:
+        harness = False
+    words = ["river", "mill", "stone", "bridge", "field", "seven", "north", "lamp", "old", "ran"]
+    texts = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(12 + i % 9))
+             for i in range(300)]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    lm_model.train_tokenizer(src / "c.jsonl", src / "model", 300)
+    tok = AutoTokenizer.from_pretrained(src / "model")
+    tiny_olmo2(vocab=len(tok)).save_pretrained(src / "model")
+    home = tmp_path / "hf_home"
+    hub_cache(home, "someone/tiny-olmo2", src / "model", refs=("main", "v1"))
+    (tmp_path / "ds").mkdir()
+    Dataset.from_dict({"text": texts}).to_parquet(str(tmp_path / "ds" / "train.parquet"))
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    mem = tmp_path / "mirror" / "mem.jsonl"
+    mem.parent.mkdir()
+    mem.write_text("".join(json.dumps({"prefix_ids": i[:8], "suffix_ids": i[8:12]}) + "\n"
+                           for i in ids[:12]))
+    quotes = tmp_path / "quotes.jsonl"
+    quotes.write_text("".join(json.dumps({"prefix": t[:30], "target_suffix": t[30:50]}) + "\n"
+                              for t in texts[12:20]))
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"category": ("closed_book", "logic")[i % 2],
+                                         "prompt": " ".join(t.split()[:5]),
+                                         "answer": t.split()[5]}) + "\n"
+                             for i, t in enumerate(texts[20:40])))
+    repo = copy_repo(tmp_path / "repo")
+    cfg = {
+        "outdir": "results/own", "threads": 1,
+        "lm": {
+            "model": {"source": "pretrained", "id": "someone/tiny-olmo2", "revision": "v1"},
+            "data": {"corpus": f"hf:{tmp_path / 'ds'}",
+                     "heldout": {"hf": f"hf:{tmp_path / 'ds'}", "rows": 40},
+                     "forget": {"url": mem.as_uri(),
+                                "sha256": hashlib.sha256(mem.read_bytes()).hexdigest()},
+                     "quotes": str(quotes), "validation": str(mem), "tasks": str(tasks)},
+            "factors": {"modules": ["mlp.gate_proj", "mlp.up_proj"], "tokens": 1024,
+                        "seq_len": 16, "batch_size": 8},
+            "edits": {"kfac": {"method": "kfac", "layers": [[1]],
+                               "modules": ["mlp.gate_proj", "mlp.up_proj"], "rho": [0.6]}},
+            "report": {"labels": {"control": "validation half"}, "paper_dolma": "control"},
+            "evaluations": {
+                "memorization_forget": {"kind": "memorization", "data": "forget"},
+                "memorization_untargeted": {"kind": "memorization", "data": "quotes"},
+                "memorization_control": {"kind": "memorization", "data": "validation"},
+                "perplexity": {"kind": "perplexity", "data": "heldout"},
+                "tasks": {"kind": "tasks", "data": "tasks"},
+                "coherence": {"kind": "coherence", "data": "heldout"}},
+        }}
+    if harness:
+        cfg["lm"]["harness"] = {"tasks": ["curvmem_closed_book", "curvmem_logic"],
+                                "local_tasks": "tasks"}
+    (repo / "own.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("CURVMEM_USER_HF_HUB_OFFLINE", None)
+    out = repo / "results/own"
+    # every job but the summary's figures and HTML report (each job starts a process: seconds)
+    plan = yaml.safe_load((repo / "own.yaml").read_text())
+    from snakemake.utils import validate
+
+    from curvmem.plan import Plan
+    validate(plan, str(repo / "workflow/schemas/config.schema.yaml"))
+    targets = ["results/own/lm_summary.json"] + Plan(plan).harness_targets()
+    snakemake(repo, "--cores", "1", "--configfile=own.yaml", *targets, env=env, timeout=1800)
+    snap = out / "hub/someone--tiny-olmo2@v1"
+    assert json.loads((snap / NOTE_FILE).read_text())["commit"] == COMMIT
+    summary = json.loads((out / "lm_summary.json").read_text())
+    assert set(summary["models"]) == {"base", "kfac-L1-rho0.6"}
+    assert summary["columns"]["labels"]["control"] == "validation half"
+    npy = next((out / "lm/data").glob("corpus-*.npy"))
+    assert np.load(npy).size == 1024
+    factors = next((out / "lm/factors").glob("main-*/layer_1.nc"))
+    from curvmem import schema
+    assert schema.read_layer(factors, "factors").attrs["n_tokens"] == 1024 // 16 * 15  # next tokens
+    if harness:
+        results = [json.loads(p.read_text()) for p in (out / "lm/harness").glob("*.json")]
+        assert len(results) == 2 and all("curvmem_logic" in r["results"] for r in results)
+        exported = list((out / "lm/export").iterdir())
+        assert len(exported) == 1 and all((d / "config.json").is_file() for d in exported)
+    assert dry_run_jobs(repo, "--configfile=own.yaml", *targets, env=env) == {}

@@ -264,3 +264,25 @@ def test_public_data_sources_are_fetched_files():
     bad["lm"]["data"]["corpus"] = {"hf": "hf:some/corpus", "rows": 10}
     with pytest.raises(PlanError, match="corpus as an 'hf:...' string"):
         Plan(bad).lm_data("corpus")
+
+
+def test_harness_plan_exports_the_chosen_edits():
+    cfg = config("smoke")
+    plan = Plan(cfg)
+    assert plan.harness() is None and plan.harness_targets() == []
+    kfac = next(k for k, s in plan.edits["lm"].items() if s["method"] == "kfac")
+    cfg["lm"]["harness"] = {"tasks": ["curvmem_logic"], "local_tasks": "tasks",
+                            "edits": ["kfac-L2-rho0.6"], "batch_size": 1}
+    plan = Plan(cfg)
+    assert plan.harness_keys() == [plan.base["lm"], kfac]
+    assert plan.harness_targets() == [f"results/smoke/lm/harness/{k}.json"
+                                      for k in (plan.base["lm"], kfac)]
+    assert set(plan.harness_targets()) <= set(plan.final_targets())
+    assert plan.harness_inputs(kfac)[0] == plan.export_dir(kfac)
+    assert plan.harness_inputs(plan.base["lm"])[0] == plan.model_arg("lm")
+    assert plan.harness_tasks_dir() in plan.harness_inputs(kfac)
+    assert plan.harness_flags(kfac).startswith(f"--model results/smoke/lm/export/{kfac} "
+                                               "--tasks curvmem_logic --include-path ")
+    cfg["lm"]["harness"]["edits"] = ["kfac-L9-rho0.6"]
+    with pytest.raises(PlanError, match="no edit is labelled"):
+        Plan(cfg).harness_keys()

@@ -497,6 +497,54 @@ class Plan:
                      for k in self.eval_keys("vit")]
         return " ".join(f"--entry {shlex.quote(f'{n}={p}')}" for n, p in pairs)
 
+    # ----------------------------------------------------------------------- harness, export
+
+    def harness(self) -> dict | None:
+        """`lm.harness` (lm-evaluation-harness on the base model and exported edits), or None."""
+        return (self.config.get("lm") or {}).get("harness") if "lm" in self.domains else None
+
+    def harness_keys(self):
+        """The base model and the edits the harness scores (each edit exported first)."""
+        labels = self.harness().get("edits")
+        edits = self.edits["lm"]
+        if labels is not None:
+            unknown = sorted(set(labels) - {s["label"] for s in edits.values()})
+            if unknown:
+                raise PlanError(f"config lm.harness.edits: no edit is labelled {unknown} "
+                                f"(labels: {sorted(s['label'] for s in edits.values())})")
+        return [self.base["lm"]] + [k for k, s in edits.items()
+                                    if labels is None or s["label"] in labels]
+
+    def export_dir(self, key):
+        """base + edit `key` as a Hugging Face checkpoint (curvmem export)."""
+        return f"{self.out}/lm/export/{key}"
+
+    def harness_model(self, key):
+        return self.model_arg("lm") if key == self.base["lm"] else self.export_dir(key)
+
+    def harness_tasks_dir(self):
+        """The local harness tasks written from lm.harness.local_tasks, or None."""
+        name = self.harness().get("local_tasks")
+        if name is None:
+            return None
+        return f"{self.out}/lm/harness/tasks-{digest({'data': self.lm_data(name), 'model': self.model_key('lm')})}"
+
+    def harness_inputs(self, key):
+        files = ([self.export_dir(key)] if key != self.base["lm"] else self.model_input("lm"))
+        return files + ([self.harness_tasks_dir()] if self.harness_tasks_dir() else [])
+
+    def harness_flags(self, key):
+        h = self.harness()
+        return flags(("--model", self.harness_model(key)), ("--tasks", h["tasks"]),
+                     ("--include-path", self.harness_tasks_dir()),
+                     ("--batch-size", h.get("batch_size")), ("--limit", h.get("limit")),
+                     ("--dtype", self.model_config("lm").get("dtype")))
+
+    def harness_targets(self):
+        if self.harness() is None:
+            return []
+        return [f"{self.out}/lm/harness/{k}.json" for k in self.harness_keys()]
+
     # ----------------------------------------------------------------------- analyses
 
     def analysis(self) -> dict | None:
@@ -626,7 +674,8 @@ class Plan:
     def final_targets(self):
         if not self.domains:
             raise PlanError("the config has neither an `lm` nor a `vit` section: nothing to do")
-        return self.summaries() + [self.readme_tables(), f"{self.out}/report.html"]
+        return self.summaries() + [self.readme_tables(), f"{self.out}/report.html"] + \
+            self.harness_targets()
 
     def readme_tables(self):
         """The README's results tables (curvmem report-readme), from this run's summaries."""
