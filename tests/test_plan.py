@@ -230,6 +230,12 @@ def test_revision_keys_and_snapshot_paths():
     with pytest.raises(PlanError, match="revision needs a hub id"):
         Plan(local).model_arg("lm")
     assert not Plan(config("smoke")).uses_hub()
+    vit = config("smoke")  # a ViT directory from a hub repository, pinned
+    vit["vit"]["model"] = {"source": "pretrained", "id": "someone/vit-digits", "revision": "abc"}
+    vit["vit"]["data"] = "data/digits.safetensors"
+    plan = Plan(vit)
+    assert plan.model_arg("vit") == "results/smoke/hub/someone--vit-digits@abc"
+    assert plan.snapshots()[plan.model_arg("vit")] == ("someone/vit-digits", "abc")
 
 
 def test_jobs_run_with_the_hub_off_and_downloads_with_the_users_setting():
