@@ -45,6 +45,10 @@ wildcard_constraints:
 
 localrules:
     all,
+    download_model,
+    tokenize_corpus,
+    fetch_texts,
+    fetch_file,
 
 
 rule all:
@@ -52,6 +56,7 @@ rule all:
         final_targets(),
 
 
+include: "workflow/rules/hub.smk"
 include: "workflow/rules/world.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/vision.smk"
@@ -61,4 +66,5 @@ include: "workflow/rules/edit.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/harness.smk"
 include: "workflow/rules/report.smk"

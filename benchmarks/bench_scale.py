@@ -55,15 +55,16 @@ def build(out: Path, shape: str, tokens: int, seq_len: int) -> None:
     import torch
     from transformers import AutoTokenizer, Olmo2Config, Olmo2ForCausalLM
 
-    from curvmem import world
+    from curvmem.model.lm import train_tokenizer
+    from curvmem.world.lm import paragraph
 
     layers, d, ff, vocab, heads = SHAPES[shape]
     rng = random.Random(0)
-    texts = [world.paragraph(rng, (6, 10)) for _ in range(200)]
+    texts = [paragraph(rng, (6, 10)) for _ in range(200)]
     (out / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     for name, part in (("forget", texts[:16]), ("retain", texts[16:32])):  # BSN: 4 steps
         (out / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part))
-    world.train_tokenizer(out / "texts.jsonl", out / "tok", 512)
+    train_tokenizer(out / "texts.jsonl", out / "tok", 512)
     tok = AutoTokenizer.from_pretrained(out / "tok")
     torch.manual_seed(0)
     cfg = Olmo2Config(vocab_size=vocab, hidden_size=d, intermediate_size=ff,
@@ -192,7 +193,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--ppl-tokens", type=int, default=448, help="perplexity tokens (112-blocks)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--edit-dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--edit-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="curvmem edit --dtype (auto: the checkpoint's bf16)")
     p.add_argument("--eval-dtype", default=None, choices=["float32", "bfloat16"],
                    help="default: bfloat16 on cuda, float32 on cpu")
     p.add_argument("--bsn", action="store_true", help="also one BalancedSubnet epoch")

@@ -299,6 +299,20 @@ def test_edit_in_bfloat16_matches_the_float32_edit_and_applies_to_either(disk, o
     f32, meta32 = schema.read_edit(tmp_path / "f32.safetensors")
     bf16, meta16 = schema.read_edit(tmp_path / "bf16.safetensors")
     assert meta16["load_dtype"] == "bfloat16" and meta32["load_dtype"] == "float32"
+    # the default (auto) loads a checkpoint in the dtype it stores: float32 here, bf16 below
+    assert cli(*args, "--dtype", "float32", "--out", tmp_path / "f32b.safetensors") == 0
+    assert torch.equal(f32[next(iter(f32))],
+                       schema.read_edit(tmp_path / "f32b.safetensors")[0][next(iter(f32))])
+    from curvmem.model import load_model
+
+    load_model(disk["olmo"], dtype=torch.bfloat16).save_pretrained(tmp_path / "stored16")
+    stored16 = list(args)
+    stored16[stored16.index("--model") + 1] = tmp_path / "stored16"
+    assert cli(*stored16, "--out", tmp_path / "auto16.safetensors") == 0
+    auto16, meta_auto = schema.read_edit(tmp_path / "auto16.safetensors")
+    assert meta_auto["load_dtype"] == "bfloat16"
+    for name, t in auto16.items():  # the same edit as loading the float32 weights rounded to bf16
+        assert torch.equal(t, bf16[name])
     assert meta16["model_fingerprint"] == meta32["model_fingerprint"]
     for name, t in bf16.items():
         assert t.dtype == torch.bfloat16

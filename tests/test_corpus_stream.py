@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,3 +125,65 @@ def test_bad_shard_requests(files):
     held = corpus.load_token_sequences(files["hf"], 16, files["tok"]).shape[0]
     with pytest.raises(ValueError, match=f"starts at sequence {2 * held} .* ends at sequence {held}"):
         corpus.load_token_shard(files["hf"], 16, files["tok"], 3 * held * 16, "2/3")
+
+
+def test_pretokenized_stream_packs_shards_and_fingerprints_as_the_text(files, tmp_path):
+    """`curvmem tokenize` once, then each shard reads its rows of the .npy: the same sequences
+    and fingerprint as packing the streamed text whole."""
+    tok = files["tok"]
+    note = corpus.write_token_stream(files["hf"], tok, 300, tmp_path / "c.npy")
+    assert (note["tokens"], note["short"]) == (300, False) and note["documents"] < len(TEXTS)
+    full = corpus.load_token_sequences(files["hf"], 16, tok, n_tokens=300)
+    for n in (1, 2, 3):
+        parts = [corpus.token_array_shard(tmp_path / "c.npy", 16, 300, f"{k}/{n}")
+                 for k in range(n)]
+        assert torch.equal(torch.cat([p for p, _, _ in parts]), full)
+        assert [s for _, s, _ in parts] == [corpus.shard_bounds(len(full), f"{k}/{n}")[0]
+                                           for k in range(n)]
+        assert {fp for _, _, fp in parts} == {corpus.fingerprint_tensor(full)}
+    seqs, _, _ = corpus.token_array_shard(tmp_path / "c.npy", 16, 64, None)  # a smaller budget
+    assert torch.equal(seqs, full[:4])
+    short = corpus.write_token_stream(files["hf"], tok, 10**6, tmp_path / "all.npy")
+    assert short["short"] and short["documents"] == len(TEXTS)
+    with pytest.raises(ValueError, match="2-D token array"):
+        np.save(tmp_path / "two.npy", np.zeros((3, 8), np.int32))
+        corpus.token_array_shard(tmp_path / "two.npy", 16, None, None)
+    with pytest.raises(ValueError, match=r"\.npy"):
+        corpus.write_token_stream(files["hf"], tok, 10, tmp_path / "c.txt")
+    assert not (tmp_path / "c.txt").exists()
+
+
+def test_texts_of_a_streamed_dataset_as_jsonl(files, tmp_path):
+    from curvmem.io import read_jsonl
+
+    assert corpus.write_texts(files["hf"] + "#body", tmp_path / "t.jsonl", rows=5) == 5
+    assert [r["text"] for r in read_jsonl(tmp_path / "t.jsonl")] == [t.upper() for t in TEXTS[:5]]
+    with pytest.raises(ValueError, match="no field"):
+        corpus.write_texts(files["hf"] + "#nope", tmp_path / "u.jsonl")
+    assert not (tmp_path / "u.jsonl").exists()
+
+
+def test_collect_from_hf_shards_merges_to_the_pretokenized_single_pass(files, tmp_path):
+    """Collection of a streamed corpus in 2 shards (each reading only up to its end), merged,
+    equals one pass over the pre-tokenized .npy."""
+    from conftest import tiny_olmo2
+    from curvmem import schema
+    from curvmem.factors import collect_layer_files, merge_layer_files
+
+    tok = files["tok"]
+    model_dir = tmp_path / "m"
+    tiny_olmo2(vocab=len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    kw = dict(tokens=192, modules=["mlp.gate_proj"], seq_len=16, batch_size=4, device="cpu")
+    corpus.write_token_stream(files["hf"], tok, 192, tmp_path / "c.npy")
+    collect_layer_files(model_dir, tmp_path / "c.npy", [1], tmp_path / "one", **kw)
+    for k in (0, 1):
+        collect_layer_files(model_dir, files["hf"], [1], tmp_path / f"s{k}", shard=f"{k}/2", **kw)
+    merge_layer_files([schema.layer_path(tmp_path / f"s{k}", 1) for k in (0, 1)],
+                      tmp_path / "merged.nc")
+    one = schema.read_layer(schema.layer_path(tmp_path / "one", 1), "factors")
+    merged = schema.read_layer(tmp_path / "merged.nc", "factors")
+    assert merged.attrs["n_tokens"] == one.attrs["n_tokens"]
+    for var in ("A", "G"):
+        np.testing.assert_allclose(merged.groups["mlp.gate_proj"][var],
+                                   one.groups["mlp.gate_proj"][var], rtol=1e-5, atol=1e-7)

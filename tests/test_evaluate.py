@@ -312,11 +312,34 @@ def test_report_bad_entries(tmp_path, capsys):
     assert main(["report-lm", "--entry", entry, "--out", str(tmp_path / "o.json")]) == 2
     assert "named 'base'" in capsys.readouterr().err
     assert main(["report-lm", "--entry", "base", "--out", str(tmp_path / "o.json")]) == 2
-    (tmp_path / "x" / "tasks.json").unlink()
+    (tmp_path / "x" / "perplexity.json").unlink()
     assert main(["report-lm", "--entry", entry.replace("x=", "base="),
                  "--out", str(tmp_path / "o.json")]) == 2
     assert "missing evaluation file" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_report_columns_named_and_tasks_optional(tmp_path):
+    """The paper's 7B data: forget = one released half, control = its validation half (where the
+    paper's Table 1 Dolma numbers belong); skills scored by the harness only (no tasks.json)."""
+    entries = [_entry(tmp_path, "base", 1.0, 1.0, 10.0), _entry(tmp_path, "k", 0.1, 0.2, 10.5,
+                                                                "kfac")]
+    for name in ("base", "k"):
+        (tmp_path / name / "tasks.json").unlink()
+    out = tmp_path / "summary.json"
+    assert main(["report-lm", *[a for e in entries for a in ("--entry", e)], "--out", str(out),
+                 "--table", str(tmp_path / "t.md"), "--label", "forget=other half",
+                 "--label", "control=validation half", "--paper-dolma", "control"]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["columns"]["paper_dolma"] == "control"
+    assert summary["models"]["k"]["tasks"]["logic"] is None
+    table = (tmp_path / "t.md").read_text()
+    assert "| other half strict | loose | Avg Lev | untargeted strict |" in table
+    assert "| validation half strict | PPL |" in table
+    # the paper's 7B K-FAC Dolma strict (3.4 %) sits under the validation half, not the other
+    assert "| paper (OLMo-2) | 7B K-FAC | – | – | – | 16.1 | 23.8 | 0.625 | 3.4 |" in table
+    assert main(["report-lm", *[a for e in entries for a in ("--entry", e)], "--out", str(out),
+                 "--label", "half=x"]) == 2
 
 
 # --------------------------------------------------------------------------- end to end

@@ -122,9 +122,12 @@ def test_bad_sweeps_are_refused(sweep, message):
 def test_checks_beyond_the_schema():
     smoke = config("smoke")
     cfg = copy.deepcopy(smoke)
-    del cfg["lm"]["evaluations"]["tasks"]
-    with pytest.raises(PlanError, match=r"lacks \['tasks'\]"):
+    del cfg["lm"]["evaluations"]["perplexity"]
+    with pytest.raises(PlanError, match=r"lacks \['perplexity'\]"):
         Plan(cfg)
+    cfg = copy.deepcopy(smoke)  # skills scored by the harness only
+    del cfg["lm"]["evaluations"]["tasks"]
+    assert "tasks" not in Plan(cfg).lm_evaluations(Plan(cfg).base["lm"])
     cfg = copy.deepcopy(smoke)
     cfg["lm"]["edits"]["kfac"]["modules"] = ["mlp.down_proj"]
     with pytest.raises(PlanError, match="are not in lm.factors.modules"):
@@ -205,3 +208,87 @@ def test_bad_analysis_configs_are_refused(change, message):
     with pytest.raises(PlanError, match=message):
         Plan(cfg)
 
+
+
+def test_revision_keys_and_snapshot_paths():
+    cfg = config("olmo2-7b")
+    plan = Plan(cfg)
+    assert plan.hub_model("lm") == ("allenai/OLMo-2-1124-7B", None)
+    snap = "results/olmo2-7b/hub/allenai--OLMo-2-1124-7B@main"
+    assert plan.model_arg("lm") == plan.model_input("lm")[0] == snap
+    assert plan.snapshots() == {snap: ("allenai/OLMo-2-1124-7B", None)} and plan.uses_hub()
+    pinned = copy.deepcopy(cfg)
+    pinned["lm"]["model"]["revision"] = "stage1-step928646-tokens3896B"
+    other = Plan(pinned)  # a revision is part of the content key, and of the snapshot's path
+    assert other.model_key("lm") != plan.model_key("lm")
+    assert set(other.edits["lm"]).isdisjoint(plan.edits["lm"])
+    assert other.model_arg("lm").endswith("@stage1-step928646-tokens3896B")
+    local = copy.deepcopy(cfg)  # a directory is loaded where it is, and takes no revision
+    local["lm"]["model"]["id"] = "./models/mine"
+    assert Plan(local).model_arg("lm") == "./models/mine" and not Plan(local).snapshots()
+    local["lm"]["model"]["revision"] = "main"
+    with pytest.raises(PlanError, match="revision needs a hub id"):
+        Plan(local).model_arg("lm")
+    assert not Plan(config("smoke")).uses_hub()
+    vit = config("smoke")  # a ViT directory from a hub repository, pinned
+    vit["vit"]["model"] = {"source": "pretrained", "id": "someone/vit-digits", "revision": "abc"}
+    vit["vit"]["data"] = "data/digits.safetensors"
+    plan = Plan(vit)
+    assert plan.model_arg("vit") == "results/smoke/hub/someone--vit-digits@abc"
+    assert plan.snapshots()[plan.model_arg("vit")] == ("someone/vit-digits", "abc")
+
+
+def test_jobs_run_with_the_hub_off_and_downloads_with_the_users_setting():
+    env = {"HF_HUB_OFFLINE": "0"}
+    assert Plan(config("olmo2-7b")).hub_offline_for_jobs(env) == "0"
+    assert env == {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                   "CURVMEM_USER_HF_HUB_OFFLINE": "0"}
+    assert Plan(config("olmo2-7b")).hub_offline_for_jobs(env) == "0"  # parsed again in a job
+    env = {}
+    assert Plan(config("smoke")).hub_offline_for_jobs(env) == "0" and env == {}
+
+
+def test_public_data_sources_are_fetched_files():
+    plan = Plan(config("olmo2-7b"))
+    npy = plan.lm_data("corpus")
+    assert npy.startswith("results/olmo2-7b/lm/data/corpus-") and npy.endswith(".npy")
+    assert plan.fetched_data("tokens")[npy] == (
+        "--model results/olmo2-7b/hub/allenai--OLMo-2-1124-7B@main "
+        "--data hf:allenai/dolmino-mix-1124:train --tokens 20000000")
+    val = plan.lm_data("validation")
+    assert val == "results/olmo2-7b/lm/data/validation-167ea7f09e.jsonl"
+    assert "--sha256 167ea7f09e956e51" in plan.fetched_data("url")[val]
+    assert plan.fetched_data("texts")[plan.lm_data("retain")].endswith("--rows 2000")
+    assert plan.domain_data("lm") == npy and plan.uses_hub()
+    assert "--label 'control=Dolma validation half'" in plan.report_lm_flags()
+    assert plan.report_lm_flags().endswith("--paper-dolma control")
+    assert Plan(config("smoke")).report_lm_flags() == ""
+    more = config("olmo2-7b")  # a larger budget is another pre-tokenized file
+    more["lm"]["factors"]["tokens"] = 30_000_000
+    assert Plan(more).lm_data("corpus") != npy
+    bad = config("olmo2-7b")
+    bad["lm"]["data"]["corpus"] = {"hf": "hf:some/corpus", "rows": 10}
+    with pytest.raises(PlanError, match="corpus as an 'hf:...' string"):
+        Plan(bad).lm_data("corpus")
+
+
+def test_harness_plan_exports_the_chosen_edits():
+    cfg = config("smoke")
+    plan = Plan(cfg)
+    assert plan.harness() is None and plan.harness_targets() == []
+    kfac = next(k for k, s in plan.edits["lm"].items() if s["method"] == "kfac")
+    cfg["lm"]["harness"] = {"tasks": ["curvmem_logic"], "local_tasks": "tasks",
+                            "edits": ["kfac-L2-rho0.6"], "batch_size": 1}
+    plan = Plan(cfg)
+    assert plan.harness_keys() == [plan.base["lm"], kfac]
+    assert plan.harness_targets() == [f"results/smoke/lm/harness/{k}.json"
+                                      for k in (plan.base["lm"], kfac)]
+    assert set(plan.harness_targets()) <= set(plan.final_targets())
+    assert plan.harness_inputs(kfac)[0] == plan.export_dir(kfac)
+    assert plan.harness_inputs(plan.base["lm"])[0] == plan.model_arg("lm")
+    assert plan.harness_tasks_dir() in plan.harness_inputs(kfac)
+    assert plan.harness_flags(kfac).startswith(f"--model results/smoke/lm/export/{kfac} "
+                                               "--tasks curvmem_logic --include-path ")
+    cfg["lm"]["harness"]["edits"] = ["kfac-L9-rho0.6"]
+    with pytest.raises(PlanError, match="no edit is labelled"):
+        Plan(cfg).harness_keys()

@@ -59,9 +59,9 @@ def test_bad_config_fails_before_anything_runs_with_a_clear_message(repo):
 
 def test_missing_report_evaluation_is_refused(repo):
     cfg = load(repo, "smoke")
-    del cfg["lm"]["evaluations"]["tasks"]
+    del cfg["lm"]["evaluations"]["perplexity"]
     proc = snakemake(repo, "-n", write_config(repo, "noeval", cfg), check=False)
-    assert proc.returncode != 0 and "lacks ['tasks']" in proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "lacks ['perplexity']" in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("name", ["default", "adamw"])
@@ -145,11 +145,10 @@ def test_parsing_the_dag_never_imports_torch(repo, tmp_path):
 
 
 def test_7b_dry_run_on_slurm_lists_one_gpu_collection_job_per_layer_offline(tmp_path):
+    """A fresh copy, no file prepared by hand, no network: the whole run is planned, public
+    sources included (model snapshot, released files, the streamed corpus pre-tokenized)."""
     repo = copy_repo(tmp_path / "repo")
     cfg = load(repo, "olmo2-7b")
-    for path in cfg["lm"]["data"].values():  # the user's corpus and memorized sets
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text('{"text": "placeholder"}\n')
     cmd = ["snakemake", "-n", "-p", "--profile", "slurm",
            "--configfile=workflow/config/olmo2-7b.yaml"]
     offline = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0
@@ -170,6 +169,11 @@ def test_7b_dry_run_on_slurm_lists_one_gpu_collection_job_per_layer_offline(tmp_
     edit_commands = [line for line in proc.stdout.splitlines()
                      if line.startswith("Shell command: curvmem edit ")]
     assert edit_commands and all("--dtype bfloat16" in c for c in edit_commands)  # half the RAM
+    fetches = {rule: sum(b.startswith(f"rule {rule}:") for b in blocks)
+               for rule in ("download_model", "fetch_file", "tokenize_corpus", "fetch_texts")}
+    assert fetches == {"download_model": 1, "fetch_file": 3, "tokenize_corpus": 1,
+                       "fetch_texts": 2}
+    assert "results/olmo2-7b/hub/allenai--OLMo-2-1124-7B@main" in " ".join(collect)
     assert not (repo / "results").exists()
 
 

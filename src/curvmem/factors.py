@@ -396,21 +396,19 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
         full = torch.cat([imgs.reshape(imgs.shape[0], -1), labels[:, None].float()], 1)
         start, stop = corpus.shard_bounds(imgs.shape[0], shard)
         items, task, seq_len = (imgs[start:stop], labels[start:stop]), ClassificationTask(), 1
+        corpus_fp = corpus.fingerprint_tensor(full)
     else:
-        tok = None if str(data).endswith(".npy") else load_tokenizer(model_path,
-                                                                     trust_remote_code)
-        full = corpus.load_token_sequences(data, seq_len, tok, tokens)
-        start, stop = corpus.shard_bounds(full.shape[0], shard)
-        items, task, seq_len = full[start:stop], LMTask(), full.shape[1]
+        items, start, corpus_fp = _lm_shard(model_path, data, seq_len, tokens, shard,
+                                            trust_remote_code)
+        task, seq_len = LMTask(), items.shape[1]
     memorized = list(memorized or [])
     n_memorized = -1
     if memorized:
-        tok = tok or load_tokenizer(model_path, trust_remote_code)
+        tok = load_tokenizer(model_path, trust_remote_code)
         n_memorized = corpus.count_memorized_positions(items,
                                                        corpus.memorized_windows(memorized, tok))
     batches = batched(items, batch_size)
     fp = model_fingerprint(model)
-    corpus_fp = corpus.fingerprint_tensor(full)
     out = Path(out)
     key = run_key(model=fp, corpus=corpus_fp, layers=sorted({m.layer for m in modules}),
                   modules=[m.name for m in modules], fisher=fisher, seed=seed, shard=shard,
@@ -436,6 +434,29 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()
     return result.n_tokens, layers
+
+
+def _lm_shard(model_path, data, seq_len, tokens, shard, trust_remote_code):
+    """(sequences of shard k/n, index of the first, corpus fingerprint) of an LM corpus.
+
+    A .npy token file is memory-mapped and only the shard's rows are read; a streamed `hf:`
+    corpus read in shards reads no document past the shard's end (`load_token_shard`), and is
+    fingerprinted by what it is (source, packing, budget, tokenizer), since no shard sees the
+    whole stream; a local text file is packed whole and sliced, as before.
+    """
+    data = str(data)
+    if data.endswith(".npy"):
+        return corpus.token_array_shard(data, seq_len, tokens, shard)
+    tok = load_tokenizer(model_path, trust_remote_code)
+    if data.startswith("hf:") and shard:
+        seqs, start = corpus.load_token_shard(data, seq_len, tok, tokens, shard)
+        vocab = hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()
+        fp = run_key(source=data, seq_len=seq_len, tokens=tokens, eos=tok.eos_token_id,
+                     vocab=vocab)[:16]
+        return seqs, start, fp
+    full = corpus.load_token_sequences(data, seq_len, tok, tokens)
+    start, stop = corpus.shard_bounds(full.shape[0], shard)
+    return full[start:stop], start, corpus.fingerprint_tensor(full)
 
 
 # --------------------------------------------------------------------------- merge

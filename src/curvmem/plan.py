@@ -23,16 +23,19 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 import shlex
 from dataclasses import asdict
+from pathlib import Path
 
 from curvmem import presets
 
 NEVER = "(?!x)x"  # a wildcard constraint that matches nothing
 # `curvmem report-lm` reads these evaluation files from each entry's directory (docs/lm.md)
+# (tasks and coherence are optional: a config may score skills with lm-evaluation-harness only)
 REPORT_LM_NEEDS = ["memorization_forget", "memorization_untargeted", "memorization_control",
-                   "perplexity", "tasks"]
+                   "perplexity"]
 
 
 # `curvmem analyze` subcommands the workflow runs when the config has `lm.analysis`
@@ -124,6 +127,16 @@ def sweep_specs(domain, name, sweep):
     return out
 
 
+def _local_path(name: str) -> bool:
+    """A model named by a path (absolute, relative with ./, or existing) rather than a hub id."""
+    return name.startswith(("/", ".", "~")) or Path(name).exists() or name.count("/") > 1
+
+
+def _slug(text: str) -> str:
+    """A hub id or revision as one path component (owner/name -> owner--name)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", text.replace("/", "--"))
+
+
 def method_tag(spec):
     """The sidecar's method label (docs/ARCHITECTURE.md): kfac, kfac-KEEP (a keep control),
     kfac-shard (control_factors), kfac-VARIANT (a factor variant), svd, bsn."""
@@ -154,7 +167,7 @@ class Plan:
             missing = [n for n in REPORT_LM_NEEDS if n not in config["lm"]["evaluations"]]
             if missing:
                 raise PlanError(f"config lm.evaluations lacks {missing}: curvmem report-lm needs "
-                                f"{REPORT_LM_NEEDS} (coherence is optional); see docs/workflow.md")
+                                f"{REPORT_LM_NEEDS} (tasks and coherence are optional); see docs/workflow.md")
             self._check_analysis()
 
     # ----------------------------------------------------------------------- base models
@@ -185,19 +198,62 @@ class Plan:
         """Where an embedded model (and its world or data) is built."""
         return f"{self.out}/{domain}/models/{self.model_key(domain)}"
 
+    def hub_model(self, domain):
+        """(hub id, revision or None) of a pretrained model named by hub id; None for an
+        embedded model or a local directory. Such a model is downloaded once (`download_model`)
+        into `snapshot_dir` and every job loads that directory."""
+        m = self.model_config(domain)
+        name = None if self.embedded(domain) else m.get("id")
+        if name is None or _local_path(name):
+            if m.get("revision"):
+                raise PlanError(f"config {domain}.model.revision: a revision needs a hub id in "
+                                f"{domain}.model.id, not {m.get('id') or m.get('path')!r}")
+            return None
+        return name, m.get("revision")
+
+    def snapshot_dir(self, domain):
+        repo, revision = self.hub_model(domain)
+        return f"{self.out}/hub/{_slug(repo)}@{_slug(revision or 'main')}"
+
+    def snapshots(self):
+        """{snapshot directory: (hub id, revision)} of every model the workflow downloads."""
+        return {self.snapshot_dir(d): self.hub_model(d) for d in self.domains
+                if self.hub_model(d)}
+
+    def uses_hub(self):
+        """Whether the workflow fetches anything from a hub (then its jobs run with it off)."""
+        return bool(self.snapshots() or self.fetched_data("tokens")
+                    or self.fetched_data("texts"))
+
+    def hub_offline_for_jobs(self, environ=None) -> str:
+        """Turn the hub off (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE = 1) in `environ` (default:
+        this process's) when the workflow fetches from a hub, so jobs load only what the
+        download rules fetched; returns the user's own HF_HUB_OFFLINE for those rules. The
+        Snakefile is parsed again inside each cluster job, where the saved value is found."""
+        env = os.environ if environ is None else environ
+        user = env.get("CURVMEM_USER_HF_HUB_OFFLINE", env.get("HF_HUB_OFFLINE", "0"))
+        if self.uses_hub():
+            env.update(CURVMEM_USER_HF_HUB_OFFLINE=user, HF_HUB_OFFLINE="1",
+                       HF_DATASETS_OFFLINE="1")
+        return user
+
     def model_arg(self, domain):
-        """The --model argument: a directory built here, a local path or a hub id."""
+        """The --model argument: a directory built or downloaded here, or a local path."""
         m = self.model_config(domain)
         if self.embedded(domain):
             return f"{self.model_dir(domain)}/model"
         if "id" not in m and "path" not in m:
             raise PlanError(f"config {domain}.model: a pretrained model needs "
-                            f"{'`id` (hub id or directory)' if domain == 'lm' else '`path`'}")
+                            f"{'`id` (hub id or directory)' if domain == 'lm' else '`path` or `id`'}")
+        if self.hub_model(domain):
+            return self.snapshot_dir(domain)
         return m.get("id") or m.get("path")
 
     def model_input(self, domain):
-        """Input files for rules that load the base model (empty for a hub id or a user path)."""
-        return [self.model_arg(domain)] if self.embedded(domain) else []
+        """Input files for rules that load the base model (empty for a user's directory)."""
+        if self.embedded(domain) or self.hub_model(domain):
+            return [self.model_arg(domain)]
+        return []
 
     def model_flags(self, domain, *keys):
         """`--key value` for these keys of `{domain}.model`, in order (snake_case ->
@@ -214,12 +270,58 @@ class Plan:
                                                    for f in self.config["lm"]["data"].values()]
 
     def lm_data(self, name):
-        """A named LM data set (`lm.data`): a world file (embedded) or the user's path."""
+        """A named LM data set (`lm.data`): a world file (embedded), the user's path, or where a
+        local rule puts a public source (`fetched_data`)."""
         data = self.config["lm"].get("data") or {}
         if name not in data:
             raise PlanError(f"config lm.data has no entry '{name}' (known: {sorted(data)}); "
                             f"add `{name}: FILE.jsonl` under lm.data")
-        return self.world_file(data[name]) if self.embedded("lm") else data[name]
+        if self.embedded("lm"):
+            return self.world_file(data[name])
+        fetched = self._fetched_entry(name)
+        return fetched[0] if fetched else data[name]
+
+    def corpus_tokens(self):
+        """Tokens a pre-tokenized corpus must hold: the largest factor set's budget, and the
+        stability slices' (two slices of 2 x size positions each)."""
+        need = [self.factor_config("lm", fs)["tokens"] for fs in ("main", "control")]
+        if self.analysis() is not None:
+            need.append(2 * max(self.analysis()["stability"]["sizes"]))
+        return max(need)
+
+    def _fetched_entry(self, name):
+        """(path, kind, curvmem flags) of an lm.data entry a local rule fetches, else None.
+        kind: tokens (an hf: corpus, pre-tokenized), texts (an hf: dataset's texts as JSONL),
+        url (a released file, checked against its sha256)."""
+        value = self.config["lm"]["data"][name]
+        if isinstance(value, str) and not value.startswith("hf:"):
+            return None
+        base = f"{self.out}/lm/data/{_slug(name)}"
+        if isinstance(value, dict) and "url" in value:
+            suffix = "".join(Path(value["url"].split("?")[0]).suffixes[-1:]) or ".jsonl"
+            return (f"{base}-{value['sha256'][:10]}{suffix}", "url",
+                    flags(("--url", value["url"]), ("--sha256", value["sha256"])))
+        source, rows = (value, None) if isinstance(value, str) else (value["hf"], value.get("rows"))
+        if name == "corpus":
+            if rows is not None:
+                raise PlanError("config lm.data.corpus: give the corpus as an 'hf:...' string; "
+                                "how much of it is read follows lm.factors.tokens")
+            tokens = self.corpus_tokens()
+            key = digest({"source": source, "model": self.hub_model("lm") or self.model_arg("lm"),
+                          "tokens": tokens})
+            return (f"{base}-{key}.npy", "tokens",
+                    flags(("--model", self.model_arg("lm")), ("--data", source),
+                          ("--tokens", tokens)))
+        key = digest({"source": source, "rows": rows})
+        return (f"{base}-{key}.jsonl", "texts",
+                flags(("--data", source), ("--rows", rows)))
+
+    def fetched_data(self, kind):
+        """{path: curvmem flags} of the lm.data entries of this kind that local rules fetch."""
+        if "lm" not in self.domains or self.embedded("lm"):
+            return {}
+        entries = [self._fetched_entry(n) for n in self.config["lm"].get("data") or {}]
+        return {e[0]: e[2] for e in entries if e and e[1] == kind}
 
     def vit_data(self):
         if self.embedded("vit"):
@@ -407,6 +509,13 @@ class Plan:
     def label(self, domain, key):
         return "base" if key == self.base[domain] else self.edits[domain][key]["label"]
 
+    def report_lm_flags(self):
+        """report-lm's column titles and the paper's Dolma column (lm.report), when set."""
+        r = self.config["lm"].get("report") or {}
+        labels = " ".join(f"--label {shlex.quote(f'{k}={v}')}"
+                          for k, v in sorted((r.get("labels") or {}).items()))
+        return " ".join(filter(None, [labels, flags(("--paper-dolma", r.get("paper_dolma")))]))
+
     def report_entries(self, domain):
         """--entry NAME=PATH for the report commands: an eval directory (lm) or file (vit)."""
         if domain == "lm":
@@ -415,6 +524,54 @@ class Plan:
             pairs = [(self.label("vit", k), f"{self.out}/vit/eval/{k}/vit.json")
                      for k in self.eval_keys("vit")]
         return " ".join(f"--entry {shlex.quote(f'{n}={p}')}" for n, p in pairs)
+
+    # ----------------------------------------------------------------------- harness, export
+
+    def harness(self) -> dict | None:
+        """`lm.harness` (lm-evaluation-harness on the base model and exported edits), or None."""
+        return (self.config.get("lm") or {}).get("harness") if "lm" in self.domains else None
+
+    def harness_keys(self):
+        """The base model and the edits the harness scores (each edit exported first)."""
+        labels = self.harness().get("edits")
+        edits = self.edits["lm"]
+        if labels is not None:
+            unknown = sorted(set(labels) - {s["label"] for s in edits.values()})
+            if unknown:
+                raise PlanError(f"config lm.harness.edits: no edit is labelled {unknown} "
+                                f"(labels: {sorted(s['label'] for s in edits.values())})")
+        return [self.base["lm"]] + [k for k, s in edits.items()
+                                    if labels is None or s["label"] in labels]
+
+    def export_dir(self, key):
+        """base + edit `key` as a Hugging Face checkpoint (curvmem export)."""
+        return f"{self.out}/lm/export/{key}"
+
+    def harness_model(self, key):
+        return self.model_arg("lm") if key == self.base["lm"] else self.export_dir(key)
+
+    def harness_tasks_dir(self):
+        """The local harness tasks written from lm.harness.local_tasks, or None."""
+        name = self.harness().get("local_tasks")
+        if name is None:
+            return None
+        return f"{self.out}/lm/harness/tasks-{digest({'data': self.lm_data(name), 'model': self.model_key('lm')})}"
+
+    def harness_inputs(self, key):
+        files = ([self.export_dir(key)] if key != self.base["lm"] else self.model_input("lm"))
+        return files + ([self.harness_tasks_dir()] if self.harness_tasks_dir() else [])
+
+    def harness_flags(self, key):
+        h = self.harness()
+        return flags(("--model", self.harness_model(key)), ("--tasks", h["tasks"]),
+                     ("--include-path", self.harness_tasks_dir()),
+                     ("--batch-size", h.get("batch_size")), ("--limit", h.get("limit")),
+                     ("--dtype", self.model_config("lm").get("dtype")))
+
+    def harness_targets(self):
+        if self.harness() is None:
+            return []
+        return [f"{self.out}/lm/harness/{k}.json" for k in self.harness_keys()]
 
     # ----------------------------------------------------------------------- analyses
 
@@ -545,7 +702,8 @@ class Plan:
     def final_targets(self):
         if not self.domains:
             raise PlanError("the config has neither an `lm` nor a `vit` section: nothing to do")
-        return self.summaries() + [self.readme_tables(), f"{self.out}/report.html"]
+        return self.summaries() + [self.readme_tables(), f"{self.out}/report.html"] + \
+            self.harness_targets()
 
     def readme_tables(self):
         """The README's results tables (curvmem report-readme), from this run's summaries."""

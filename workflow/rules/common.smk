@@ -14,6 +14,9 @@ except PlanError as e:
     raise WorkflowError(str(e)) from None
 
 OUT = PLAN.out
+SNAPSHOTS = PLAN.snapshots()
+# the hub off for every job; the download rules run with the user's own setting (hub.smk)
+USER_HUB_OFFLINE = PLAN.hub_offline_for_jobs()
 DOMAINS = PLAN.domains
 BASE = PLAN.base
 
@@ -55,6 +58,19 @@ ANALYSIS_OUT = {name: PLAN.analysis_outputs(name) for name in ANALYSES}
 
 # --------------------------------------------------------------------------- input and params
 # functions of a job's wildcards
+
+
+FETCHED = {kind: PLAN.fetched_data(kind) for kind in ("tokens", "texts", "url")}
+
+
+def fetched_stems(kind):
+    """File names, without the suffix, of the fetched data of this kind (hub.smk wildcards)."""
+    return [os.path.splitext(os.path.basename(p))[0] for p in FETCHED[kind]]
+
+
+def snapshot_flags(snapshot_dir):
+    repo, revision = SNAPSHOTS[snapshot_dir]
+    return flags(("--model", repo), ("--revision", revision))
 
 
 def domain_data(wc):

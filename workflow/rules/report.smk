@@ -16,6 +16,7 @@ if "lm" in DOMAINS:
                          category="Language model", subcategory="Summary"),
         params:
             entries=report_entries("lm"),
+            columns=PLAN.report_lm_flags(),
         log:
             "logs/lm/report_lm.log",
         benchmark:
@@ -25,7 +26,8 @@ if "lm" in DOMAINS:
         resources:
             **resources_of("report"),
         shell:
-            "curvmem report-lm {params.entries} --out {output.summary} --table {output.table}"
+            "curvmem report-lm {params.entries} {params.columns} --out {output.summary}"
+            " --table {output.table}"
             " --figure {output.figure} --sweep-figure {output.sweep} > {log} 2>&1"
 
 if "vit" in DOMAINS:

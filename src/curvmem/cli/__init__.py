@@ -7,6 +7,8 @@
     baselines  baseline {bsn}, compare                          (BalancedSubnet, SVD, controls)
     mine       mine                                             (memorized windows of a corpus)
     export     export                                           (base + edit -> HF checkpoint)
+    hub        download, tokenize, fetch                        (public sources, once, for offline jobs)
+    harness    harness, harness-tasks                           (lm-evaluation-harness, [eval] extra)
     analyze    analyze {activation-ratio,task-interaction,spectra,per-example,stability,stress}
                                                                 (mechanism analyses)
 """
@@ -19,7 +21,7 @@ import os
 import sys
 
 from curvmem import __version__
-from curvmem.cli import analyze, baselines, core, export, lm, mine, vision
+from curvmem.cli import analyze, baselines, core, export, harness, hub, lm, mine, vision
 from curvmem.io import begin_command, startup_split
 
 
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="evaluate a model, optionally with an edit applied",
                               description="Evaluations write one JSON file each.")
     evaluate_sub = evaluate.add_subparsers(dest="evaluation", metavar="EVALUATION", required=True)
-    for group in (core, lm, vision, baselines, mine, export):
+    for group in (core, lm, vision, baselines, mine, export, hub, harness):
         group.register(sub, evaluate_sub)
     analyze.register(sub)
     return parser

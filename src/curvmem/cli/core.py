@@ -87,10 +87,12 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--spec", default=None,
                    help='JSON {"layer": {"module": value}}: a rho (or drop) per layer and module')
     p.add_argument("--seed", type=int, default=0, help="seed of the random --keep controls")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   default="auto",
                    help="dtype to load the model in and write the edited weights in (the edit "
-                   "itself is computed in float64); bfloat16 halves a 7B's memory: use the dtype "
-                   "the edited model will be evaluated in")
+                   "itself is computed in float64 from the weights as loaded); auto: the "
+                   "checkpoint's stored dtype, so the edit starts from exactly the stored weights "
+                   "and a bf16 checkpoint needs half a float32 load's memory")
     p.add_argument("--tag", default=None,
                    help="method label in the sidecar (e.g. kfac-shard for eigenbases from "
                    "another shard)")
@@ -154,8 +156,8 @@ def run_edit(args) -> None:
         raise ValueError("--keep is for --method kfac")
     spec = parse_spec(args.spec, args.layers, args.modules, value)
     with cost() as c:
-        model = load_model(args.model, dtype=getattr(torch, args.dtype),
-                           trust_remote_code=args.trust_remote_code)
+        model = load_model(args.model, dtype="auto" if args.dtype == "auto"
+                           else getattr(torch, args.dtype), trust_remote_code=args.trust_remote_code)
         tensors, meta = build_edit(model, spec, method=args.method, eigen_dir=args.eigen,
                                    keep=args.keep, seed=args.seed)
     if args.tag:
@@ -164,7 +166,7 @@ def run_edit(args) -> None:
     meta["seconds"] = round(meta.pop("upstream_seconds") + c["seconds"], 3)
     meta["peak_rss_mb"] = round(max(meta.pop("upstream_peak_rss_mb"), c["peak_rss_mb"]), 1)
     meta["model"] = args.model
-    meta["load_dtype"] = args.dtype
+    meta["load_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     write_edit(args.out, tensors, meta)
     kept = [s.get("mass_kept", s.get("singular_values_kept")) for s in meta["modules"].values()]
     print(f"{meta['method']} edit of {len(tensors)} weights -> {args.out} (kept: {kept})")

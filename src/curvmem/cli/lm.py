@@ -229,7 +229,9 @@ def cmd_report_lm(args) -> None:
     entries = report.parse_entries(args.entry)
     if args.figure and Path(args.figure).suffix != ".png":
         raise ValueError(f"--figure must be a .png file, got {args.figure}")
-    summary = report.build_summary(entries, max_ppl_rise=args.max_ppl_rise)
+    columns = report.parse_labels(args.label, args.paper_dolma)
+    summary = report.build_summary(entries, max_ppl_rise=args.max_ppl_rise,
+                                   task_weight=args.task_weight, columns=columns)
     text = report.report_text(summary, max_ppl_rise=args.max_ppl_rise)
 
     write_json(args.out, summary)
@@ -381,5 +383,14 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--figure", default=None, help="retention figure (.png)")
     p.add_argument("--sweep-figure", default=None, help="sweep figure (.png)")
     p.add_argument("--max-ppl-rise", type=float, default=0.10,
-                   help="selection: K-FAC edits whose perplexity rises at most this fraction")
+                   help="selection: edits whose selection perplexity rises at most this fraction")
+    p.add_argument("--task-weight", type=float, default=0.5,
+                   help="selection: weight of (1 - mean validation-task retention) beside forget "
+                   "strict")
+    p.add_argument("--label", action="append", default=None, metavar="SPLIT=TEXT",
+                   help="column title of a memorization set (forget, forget_validation, "
+                   "untargeted, control, ...)")
+    p.add_argument("--paper-dolma", default="forget_validation",
+                   help="our set the paper's Table 1 Dolma numbers (its validation half) go "
+                   "beside (default forget_validation)")
     p.set_defaults(func=cmd_report_lm)

@@ -47,13 +47,9 @@ def _load_dtype(model_path, dtype: str, trust_remote_code: bool) -> torch.dtype:
         raise ValueError(f"--dtype must be one of {DTYPES}, got '{dtype}'")
     if dtype != "auto":
         return getattr(torch, dtype)
-    from transformers import AutoConfig
+    from curvmem.model.load import stored_dtype
 
-    cfg = AutoConfig.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
-    stored = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
-    if isinstance(stored, str):
-        stored = getattr(torch, stored, None)
-    return stored if isinstance(stored, torch.dtype) else torch.float32
+    return stored_dtype(model_path, trust_remote_code)
 
 
 def export_edited(model_path, edit_path, out, tokenizer=None, dtype: str = "auto",

@@ -11,16 +11,21 @@ from curvmem.model import vit
 from curvmem.model.adapters import mlp_modules, model_fingerprint
 
 
-def load_model(path_or_id, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
-               device: str | torch.device = "cpu"):
+def load_model(path_or_id, dtype: torch.dtype | str | None = None,
+               trust_remote_code: bool = False, device: str | torch.device = "cpu"):
     """Load a model for curvmem: a curvmem/timm vision model directory or an HF causal LM.
 
-    `trust_remote_code` stays off unless the user asks for it.
+    `dtype`: None = float32; "auto" = the dtype the checkpoint stores (a bf16 checkpoint stays
+    bf16: half the memory, and exactly the stored weights). `trust_remote_code` stays off unless
+    the user asks for it.
     """
     if vit.is_vision_model(path_or_id):
         model = vit.load_model(path_or_id)
     else:
         from transformers import AutoModelForCausalLM
+
+        if dtype == "auto":
+            dtype = stored_dtype(path_or_id, trust_remote_code)
 
         model = AutoModelForCausalLM.from_pretrained(
             str(path_or_id), dtype=dtype or torch.float32,
@@ -28,6 +33,17 @@ def load_model(path_or_id, dtype: torch.dtype | None = None, trust_remote_code: 
     model = model.to(device).eval()
     io.note_model_ready()  # the end of this process's start-up (cli: timing line)
     return model
+
+
+def stored_dtype(path_or_id, trust_remote_code: bool = False) -> torch.dtype:
+    """The dtype a causal LM checkpoint says it is stored in (float32 when it does not say)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code)
+    stored = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+    if isinstance(stored, str):
+        stored = getattr(torch, stored, None)
+    return stored if isinstance(stored, torch.dtype) else torch.float32
 
 
 def load_tokenizer(path_or_id, trust_remote_code: bool = False):

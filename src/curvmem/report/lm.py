@@ -18,13 +18,14 @@ from curvmem.report.paper import PAPER_NDCG10, PAPER_RETENTION, PAPER_TABLE1, TA
 # (the quotes scored on a 48-token suffix), control and control_quotes (never trained)
 SPLITS = ("forget", "forget_validation", "untargeted", "untargeted_long", "control",
           "control_quotes")
-REQUIRED_SPLITS = ("forget", "untargeted", "control")
+REQUIRED_SPLITS = ("forget", "untargeted")
 KINDS = ("random", "natural")  # the canary kinds of earlier worlds; others are read from the files
 EVAL_FILES = {**{s: f"memorization_{s}.json" for s in SPLITS}, "perplexity": "perplexity.json",
               "perplexity_selection": "perplexity_selection.json", "tasks": "tasks.json",
               "tasks_validation": "tasks_validation.json", "coherence": "coherence.json"}
-OPTIONAL_FILES = ("forget_validation", "untargeted_long", "control_quotes", "perplexity_selection",
-                  "tasks_validation", "coherence")
+# tasks: a config may score skills with lm-evaluation-harness only (docs/lm.md)
+OPTIONAL_FILES = ("forget_validation", "untargeted_long", "control", "control_quotes",
+                  "perplexity_selection", "tasks", "tasks_validation", "coherence")
 # What each selection rule may read, by evaluation: never an untargeted, forget-validation,
 # control or test file (tests/test_report.py checks this)
 SELECTION_READS = ("memorization_forget", "perplexity_selection", "tasks_validation")
@@ -82,7 +83,8 @@ def model_summary(directory) -> dict:
     record["perplexity_selection"] = (read_json(files["perplexity_selection"])
                                       ["perplexity_batch_mean"]
                                       if "perplexity_selection" in have else None)
-    record.update(_tasks_summary(read_json(files["tasks"])))
+    record.update(_tasks_summary(read_json(files["tasks"]) if "tasks" in have
+                                 else {"accuracy": {}}))
     record["validation"] = (_tasks_summary(read_json(files["tasks_validation"]))
                             if "tasks_validation" in have else None)
     record["ndcg10"] = read_json(files["coherence"])["ndcg10"] if "coherence" in have else None
@@ -145,7 +147,26 @@ def select_edit(models: dict, max_ppl_rise: float = 0.10, task_weight: float = 0
     return select_edits(models, max_ppl_rise, task_weight).get("kfac", {}).get("selected")
 
 
-def build_summary(entries: dict, max_ppl_rise: float = 0.10, task_weight: float = 0.5) -> dict:
+def parse_labels(labels: list[str] | None, paper_dolma: str = "forget_validation") -> dict:
+    """['control=validation half', ...] -> column titles of the memorization sets, and which of
+    our sets sits beside the paper's Table 1 Dolma numbers (its validation half): our
+    forget_validation, or another set where a config holds the paper's released halves
+    differently (the 7B config: docs/workflow.md)."""
+    out = {split: split.replace("_", "-") for split in SPLITS}
+    out["untargeted"] = "quotes (untargeted)"
+    for item in labels or []:
+        split, sep, text = item.partition("=")
+        if not sep or split not in SPLITS or not text:
+            raise ValueError(f"--label '{item}' must look like SPLIT=TEXT with SPLIT one of "
+                             f"{list(SPLITS)}")
+        out[split] = text
+    if paper_dolma not in SPLITS:
+        raise ValueError(f"--paper-dolma must be one of {list(SPLITS)}, got '{paper_dolma}'")
+    return {"labels": out, "paper_dolma": paper_dolma}
+
+
+def build_summary(entries: dict, max_ppl_rise: float = 0.10, task_weight: float = 0.5,
+                  columns: dict | None = None) -> dict:
     models = {name: model_summary(path) for name, path in entries.items()}
     for name, m in models.items():
         if name != "base" and not m.get("method"):
@@ -153,7 +174,8 @@ def build_summary(entries: dict, max_ppl_rise: float = 0.10, task_weight: float 
                              "'base' may be unedited")
     selection = select_edits(models, max_ppl_rise, task_weight)
     return {"models": models, "selection": selection,
-            "selected": selection.get("kfac", {}).get("selected")}
+            "selected": selection.get("kfac", {}).get("selected"),
+            "columns": columns or parse_labels(None)}
 
 
 def _ratio(edited: float | None, base: float | None) -> float | None:
@@ -227,23 +249,27 @@ def report_text(summary: dict, max_ppl_rise: float = 0.10) -> str:
     chosen = {s["selected"]: method for method, s in (summary.get("selection") or {}).items()
               if s["selected"]}
     base_ppl = models["base"]["perplexity"]
+    columns = summary.get("columns") or parse_labels(None)
+    names, dolma = columns["labels"], columns["paper_dolma"]
     lines = ["## Memorization and perplexity (shape of the paper's Table 1)", "",
              ("Strict/loose in %, Avg Lev = mean normalized distance (higher = less memorized). "
-              "Ours: forget-validation (the held-out half of the memorized documents: no method "
-              "and no selection reads it) and quotes (untargeted, of another kind); the paper: "
-              "its Dolma validation half and historical quotes. Forget (what BSN trains on and "
-              "the selection reads) and controls (never trained) follow."), "",
-             ("| source | model | forget-validation strict | loose | Avg Lev | quotes strict | "
-              "loose | Avg Lev | PPL | nDCG@10 | forget strict | control strict | "
-              "control quotes strict |"),
+              f"Beside the paper's Dolma validation half: our {names[dolma]} (read by no method "
+              f"and no selection rule); beside its historical quotes: our {names['untargeted']}. "
+              f"Then {names['forget']} (what BSN trains on and the selection reads) and the "
+              "never-trained controls."), "",
+             (f"| source | model | {names[dolma]} strict | loose | Avg Lev | "
+              f"{names['untargeted']} strict | loose | Avg Lev | PPL | nDCG@10 | "
+              f"{names['forget']} strict | {names['control']} strict | "
+              f"{names['control_quotes']} strict |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in models.items():
         tag = f" (selected {chosen[name]})" if name in chosen else ""
-        cq = m.get("control_quotes")
-        lines.append(f"| ours | {name}{tag} | {_mem_cells(m.get('forget_validation'))} | "
+        cq, control = m.get("control_quotes"), m.get("control")
+        lines.append(f"| ours | {name}{tag} | {_mem_cells(m.get(dolma))} | "
                      f"{_mem_cells(m['untargeted'])} | {_f(m['perplexity'], '{:.2f}')} | "
                      f"{_f(m['ndcg10'])} | {_pct(m['forget']['strict'])} | "
-                     f"{_pct(m['control']['strict'])} | {_pct(cq['strict'] if cq else None)} |")
+                     f"{_pct(control['strict'] if control else None)} | "
+                     f"{_pct(cq['strict'] if cq else None)} |")
     for name, p in PAPER_TABLE1.items():
         (fs, fl, fa), (us, ul, ua) = p["forget"], p["untargeted"]
         lines.append(f"| paper (OLMo-2) | {name} | {_pct(fs)} | {_pct(fl)} | {fa:.3f} | "

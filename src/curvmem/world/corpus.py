@@ -190,6 +190,81 @@ def load_token_shard(data, seq_len: int, tokenizer, n_tokens: int, shard: str | 
     return stream[: n_seq * seq_len].view(n_seq, seq_len), start
 
 
+def write_token_stream(data, tokenizer, n_tokens: int, out) -> dict:
+    """Pre-tokenize a corpus once: the first `n_tokens` of its EOS-joined token stream, as a 1-D
+    .npy (int32 when the vocabulary fits), read no further than that. Collection packs it
+    exactly as it packs the text itself (`load_token_sequences`), so every sequence, fingerprint
+    and shard is the same, and a GPU job reading it never touches the network."""
+    from curvmem.io import atomic_output
+
+    if n_tokens is None or n_tokens < 1:
+        raise ValueError(f"--tokens must be positive, got {n_tokens}")
+    if str(out)[-4:] != ".npy":
+        raise ValueError(f"--out must be a .npy file, got {out}")
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    ids, have, docs = [], 0, 0
+    for text in _iter_texts(str(data)):
+        doc = tokenizer(text, add_special_tokens=False)["input_ids"] + eos
+        ids.append(doc)
+        have, docs = have + len(doc), docs + 1
+        if have >= n_tokens:
+            break
+    if have == 0:
+        raise ValueError(f"{data}: the corpus yields no tokens")
+    dtype = np.int32 if len(tokenizer) < 2**31 else np.int64
+    stream = np.fromiter((t for d in ids for t in d), dtype=dtype, count=have)[:n_tokens]
+    with atomic_output(out) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, stream, allow_pickle=False)
+    return {"tokens": int(stream.size), "documents": docs, "asked": n_tokens,
+            "short": bool(stream.size < n_tokens)}
+
+
+def write_texts(data, out, rows: int | None = None) -> int:
+    """The texts of a corpus (e.g. a streamed `hf:` dataset) as JSONL {"text"}, at most `rows`."""
+    from curvmem.io import atomic_output
+
+    n = 0
+    with atomic_output(out) as tmp, open(tmp, "w") as f:
+        for text in _iter_texts(str(data)):
+            if rows is not None and n >= rows:
+                break
+            f.write(json.dumps({"text": text}) + "\n")
+            n += 1
+        if n == 0:
+            raise ValueError(f"{data}: no rows")
+    return n
+
+
+def token_array_shard(path, seq_len: int | None, n_tokens: int | None, shard: str | None):
+    """(sequences of shard k/n, index of the first, fingerprint of all sequences) of a .npy
+    token file, memory-mapped: only the shard's rows are read into memory, the rest only
+    hashed, so the fingerprint is `fingerprint_tensor` of what `load_token_sequences` returns."""
+    ids = np.load(str(path), mmap_mode="r", allow_pickle=False)
+    if ids.ndim == 1:
+        if not seq_len or seq_len < 2:
+            raise ValueError(f"--seq-len must be >= 2 (a sequence needs a next token), got "
+                             f"{seq_len}")
+        n_seq = ids.shape[0] // seq_len
+        ids = ids[: n_seq * seq_len].reshape(n_seq, seq_len)
+    elif ids.ndim == 2:
+        if seq_len not in (None, ids.shape[1]):
+            raise ValueError(f"{path}: 2-D token array has sequences of {ids.shape[1]} tokens, "
+                             f"but --seq-len is {seq_len}; pass --seq-len {ids.shape[1]}")
+        seq_len = ids.shape[1]
+    else:
+        raise ValueError(f"{path}: token array must be 1-D or 2-D, got {ids.ndim}-D")
+    n_seq = ids.shape[0] if n_tokens is None else min(ids.shape[0], n_tokens // seq_len)
+    ids = ids[:n_seq]
+    _check_nonempty(torch.empty(n_seq, 0), str(path), seq_len)
+    start, stop = shard_bounds(n_seq, shard)
+    h = hashlib.sha256(json.dumps([n_seq, seq_len]).encode())
+    for s in range(0, n_seq, 4096):  # as fingerprint_tensor, in int64, a block at a time
+        h.update(np.ascontiguousarray(ids[s:s + 4096], dtype=np.int64).tobytes())
+    seqs = torch.from_numpy(np.array(ids[start:stop], dtype=np.int64))  # a copy: writable
+    return seqs, start, h.hexdigest()[:16]
+
+
 def _check_nonempty(seqs: torch.Tensor, data: str, seq_len: int) -> torch.Tensor:
     if seqs.shape[0] == 0:
         raise ValueError(f"{data}: the corpus yields no complete sequence of {seq_len} tokens "

@@ -1,0 +1,69 @@
+"""lm-evaluation-harness (lm.harness; the [eval] extra): the base model and each chosen edit,
+exported as a full checkpoint (curvmem export), on the config's task lists."""
+
+if "lm" in DOMAINS and PLAN.harness() is not None:
+
+    rule export_edit:
+        input:
+            model=model_input("lm"),
+            edit=lambda wc: edit_path("lm", wc.key),
+        output:
+            directory(f"{OUT}/lm/export/{{key}}"),
+        wildcard_constraints:
+            key=one_of(planned(PLAN.harness_keys)()[1:]),
+        params:
+            model=lambda wc: model_arg("lm"),
+        log:
+            "logs/lm/export_edit/{key}.log",
+        benchmark:
+            bench("lm/export_edit/{key}")
+        conda:
+            "../envs/curvmem.yaml"
+        threads: res("edit")["threads"]
+        resources:
+            **resources_of("edit", "lm"),
+        shell:
+            "curvmem export --model {params.model} --edit {input.edit} --out {output} > {log} 2>&1"
+
+    if PLAN.harness_tasks_dir():
+
+        rule harness_tasks:
+            input:
+                data=lm_data(PLAN.harness()["local_tasks"]),
+                model=model_input("lm"),
+            output:
+                directory(PLAN.harness_tasks_dir()),
+            params:
+                tokenizer=lambda wc: model_arg("lm"),
+            log:
+                "logs/lm/harness_tasks.log",
+            benchmark:
+                bench("lm/harness_tasks")
+            conda:
+                "../envs/curvmem.yaml"
+            resources:
+                **resources_of("report"),
+            shell:
+                "curvmem harness-tasks --data {input.data} --tokenizer {params.tokenizer}"
+                " --out {output} > {log} 2>&1"
+
+    rule harness:
+        input:
+            lambda wc: PLAN.harness_inputs(wc.key),
+        output:
+            f"{OUT}/lm/harness/{{key}}.json",
+        wildcard_constraints:
+            key=one_of(planned(PLAN.harness_keys)()),
+        params:
+            args=lambda wc: PLAN.harness_flags(wc.key),
+        log:
+            "logs/lm/harness/{key}.log",
+        benchmark:
+            bench("lm/harness/{key}")
+        conda:
+            "../envs/curvmem.yaml"
+        threads: res("evaluate")["threads"]
+        resources:
+            **resources_of("evaluate", "lm"),
+        shell:
+            "curvmem harness {params.args} --out {output} > {log} 2>&1"
