@@ -140,6 +140,44 @@ def test_checks_beyond_the_schema():
         Plan({"outdir": "r", "threads": 1}).final_targets()
 
 
+def test_factor_variants_and_the_curvature_corpus():
+    """Factors come from the curvature corpus; a factor variant on another slice collects the
+    next `tokens` positions; every collection counts the memorized positions of all
+    memorization sets."""
+    plan = Plan(config("paper"))
+    main, other = (plan.factor_key("lm", f) for f in ("main", "other-slice"))
+    assert plan.domain_data("lm").endswith("/world/curvature.jsonl")
+    main_flags, other_flags = (shlex.split(plan.collect_flags("lm", k)) for k in (main, other))
+    assert main_flags[main_flags.index("--tokens") + 1] == "100000" and "--shard" not in main_flags
+    assert other_flags[other_flags.index("--tokens") + 1] == "200000"
+    assert other_flags[other_flags.index("--shard") + 1] == "1/2"
+    memorized = main_flags[main_flags.index("--memorized") + 1].split(",")
+    assert sorted(p.rsplit("/", 1)[1] for p in memorized) == sorted(
+        ["canaries_forget.jsonl", "canaries_forget_validation.jsonl", "quotes.jsonl",
+         "quotes_long.jsonl", "canaries_control.jsonl", "quotes_control.jsonl"])
+    tags = {s["label"]: method_tag(s) for s in plan.edits["lm"].values()}
+    assert tags["kfac-other-slice-L1+2-rho0.7"] == "kfac-other-slice"
+    assert tags["kfac-ablate-middle-L1+2-rho0.7"] == "kfac-ablate-middle"
+    assert tags["kfac-shard-L1+2-rho0.7"] == "kfac-shard"
+    cfg = config("paper")
+    cfg["lm"]["edits"]["kfac-shard"]["factors"] = "nope"
+    with pytest.raises(PlanError, match="not main, control or a key of lm.factor_variants"):
+        Plan(cfg)
+    cfg = config("paper")
+    cfg["lm"]["factor_variants"]["other-slice"]["shards"] = 2
+    with pytest.raises(PlanError, match="slice and shards"):
+        Plan(cfg)
+
+
+def test_equal_budgets_in_the_study():
+    """paper.yaml gives K-FAC, SVD and BSN at least 8 settings each (issue 17)."""
+    plan = Plan(config("paper"))
+    counts = {}
+    for s in plan.edits["lm"].values():
+        counts[method_tag(s)] = counts.get(method_tag(s), 0) + 1
+    assert counts["kfac"] >= 8 and counts["svd"] >= 8 and counts["bsn"] >= 8
+
+
 def test_model_flags_resources_and_evaluations():
     plan = Plan(config("smoke"))
     assert plan.model_flags("vit", ("source", "data_source"), "seed", "noise", "image_size") == \
@@ -147,8 +185,10 @@ def test_model_flags_resources_and_evaluations():
     assert plan.model_flags("lm", "preset", "seed", "steps") == "--preset smoke --seed 0"
     assert plan.res("train", "lm") == {"mem_mb": 1000, "runtime": 10, "gpu": 1, "threads": 1}
     assert plan.lm_evaluations(plan.base["lm"]) == [
-        "memorization_forget", "memorization_untargeted", "memorization_control", "perplexity",
-        "tasks"]  # no coherence for the base model
+        "memorization_forget", "memorization_forget_validation", "memorization_untargeted",
+        "memorization_untargeted_long", "memorization_control", "memorization_control_quotes",
+        "perplexity", "perplexity_selection", "tasks",
+        "tasks_validation"]  # no coherence for the base model
     key = plan.edit_keys("lm", ["bsn"])[0]
     inputs = plan.lm_eval_inputs(key)  # one job per edit: the model, each data file once, the edit
     assert inputs[-1] == plan.edit_path("lm", key) and len(inputs) == len(set(inputs))
@@ -191,15 +231,15 @@ def test_analysis_plan_slices_and_checks():
     assert set(Plan(other_model).stability_sets()).isdisjoint(sets)
     stress = shlex.split(plan.stress_flags())
     labels = {stress[i + 1].split("=")[0] for i, a_ in enumerate(stress) if a_ == "--edit"}
-    assert {"svd-L1+2-drop0.5"} <= labels and not any("bottom" in x or "random" in x
-                                                       for x in labels)
+    assert {"svd-L1+2-dropgate0.5-up0.005-down0.005"} <= labels and not any(
+        "bottom" in x or "random" in x for x in labels)
     assert all(lb.startswith(("kfac-", "svd-", "bsn")) for lb in labels)
     assert Plan(config("smoke")).analysis() is None and not Plan(config("smoke")).analysis_targets()
 
 
 @pytest.mark.parametrize("change, message", [
     ({"layers": [0, 9]}, r"\[9\] have no eigenbasis"),
-    ({"modules": ["mlp.down_proj"]}, "not in lm.factors.modules"),
+    ({"modules": ["mlp.o_proj"]}, "not in lm.factors.modules"),
     ({"stability": {"layer": 3, "sizes": [100], "rho": 0.6}}, "stability.layer 3 is not"),
 ])
 def test_bad_analysis_configs_are_refused(change, message):
