@@ -482,7 +482,7 @@ def test_stability_slices_in_one_process_equal_collect_shard_and_eigen(disk, tmp
         assert got.attrs["shard"] == specs[name].split(",")[1] != "0/1" or name == "seed1"
         for mod in MODS:
             for side in ("A", "G"):
-                def rebuilt(f):
+                def rebuilt(f, mod=mod, side=side):  # the factor, U diag(values) Uᵀ
                     U = np.asarray(f.groups[mod][f"{side}_eigenvectors"], np.float64)
                     return U * np.asarray(f.groups[mod][f"{side}_eigenvalues"], np.float64) @ U.T
                 w = rebuilt(want)

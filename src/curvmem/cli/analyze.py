@@ -384,6 +384,8 @@ def cmd_batch(args) -> None:
             r = parser.parse_args(shlex.split(text))
         except ValueError as e:
             raise ValueError(f"--run '{text}': {e}") from None
+        if args.threads is not None and hasattr(r, "threads"):
+            r.threads = args.threads
         runs.append(r)
     outs = [str(r.out) for r in runs]
     if len(set(outs)) != len(outs):
@@ -445,6 +447,8 @@ def register(subparsers) -> None:
                        "writes what it writes alone.")
     p.add_argument("--run", action="append", required=True, metavar="'ANALYSIS ARGS...'",
                    help="one analysis and its arguments, quoted (repeat)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads of every run (default: each run's own --threads)")
     p.set_defaults(func=cmd_batch)
 
 
