@@ -170,8 +170,8 @@ def per_example_figure(result: dict, path) -> None:
         ax_b.set_xticks(x, labels, fontsize=8)
         ax_b.set_ylabel("share of ‖∇W‖² in band")
         ax_b.set_title(f"{module_label(mod['layer'], mod['module'])}: per-example gradient by "
-                       "K-FAC band (" + ", ".join(f"{colours[g][4:]} {g}" for g in groups) + ")",
-                       fontsize=9)
+                       "K-FAC band (" + ", ".join(f"{colours[g][4:]} {g.split('_')[0]}"
+                                                  for g in groups) + ")", fontsize=9)
         ax_s.set_xscale("log")
         ax_s.set_yscale("log")
         ax_s.set_xlabel("per-example ‖∇W‖²_F (own sharpness)")
