@@ -448,3 +448,213 @@ def test_bad_inputs_are_refused_before_any_output(disk, tmp_path, capsys):
         assert analyze(argv) == 2, argv
         assert words in capsys.readouterr().out, argv
         assert not out.exists()
+
+
+def test_stability_slices_in_one_process_equal_collect_shard_and_eigen(disk, tmp_path):
+    """`stability --slice` (pieces collected once, one process) writes the eigen files that
+    `collect --tokens N --shard k/2 --seed s` + `eigen` wrote for s0, s1 and seed1; a smaller
+    budget's slice (a prefix, 320 tokens) is checked against its own `collect` run."""
+    from curvmem.cli import main
+    from curvmem.schema import layer_path, read_layer
+
+    d = disk
+    common = ["--model", str(d / "model"), "--data", str(d / "corpus.jsonl"), "--layers", "1",
+              "--modules", ",".join(MODS), "--seq-len", "16", "--batch-size", "4",
+              "--device", "cpu"]
+    assert main(["collect", *common, "--tokens", "320", "--shard", "0/2",
+                 "--out", str(tmp_path / "f_small")]) == 0
+    assert main(["eigen", "--factors", str(tmp_path / "f_small" / "layer_1.nc"), "--device",
+                 "cpu", "--out", str(tmp_path / "small" / "layer_1.nc")]) == 0
+    specs = {"s0": "640,0/2,0", "s1": "640,1/2,0", "seed1": "640,0/1,1", "small": "320,0/2,0"}
+    argv = [*common[:2], "--data", str(d / "corpus.jsonl"), "--layers", "1", "--seq-len", "16",
+            "--batch-size", "4", "--device", "cpu", "--threads", "1", "--top-k", "4"]
+    for name, spec in specs.items():
+        argv += ["--set", f"{name}={tmp_path / 'got' / name}", "--slice", f"{name}={spec}"]
+    assert analyze(["stability", *argv, "--out", str(tmp_path / "st.json")]) == 0
+    want_dirs = {"s0": d / "eigen" / "s0", "s1": d / "eigen" / "s1",
+                 "seed1": d / "eigen" / "seed1", "small": tmp_path / "small"}
+    for name, want_dir in want_dirs.items():
+        got = read_layer(layer_path(tmp_path / "got" / name, 1), "eigen")
+        want = read_layer(layer_path(want_dir, 1), "eigen")
+        for key in ("n_tokens", "seed", "corpus_fingerprint", "model_fingerprint", "seq_len",
+                    "fisher", "task"):
+            assert got.attrs[key] == want.attrs[key], (name, key)
+        assert got.attrs["shard"] == specs[name].split(",")[1] != "0/1" or name == "seed1"
+        for mod in MODS:
+            for side in ("A", "G"):
+                def rebuilt(f, mod=mod, side=side):  # the factor, U diag(values) Uᵀ
+                    U = np.asarray(f.groups[mod][f"{side}_eigenvectors"], np.float64)
+                    return U * np.asarray(f.groups[mod][f"{side}_eigenvalues"], np.float64) @ U.T
+                w = rebuilt(want)
+                assert np.allclose(rebuilt(got), w, atol=1e-5 * np.abs(w).max()), (name, mod)
+    # the slices are then compared like any sets; a named set without files is refused
+    res = json.loads((tmp_path / "st.json").read_text())
+    assert len(res["comparisons"]) == 6 and res["sets"]["small"]["n_tokens"] == 10 * 15
+    assert analyze(["stability", "--layers", "1", "--set", f"a={d / 'eigen' / 's0'}",
+                    "--set", f"b={tmp_path / 'nope'}", "--out", str(tmp_path / "x.json")]) == 2
+
+
+# --------------------------------------------------------------------------- ViT
+
+
+def tiny_vit_data(n_train=24, n_val=8, classes=4, seed=0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    true = torch.randint(0, classes, (n_train,), generator=g)
+    noisy = torch.zeros(n_train, dtype=torch.bool)
+    noisy[::4] = True
+    return {"train_images": torch.randn(n_train, 1, 8, 8, generator=g),
+            "train_labels": torch.where(noisy, (true + 1) % classes, true),
+            "train_true_labels": true, "train_noisy": noisy,
+            "val_images": torch.randn(n_val, 1, 8, 8, generator=g),
+            "val_labels": torch.randint(0, classes, (n_val,), generator=g)}
+
+
+def tiny_vit():
+    from curvmem.model import vit
+
+    return vit.build_model(4, (1, 8, 8), preset="smoke", seed=0)[0].eval()
+
+
+VIT_MODS = ["mlp.fc1", "mlp.fc2"]
+
+
+def test_vit_activation_ratio_equals_one_image_at_a_time():
+    from curvmem.analysis import vit as av
+
+    model, data = tiny_vit(), tiny_vit_data()
+    eigen = {(m.layer, m.name): random_eigen(m.d_out, m.d_in, seed=m.layer + len(m.name))
+             for m in mlp_modules(model, [0, 5], VIT_MODS)}
+    res = av.vit_activation_ratio(model, data, eigen, [0, 5], VIT_MODS, batch_size=5)
+    mods = mlp_modules(model, [0, 5], VIT_MODS)
+
+    def cls_inputs(images):  # brute force: one image per forward, a hook of our own
+        rows = {m.name + str(m.layer): [] for m in mods}
+        hs = [m.module.register_forward_hook(
+            lambda mod, a, o, k=m.name + str(m.layer): rows[k].append(a[0][0, 0].double()))
+              for m in mods]
+        with torch.no_grad():
+            for x in images:
+                model(x[None])
+        for h in hs:
+            h.remove()
+        return {k: torch.stack(v) for k, v in rows.items()}
+
+    noisy = data["train_noisy"]
+    groups = {"noisy_train": cls_inputs(data["train_images"][noisy]),
+              "clean_train": cls_inputs(data["train_images"][~noisy]),
+              "val": cls_inputs(data["val_images"])}
+    for m, record in zip(mods, res["modules"]):
+        e, W = eigen[(m.layer, m.name)], m.weight().detach().double()
+        assert record["n_images"] == {"noisy_train": 6, "clean_train": 18, "val": 8}
+        for b, M in enumerate(pair_share_masks(e["lam"], e["mu"])):
+            Wb, _ = kfac_edit_weight(W, e["UG"], e["lam"], e["UA"], e["mu"], M)
+
+            def mean_norm(g, Wb=Wb, key=m.name + str(m.layer)):
+                return (groups[g][key] @ Wb.T).norm(dim=1).mean()
+            for num, den in av.COMPARISONS:
+                want = float(mean_norm(num) / mean_norm(den))
+                assert record["ratio"][f"{num}/{den}"]["kfac_pairs"][b] == pytest.approx(
+                    want, rel=1e-9)
+    assert res["params"]["position"] == 0 and "CLS" in res["definition"]
+
+
+def test_vit_per_example_projection_equals_the_cls_part_of_the_weight_gradient():
+    from curvmem.analysis import vit as av
+
+    model, data = tiny_vit(), tiny_vit_data()
+    m = mlp_modules(model, [5], ["mlp.fc1"])[0]
+    e = random_eigen(m.d_out, m.d_in, seed=4)
+    x, y = data["train_images"][:3], data["train_labels"][:3]
+    got = list(av.cls_gradients(model, [m], x, y, batch_size=2))
+    assert [i for i, _, _ in got] == [0, 1, 2]
+    for i, grads, pred in got:
+        # brute force: autograd on the weight, with the module's patch outputs cut off the graph,
+        # leaves exactly the CLS position's part g aᵀ
+        w = m.module.weight
+        w.requires_grad_(True)
+        h = m.module.register_forward_hook(
+            lambda mod, a, o: torch.cat([o[:, :1], o[:, 1:].detach()], dim=1))
+        logits = model(x[i:i + 1])
+        h.remove()
+        (gw,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y[i:i + 1],
+                                                                      reduction="sum"), [w])
+        w.requires_grad_(False)
+        assert torch.allclose(grads[(5, "mlp.fc1")], gw.double(), atol=1e-6)
+        P = pe.project(grads[(5, "mlp.fc1")], e)
+        want = (torch.kron(e["UG"], e["UA"]).T @ gw.double().reshape(-1)).reshape(P.shape)
+        assert torch.allclose(P, want, atol=1e-6 * float(want.abs().max()))
+        assert pred == int(logits.argmax())
+    res = av.vit_per_example(model, data, {(5, "mlp.fc1"): e}, [5], ["mlp.fc1"], max_images=5)
+    mod = res["modules"][0]
+    assert [mod[g]["n"] for g in av.GROUPS] == [5, 5, 5]
+    for g in av.GROUPS:
+        for ex in mod[g]["examples"]:
+            assert sum(ex["band_share"]) == pytest.approx(1.0) and ex["grad_sq"] > 0
+
+
+@pytest.fixture(scope="module")
+def vit_disk(tmp_path_factory):
+    """A smoke ViT trained one epoch on the digits, its factors and eigenbasis of blocks 0, 5."""
+    from curvmem.cli import main
+
+    d = tmp_path_factory.mktemp("vit_analysis")
+    assert main(["vision-data", "--out", str(d / "data.safetensors")]) == 0
+    assert main(["train-vit", "--data", str(d / "data.safetensors"), "--out", str(d / "vit"),
+                 "--preset", "smoke", "--epochs", "1"]) == 0
+    assert main(["collect", "--model", str(d / "vit"), "--data", str(d / "data.safetensors"),
+                 "--layers", "0,5", "--modules", ",".join(VIT_MODS), "--tokens", "200",
+                 "--batch-size", "50", "--device", "cpu", "--out", str(d / "factors")]) == 0
+    for layer in (0, 5):
+        assert main(["eigen", "--factors", str(d / "factors" / f"layer_{layer}.nc"), "--device",
+                     "cpu", "--out", str(d / "eigen" / f"layer_{layer}.nc")]) == 0
+    return d
+
+
+def test_vit_analyses_in_one_batch(vit_disk, tmp_path):
+    d = vit_disk
+    model = f"--model {d / 'vit'} --threads 1 --device cpu"
+    eig = f"--eigen {d / 'eigen'} --layers 0,5 --modules mlp.fc1,mlp.fc2"
+    sets = " ".join(f"--set {n}={tmp_path / n} --slice {n}={spec}" for n, spec in
+                    {"a": "200,0/2,0", "b": "200,1/2,0", "c": "200,0/2,1"}.items())
+    runs = {
+        "vit-activation-ratio": f"{model} {eig} --data {d / 'data.safetensors'}",
+        "vit-per-example": f"{model} {eig} --data {d / 'data.safetensors'} --max-images 20",
+        "spectra": f"{eig} --rhos 0.75",
+        "stability": f"{model} --data {d / 'data.safetensors'} --layers 0 --modules "
+                     f"mlp.fc1,mlp.fc2 --batch-size 50 --rho 0.75 --top-k 4 {sets}",
+    }
+    argv = ["batch"]
+    for name, args in runs.items():
+        argv += ["--run", f"{name} {args} --out {tmp_path / name}.json "
+                          f"--figure {tmp_path / name}.png"]
+    assert analyze(argv) == 0
+    for name in runs:
+        result = json.loads((tmp_path / f"{name}.json").read_text())
+        assert result["definition"] and result["params"]
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000, name
+    ratio = json.loads((tmp_path / "vit-activation-ratio.json").read_text())
+    assert ratio["modules"][0]["n_images"]["noisy_train"] == 144  # 10 % of 1438, all of them
+    st_ = json.loads((tmp_path / "stability.json").read_text())
+    assert [c["kind"] for c in st_["comparisons"]] == ["data", "seed", "both"]
+    assert st_["sets"]["a"]["n_tokens"] == 100  # images
+    per = json.loads((tmp_path / "vit-per-example.json").read_text())
+    # both runs that load the ViT share one load, recorded in each
+    assert per["cost"]["shared_load_seconds"] == ratio["cost"]["shared_load_seconds"]
+
+
+def test_batch_checks_every_run_before_anything_runs(vit_disk, tmp_path, capsys):
+    d = vit_disk
+    good = (f"spectra --eigen {d / 'eigen'} --layers 0,5 --modules mlp.fc1,mlp.fc2 "
+            f"--out {tmp_path / 'a.json'}")
+    for bad, words in [
+        (f"spectra --eigen {d / 'nope'} --layers 0 --out {tmp_path / 'b.json'}", "no such"),
+        (f"vit-activation-ratio --model {d / 'vit'} --eigen {d / 'eigen'} --layers 0 "
+         f"--out {tmp_path / 'b.json'}", "--data"),
+        ("spectra --bogus 1", "bogus"),
+        (f"vit-per-example --model {d / 'factors'} --eigen {d / 'eigen'} --layers 0 "
+         f"--data {d / 'data.safetensors'} --out {tmp_path / 'b.json'}", "not a curvmem ViT"),
+        (good, "same file"),
+    ]:
+        assert analyze(["batch", "--run", good, "--run", bad]) == 2, bad
+        assert words in capsys.readouterr().out, bad
+        assert not (tmp_path / "a.json").exists()

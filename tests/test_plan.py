@@ -18,7 +18,18 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from curvmem.plan import Plan, PlanError, digest, flags, method_tag, one_of, sweep_specs
+from curvmem.plan import (
+    ANALYSES,
+    ANALYSIS_JOBS,
+    VIT_ANALYSES,
+    Plan,
+    PlanError,
+    digest,
+    flags,
+    method_tag,
+    one_of,
+    sweep_specs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = json.loads((Path(__file__).parent / "data/plan_keys.json").read_text())
@@ -212,18 +223,22 @@ def test_model_flags_resources_and_evaluations():
 def test_analysis_plan_slices_and_checks():
     plan = Plan(config("default"))
     a = plan.analysis()
-    assert plan.analysis_targets() == [f"results/analysis/{n}.{x}" for n in (
+    assert plan.analysis_targets()[:12] == [f"results/analysis/{n}.{x}" for n in (
         "activation_ratio", "task_interaction", "spectra", "per_example", "stability", "stress")
         for x in ("json", "png")]
     assert set(plan.analysis_targets()) <= set(plan.summaries())  # shown in the HTML report
     sets = plan.stability_sets()
     sizes = a["stability"]["sizes"]
     assert len(sets) == 2 * len(sizes) + 1  # two disjoint slices per size, one more label seed
-    for name, (size, k, seed) in sets.items():
-        args = shlex.split(plan.stability_collect_flags(name))
-        assert args[args.index("--tokens") + 1] == str(2 * size)
-        assert args[args.index("--shard") + 1] == f"{k}/2"
-        assert args[args.index("--seed") + 1] == str(seed)
+    args = shlex.split(plan.stability_flags())
+    slices = dict(args[i + 1].split("=") for i, a_ in enumerate(args) if a_ == "--slice")
+    named = dict(args[i + 1].split("=") for i, a_ in enumerate(args) if a_ == "--set")
+    for name, (size, k, seed) in sets.items():  # collect --tokens 2N --shard k/2 --seed s
+        assert slices[name] == f"{2 * size},{k}/2,{seed}"
+        assert named[name] == plan.stability_eigen_dir(name)
+    f = plan.factor_config("lm", "main")
+    assert args[args.index("--seq-len") + 1] == str(f["seq_len"])
+    assert args[args.index("--batch-size") + 1] == str(f["batch_size"])
     assert sorted((s, k) for s, k, seed in sets.values() if seed == 0) == sorted(
         (s, k) for s in sizes for k in (0, 1))
     other_model = config("default")
@@ -235,6 +250,20 @@ def test_analysis_plan_slices_and_checks():
         "bottom" in x or "random" in x for x in labels)
     assert all(lb.startswith(("kfac-", "svd-", "bsn")) for lb in labels)
     assert Plan(config("smoke")).analysis() is None and not Plan(config("smoke")).analysis_targets()
+    # the jobs: each analysis in exactly one, every batch run writes its own outputs
+    jobs = plan.analysis_jobs()
+    assert jobs == list(ANALYSIS_JOBS) and sorted(n for j in jobs for n in ANALYSIS_JOBS[j]) == \
+        sorted(ANALYSES + VIT_ANALYSES)
+    for job in jobs:
+        runs = [shlex.split(r) for r in shlex.split(plan.analysis_batch_flags(job))[1::2]]
+        outs = [r[r.index("--out") + 1] for r in runs]
+        assert outs == [plan.analysis_outputs(n)["json"] for n in ANALYSIS_JOBS[job]]
+        assert set(outs) <= set(plan.analysis_job_outputs(job))
+    vit = plan.analysis_run("vit_stability")
+    assert "--seq-len" not in vit and "--slice" in vit and plan.vit_data() in vit
+    assert plan.stability_eigen_files("vit")[0].startswith("results/vit/analysis/stability/")
+    assert plan.analysis_targets()[-8:] == [f"results/analysis/{n}.{x}" for n in VIT_ANALYSES
+                                            for x in ("json", "png")]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -246,6 +275,11 @@ def test_bad_analysis_configs_are_refused(change, message):
     cfg = config("default")
     cfg["lm"]["analysis"].update(change)
     with pytest.raises(PlanError, match=message):
+        Plan(cfg)
+    cfg = config("default")
+    cfg["vit"]["analysis"].update({k: [x.replace("down_proj", "fc3") for x in v]
+                                   if k == "modules" else v for k, v in change.items()})
+    with pytest.raises(PlanError, match=message.replace("lm.", "vit.")):
         Plan(cfg)
 
 

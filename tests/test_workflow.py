@@ -79,10 +79,12 @@ def test_embedded_dag_runs_every_stage_and_its_sweeps(repo, name):
     # one evaluation job per LM edit (curvmem evaluate batch), and one for the base model
     assert jobs["evaluate_lm"] == n_edits(cfg["lm"]["edits"]) and jobs["evaluate_lm_base"] == 1
     assert jobs["readme_tables"] == 1
-    if "analysis" in cfg["lm"]:
-        for rule in ("activation_ratio", "task_interaction", "spectra", "per_example",
-                     "stability", "stress"):
-            assert jobs[f"analysis_{rule}"] == 1, rule
+    # the analyses: one job per group of analyses (curvmem analyze batch), see analysis.smk
+    groups = ["lm_model", "lm_sweep", "lm_stability"] * ("analysis" in cfg["lm"]) + \
+        ["vit"] * ("analysis" in cfg["vit"])
+    assert sorted(r for r in jobs if r.startswith("analysis_")) == sorted(
+        f"analysis_{g}" for g in groups)
+    assert all(jobs[f"analysis_{g}"] == 1 for g in groups)
     # one collection (and eigen) job per (factor set, layer) the K-FAC edits use
     layers = {(d, s.get("factors", "main"), layer) for d in ("lm", "vit")
               for s in cfg[d]["edits"].values() if s["method"] == "kfac"

@@ -418,19 +418,13 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
                      dtype=getattr(torch, dtype), first_index=start, progress=True,
                      checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                      checkpoint_key=key)
-    layers = sorted({m.layer for m in modules})
-    share = (time.perf_counter() - t0) / len(layers)  # each layer file carries its share
-    for layer in layers:
-        groups = {m.name: {"A": result.A[(layer, m.name)].cpu().numpy(),
-                           "G": result.G[(layer, m.name)].cpu().numpy()}
-                  for m in modules if m.layer == layer}
-        schema.write_layer(schema.layer_path(out, layer), "factors", layer, groups, {
-            "model_id": model_id(model_path), "model_fingerprint": fp,
-            "fisher": fisher, "n_tokens": result.n_tokens, "seq_len": seq_len,
-            "corpus_fingerprint": corpus_fp, "seed": seed, "shard": shard or "",
-            "task": task.name, "data": str(data), "corpus": str(data), "dtype": dtype,
-            "memorized_positions": n_memorized, "memorized_sets": ",".join(map(str, memorized)),
-            "cost_seconds": share, "cost_peak_rss_mb": peak_rss_mb()})
+    layers = write_layer_files(out, result, modules, {
+        "model_id": model_id(model_path), "model_fingerprint": fp,
+        "fisher": fisher, "n_tokens": result.n_tokens, "seq_len": seq_len,
+        "corpus_fingerprint": corpus_fp, "seed": seed, "shard": shard or "",
+        "task": task.name, "data": str(data), "corpus": str(data), "dtype": dtype,
+        "memorized_positions": n_memorized, "memorized_sets": ",".join(map(str, memorized))},
+        time.perf_counter() - t0)
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()
     return result.n_tokens, layers
@@ -457,6 +451,60 @@ def _lm_shard(model_path, data, seq_len, tokens, shard, trust_remote_code):
     full = corpus.load_token_sequences(data, seq_len, tok, tokens)
     start, stop = corpus.shard_bounds(full.shape[0], shard)
     return full[start:stop], start, corpus.fingerprint_tensor(full)
+
+
+def write_layer_files(out, means: Factors, modules: list[MLPModule], attrs: dict,
+                      seconds: float) -> list[int]:
+    """OUT/layer_<L>.nc per layer of `modules` from collected means; each file carries its share
+    of `seconds`. Returns the layers."""
+    layers = sorted({m.layer for m in modules})
+    share = seconds / len(layers)
+    for layer in layers:
+        groups = {m.name: {"A": means.A[(layer, m.name)].cpu().numpy(),
+                           "G": means.G[(layer, m.name)].cpu().numpy()}
+                  for m in modules if m.layer == layer}
+        schema.write_layer(schema.layer_path(out, layer), "factors", layer, groups, {
+            **attrs, "cost_seconds": share, "cost_peak_rss_mb": peak_rss_mb()})
+    return layers
+
+
+@dataclass
+class CollectionData:
+    """What `collect` cuts its shards from: the first `tokens` items of the data (packed token
+    sequences, or (images, labels) for a ViT), the task scoring them and the fingerprint of that
+    whole budget (shards of one run share it)."""
+
+    items: object
+    task: object
+    seq_len: int
+    fingerprint: str
+
+    @property
+    def n_items(self) -> int:
+        return (self.items[0] if isinstance(self.items, tuple) else self.items).shape[0]
+
+    def cut(self, start: int, stop: int):
+        if isinstance(self.items, tuple):
+            return tuple(t[start:stop] for t in self.items)
+        return self.items[start:stop]
+
+
+def collection_data(model_path, data, tokens: int, seq_len: int,
+                    trust_remote_code: bool = False) -> CollectionData:
+    """The items of a `collect --tokens N` run: for a ViT directory the first N training images
+    with their (noisy) labels, scored at the CLS position; else the first N // seq_len packed
+    sequences of the corpus. A smaller budget gives a prefix of a larger one's items."""
+    if vit.is_vision_model(model_path):
+        imgs, labels = images.load_images(data, split="train")
+        if imgs.shape[0] == 0:
+            raise ValueError(f"{data}: no training images")
+        imgs, labels = imgs[:tokens], labels[:tokens]
+        full = torch.cat([imgs.reshape(imgs.shape[0], -1), labels[:, None].float()], 1)
+        return CollectionData((imgs, labels), ClassificationTask(), 1,
+                              corpus.fingerprint_tensor(full))
+    tok = None if str(data).endswith(".npy") else load_tokenizer(model_path, trust_remote_code)
+    full = corpus.load_token_sequences(data, seq_len, tok, tokens)
+    return CollectionData(full, LMTask(), full.shape[1], corpus.fingerprint_tensor(full))
 
 
 # --------------------------------------------------------------------------- merge

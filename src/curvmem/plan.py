@@ -41,6 +41,15 @@ REPORT_LM_NEEDS = ["memorization_forget", "memorization_untargeted", "memorizati
 # `curvmem analyze` subcommands the workflow runs when the config has `lm.analysis`
 ANALYSES = ("activation_ratio", "task_interaction", "spectra", "per_example", "stability",
             "stress")
+# ... and when it has `vit.analysis` (outputs OUTDIR/analysis/vit_*.json)
+VIT_ANALYSES = ("vit_activation_ratio", "vit_per_example", "vit_spectra", "vit_stability")
+# The analysis jobs: each runs its analyses in one process (`curvmem analyze batch`), since
+# start-up (torch, transformers, the model) costs more than most analyses of the tiny models.
+# lm_model needs only the model and the eigenbases, lm_sweep the sweep's summary and edits.
+ANALYSIS_JOBS = {"lm_model": ("activation_ratio", "per_example", "spectra"),
+                 "lm_sweep": ("task_interaction", "stress"),
+                 "lm_stability": ("stability",),
+                 "vit": VIT_ANALYSES}
 
 
 class PlanError(ValueError):
@@ -168,7 +177,9 @@ class Plan:
             if missing:
                 raise PlanError(f"config lm.evaluations lacks {missing}: curvmem report-lm needs "
                                 f"{REPORT_LM_NEEDS} (tasks and coherence are optional); see docs/workflow.md")
-            self._check_analysis()
+            self._check_analysis("lm")
+        if "vit" in self.domains:
+            self._check_analysis("vit")
 
     # ----------------------------------------------------------------------- base models
 
@@ -575,86 +586,91 @@ class Plan:
 
     # ----------------------------------------------------------------------- analyses
 
-    def analysis(self) -> dict | None:
-        """`lm.analysis` (curvmem analyze; docs/lm.md), or None: no analyses for this config."""
-        return (self.config.get("lm") or {}).get("analysis") if "lm" in self.domains else None
+    def analysis(self, domain="lm") -> dict | None:
+        """`{domain}.analysis` (curvmem analyze; docs/lm.md, docs/vision.md), or None: no
+        analyses of that domain for this config."""
+        return (self.config.get(domain) or {}).get("analysis") if domain in self.domains else None
 
-    def _check_analysis(self) -> None:
-        a = self.analysis()
+    def _check_analysis(self, domain) -> None:
+        a = self.analysis(domain)
         if a is None:
             return
-        main = self.factor_key("lm", "main")
-        have = self.factor_sets["lm"].get(main, {}).get("layers", [])
+        main = self.factor_key(domain, "main")
+        have = self.factor_sets[domain].get(main, {}).get("layers", [])
         missing = sorted(set(a["layers"]) - set(have))
         if missing:
-            raise PlanError(f"config lm.analysis.layers: {missing} have no eigenbasis of the main "
-                            f"factors (layers {have}: those of the kfac sweeps)")
-        extra = sorted(set(a["modules"]) - set(self.factor_config("lm", "main")["modules"]))
+            raise PlanError(f"config {domain}.analysis.layers: {missing} have no eigenbasis of the "
+                            f"main factors (layers {have}: those of the kfac sweeps)")
+        extra = sorted(set(a["modules"]) - set(self.factor_config(domain, "main")["modules"]))
         if extra:
-            raise PlanError(f"config lm.analysis.modules: {extra} are not in lm.factors.modules")
+            raise PlanError(f"config {domain}.analysis.modules: {extra} are not in "
+                            f"{domain}.factors.modules")
         if a["stability"]["layer"] not in a["layers"]:
-            raise PlanError(f"config lm.analysis.stability.layer {a['stability']['layer']} is not "
-                            f"one of lm.analysis.layers {a['layers']}")
+            raise PlanError(f"config {domain}.analysis.stability.layer {a['stability']['layer']} "
+                            f"is not one of {domain}.analysis.layers {a['layers']}")
 
-    def analysis_eigen_dir(self):
+    def analysis_eigen_dir(self, domain="lm"):
         """The main factor set's eigenbases, which the analyses read."""
-        return f"{self.out}/lm/eigen/{self.factor_key('lm', 'main')}"
+        return f"{self.out}/{domain}/eigen/{self.factor_key(domain, 'main')}"
 
-    def analysis_eigen_files(self):
-        return [f"{self.analysis_eigen_dir()}/layer_{layer}.nc"
-                for layer in self.analysis()["layers"]]
+    def analysis_eigen_files(self, domain="lm"):
+        return [f"{self.analysis_eigen_dir(domain)}/layer_{layer}.nc"
+                for layer in self.analysis(domain)["layers"]]
 
-    def analysis_flags(self):
-        a = self.analysis()
-        return flags(("--eigen", self.analysis_eigen_dir()), ("--layers", a["layers"]),
+    def analysis_flags(self, domain="lm"):
+        a = self.analysis(domain)
+        return flags(("--eigen", self.analysis_eigen_dir(domain)), ("--layers", a["layers"]),
                      ("--modules", a["modules"]))
 
     def analysis_outputs(self, name):
         return {"json": f"{self.out}/analysis/{name}.json",
                 "figure": f"{self.out}/analysis/{name}.png"}
 
-    def sweep_rhos(self):
+    def sweep_rhos(self, domain="lm"):
         """The single ρ values of the K-FAC sweeps (marked on the spectra)."""
-        return sorted({s["rho"] for s in self.edits["lm"].values()
+        return sorted({s["rho"] for s in self.edits[domain].values()
                        if s["method"] == "kfac" and not isinstance(s["rho"], dict)}) or None
 
-    def stability_sets(self):
+    def stability_sets(self, domain="lm"):
         """{name: (size, shard, seed)}: per size, two disjoint slices of the curvature corpus
         (shards 0/2 and 1/2 of 2 x size positions) and, at the largest size, the first slice
         again with another label-sampling seed. Names carry a content key (model, settings)."""
-        st = self.analysis()["stability"]
-        seed = self.factor_config("lm", "main")["seed"]
+        st = self.analysis(domain)["stability"]
+        seed = self.factor_config(domain, "main")["seed"]
         variants = [(size, k, seed) for size in st["sizes"] for k in (0, 1)]
         variants.append((max(st["sizes"]), 0, seed + 1))
         sets = {}
         for size, k, s in variants:
-            key = digest({"model": self.model_key("lm"), "factors": self.factor_config("lm", "main"),
+            key = digest({"model": self.model_key(domain),
+                          "factors": self.factor_config(domain, "main"),
                           "size": size, "shard": k, "seed": s})
             sets[f"n{size}-slice{k}-seed{s}-{key}"] = (size, k, s)
         return sets
 
-    def stability_collect_flags(self, sname):
-        """`collect` of one slice: the main factors' settings, 2 x size positions cut in two."""
-        size, k, seed = self.stability_sets()[sname]
-        f = self.factor_config("lm", "main")
-        return flags(("--modules", self.analysis()["modules"]), ("--tokens", 2 * size),
-                     ("--seq-len", f["seq_len"]), ("--batch-size", f["batch_size"]),
-                     ("--fisher", f["fisher"]), ("--seed", seed), ("--dtype", f["dtype"]),
-                     ("--shard", f"{k}/2"))
+    def stability_eigen_dir(self, sname, domain="lm"):
+        return f"{self.out}/{domain}/analysis/stability/{sname}/eigen"
 
-    def stability_eigen_dir(self, sname):
-        return f"{self.out}/lm/analysis/stability/{sname}/eigen"
+    def stability_eigen_files(self, domain="lm"):
+        layer = self.analysis(domain)["stability"]["layer"]
+        return [f"{self.stability_eigen_dir(n, domain)}/layer_{layer}.nc"
+                for n in self.stability_sets(domain)]
 
-    def stability_eigen_files(self):
-        layer = self.analysis()["stability"]["layer"]
-        return [f"{self.stability_eigen_dir(n)}/layer_{layer}.nc" for n in self.stability_sets()]
-
-    def stability_flags(self):
-        st = self.analysis()["stability"]
-        sets = " ".join(f"--set {shlex.quote(f'{n}={self.stability_eigen_dir(n)}')}"
-                        for n in self.stability_sets())
-        return f"{sets} " + flags(("--layers", [st["layer"]]),
-                                  ("--modules", self.analysis()["modules"]), ("--rho", st["rho"]))
+    def stability_flags(self, domain="lm"):
+        """`analyze stability`: every slice's eigen directory (--set) and what it is (--slice:
+        2 x size positions, shard k/2, label seed), collected in one process with the main
+        factors' settings (`collect --tokens 2N --shard k/2` would give the same factors)."""
+        st, f = self.analysis(domain)["stability"], self.factor_config(domain, "main")
+        sets = self.stability_sets(domain)
+        named = " ".join(
+            f"--set {shlex.quote(f'{n}={self.stability_eigen_dir(n, domain)}')} "
+            f"--slice {shlex.quote(f'{n}={2 * size},{k}/2,{seed}')}"
+            for n, (size, k, seed) in sets.items())
+        return f"{named} " + flags(
+            ("--model", self.model_arg(domain)), ("--data", self.domain_data(domain)),
+            ("--seq-len", f.get("seq_len") if domain == "lm" else None),
+            ("--batch-size", f["batch_size"]), ("--fisher", f["fisher"]), ("--dtype", f["dtype"]),
+            ("--layers", [st["layer"]]), ("--modules", self.analysis(domain)["modules"]),
+            ("--rho", st["rho"]))
 
     def stress_edits(self):
         """The edits the stress test scores: every SVD and BSN edit and every top-keeping K-FAC
@@ -671,10 +687,74 @@ class Plan:
         return f"{edits} " + flags(("--max-items", a["stress"]["max_items"]),
                                    ("--t", a["stress"]["t"]))
 
+    def analysis_jobs(self):
+        """The analysis jobs this config runs (ANALYSIS_JOBS names)."""
+        return [j for j in ANALYSIS_JOBS
+                if self.analysis("vit" if j == "vit" else "lm") is not None]
+
+    def analysis_job_inputs(self, job):
+        """{name: file(s)} a job reads."""
+        domain = "vit" if job == "vit" else "lm"
+        inputs = {"model": self.model_input(domain)}
+        if job != "lm_stability":
+            inputs["eigen"] = self.analysis_eigen_files(domain)
+        if job in ("lm_model", "lm_sweep"):
+            inputs.update(memorized=self.lm_data("forget"), clean=self.lm_data("heldout"))
+        if job == "lm_sweep":
+            inputs.update(tasks=self.lm_data("tasks"), summary=f"{self.out}/lm_summary.json",
+                          edits=[self.edit_path("lm", k) for k in self.stress_edits()])
+        if job in ("lm_stability", "vit"):
+            inputs["data"] = self.domain_data(domain)
+        return inputs
+
+    def analysis_job_outputs(self, job):
+        """The JSON and figure of each of the job's analyses, and the stability slices' eigen
+        files (kept: other analyses may read them)."""
+        files = [f for name in ANALYSIS_JOBS[job] for f in self.analysis_outputs(name).values()]
+        if job in ("lm_stability", "vit"):
+            files += self.stability_eigen_files("vit" if job == "vit" else "lm")
+        return files
+
+    def analysis_run(self, name):
+        """The `curvmem analyze` arguments of one analysis (an `analyze batch --run` string)."""
+        domain = "vit" if name.startswith("vit_") else "lm"
+        command = name.removeprefix("vit_") if name in ("vit_spectra", "vit_stability") else name
+        if command == "spectra":
+            args = f"{self.analysis_flags(domain)} " + flags(("--rhos", self.sweep_rhos(domain)))
+        elif command == "stability":
+            args = self.stability_flags(domain)
+        else:
+            args = flags(("--model", self.model_arg(domain)))
+            if command != "stress":
+                args += f" {self.analysis_flags(domain)}"
+            if domain == "vit":
+                args += " " + flags(("--data", self.domain_data(domain)))
+            else:
+                args += " " + flags(("--memorized", self.lm_data("forget")))
+            if command in ("activation_ratio", "per_example", "task_interaction"):
+                args += " " + flags(("--clean", self.lm_data("heldout")))
+            if command in ("task_interaction", "stress"):
+                args += " " + flags(("--summary", f"{self.out}/lm_summary.json"))
+            if command == "task_interaction":
+                args += " " + flags(("--tasks", self.lm_data("tasks")))
+            if command == "stress":
+                args += f" {self.stress_flags()}"
+        o = self.analysis_outputs(name)
+        return f"{command.replace('_', '-')} {args} " + flags(("--out", o["json"]),
+                                                              ("--figure", o["figure"]))
+
+    def analysis_batch_flags(self, job):
+        return " ".join(f"--run {shlex.quote(self.analysis_run(name))}"
+                        for name in ANALYSIS_JOBS[job])
+
+    def analysis_names(self):
+        """Every analysis this config runs, the LM's first."""
+        return (ANALYSES if self.analysis("lm") else ()) + (
+            VIT_ANALYSES if self.analysis("vit") else ())
+
     def analysis_targets(self):
-        if self.analysis() is None:
-            return []
-        return [f for name in ANALYSES for f in self.analysis_outputs(name).values()]
+        return [f for name in self.analysis_names()
+                for f in self.analysis_outputs(name).values()]
 
     # ----------------------------------------------------------------------- resources, targets
 

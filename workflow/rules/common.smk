@@ -6,7 +6,7 @@ import shlex
 
 from snakemake.exceptions import WorkflowError
 
-from curvmem.plan import ANALYSES, Plan, PlanError, flags, one_of
+from curvmem.plan import ANALYSIS_JOBS, Plan, PlanError, flags, one_of
 
 try:
     PLAN = Plan(config)
@@ -52,8 +52,6 @@ report_entries = PLAN.report_entries
 summaries = PLAN.summaries
 final_targets = planned(PLAN.final_targets)
 fkeys = PLAN.fkeys
-ANALYSIS = PLAN.analysis()
-ANALYSIS_OUT = {name: PLAN.analysis_outputs(name) for name in ANALYSES}
 
 
 # --------------------------------------------------------------------------- input and params
@@ -116,10 +114,6 @@ def lm_eval_outputs(key):
 
 def lm_eval_runs(wc):
     return planned(PLAN.lm_eval_runs)(wc.key)
-
-
-def stability_collect_flags(wc):
-    return PLAN.stability_collect_flags(wc.sname)
 
 
 def vit_eval_inputs(wc):

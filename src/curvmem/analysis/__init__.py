@@ -7,4 +7,6 @@ dict (with its "definition" and parameters) and one figure function:
     per_example        each sequence's own gradient in the K-FAC eigenbasis, by band
     stability          eigenbasis / kept-pair agreement across token slices and seeds
     stress             positional perturbations of memorized prompts (Table 6)
+    vit                the ViT's activation ratio and per-example curvature (CLS position,
+                       noisy- vs clean-labelled images)
 """

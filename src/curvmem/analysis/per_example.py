@@ -81,6 +81,33 @@ def project(grad_w: torch.Tensor, eig: dict) -> torch.Tensor:
     return eig["UG"].T @ grad_w.cpu() @ eig["UA"]
 
 
+def band_masks_and_curvature(eigen: dict, keys, bands) -> tuple[dict, dict]:
+    """Per module: the band masks (by share of pairs) and the pair curvatures λᵢμⱼ."""
+    masks = {k: [torch.as_tensor(M) for M in pair_share_masks(eigen[k]["lam"], eigen[k]["mu"],
+                                                               bands)] for k in keys}
+    curv = {k: torch.as_tensor(np.outer(eigen[k]["lam"], eigen[k]["mu"])) for k in keys}
+    return masks, curv
+
+
+def band_record(sq: torch.Tensor, masks, curv: torch.Tensor) -> dict:
+    """One example's band shares of its squared projection P², ‖∇W‖² and κ."""
+    total = float(sq.sum())
+    return {"band_share": [float(sq[M].sum()) / total if total else None for M in masks],
+            "grad_sq": total,
+            "kappa": float((sq * curv).sum()) / total if total else None}
+
+
+def group_summary(recs: list[dict]) -> dict:
+    """Count, median and mean band shares, median ‖∇W‖² and κ of a group's records."""
+    shares = np.array([r["band_share"] for r in recs], dtype=np.float64)
+    return {"n": len(recs),
+            "band_share_median": np.nanmedian(shares, axis=0).tolist(),
+            "band_share_mean": np.nanmean(shares, axis=0).tolist(),
+            "grad_sq_median": float(np.median([r["grad_sq"] for r in recs])),
+            "kappa_median": float(np.nanmedian([np.nan if r["kappa"] is None else r["kappa"]
+                                                for r in recs]))}
+
+
 def per_example_curvature(model, tokenizer, eigen: dict, layers, modules, memorized_rows,
                           clean_texts, bands=BANDS, prefix_len: int = 64, suffix_len: int = 48,
                           max_items: int = 40, batch_size: int = 8) -> dict:
@@ -91,32 +118,19 @@ def per_example_curvature(model, tokenizer, eigen: dict, layers, modules, memori
                         len(mem))  # as many clean sequences as memorized ones
     items = mem + clean
     keys = [(m.layer, m.name) for m in targets]
-    masks = {k: [torch.as_tensor(M) for M in pair_share_masks(eigen[k]["lam"], eigen[k]["mu"],
-                                                               bands)] for k in keys}
-    curv = {k: torch.as_tensor(np.outer(eigen[k]["lam"], eigen[k]["mu"])) for k in keys}
+    masks, curv = band_masks_and_curvature(eigen, keys, bands)
     rows = {k: [None] * len(items) for k in keys}
     for i, grads in example_gradients(model, targets, items, batch_size):
         for k in keys:
-            sq = project(grads[k], eigen[k]) ** 2
-            total = float(sq.sum())
-            rows[k][i] = {"band_share": [float(sq[M].sum()) / total if total else None
-                                         for M in masks[k]],
-                          "grad_sq": total,
-                          "kappa": float((sq * curv[k]).sum()) / total if total else None}
+            rows[k][i] = band_record(project(grads[k], eigen[k]) ** 2, masks[k], curv[k])
     results = []
     for layer, name in keys:
         per_group = {}
         for group, members in (("memorized", range(len(mem))),
                                ("clean", range(len(mem), len(items)))):
             recs = [rows[(layer, name)][i] for i in members]
-            shares = np.array([r["band_share"] for r in recs], dtype=np.float64)
             per_group[group] = {
-                "n": len(recs),
-                "band_share_median": np.nanmedian(shares, axis=0).tolist(),
-                "band_share_mean": np.nanmean(shares, axis=0).tolist(),
-                "grad_sq_median": float(np.median([r["grad_sq"] for r in recs])),
-                "kappa_median": float(np.nanmedian([np.nan if r["kappa"] is None else r["kappa"]
-                                                    for r in recs])),
+                **group_summary(recs),
                 "examples": [{"id": items[i]["id"], "kind": items[i]["kind"], **rows[(layer, name)][i]}
                              for i in members]}
         results.append({"layer": layer, "module": name, **per_group})
@@ -137,15 +151,17 @@ def per_example_figure(result: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     mods, labels = result["modules"], result["band_labels"]
+    groups = result.get("groups", ["memorized", "clean"])  # the first one is memorized
     fig, axes = plt.subplots(len(mods), 2, figsize=(11, 3.2 * len(mods)), squeeze=False)
-    colours = {"memorized": "tab:red", "clean": "tab:blue"}
+    colours = dict(zip(groups, ("tab:red", "tab:blue", "tab:green")))
+    width = 0.7 / len(groups)
     for (ax_b, ax_s), mod in zip(axes, mods):
         x = np.arange(len(labels))
-        for k, group in enumerate(("memorized", "clean")):
+        for k, group in enumerate(groups):
             shares = [[e["band_share"][b] for e in mod[group]["examples"]
                        if e["band_share"][b] is not None] for b in range(len(labels))]
-            parts = ax_b.boxplot(shares, positions=x + (k - 0.5) * 0.35, widths=0.3,
-                                 patch_artist=True, showfliers=False)
+            parts = ax_b.boxplot(shares, positions=x + (k - (len(groups) - 1) / 2) * width,
+                                 widths=width * 0.85, patch_artist=True, showfliers=False)
             for box in parts["boxes"]:
                 box.set(facecolor=colours[group], alpha=0.6)
             ex = mod[group]["examples"]
@@ -154,13 +170,15 @@ def per_example_figure(result: dict, path) -> None:
         ax_b.set_xticks(x, labels, fontsize=8)
         ax_b.set_ylabel("share of ‖∇W‖² in band")
         ax_b.set_title(f"{module_label(mod['layer'], mod['module'])}: per-example gradient by "
-                       "K-FAC band (red memorized, blue clean)", fontsize=9)
+                       "K-FAC band (" + ", ".join(f"{colours[g][4:]} {g.split('_')[0]}"
+                                                  for g in groups) + ")", fontsize=9)
         ax_s.set_xscale("log")
         ax_s.set_yscale("log")
         ax_s.set_xlabel("per-example ‖∇W‖²_F (own sharpness)")
         ax_s.set_ylabel("κ: aggregate λμ along own gradient")
         ax_s.set_title("sharp alone, flat on average?", fontsize=9)
         ax_s.legend(fontsize=7)
-    fig.suptitle("Per-example curvature: memorized vs clean sequences", y=1.0, fontsize=11)
+    fig.suptitle(result.get("title", "Per-example curvature: memorized vs clean sequences"),
+                 y=1.0, fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)

@@ -2,7 +2,9 @@
 sets are, against the number of tokens they were collected on.
 
 Factor sets come from disjoint token slices (`collect --shard k/n`) at several sizes and from
-different label-sampling seeds. For each pair of sets and each module:
+different label-sampling seeds; `collect_slices` computes many such slices in one process, equal
+to separate `collect --tokens N --shard k/n --seed s` + `eigen` runs (to float rounding). For each
+pair of sets and each module:
     kept_jaccard      |S1 ∩ S2| / |S1 ∪ S2| of the kept pair index sets at ρ. Caveat: pair (i, j)
                       of one set is matched to pair (i, j) of the other by eigenvalue rank, which
                       means little where eigenvalues are close (the eigenvectors may swap or mix).
@@ -16,14 +18,22 @@ different label-sampling seeds. For each pair of sets and each module:
 from __future__ import annotations
 
 import itertools
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from curvmem.analysis.common import module_label, save_figure
 
 # Existing curvmem names used here:
 from curvmem.edit import check_rho, select_pairs
+from curvmem.eigen import eigen_layer
+from curvmem.factors import Factors, batched, collect, collection_data, write_layer_files
+from curvmem.model import mlp_modules, model_fingerprint, model_id
 from curvmem.schema import layer_path, read_layer
+from curvmem.world.corpus import parse_shard, shard_bounds
 
 DEFINITION = (
     "For every unordered pair of factor sets and module: kept_jaccard = |S1 & S2| / |S1 | S2| of "
@@ -33,6 +43,86 @@ DEFINITION = (
     "the kept Kronecker subspaces (basis-free); top-k eigenvectors of A and G: principal angles "
     "arccos(svd(U1[:, :k]^T U2[:, :k])) in degrees, overlap = sum cos^2 / k. kind: 'data' (same "
     "seed, other tokens), 'seed' (same tokens, other label seed), 'both'.")
+
+
+def parse_slice(text: str) -> tuple[int, str, int]:
+    """'TOKENS,K/N,SEED' -> (tokens, 'k/n', seed): what `collect --tokens --shard --seed` takes."""
+    parts = [x.strip() for x in str(text).split(",")]
+    try:
+        tokens, shard, seed = int(parts[0]), parts[1], int(parts[2])
+        parse_shard(shard)
+    except (ValueError, IndexError):
+        raise ValueError(f"--slice '{text}' must look like TOKENS,K/N,SEED (e.g. 20000,0/2,0)"
+                         ) from None
+    if len(parts) != 3 or tokens < 1:
+        raise ValueError(f"--slice '{text}' must look like TOKENS,K/N,SEED with TOKENS >= 1")
+    return tokens, shard, seed
+
+
+def _segments(spans) -> list[tuple[int, int]]:
+    """The pieces between every start and stop of `spans` that some span covers: each span is
+    a union of pieces, so each piece is collected once for all spans."""
+    cuts = sorted({x for span in spans for x in span})
+    return [(a, b) for a, b in zip(cuts, cuts[1:])
+            if any(start <= a and b <= stop for start, stop in spans)]
+
+
+def collect_slices(model, model_path, data, slices: dict, layers, modules, *, seq_len: int,
+                   batch_size: int, fisher: str = "sampled", dtype: str = "float32",
+                   trust_remote_code: bool = False) -> dict:
+    """Eigen files DIR/layer_<L>.nc for each `slices` entry {DIR: (tokens, shard, seed)}, as
+    `collect --tokens N --shard k/n --seed s` then `eigen` would write them, in one process.
+
+    The items of a budget N are a prefix of a larger budget's (`factors.collection_data`), and
+    the sampled labels are seeded per item index, so the slices of one seed are unions of
+    pieces of one item list: each piece is collected once and the slices' factors are their
+    pieces' token-weighted means (float64, as `merge`). Returns {DIR: positions collected}."""
+    t0 = time.perf_counter()
+    targets = mlp_modules(model, layers, modules)
+    budgets = sorted({tokens for tokens, _, _ in slices.values()})
+    sources = {n: collection_data(model_path, data, n, seq_len, trust_remote_code)
+               for n in budgets}
+    whole = sources[budgets[-1]]
+    for n, src in sources.items():  # the prefix property the pieces rely on
+        got, want = src.cut(0, src.n_items), whole.cut(0, src.n_items)
+        pairs = zip(got, want) if isinstance(got, tuple) else [(got, want)]
+        if src.n_items > whole.n_items or not all(torch.equal(a, b) for a, b in pairs):
+            raise ValueError(f"{data}: the first {n} tokens are not a prefix of the first "
+                             f"{budgets[-1]}; collect these slices separately")
+    spans = {d: shard_bounds(sources[n].n_items, shard) for d, (n, shard, _) in slices.items()}
+    pieces, seconds = {}, {}
+    for seed in sorted({s for _, _, s in slices.values()}):
+        for a, b in _segments([spans[d] for d, (_, _, s) in slices.items() if s == seed]):
+            t = time.perf_counter()
+            pieces[(seed, a, b)] = collect(model, batched(whole.cut(a, b), batch_size), targets,
+                                           whole.task, fisher=fisher, seed=seed,
+                                           dtype=getattr(torch, dtype), first_index=a)
+            seconds[(seed, a, b)] = time.perf_counter() - t
+    setup = time.perf_counter() - t0 - sum(seconds.values())
+    fp, mid = model_fingerprint(model), model_id(model_path)
+    written = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, (out, (n, shard, seed)) in enumerate(slices.items()):
+            start, stop = spans[out]
+            mine = [key for key in pieces if key[0] == seed and start <= key[1]
+                    and key[2] <= stop]
+            total = sum(pieces[key].n_tokens for key in mine)
+            means = Factors(*({name: sum(getattr(pieces[key], side)[name].double()
+                                         * pieces[key].n_tokens for key in mine) / total
+                               for name in getattr(pieces[mine[0]], side)}
+                              for side in ("A", "G")), total)
+            means.A = {key: v.to(getattr(torch, dtype)) for key, v in means.A.items()}
+            means.G = {key: v.to(getattr(torch, dtype)) for key, v in means.G.items()}
+            factor_dir = Path(tmp) / str(k)
+            layers_written = write_layer_files(factor_dir, means, targets, {
+                "model_id": mid, "model_fingerprint": fp, "fisher": fisher, "n_tokens": total,
+                "seq_len": whole.seq_len, "corpus_fingerprint": sources[n].fingerprint,
+                "seed": seed, "shard": shard, "task": whole.task.name, "data": str(data),
+                "dtype": dtype}, setup / len(slices) + sum(seconds[key] for key in mine))
+            for layer in layers_written:
+                eigen_layer(layer_path(factor_dir, layer), layer_path(out, layer))
+            written[str(out)] = total
+    return written
 
 
 def principal_angles(U1, U2, k: int) -> np.ndarray:

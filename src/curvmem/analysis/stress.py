@@ -74,8 +74,9 @@ def exact_match_lengths(model, prompts: list[list[int]], golds: list[list[int]],
     """Per prompt, the length of the longest prefix of `gold` that greedy decoding reproduces.
 
     Prompts of any lengths run in left-padded batches (attention mask, position ids counted from
-    each prompt's first real token). A batch stops decoding once every row has missed a gold token
-    or used up its gold: later tokens cannot lengthen an exact-match prefix."""
+    each prompt's first real token). A row leaves its batch (and the KV cache) once it has missed
+    a gold token or used up its gold: later tokens cannot lengthen an exact-match prefix; the
+    batch stops when no row is left."""
     device = model_device(model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding
     out = [0] * len(prompts)
@@ -94,18 +95,25 @@ def exact_match_lengths(model, prompts: list[list[int]], golds: list[list[int]],
         ids, mask = ids.to(device), mask.to(device)
         pos = (mask.cumsum(1) - 1).clamp_min(0)
         res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        rows = torch.arange(len(idx))  # the batch's rows still decoding, as indices into idx
         length = torch.zeros(len(idx), dtype=torch.long)
-        alive = n_gold > 0
         for step in range(gold.shape[1]):
             nxt = res.logits[:, -1].argmax(-1)
-            alive &= (step < n_gold) & (nxt.cpu() == gold[:, step])
-            length += alive.long()
-            if not alive.any() or step == gold.shape[1] - 1:
+            hit = (step < n_gold[rows]) & (nxt.cpu() == gold[rows, step])
+            length[rows[hit]] += 1
+            keep = hit & (step + 1 < n_gold[rows])  # may still lengthen its match
+            if not keep.any():
                 break
+            cache = res.past_key_values
+            if not keep.all():  # drop finished rows from the batch and the cache
+                sel = keep.nonzero().flatten()
+                cache.batch_select_indices(sel.to(device))
+                rows, nxt, mask, pos = rows[sel], nxt[sel.to(device)], mask[sel.to(device)], \
+                    pos[sel.to(device)]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             pos = pos[:, -1:] + 1
             res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
-                        past_key_values=res.past_key_values, use_cache=True)
+                        past_key_values=cache, use_cache=True)
         for b, i in enumerate(idx):
             out[i] = int(length[b])
     return out

@@ -1,13 +1,17 @@
-"""CLI: `curvmem analyze {activation-ratio,task-interaction,spectra,per-example,stability,stress}`.
+"""CLI: `curvmem analyze {activation-ratio,task-interaction,spectra,per-example,stability,stress,
+vit-activation-ratio,vit-per-example,batch}`.
 
 Each writes one JSON (with the exact definition it computed) and, with --figure, a PNG. Inputs are
-checked before anything is computed or written.
+checked before anything is computed or written. Every subcommand is planned in two steps: a
+`_plan_*` function checks its inputs and returns the computation, which runs after; `batch` plans
+all its runs first, then runs them in one process, loading each model once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 # Existing curvmem names used here (the lead rewrites these imports after the layout refactor):
@@ -21,8 +25,9 @@ def _files(**paths) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} {path}: no such file or directory")
 
 
-def _named(entries, flag: str) -> dict:
-    """['NAME=PATH', ...] -> {name: path}, names unique, paths present."""
+def _named(entries, flag: str, optional=()) -> dict:
+    """['NAME=PATH', ...] -> {name: path}, names unique, paths present (except names in
+    `optional`: those the command writes)."""
     out = {}
     for entry in entries or []:
         name, sep, path = entry.partition("=")
@@ -30,7 +35,7 @@ def _named(entries, flag: str) -> dict:
             raise ValueError(f"{flag} '{entry}' must look like NAME=PATH")
         if name in out or name == "base" and flag == "--edit":
             raise ValueError(f"{flag} name '{name}' is given twice or reserved")
-        if not Path(path).exists():
+        if name not in optional and not Path(path).exists():
             raise ValueError(f"{flag} {name}: {path} does not exist")
         out[name] = path
     return out
@@ -61,23 +66,44 @@ def _check_counts(args, *names) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
 
 
-def _load_model(args):
+# Models loaded in this process, by (path, trust_remote_code, device, dtype): `batch` runs share
+# them. Every analysis leaves the weights as it found them (edits are restored, gradients are
+# taken with the weights frozen and their requires_grad flags put back).
+_MODELS: dict = {}
+
+
+def _model_key(args, dtype: str | None = None) -> tuple:
+    from curvmem.model import default_device
+
+    return (str(args.model), bool(args.trust_remote_code), default_device(args.device), dtype)
+
+
+def _load_model(args, dtype: str | None = None):
+    """(model, tokenizer or None for a ViT), loaded once per process."""
     import torch
 
-    from curvmem.model import default_device, load_model, load_tokenizer
+    from curvmem.model import load_model, load_tokenizer
+    from curvmem.model.vit import is_vision_model
 
     torch.set_num_threads(args.threads)
-    model = load_model(args.model, trust_remote_code=args.trust_remote_code,
-                       device=default_device(args.device))
-    return model, load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    key = _model_key(args, dtype)
+    if key not in _MODELS:
+        model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=key[2],
+                           dtype=getattr(torch, dtype) if dtype else None)
+        tok = None if is_vision_model(args.model) else load_tokenizer(
+            args.model, trust_remote_code=args.trust_remote_code)
+        _MODELS[key] = (model, tok)
+    return _MODELS[key]
 
 
 def _finish(args, result: dict, figure_fn, c: dict) -> None:
     from curvmem.io import write_json
 
-    result["cost"] = c
+    shared = getattr(args, "shared_load_seconds", None)
+    result["cost"] = c if shared is None else {**c, "shared_load_seconds": shared}
     result["inputs"] = {k: v for k, v in vars(args).items()
-                        if k not in ("func", "command", "analysis") and not callable(v)}
+                        if k not in ("func", "command", "analysis", "plan",
+                                     "shared_load_seconds") and not callable(v)}
     write_json(args.out, result)
     if args.figure:
         figure_fn(result, args.figure)
@@ -93,7 +119,7 @@ def _prepare(args, need_model: bool = True) -> None:
     args.layer_list, args.module_list = _layers(args.layers), _modules(args.modules)
     if need_model:
         _files(model=args.model)
-    for flag in ("eigen", "memorized", "clean", "tasks", "summary"):
+    for flag in ("eigen", "memorized", "clean", "tasks", "summary", "data"):
         if hasattr(args, flag):
             _files(**{flag: getattr(args, flag)})
 
@@ -105,9 +131,10 @@ def _bands(args):
 
 
 # --------------------------------------------------------------------------- commands
+# Each _plan_X(args) checks everything it can without computing and returns the computation.
 
 
-def cmd_activation_ratio(args) -> None:
+def _plan_activation_ratio(args):
     from curvmem.analysis import activation_ratio as ar
     from curvmem.analysis.common import load_eigen
     from curvmem.evaluate.lm import read_rows, read_texts
@@ -115,16 +142,19 @@ def cmd_activation_ratio(args) -> None:
     _prepare(args)
     _check_counts(args, "max_items", "max_clean_blocks", "batch_size")
     bands, rows, texts = _bands(args), read_rows(args.memorized), read_texts(args.clean)
-    with cost() as c:
-        model, tok = _load_model(args)
-        eigen = load_eigen(args.eigen, model, args.layer_list, args.module_list)
-        result = ar.activation_ratio(model, tok, eigen, args.layer_list, args.module_list, rows,
-                                     texts, bands, args.prefix_len, args.suffix_len,
-                                     args.max_items, args.max_clean_blocks, args.batch_size)
-    _finish(args, result, ar.activation_ratio_figure, c)
+
+    def run():
+        with cost() as c:
+            model, tok = _load_model(args)
+            eigen = load_eigen(args.eigen, model, args.layer_list, args.module_list)
+            result = ar.activation_ratio(model, tok, eigen, args.layer_list, args.module_list,
+                                         rows, texts, bands, args.prefix_len, args.suffix_len,
+                                         args.max_items, args.max_clean_blocks, args.batch_size)
+        _finish(args, result, ar.activation_ratio_figure, c)
+    return run
 
 
-def cmd_task_interaction(args) -> None:
+def _plan_task_interaction(args):
     from curvmem.analysis import task_interaction as ti
     from curvmem.analysis.common import load_eigen
     from curvmem.evaluate.lm import read_rows, read_texts
@@ -143,28 +173,35 @@ def cmd_task_interaction(args) -> None:
         raise ValueError(f"--summary has no edit '{selected}'; pass --selected NAME "
                          f"(one of {sorted(summary.get('models', {}))})")
     kept = retention(summary, selected)  # edited / base per category (the report's rule)
-    with cost() as c:
-        model, tok = _load_model(args)
-        eigen = load_eigen(args.eigen, model, args.layer_list, args.module_list)
-        result = ti.task_interaction(model, tok, eigen, args.layer_list, args.module_list, rows,
-                                     texts, kept, selected, mem, bands, args.max_per_category,
-                                     args.max_clean_blocks, args.block_len, args.prefix_len,
-                                     args.suffix_len, args.batch_size)
-    _finish(args, result, ti.task_interaction_figure, c)
+
+    def run():
+        with cost() as c:
+            model, tok = _load_model(args)
+            eigen = load_eigen(args.eigen, model, args.layer_list, args.module_list)
+            result = ti.task_interaction(model, tok, eigen, args.layer_list, args.module_list,
+                                         rows, texts, kept, selected, mem, bands,
+                                         args.max_per_category, args.max_clean_blocks,
+                                         args.block_len, args.prefix_len, args.suffix_len,
+                                         args.batch_size)
+        _finish(args, result, ti.task_interaction_figure, c)
+    return run
 
 
-def cmd_spectra(args) -> None:
+def _plan_spectra(args):
     from curvmem.analysis import spectra as sp
     from curvmem.edit import check_rho
 
     _prepare(args, need_model=False)
     rhos = [check_rho(r) for r in str(args.rhos).split(",") if r.strip()] if args.rhos else []
-    with cost() as c:
-        result = sp.spectra(args.eigen, args.layer_list, args.module_list, rhos)
-    _finish(args, result, sp.spectra_figure, c)
+
+    def run():
+        with cost() as c:
+            result = sp.spectra(args.eigen, args.layer_list, args.module_list, rhos)
+        _finish(args, result, sp.spectra_figure, c)
+    return run
 
 
-def cmd_per_example(args) -> None:
+def _plan_per_example(args):
     from curvmem.analysis import per_example as pe
     from curvmem.analysis.common import load_eigen
     from curvmem.evaluate.lm import read_rows, read_texts
@@ -172,25 +209,63 @@ def cmd_per_example(args) -> None:
     _prepare(args)
     _check_counts(args, "max_items", "batch_size")
     bands, rows, texts = _bands(args), read_rows(args.memorized), read_texts(args.clean)
-    with cost() as c:
-        model, tok = _load_model(args)
-        eigen = load_eigen(args.eigen, model, args.layer_list, args.module_list)
-        result = pe.per_example_curvature(model, tok, eigen, args.layer_list, args.module_list,
-                                          rows, texts, bands, args.prefix_len, args.suffix_len,
-                                          args.max_items, args.batch_size)
-    _finish(args, result, pe.per_example_figure, c)
+
+    def run():
+        with cost() as c:
+            model, tok = _load_model(args)
+            eigen = load_eigen(args.eigen, model, args.layer_list, args.module_list)
+            result = pe.per_example_curvature(model, tok, eigen, args.layer_list,
+                                              args.module_list, rows, texts, bands,
+                                              args.prefix_len, args.suffix_len, args.max_items,
+                                              args.batch_size)
+        _finish(args, result, pe.per_example_figure, c)
+    return run
 
 
-def cmd_stability(args) -> None:
+def _slice_dtype(args) -> str | None:
+    """`collect` loads in bfloat16 on a GPU: the slices do the same."""
+    from curvmem.model import default_device
+
+    return "bfloat16" if default_device(args.device).startswith("cuda") else None
+
+
+def _plan_stability(args):
     from curvmem.analysis import stability as st
     from curvmem.edit import check_rho
 
     _prepare(args, need_model=False)
-    sets = _named(args.set, "--set")
+    slices = {}
+    for entry in args.slice or []:
+        name, sep, spec = entry.partition("=")
+        if not sep or not name or name in slices:
+            raise ValueError(f"--slice '{entry}' must look like NAME=TOKENS,K/N,SEED, each NAME "
+                             "once")
+        slices[name] = st.parse_slice(spec)
+    sets = _named(args.set, "--set", optional=slices)
+    unknown = sorted(set(slices) - set(sets))
+    if unknown:
+        raise ValueError(f"--slice {unknown}: no --set NAME=DIR says where to write them")
+    if slices:
+        if not args.model or not args.data:
+            raise ValueError("--slice collects factors: it needs --model and --data")
+        _files(model=args.model)
+        _check_counts(args, "seq_len", "batch_size")
     check_rho(args.rho)
-    with cost() as c:
-        result = st.stability(sets, args.layer_list, args.module_list, args.rho, args.top_k)
-    _finish(args, result, st.stability_figure, c)
+    if len(sets) < 2:
+        raise ValueError("stability needs at least two factor sets (--set NAME=DIR)")
+
+    def run():
+        with cost() as c:
+            if slices:
+                model, _ = _load_model(args, _slice_dtype(args))
+                st.collect_slices(model, args.model, args.data,
+                                  {sets[n]: spec for n, spec in slices.items()},
+                                  args.layer_list, args.module_list, seq_len=args.seq_len,
+                                  batch_size=args.batch_size, fisher=args.fisher,
+                                  dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+            result = st.stability(sets, args.layer_list, args.module_list, args.rho, args.top_k)
+        _finish(args, result, st.stability_figure, c)
+    return run
 
 
 def _selected_only(edits: dict, summary_path) -> dict:
@@ -209,7 +284,7 @@ def _selected_only(edits: dict, summary_path) -> dict:
     return out
 
 
-def cmd_stress(args) -> None:
+def _plan_stress(args):
     from curvmem.analysis import stress as ss
     from curvmem.analysis.common import check_outputs
     from curvmem.evaluate.lm import read_rows
@@ -223,11 +298,109 @@ def cmd_stress(args) -> None:
     if args.t < 0:
         raise ValueError(f"--t must be >= 0, got {args.t}")
     rows = read_rows(args.memorized)
-    with cost() as c:
-        model, tok = _load_model(args)
-        result = ss.stress_test(model, tok, rows, edits, args.t, args.prefix_len,
-                                args.suffix_len, args.max_items, args.batch_size)
-    _finish(args, result, ss.stress_figure, c)
+
+    def run():
+        with cost() as c:
+            model, tok = _load_model(args)
+            result = ss.stress_test(model, tok, rows, edits, args.t, args.prefix_len,
+                                    args.suffix_len, args.max_items, args.batch_size)
+        _finish(args, result, ss.stress_figure, c)
+    return run
+
+
+def _vit_inputs(args):
+    """Checks of a ViT analysis: (bands, dataset tensors); the model must be a ViT directory."""
+    from curvmem.model.vit import is_vision_model
+    from curvmem.world.images import load_dataset
+
+    _prepare(args)
+    if not is_vision_model(args.model):
+        raise ValueError(f"--model {args.model}: not a curvmem ViT directory (train-vit); the "
+                         "language-model analyses are activation-ratio and per-example")
+    _check_counts(args, "batch_size")
+    if args.max_images is not None:
+        _check_counts(args, "max_images")
+    return _bands(args), load_dataset(args.data)[0]
+
+
+def _plan_vit_activation_ratio(args):
+    from curvmem.analysis import vit as av
+    from curvmem.analysis.common import load_eigen
+
+    bands, tensors = _vit_inputs(args)
+
+    def run():
+        with cost() as c:
+            model, _ = _load_model(args)
+            eigen = load_eigen(args.eigen, model, args.layer_list, args.module_list)
+            result = av.vit_activation_ratio(model, tensors, eigen, args.layer_list,
+                                             args.module_list, bands, args.max_images,
+                                             args.batch_size)
+        _finish(args, result, av.vit_activation_ratio_figure, c)
+    return run
+
+
+def _plan_vit_per_example(args):
+    from curvmem.analysis import per_example as pe
+    from curvmem.analysis import vit as av
+    from curvmem.analysis.common import load_eigen
+
+    bands, tensors = _vit_inputs(args)
+
+    def run():
+        with cost() as c:
+            model, _ = _load_model(args)
+            eigen = load_eigen(args.eigen, model, args.layer_list, args.module_list)
+            result = av.vit_per_example(model, tensors, eigen, args.layer_list,
+                                        args.module_list, bands, args.max_images,
+                                        args.batch_size)
+        _finish(args, result, pe.per_example_figure, c)
+    return run
+
+
+def _single(plan):
+    """A subcommand's func: plan (every check), then run."""
+    def cmd(args) -> None:
+        plan(args)()
+    return cmd
+
+
+class _RunParser(argparse.ArgumentParser):
+    """Parses one `batch --run`: a bad run is a ValueError (one line), not an exit."""
+
+    def error(self, message):
+        raise ValueError(message)
+
+
+def cmd_batch(args) -> None:
+    """Several analyses in one process: every run is checked first, then they run in order,
+    each model loaded once (`cost.shared_load_seconds` in each JSON: that load)."""
+    parser = _RunParser(prog="curvmem analyze batch --run")
+    _register_analyses(parser.add_subparsers(dest="analysis", metavar="ANALYSIS",
+                                             required=True, parser_class=_RunParser))
+    runs = []
+    for text in args.run:
+        try:
+            r = parser.parse_args(shlex.split(text))
+        except ValueError as e:
+            raise ValueError(f"--run '{text}': {e}") from None
+        if args.threads is not None and hasattr(r, "threads"):
+            r.threads = args.threads
+        runs.append(r)
+    outs = [str(r.out) for r in runs]
+    if len(set(outs)) != len(outs):
+        raise ValueError(f"--run: two runs write the same file ({outs})")
+    planned = [r.plan(r) for r in runs]  # every run's inputs checked before anything computes
+    load_seconds = {}
+    for r, run in zip(runs, planned):
+        if getattr(r, "model", None) and (r.analysis != "stability" or r.slice):
+            key = _model_key(r, _slice_dtype(r) if r.analysis == "stability" else None)
+            if key not in load_seconds:
+                with cost() as c:
+                    _load_model(r, key[3])
+                load_seconds[key] = c["seconds"]
+            r.shared_load_seconds = load_seconds[key]
+        run()
 
 
 # --------------------------------------------------------------------------- registration
@@ -264,23 +437,41 @@ def register(subparsers) -> None:
     top = subparsers.add_parser(
         "analyze", help="analyses of the curvature edit (JSON + figure each)",
         description="Analyses behind the paper's Figs. 2 and 4 and Table 6, and the spectra, "
-        "per-example curvature and basis stability. Each writes a JSON that records its exact "
-        "definition.")
+        "per-example curvature and basis stability, for the LM and (vit-*) the ViT. Each writes "
+        "a JSON that records its exact definition.")
     sub = top.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    _register_analyses(sub)
+    p = sub.add_parser("batch", help="several analyses in one process, each model loaded once",
+                       description="Runs each --run (the arguments of `curvmem analyze "
+                       "ANALYSIS ...`, one string) in order, after checking all of them; each "
+                       "writes what it writes alone.")
+    p.add_argument("--run", action="append", required=True, metavar="'ANALYSIS ARGS...'",
+                   help="one analysis and its arguments, quoted (repeat)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads of every run (default: each run's own --threads)")
+    p.set_defaults(func=cmd_batch)
+
+
+def _register_analyses(sub) -> None:
+    """Every analysis subcommand on `sub` (the `analyze` subparsers, or those of a batch run)."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    p = sub.add_parser("activation-ratio", formatter_class=fmt,
-                       help="memorized ÷ clean output norm per curvature band (Fig. 2)")
+    def add(name, plan, help):
+        p = sub.add_parser(name, formatter_class=fmt, help=help)
+        p.set_defaults(func=_single(plan), plan=plan)
+        return p
+
+    p = add("activation-ratio", _plan_activation_ratio,
+            "memorized ÷ clean output norm per curvature band (Fig. 2)")
     _common(p)
     _positions(p, 40)
     p.add_argument("--clean", required=True, help="held-out text, JSONL with 'text'")
     p.add_argument("--max-clean-blocks", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16)
     _band_arg(p)
-    p.set_defaults(func=cmd_activation_ratio)
 
-    p = sub.add_parser("task-interaction", formatter_class=fmt,
-                       help="per task category: activation ratio vs retention (Fig. 4)")
+    p = add("task-interaction", _plan_task_interaction,
+            "per task category: activation ratio vs retention (Fig. 4)")
     _common(p)
     _positions(p, 40, memorized_required=False)
     p.add_argument("--tasks", required=True, help="tasks JSONL (category, prompt, answer)")
@@ -293,25 +484,21 @@ def register(subparsers) -> None:
     p.add_argument("--block-len", type=int, default=64, help="tokens per clean block")
     p.add_argument("--batch-size", type=int, default=16)
     _band_arg(p)
-    p.set_defaults(func=cmd_task_interaction)
 
-    p = sub.add_parser("spectra", formatter_class=fmt,
-                       help="eigenvalues of A and G, λμ mass curve, effective ranks")
+    p = add("spectra", _plan_spectra, "eigenvalues of A and G, λμ mass curve, effective ranks")
     _common(p, model=False)
     p.add_argument("--rhos", default=None, help="ρ values of the sweep to mark, e.g. 0.5,0.6")
-    p.set_defaults(func=cmd_spectra)
 
-    p = sub.add_parser("per-example", formatter_class=fmt,
-                       help="per-sequence gradients in the K-FAC eigenbasis, by band")
+    p = add("per-example", _plan_per_example,
+            "per-sequence gradients in the K-FAC eigenbasis, by band")
     _common(p)
     _positions(p, 20)
     p.add_argument("--clean", required=True, help="held-out text, JSONL with 'text'")
     p.add_argument("--batch-size", type=int, default=8)
     _band_arg(p)
-    p.set_defaults(func=cmd_per_example)
 
-    p = sub.add_parser("stability", formatter_class=fmt,
-                       help="agreement of eigenbases from other token slices / seeds")
+    p = add("stability", _plan_stability,
+            "agreement of eigenbases from other token slices / seeds")
     p.add_argument("--set", action="append", required=True, metavar="NAME=DIR",
                    help="an eigen directory (repeat; >= 2); token counts and seeds are read "
                    "from its files")
@@ -319,11 +506,23 @@ def register(subparsers) -> None:
     p.add_argument("--modules", default="mlp.gate_proj,mlp.up_proj")
     p.add_argument("--rho", type=float, default=0.6, help="ρ of the kept pair sets compared")
     p.add_argument("--top-k", type=int, default=16, help="eigenvectors for principal angles")
+    p.add_argument("--slice", action="append", default=[], metavar="NAME=TOKENS,K/N,SEED",
+                   help="compute set NAME's eigen files first (into its --set DIR), as `collect "
+                   "--tokens TOKENS --shard K/N --seed SEED` + `eigen` would; all slices in one "
+                   "pass (repeat; needs --model and --data)")
+    add_model_args(p, required=False)
+    p.add_argument("--data", default=None, help="--slice: the corpus (or vision dataset) file")
+    p.add_argument("--seq-len", type=int, default=512, help="--slice: as collect --seq-len")
+    p.add_argument("--batch-size", type=int, default=8, help="--slice: as collect --batch-size")
+    p.add_argument("--fisher", choices=["sampled", "empirical"], default="sampled",
+                   help="--slice: as collect --fisher")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="--slice: as collect --dtype")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
     _common(p, model=False, eigen=False)
-    p.set_defaults(func=cmd_stability)
 
-    p = sub.add_parser("stress", formatter_class=fmt,
-                       help="positional perturbations of memorized prompts (Table 6)")
+    p = add("stress", _plan_stress, "positional perturbations of memorized prompts (Table 6)")
     _common(p, eigen=False)
     _positions(p, 20)
     p.add_argument("--edit", action="append", default=[], metavar="NAME=FILE",
@@ -332,4 +531,17 @@ def register(subparsers) -> None:
                    help="lm_summary.json: of the K-FAC edits given, keep only its selected one")
     p.add_argument("--t", type=int, default=20, help="perturbation size t")
     p.add_argument("--batch-size", type=int, default=64)
-    p.set_defaults(func=cmd_stress)
+
+    for name, plan, what, max_images, batch in (
+            ("vit-activation-ratio", _plan_vit_activation_ratio,
+             "ViT: noisy ÷ clean images' CLS output norm per curvature band", None, 256),
+            ("vit-per-example", _plan_vit_per_example,
+             "ViT: per-image CLS gradients in the K-FAC eigenbasis, by band", 200, 64)):
+        p = add(name, plan, what)
+        _common(p)
+        p.add_argument("--data", required=True, help="vision dataset file (vision-data)")
+        p.add_argument("--max-images", type=int, default=max_images,
+                       help="images per group (noisy / clean training, validation; None: all)")
+        p.add_argument("--batch-size", type=int, default=batch)
+        p.set_defaults(modules="mlp.fc1,mlp.fc2")
+        _band_arg(p)
