@@ -201,4 +201,4 @@ def test_adding_one_rho_runs_only_that_edit_and_its_evaluations(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     jobs = dry_run_jobs(work, f"--configfile={path}")
     assert jobs == {"edit": 1, "evaluate_lm": 1, "report_lm": 1, "compare": 1,
-                    "readme_tables": 1, "report_html": 1, "all": 1}
+                    "readme_tables": 1, "report_html": 1, "index": 1, "all": 1}
