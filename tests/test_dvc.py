@@ -16,7 +16,7 @@ import yaml
 from snakemake.utils import validate
 
 from curvmem.plan import KINDS, Plan
-from slurm_cluster import SMOKE, copy_repo, dry_run_jobs, smoke_run, snakemake
+from slurm_cluster import SMOKE, copy_repo, dry_run_jobs, job_counts, smoke_run, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "workflow/config").glob("*.yaml"))
@@ -185,11 +185,10 @@ def test_b_pull_eigenbases_add_a_rho_and_run_only_its_edit_and_evaluations(share
     snakemake(repo, "--cores", "1", f"--configfile={SMOKE}", "index")
     assert index_of(repo) == plan_of("smoke", repo).index()
     targets = list(index_of(repo)["lm"]["evaluations"]["kfac-L2-rho0.7"].values())
-    assert dry_run_jobs(repo, f"--configfile={SMOKE}", *targets) == {"edit": 1, "evaluate_lm": 1}
-    snakemake(repo, "--cores", "2", f"--configfile={SMOKE}", *targets)
+    ran = snakemake(repo, "--cores", "2", f"--configfile={SMOKE}", *targets).stderr
+    assert job_counts(ran) == {"edit": 1, "evaluate_lm": 1}  # no factor collection
     assert all((repo / t).is_file() for t in targets)
-    assert not (repo / "results/smoke/lm/factors").exists()  # no factor collection
-    assert dry_run_jobs(repo, f"--configfile={SMOKE}", *targets) == {}
+    assert not (repo / "results/smoke/lm/factors").exists()
 
 
 @pytest.mark.slow
@@ -198,9 +197,8 @@ def test_c_pull_summaries_and_rebuild_the_report(shared, tmp_path):
     repo = clone(origin, tmp_path / "c")
     sh(repo, "dvc", "pull", "smoke-summaries")
     snakemake(repo, "--touch", "--cores", "1", f"--configfile={SMOKE}", "all_summaries")
-    assert dry_run_jobs(repo, f"--configfile={SMOKE}", "all_report") == \
-        {"readme_tables": 1, "report_html": 1, "all_report": 1}
-    snakemake(repo, "--cores", "2", f"--configfile={SMOKE}", "all_report")
+    ran = snakemake(repo, "--cores", "2", f"--configfile={SMOKE}", "all_report").stderr
+    assert job_counts(ran) == {"readme_tables": 1, "report_html": 1, "all_report": 1}
     readme = "results/smoke/readme_tables.md"
     assert (repo / readme).read_bytes() == (work / readme).read_bytes()
     html = (repo / "results/smoke/report.html").read_text(errors="replace")
@@ -219,8 +217,7 @@ def test_d_a_code_change_off_the_artifacts_inputs_recomputes_nothing(shared, tmp
     sh(producer, *GIT, "commit", "-q", "-am", "code change")
     repo = clone(producer, tmp_path / "d")
     sh(repo, "dvc", "pull", "--with-deps", "smoke-report")
-    assert "up to date" in sh(repo, "dvc", "status", "--with-deps", "smoke-report")
-    assert "Running stage" not in sh(repo, "dvc", "repro", "smoke-report")
+    assert "Running stage" not in sh(repo, "dvc", "repro", "smoke-report")  # all up to date
     snakemake(repo, "--touch", "--cores", "1", f"--configfile={SMOKE}")
     assert dry_run_jobs(repo, f"--configfile={SMOKE}") == {}
     # a change to the README tables' code: DVC marks only the report stage, and its snakemake
