@@ -1,9 +1,6 @@
 """Sharing: the index of human labels -> content-keyed paths, and one target rule per artifact
 kind (`snakemake all_eigen`), which the DVC stages of dvc.yaml run (docs/workflow.md)."""
 
-from pathlib import Path
-
-from curvmem.io import atomic_output
 from curvmem.plan import KINDS
 
 ARTIFACTS = PLAN.artifacts()
@@ -23,10 +20,7 @@ rule index:
         "logs/index.log",
     localrule: True
     run:
-        with atomic_output(output[0]) as tmp:
-            tmp.write_text(params.text)
-        n = sum(map(len, ARTIFACTS.values()))
-        Path(log[0]).write_text(f"{output[0]}: {n} artifacts\n")
+        write_index(output[0], params.text, log[0])
 
 
 for _kind in KINDS:
