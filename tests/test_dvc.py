@@ -164,6 +164,13 @@ def test_a_pull_everything_touch_and_nothing_to_do(shared, tmp_path):
     snakemake(repo, "--touch", "--cores", "1", f"--configfile={SMOKE}")
     assert dry_run_jobs(repo, f"--configfile={SMOKE}") == {}
     assert "up to date" in sh(repo, "dvc", "status", "--with-deps", "smoke-report")
+    # the summaries are DVC metrics, the figures DVC plots
+    summary = "results/smoke/lm_summary.json"
+    metrics = json.loads(sh(repo, "dvc", "metrics", "show", "--json", summary).split("\n", 1)[0])
+    shown, written = metrics[""]["data"][summary]["data"], json.loads((repo / summary).read_text())
+    assert shown["models"]["base"]["forget"] == written["models"]["base"]["forget"]
+    sh(repo, "dvc", "plots", "show", "-o", str(tmp_path / "plots"), "results/smoke/lm_sweep.png")
+    assert (tmp_path / "plots/static/workspace_results_smoke_lm_sweep.png").is_file()
 
 
 @pytest.mark.slow
