@@ -53,9 +53,14 @@ def snakemake(workdir, *args, check=True, timeout=900, env=None) -> subprocess.C
 
 def dry_run_jobs(workdir, *args, env=None) -> dict[str, int]:
     """{rule: number of jobs} that `snakemake -n` would run (empty dict: nothing to do)."""
-    out = snakemake(workdir, "-n", "--quiet", "rules", *args, env=env).stdout
+    return job_counts(snakemake(workdir, "-n", "--quiet", "rules", *args, env=env).stdout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """{rule: number of jobs} from the job stats table snakemake prints (a dry run's, or what a
+    real run ran, from its stderr); empty when there was nothing to do."""
     counts, in_table = {}, False
-    for line in out.splitlines():
+    for line in output.splitlines():
         parts = line.split()
         if line.startswith("job") and "count" in line:
             in_table = True

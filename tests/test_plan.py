@@ -65,9 +65,10 @@ def record(plan: Plan) -> dict:
             rec[d]["edit_inputs"] = inputs
         if d == "lm":
             rec[d]["eval_files"] = {k: plan.lm_eval_files(k) for k in plan.eval_keys("lm")}
-    # the analyses' outputs and the README tables came after the move; the rest is as before
-    rec["final_targets"] = [t for t in plan.final_targets()
-                            if t not in plan.analysis_targets() + [plan.readme_tables()]]
+    # the analyses' outputs, the README tables and the index came after the move; the rest is
+    # as before
+    later = plan.analysis_targets() + [plan.readme_tables(), plan.index_file()]
+    rec["final_targets"] = [t for t in plan.final_targets() if t not in later]
     return json.loads(json.dumps(rec))
 
 

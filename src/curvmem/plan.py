@@ -11,6 +11,7 @@ Layout under `outdir` (`Plan.out`):
     {domain}/edits/{key}.safetensors|.json one edit (K-FAC or SVD);  lm/bsn/{key}.* for BalancedSubnet
     {domain}/eval/{key}/{evaluation}.json  one evaluation of the base model (key base-...) or an edit
     lm_summary.json, vit_summary.json, compare.*, report.html
+    index.json                             human labels -> the paths above (committed to git)
 
 Keys are content hashes: a factor set's key covers the model config and the factor settings; an
 edit's key covers its spec, its factor set's key and the model config. A changed spec therefore
@@ -50,6 +51,10 @@ ANALYSIS_JOBS = {"lm_model": ("activation_ratio", "per_example", "spectra"),
                  "lm_sweep": ("task_interaction", "stress"),
                  "lm_stability": ("stability",),
                  "vit": VIT_ANALYSES}
+
+# Artifact kinds, in data-flow order: one DVC stage and one `all_<kind>` target rule each
+# (Plan.artifacts; docs/workflow.md, "Sharing with DVC")
+KINDS = ("models", "factors", "eigen", "edits", "evaluations", "summaries", "analyses", "report")
 
 
 class PlanError(ValueError):
@@ -782,8 +787,11 @@ class Plan:
     def final_targets(self):
         if not self.domains:
             raise PlanError("the config has neither an `lm` nor a `vit` section: nothing to do")
-        return self.summaries() + [self.readme_tables(), f"{self.out}/report.html"] + \
+        return self.summaries() + [self.readme_tables(), self.report_html(), self.index_file()] + \
             self.harness_targets()
+
+    def report_html(self):
+        return f"{self.out}/report.html"
 
     def readme_tables(self):
         """The README's results tables (curvmem report-readme), from this run's summaries."""
@@ -800,3 +808,113 @@ class Plan:
         inputs = self.readme_inputs()
         return flags(("--lm-summary", inputs.get("lm")), ("--vit-summary", inputs.get("vit")),
                      ("--analysis", f"{self.out}/analysis" if self.analysis() else None))
+
+    # ----------------------------------------------------------------------- sharing: kinds, index
+
+    def model_files(self, domain):
+        """What building an embedded model writes (world or data, tokenizer, model); [] when the
+        model is pretrained (a hub id or the user's path is no artifact of the workflow)."""
+        if not self.embedded(domain):
+            return []
+        if domain == "lm":
+            return self.world_outputs() + [f"{self.model_dir('lm')}/tokenizer", self.model_arg("lm")]
+        return [self.vit_data(), self.model_arg("vit")]
+
+    def layer_files(self, domain, kind, fkey):
+        """{layer: file} of one factor set; kind is `factors` or `eigen`."""
+        return {layer: f"{self.out}/{domain}/{kind}/{fkey}/layer_{layer}.nc"
+                for layer in self.factor_sets[domain][fkey]["layers"]}
+
+    def eval_files(self, domain, key):
+        return (self.lm_eval_files(key) if domain == "lm"
+                else [f"{self.out}/vit/eval/{key}/vit.json"])
+
+    def artifacts(self) -> dict[str, list[str]]:
+        """{kind: every file (or model directory) of that kind the DAG writes}, kinds as in KINDS,
+        empty kinds left out; temporary shard files are no artifact."""
+        found = {kind: [] for kind in KINDS}
+        for d in self.domains:
+            found["models"] += self.model_files(d)
+            for fkey in self.factor_sets[d]:
+                found["factors"] += self.layer_files(d, "factors", fkey).values()
+                found["eigen"] += self.layer_files(d, "eigen", fkey).values()
+            for key in self.edits[d]:
+                path = self.edit_path(d, key)
+                found["edits"] += [path, sidecar_of(path)]
+            for key in self.eval_keys(d):
+                found["evaluations"] += self.eval_files(d, key)
+        found["summaries"] = [f for f in self.summaries() if f not in self.analysis_targets()]
+        if self.analysis() is not None:
+            found["analyses"] = self.analysis_targets() + self.stability_eigen_files()
+        found["report"] = [self.readme_tables(), self.report_html()]
+        return {kind: files for kind, files in found.items() if files}
+
+    def shared_outputs(self) -> dict[str, list[str]]:
+        """{kind: the paths DVC tracks}: for the content-keyed kinds the directory per domain
+        (`{out}/lm/eigen`: one entry in dvc.lock, yet each file in it can be pulled alone), for
+        the others the files. Every artifact lies in exactly one of them (tests/test_dvc.py)."""
+        tracked = {}
+        for kind, files in self.artifacts().items():
+            if kind in ("summaries", "report"):
+                tracked[kind] = files
+                continue
+            depth = 1 if kind == "analyses" else 2  # {out}/analysis/..., {out}/lm/analysis/...
+            tops = []
+            for f in files:
+                parts = f[len(self.out) + 1:].split("/")
+                top = f"{self.out}/{'/'.join(parts[:depth])}"
+                if kind == "analyses" and parts[0] == "lm":
+                    top = f"{self.out}/lm/analysis"
+                if top not in tops:
+                    tops.append(top)
+            tracked[kind] = tops
+        return tracked
+
+    def index_file(self):
+        """The map from human labels to content-keyed paths (`index` rule; committed to git)."""
+        return f"{self.out}/index.json"
+
+    def index(self) -> dict:
+        """Human labels -> paths, for every artifact (`Plan.artifacts`): per domain the model,
+        the factors and eigenbases per factor set and layer, the edits and evaluations by label;
+        then summaries, analyses and report by file name. docs/workflow.md shows how to pull
+        one entry with DVC."""
+        out = {"outdir": self.out}
+        for d in self.domains:
+            model = ({"dir": self.model_dir(d), "files": self.model_files(d)} if self.embedded(d)
+                     else {"pretrained": self.model_arg(d)})
+            entry = {"model": model, "factors": {}, "eigen": {}, "edits": {}, "evaluations": {}}
+            for fkey, fs in self.factor_sets[d].items():
+                for kind in ("factors", "eigen"):
+                    entry[kind][fs["fset"]] = {
+                        "key": fkey, "layers": {str(layer): path for layer, path
+                                                in self.layer_files(d, kind, fkey).items()}}
+            for key, spec in self.edits[d].items():
+                path = self.edit_path(d, key)
+                entry["edits"][spec["label"]] = {
+                    "key": key, "method": method_tag(spec), "factors": spec["factors"]
+                    if spec["method"] == "kfac" else None, "file": path, "sidecar": sidecar_of(path)}
+            for key in self.eval_keys(d):
+                entry["evaluations"][self.label(d, key)] = {
+                    path.rsplit("/", 1)[1].removesuffix(".json"): path
+                    for path in self.eval_files(d, key)}
+            out[d] = entry
+        kinds = self.artifacts()
+        for kind in ("summaries", "report"):
+            out[kind] = {path.rsplit("/", 1)[1]: path for path in kinds[kind]}
+        if self.analysis() is not None:
+            out["analyses"] = {name: self.analysis_outputs(name) for name in ANALYSES}
+            layer = self.analysis()["stability"]["layer"]
+            out["analyses"]["stability"]["slices"] = {
+                name: f"{self.stability_eigen_dir(name)}/layer_{layer}.nc"
+                for name in self.stability_sets()}
+        return out
+
+    def index_text(self) -> str:
+        """index.json as the `index` rule writes it (and git holds it)."""
+        return json.dumps(self.index(), indent=1) + "\n"
+
+
+def sidecar_of(edit_path):
+    """An edit's JSON sidecar, beside its .safetensors file."""
+    return edit_path.removesuffix(".safetensors") + ".json"

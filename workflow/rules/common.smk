@@ -6,6 +6,7 @@ import shlex
 
 from snakemake.exceptions import WorkflowError
 
+from curvmem.io import atomic_output
 from curvmem.plan import ANALYSIS_JOBS, Plan, PlanError, flags, one_of
 
 try:
@@ -155,3 +156,11 @@ def same_config_args():
 def bench(path):
     """OUT/benchmarks/{path}.tsv: Snakemake's wall time and memory of a job (docs/workflow.md)."""
     return f"{OUT}/benchmarks/{path}.tsv"
+
+
+def write_index(path, text, log):
+    """The `index` rule's work (share.smk): the plan's index, written atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    with open(log, "w") as f:
+        f.write(f"{path}: {sum(map(len, PLAN.artifacts().values()))} artifacts\n")
