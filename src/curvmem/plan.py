@@ -844,8 +844,9 @@ class Plan:
             for key in self.eval_keys(d):
                 found["evaluations"] += self.eval_files(d, key)
         found["summaries"] = [f for f in self.summaries() if f not in self.analysis_targets()]
-        if self.analysis() is not None:
-            found["analyses"] = self.analysis_targets() + self.stability_eigen_files()
+        found["analyses"] = self.analysis_targets() + [
+            f for d in ("lm", "vit") if self.analysis(d) is not None
+            for f in self.stability_eigen_files(d)]
         found["report"] = [self.readme_tables(), self.report_html()]
         return {kind: files for kind, files in found.items() if files}
 
@@ -863,8 +864,8 @@ class Plan:
             for f in files:
                 parts = f[len(self.out) + 1:].split("/")
                 top = f"{self.out}/{'/'.join(parts[:depth])}"
-                if kind == "analyses" and parts[0] == "lm":
-                    top = f"{self.out}/lm/analysis"
+                if kind == "analyses" and parts[0] in ("lm", "vit"):
+                    top = f"{self.out}/{parts[0]}/analysis"
                 if top not in tops:
                     tops.append(top)
             tracked[kind] = tops
@@ -902,12 +903,14 @@ class Plan:
         kinds = self.artifacts()
         for kind in ("summaries", "report"):
             out[kind] = {path.rsplit("/", 1)[1]: path for path in kinds[kind]}
-        if self.analysis() is not None:
-            out["analyses"] = {name: self.analysis_outputs(name) for name in ANALYSES}
-            layer = self.analysis()["stability"]["layer"]
-            out["analyses"]["stability"]["slices"] = {
-                name: f"{self.stability_eigen_dir(name)}/layer_{layer}.nc"
-                for name in self.stability_sets()}
+        if self.analysis_names():
+            out["analyses"] = {name: self.analysis_outputs(name) for name in self.analysis_names()}
+            for d, name in (("lm", "stability"), ("vit", "vit_stability")):
+                if self.analysis(d) is not None:
+                    layer = self.analysis(d)["stability"]["layer"]
+                    out["analyses"][name]["slices"] = {
+                        s: f"{self.stability_eigen_dir(s, d)}/layer_{layer}.nc"
+                        for s in self.stability_sets(d)}
         return out
 
     def index_text(self) -> str:
