@@ -396,6 +396,10 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
         tok = None if str(data).endswith(".npy") else load_tokenizer(model_path,
                                                                      trust_remote_code)
         full = corpus.load_token_sequences(data, seq_len, tok, tokens)
+        vocab = model.get_input_embeddings().num_embeddings
+        if full.numel() and (int(full.min()) < 0 or int(full.max()) >= vocab):
+            raise ValueError(f"--data {data}: token ids from {int(full.min())} to "
+                             f"{int(full.max())}, but the model's vocabulary is 0..{vocab - 1}")
         start, stop = corpus.shard_bounds(full.shape[0], shard)
         items, task, seq_len = full[start:stop], LMTask(), full.shape[1]
     batches = batched(items, batch_size)

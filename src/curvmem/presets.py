@@ -10,6 +10,11 @@ from dataclasses import dataclass, fields, replace
 
 # --------------------------------------------------------------------------- language model
 
+# The task categories a task file may have (the world writes them; report-lm, compare and the
+# README tables score them). Another category would be averaged into the overall accuracy yet
+# shown nowhere, so `evaluate tasks` refuses it.
+TASK_CATEGORIES = ("closed_book", "open_book", "arithmetic", "logic")
+
 
 @dataclass(frozen=True)
 class WorldConfig:
