@@ -218,6 +218,18 @@ def check_output(path, flag: str = "--out", is_dir: bool = False) -> None:
         raise OutputError(f"{flag} {path}: cannot write in {parent} ({e.strerror})") from None
 
 
+def check_space(path, needed: int) -> None:
+    """Refuse to start writing `needed` bytes at `path` on a filesystem without that much free:
+    the full-disk error, before a partial file."""
+    parent = Path(path).parent
+    while not parent.exists():
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"No space left on device: {path} needs about "
+                      f"{needed / 2**20:.1f} MiB, {parent} has {free / 2**20:.1f} MiB free")
+
+
 @contextmanager
 def exclusive(path, flag: str = "--out"):
     """Hold an exclusive lock on `<path>.lock` (beside it) for the block: a second process writing

@@ -35,6 +35,7 @@ from curvmem.io import (  # noqa: F401
     StoreError,
     atomic_artifact,
     atomic_output,
+    check_space,
     read_json,
     verify_checksum,
     write_json,
@@ -133,6 +134,8 @@ def write_layer(path, kind: str, layer: int, groups: dict, attrs: dict) -> None:
     for k, v in root.items():
         if isinstance(v, (dict, list, tuple, bool)):
             root[k] = json.dumps(v)
+    needed = sum(np.asarray(a).nbytes for vars_ in groups.values() for a in vars_.values())
+    check_space(path, needed + (1 << 16))  # HDF5 fails late and noisily on a full disk
     tree = {"/": xr.Dataset(attrs=root)}
     for name, vars_ in groups.items():
         tree[f"/{name}"] = xr.Dataset(

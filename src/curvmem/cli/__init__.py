@@ -71,7 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cleanup_note(unraisable) -> None:
+    """Errors in finalizers (h5py closing a file the disk had no room for) after the command's own
+    error: one line, not a traceback."""
+    print(f"curvmem: note: during cleanup: {unraisable.exc_value}".splitlines()[0],
+          file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    if not os.environ.get("CURVMEM_DEBUG"):
+        sys.unraisablehook = _cleanup_note
     parser = build_parser()
     args = parser.parse_args(argv)
     command_age = begin_command()
