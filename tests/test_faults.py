@@ -67,14 +67,26 @@ def without_costs(obj):
     return obj
 
 
+def without_cost_columns(markdown: str) -> str:
+    """compare.md with its measured columns (edit s, peak MB: the last two) cut from its table."""
+    out, in_table = [], False
+    for line in markdown.splitlines():
+        in_table = line.startswith("|") and (in_table or "| edit s | peak MB |" in line)
+        out.append("|".join(line.split("|")[:-3]) + "|" if in_table else line)
+    return "\n".join(out)
+
+
 def summaries(work: Path) -> dict[str, bytes]:
-    """The final summaries, as bytes: vit_summary.json as written; lm_summary.json with the
-    measured cost fields (wall seconds, peak memory) left out, every computed number kept."""
+    """The final summaries, as bytes: vit_summary.json and vit_table.md as written;
+    lm_summary.json and compare.md with the measured costs (wall seconds, peak memory) left out,
+    every computed number kept."""
     root = work / "results/smoke"
     lm = without_costs(json.loads((root / "lm_summary.json").read_text()))
     return {"vit_summary.json": (root / "vit_summary.json").read_bytes(),
+            "vit_table.md": (root / "vit_table.md").read_bytes(),
             "lm_summary.json (costs left out)": json.dumps(lm, sort_keys=True).encode(),
-            "compare.md": (root / "compare.md").read_bytes()}
+            "compare.md (costs left out)":
+                without_cost_columns((root / "compare.md").read_text()).encode()}
 
 
 class Run:
