@@ -87,7 +87,8 @@ def max_rel_err(got, ref) -> float:
 def test_collect_writes_the_librarys_factors(disk, tmp_path):
     out = tmp_path / "f"
     assert cli(*collect_args(disk, out, "olmo", "0,2", "--fisher", "empirical")) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["layer_0.nc", "layer_2.nc"]
+    assert sorted(p.name for p in out.iterdir()) == ["layer_0.nc", "layer_0.nc.sha256",
+                                                     "layer_2.nc", "layer_2.nc.sha256"]
     model = load_model(disk["olmo"])
     tokens = corpus.load_token_sequences(disk["tokens"], SEQ, None, 20 * SEQ)
     assert tokens.shape == (20, SEQ)  # 5 leftover tokens are dropped
@@ -343,11 +344,13 @@ def test_bad_factor_files_for_eigen(disk, tmp_path, capsys):
     A = good.groups["mlp.c_fc"]["A"].copy()
     A[2, 3] = np.nan
     write_raw_factor_file(nan_path, A, good.groups["mlp.c_fc"]["G"], good.attrs)
+    io.write_checksum(nan_path)  # past the checksum: the reader's own checks refuse it
     assert_refused(capsys, ["eigen", "--factors", nan_path, "--out", out / "layer_0.nc"],
                    ["NaN or inf", "mlp.c_fc/A"], out)
     data = (good_dir / "layer_0.nc").read_bytes()
     trunc = tmp_path / "trunc.nc"
     trunc.write_bytes(data[: len(data) * 2 // 3])
+    io.write_checksum(trunc)
     assert_refused(capsys, ["eigen", "--factors", trunc, "--out", out / "layer_0.nc"],
                    ["truncated"], out)
     with pytest.raises(io.StoreError, match="NaN or inf"):

@@ -354,10 +354,11 @@ def test_apply_refuses_edits_for_another_model(tmp_path):
     schema.write_edit(path, {name: w}, {"method": "svd", "model_fingerprint": "0" * 16})
     with pytest.raises(ValueError, match="fingerprint 0000000000000000"):
         edit.apply(model, path)
-    schema.write_edit(path, {"transformer.h.9.mlp.c_fc.weight": w}, {"method": "svd"})
+    fp = {"method": "svd", "model_fingerprint": model_fingerprint(model)}
+    schema.write_edit(path, {"transformer.h.9.mlp.c_fc.weight": w}, fp)
     with pytest.raises(ValueError, match="no parameter 'transformer.h.9.mlp.c_fc.weight'"):
         edit.apply(model, path)
-    schema.write_edit(path, {name: w.T.contiguous()}, {"method": "svd"})
+    schema.write_edit(path, {name: w.T.contiguous()}, fp)
     with pytest.raises(ValueError, match=r"\(24, 16\)"):
         edit.apply(model, path)
     assert torch.equal(dict(model.named_parameters())[name].detach(), w)  # nothing half-applied

@@ -347,7 +347,7 @@ def test_report_columns_named_and_tasks_optional(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_world_train_and_every_evaluator(tmp_path, capsys):
-    from curvmem.model import load_model, mlp_modules
+    from curvmem.model import load_model, mlp_modules, model_fingerprint
     from curvmem.schema import write_edit
 
     w, tok, m = tmp_path / "world", tmp_path / "tok", tmp_path / "model"
@@ -364,7 +364,8 @@ def test_smoke_world_train_and_every_evaluator(tmp_path, capsys):
     mod = mlp_modules(model, [1], ["mlp.gate_proj"])[0]
     edit = tmp_path / "zero.safetensors"
     write_edit(edit, {mod.param_name: torch.zeros_like(mod.module.weight)},
-               {"method": "kfac", "spec": {"layers": [1]}, "seconds": 0.1, "peak_rss_mb": 1.0})
+               {"method": "kfac", "spec": {"layers": [1]}, "seconds": 0.1, "peak_rss_mb": 1.0,
+                "model_fingerprint": model_fingerprint(model)})
 
     res = tmp_path / "res"
     for name, extra in (("base", []), ("edit", ["--edit", str(edit)])):

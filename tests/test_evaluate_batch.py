@@ -13,7 +13,7 @@ from curvmem.cli import main
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """A smoke world, its model (4 steps) and an edit that zeroes one gate_proj."""
-    from curvmem.model import load_model, mlp_modules
+    from curvmem.model import load_model, mlp_modules, model_fingerprint
     from curvmem.schema import write_edit
 
     root = tmp_path_factory.mktemp("batch")
@@ -27,7 +27,8 @@ def smoke(tmp_path_factory):
     mod = mlp_modules(model, [1], ["mlp.gate_proj"])[0]
     edit = root / "zero.safetensors"
     write_edit(edit, {mod.param_name: torch.zeros_like(mod.module.weight)},
-               {"method": "kfac", "spec": {"layers": [1]}, "seconds": 0.1, "peak_rss_mb": 1.0})
+               {"method": "kfac", "spec": {"layers": [1]}, "seconds": 0.1, "peak_rss_mb": 1.0,
+                "model_fingerprint": model_fingerprint(model)})
     return root, w, m, edit
 
 

@@ -61,7 +61,8 @@ def test_factor_file_round_trip(tmp_path, dtype):
     assert got.attrs["n_tokens"] == 66 and got.attrs["fisher"] == "sampled"
     assert got.attrs["model_fingerprint"] == model_fingerprint(model)
     assert got.attrs["schema_version"] == schema.SCHEMA_VERSION
-    assert [p.name for p in tmp_path.iterdir()] == ["layer_1.nc"]  # no temp file left behind
+    # no temp file left behind; the checksum sidecar beside the file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layer_1.nc", "layer_1.nc.sha256"]
 
 
 def test_eigen_file_round_trip(tmp_path):
@@ -117,10 +118,14 @@ def test_reading_refuses_truncated_and_foreign_files(tmp_path):
     data = good.read_bytes()
     truncated = tmp_path / "truncated.nc"
     truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(io.StoreError, match="incomplete"):  # no checksum sidecar
+        read_layer(truncated, "factors")
+    io.write_checksum(truncated)  # the reader still refuses a bad file whose checksum matches
     with pytest.raises(io.StoreError, match="truncated"):
         read_layer(truncated, "factors")
     text = tmp_path / "text.nc"
     text.write_text("not netcdf\n")
+    io.write_checksum(text)
     with pytest.raises(io.StoreError, match="cannot read"):
         read_layer(text, "factors")
 
@@ -163,12 +168,14 @@ def test_edit_round_trip_in_stored_layout(tmp_path):
     name = "transformer.h.1.mlp.c_fc.weight"
     w = torch.randn_like(dict(model.named_parameters())[name])
     path = tmp_path / "e.safetensors"
-    schema.write_edit(path, {name: w}, {"method": "svd", "spec": {"drop": 0.5}})
+    written = {"method": "svd", "spec": {"drop": 0.5}, "model_fingerprint": "f" * 16}
+    schema.write_edit(path, {name: w}, written)
     tensors, meta = schema.read_edit(path)
     assert list(tensors) == [name]
     torch.testing.assert_close(tensors[name], w, rtol=0, atol=0)
-    assert meta == {"method": "svd", "spec": {"drop": 0.5}}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.json", "e.safetensors"]
+    assert meta == written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.json", "e.safetensors",
+                                                           "e.safetensors.sha256"]
 
 
 def test_edit_refusals_leave_no_file(tmp_path):
@@ -178,5 +185,7 @@ def test_edit_refusals_leave_no_file(tmp_path):
         schema.write_edit(tmp_path / "e.safetensors", {}, {"method": "svd"})
     assert not any(tmp_path.iterdir())
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 5)
+    io.write_checksum(tmp_path / "bad.safetensors")
+    io.write_json(tmp_path / "bad.json", {"method": "svd", "model_fingerprint": "f" * 16})
     with pytest.raises(io.StoreError, match="not a readable safetensors"):
         schema.read_edit(tmp_path / "bad.safetensors")

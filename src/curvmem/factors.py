@@ -401,6 +401,10 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
         items, start, corpus_fp = _lm_shard(model_path, data, seq_len, tokens, shard,
                                             trust_remote_code)
         task, seq_len = LMTask(), items.shape[1]
+        vocab = model.get_input_embeddings().num_embeddings
+        if items.numel() and (int(items.min()) < 0 or int(items.max()) >= vocab):
+            raise ValueError(f"--data {data}: token ids from {int(items.min())} to "
+                             f"{int(items.max())}, but the model's vocabulary is 0..{vocab - 1}")
     memorized = list(memorized or [])
     n_memorized = -1
     if memorized:

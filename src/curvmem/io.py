@@ -7,12 +7,15 @@ complete.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import math
 import os
 import resource
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -25,6 +28,11 @@ class StoreError(ValueError):
     """An artifact that is missing, malformed, or does not belong to the model at hand."""
 
 
+class OutputError(ValueError):
+    """An output path that cannot be written (found before any computation), or one that another
+    process is writing right now."""
+
+
 # --------------------------------------------------------------------------- JSONL data files
 
 
@@ -34,8 +42,13 @@ def iter_jsonl(path, required: tuple[str, ...] = ()):
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    with path.open() as f:
-        for i, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{i}: not UTF-8 text ({e.reason} at byte {e.start})") \
+                    from None
             if not line.strip():
                 continue
             try:
@@ -100,8 +113,8 @@ def read_json(path):
     if not path.is_file():
         raise StoreError(f"{path}: no such file")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{path}: not valid JSON ({e})") from None
 
 
@@ -120,6 +133,145 @@ def atomic_dir(out):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+# --------------------------------------------------------------------------- checksums
+# Every artifact file (factor / eigen netCDF, edit and model safetensors) gets a sidecar
+# `<file>.sha256` in `sha256sum` format, written after the payload is in place: a payload whose
+# sidecar is missing was never completely written, one whose digest differs is corrupt (a full
+# disk, a dead node, a truncated copy). `sha256sum -c FILE.sha256` checks it by hand too.
+
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def checksum_path(path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def sha256_file(path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksum(path) -> None:
+    """Record `path`'s digest in `<path>.sha256` (atomically); call it once `path` is final."""
+    path = Path(path)
+    digest = sha256_file(path)
+    with atomic_output(checksum_path(path)) as tmp:
+        tmp.write_text(f"{digest}  {path.name}\n")
+
+
+def verify_checksum(path, producer: str, required: bool = True) -> None:
+    """Refuse an artifact whose checksum sidecar is missing (unless not `required`: models made
+    elsewhere have none) or does not match its bytes; the error names the file and `producer`,
+    the command (and workflow rule) that writes it."""
+    path = Path(path)
+    side = checksum_path(path)
+    redo = f"delete it and rerun {producer}"
+    if not side.is_file() and not required:
+        return
+    if not side.is_file():
+        raise StoreError(f"{path} is incomplete (no checksum file {side.name}: it was never "
+                         f"completely written); {redo}")
+    recorded = side.read_text(errors="replace").split()
+    if not recorded or recorded[0] != sha256_file(path):
+        raise StoreError(f"{path} is corrupt (sha256 differs from {side.name}); {redo}")
+
+
+@contextmanager
+def atomic_artifact(path):
+    """`atomic_output` for an artifact: any old checksum goes first, the new one is written
+    after the payload is renamed into place."""
+    path = Path(path)
+    checksum_path(path).unlink(missing_ok=True)
+    with atomic_output(path) as tmp:
+        yield tmp
+    write_checksum(path)
+
+
+# --------------------------------------------------------------------------- output paths
+
+
+def check_output(path, flag: str = "--out", is_dir: bool = False) -> None:
+    """Refuse, before any computation, an output path that cannot be written: a directory where
+    a file goes (or the reverse), a file in the way of a parent directory, a read-only place."""
+    path = Path(path)
+    if path.exists():
+        if is_dir and not path.is_dir():
+            raise OutputError(f"{flag} {path}: a file is in the way (a directory goes there)")
+        if not is_dir and path.is_dir():
+            raise OutputError(f"{flag} {path}: is a directory (a file goes there)")
+    parent = path if is_dir and path.is_dir() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{flag} {path}: {parent} is a file, not a directory")
+    try:  # os.access is wrong for root and for read-only mounts; a real file is not
+        fd, probe = tempfile.mkstemp(prefix=".curvmem-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{flag} {path}: cannot write in {parent} ({e.strerror})") from None
+
+
+def check_space(path, needed: int) -> None:
+    """Refuse to start writing `needed` bytes at `path` on a filesystem without that much free:
+    the full-disk error, before a partial file."""
+    parent = Path(path).parent
+    while not parent.exists():
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"No space left on device: {path} needs about "
+                      f"{needed / 2**20:.1f} MiB, {parent} has {free / 2**20:.1f} MiB free")
+
+
+@contextmanager
+def exclusive(path, flag: str = "--out"):
+    """Hold an exclusive lock on `<path>.lock` (beside it) for the block: a second process writing
+    the same output fails at once instead of both racing to rename over it. A POSIX lock (works
+    on NFS): the kernel drops it when its holder dies, so a killed run leaves no stale lock."""
+    import fcntl
+
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    created = []  # directories made for the lock: removed again if the command left them empty
+    parent = lock.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EACCES, errno.EAGAIN):
+                raise OutputError(f"{flag} {path}: another curvmem process is writing it now "
+                                  f"(it holds {lock}); wait for it, or give another {flag}") \
+                    from None
+            raise
+        try:  # the holder before us may have removed the file we locked: lock the new one
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+        for d in created:  # innermost first
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
 
 # --------------------------------------------------------------------------- cost of a block

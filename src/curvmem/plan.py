@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -124,6 +125,8 @@ def sweep_specs(domain, name, sweep):
             out.append((f"{name}-ratio{ratio}", spec))
         return out
     value_key = "rho" if method == "kfac" else "svd_drop"
+    for value in sweep[value_key]:
+        _check_fraction(f"config {domain}.edits.{name}.{value_key}", value, method == "kfac")
     for layers, value in itertools.product(sweep["layers"], sweep[value_key]):
         if isinstance(value, dict) and set(value) - set(sweep["modules"]):
             raise PlanError(f"config {domain}.edits.{name}: {value_key} names modules "
@@ -149,6 +152,40 @@ def _local_path(name: str) -> bool:
 def _slug(text: str) -> str:
     """A hub id or revision as one path component (owner/name -> owner--name)."""
     return re.sub(r"[^A-Za-z0-9._-]", "-", text.replace("/", "--"))
+
+
+def _check_fraction(where, value, rho: bool) -> None:
+    """A rho in (0, 1] or an SVD drop in [0, 1), per module where a mapping; NaN is neither (the
+    schema's bounds let it through: every comparison with NaN is false)."""
+    for v in value.values() if isinstance(value, dict) else [value]:
+        ok = isinstance(v, (int, float)) and math.isfinite(v) and (
+            0 < v <= 1 if rho else 0 <= v < 1)
+        if not ok:
+            raise PlanError(f"{where}: {v} is not in {'(0, 1]' if rho else '[0, 1)'}")
+
+
+def model_layers(domain, model: dict):
+    """How many blocks the config's model has: the embedded preset's, a local pretrained
+    directory's config.json; None when only the hub knows (the job checks it then)."""
+    if model["source"] == "embedded":
+        preset = model.get("preset") or "default"
+        if domain == "lm":
+            return presets.train_config(preset).n_layers
+        if model.get("model_name"):  # a timm architecture: its depth is timm's
+            return None
+        return presets.VISION_PRESETS[preset]["model"]["depth"]
+    local = Path(str(model.get("id") or model.get("path") or ""))
+    cfg = local / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return None
+    for key in ("num_hidden_layers", "n_layer", "num_layers", "depth"):
+        if isinstance(data.get(key), int):
+            return data[key]
+    return None
 
 
 def method_tag(spec):
@@ -177,6 +214,8 @@ class Plan:
         self.edits = {d: self.expand_edits(d) for d in self.domains}
         self.base = {d: f"base-{self.model_key(d)}" for d in self.domains}
         self.factor_sets = {d: self._factor_sets(d) for d in self.domains}
+        for d in self.domains:
+            self._check_layers(d)
         if "lm" in self.domains:
             missing = [n for n in REPORT_LM_NEEDS if n not in config["lm"]["evaluations"]]
             if missing:
@@ -185,6 +224,18 @@ class Plan:
             self._check_analysis("lm")
         if "vit" in self.domains:
             self._check_analysis("vit")
+
+    def _check_layers(self, domain) -> None:
+        """Every edited layer exists in the model (a dry run fails now, not the job hours
+        later)."""
+        n = model_layers(domain, self.model_config(domain))
+        if n is None:
+            return
+        for spec in self.edits[domain].values():
+            bad = [layer for layer in spec.get("layers", []) if not 0 <= layer < n]
+            if bad:
+                raise PlanError(f"config {domain}.edits.{spec['name']} ({spec['label']}): "
+                                f"layers {bad} do not exist; the model has layers 0..{n - 1}")
 
     # ----------------------------------------------------------------------- base models
 

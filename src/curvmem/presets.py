@@ -18,6 +18,11 @@ KEEP_MODES = ("top", "bottom", "random", "random-mass", "ablate-top", "ablate-mi
 
 # --------------------------------------------------------------------------- language model
 
+# The task categories a task file may have (the world writes them; report-lm, compare and the
+# README tables score them). Another category would be averaged into the overall accuracy yet
+# shown nowhere, so `evaluate tasks` refuses it.
+TASK_CATEGORIES = ("closed_book", "open_book", "arithmetic", "logic")
+
 
 @dataclass(frozen=True)
 class WorldConfig:

@@ -12,6 +12,11 @@ parameter names -> edited weights in the model's own layout, plus a JSON sidecar
 ".json") with the method, spec and per-module stats. Every write is atomic (temp file + rename),
 so a killed job never leaves a file that looks complete (curvmem.io).
 
+Integrity: each layer and edit file has a checksum sidecar `<file>.sha256`, written after the
+payload (for an edit: weights, then checksum, then the JSON sidecar). Readers verify it first, so
+a truncated or corrupted file is refused with the file and the command that makes it named
+(PRODUCERS), never read as numbers.
+
 Model-free: `read_layer` checks a file against itself; `curvmem.model.read_layer` also checks it
 against the model at hand (fingerprint and shapes).
 """
@@ -19,13 +24,22 @@ against the model at hand (fingerprint and shapes).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 # The JSON helpers and the error type live in curvmem.io; they are part of the schema's API too.
-from curvmem.io import StoreError, atomic_output, read_json, write_json  # noqa: F401
+from curvmem.io import (  # noqa: F401
+    StoreError,
+    atomic_artifact,
+    atomic_output,
+    check_space,
+    read_json,
+    verify_checksum,
+    write_json,
+)
 
 SCHEMA_VERSION = 1
 
@@ -42,6 +56,16 @@ ROOT_ATTRS = (
     "seed",
     "curvmem_version",
 )
+
+# Who writes each artifact kind: named in the error for a corrupt or incomplete file.
+PRODUCERS = {
+    "factors": "`curvmem collect` / `curvmem merge` (workflow: `snakemake`, rule collect, "
+               "collect_shard or merge)",
+    "eigen": "`curvmem eigen` (workflow: `snakemake`, rule eigen)",
+    "edit": "`curvmem edit` / `curvmem baseline bsn` (workflow: `snakemake`, rule edit or bsn)",
+    "model": "`curvmem train-lm` / `curvmem train-vit` (workflow: `snakemake`, rule train_lm or "
+             "train_vit)",
+}
 
 VARIABLES = {
     "factors": {"A": ("a_i", "a_j"), "G": ("g_i", "g_j")},
@@ -110,11 +134,13 @@ def write_layer(path, kind: str, layer: int, groups: dict, attrs: dict) -> None:
     for k, v in root.items():
         if isinstance(v, (dict, list, tuple, bool)):
             root[k] = json.dumps(v)
+    needed = sum(np.asarray(a).nbytes for vars_ in groups.values() for a in vars_.values())
+    check_space(path, needed + (1 << 16))  # HDF5 fails late and noisily on a full disk
     tree = {"/": xr.Dataset(attrs=root)}
     for name, vars_ in groups.items():
         tree[f"/{name}"] = xr.Dataset(
             {var: (dims, np.asarray(vars_[var])) for var, dims in VARIABLES[kind].items()})
-    with atomic_output(path) as tmp:
+    with atomic_artifact(path) as tmp:
         xr.DataTree.from_dict(tree).to_netcdf(tmp, engine="h5netcdf")
 
 
@@ -129,6 +155,7 @@ def read_layer(path, kind: str, modules=None) -> LayerFile:
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"{path}: no such {kind} file")
+    verify_checksum(path, PRODUCERS.get(kind, "the command that wrote it"))
     try:
         with xr.open_datatree(path, engine="h5netcdf") as dt:
             attrs = {k: (v.item() if isinstance(v, np.generic) else v)
@@ -147,6 +174,11 @@ def read_layer(path, kind: str, modules=None) -> LayerFile:
         raise StoreError(f"{path}: missing root attributes {missing}")
     _check_groups(kind, groups, str(path))
     layer = int(attrs["layer"])
+    named = re.fullmatch(r"layer_(\d+)\.nc", path.name)
+    if named and int(named.group(1)) != layer:  # a file copied or renamed under another layer
+        raise StoreError(f"{path}: holds layer {layer} (its 'layer' attribute), not the layer "
+                         f"{named.group(1)} its name says; it cannot be used as layer "
+                         f"{named.group(1)}")
     if modules is not None:
         absent = [m for m in modules if m not in groups]
         if absent:
@@ -168,7 +200,9 @@ def edit_sidecar(path) -> Path:
 def write_edit(path, tensors: dict, meta: dict) -> None:
     """Edited weights (full parameter name -> tensor, model layout) + JSON sidecar, atomically.
 
-    The sidecar is renamed into place first, so a present safetensors file always has its meta.
+    Weights first, then their checksum, then the JSON sidecar: a failed write (a full disk) leaves
+    at most weights without a sidecar, which `read_edit` refuses; never an orphan sidecar that
+    looks like an edit.
     """
     from safetensors.torch import save_file
 
@@ -177,23 +211,33 @@ def write_edit(path, tensors: dict, meta: dict) -> None:
         raise StoreError(f"{path}: an edit file must end in .safetensors")
     if not tensors:
         raise StoreError(f"{path}: an edit with no tensors")
-    write_json(edit_sidecar(path), meta)
-    with atomic_output(path) as tmp:
+    if "model_fingerprint" not in meta:
+        raise StoreError(f"{path}: an edit's meta needs the model_fingerprint it was made for")
+    edit_sidecar(path).unlink(missing_ok=True)
+    with atomic_artifact(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
                   metadata={"curvmem": "edit", "method": str(meta.get("method", ""))})
+    write_json(edit_sidecar(path), meta)
 
 
 def read_edit(path) -> tuple[dict, dict]:
-    """(tensors, meta) of an edit file; meta is {} when the sidecar is absent."""
+    """(tensors, meta) of an edit file, checksum verified; the JSON sidecar is required (it holds
+    the model fingerprint that `edit.apply` checks)."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"{path}: no such edit file")
+    verify_checksum(path, PRODUCERS["edit"])
+    side = edit_sidecar(path)
+    if not side.is_file():
+        raise StoreError(f"{path}: its sidecar {side.name} is missing (it records the model the "
+                         f"edit was made for); delete the edit and rerun {PRODUCERS['edit']}")
+    meta = read_json(side)
+    if not isinstance(meta, dict) or "model_fingerprint" not in meta:
+        raise StoreError(f"{side}: not an edit sidecar (no 'model_fingerprint')")
     try:
         tensors = load_file(str(path))
     except Exception as e:  # noqa: BLE001 (safetensors raises several types)
         raise StoreError(f"{path}: not a readable safetensors file: {e}") from None
-    side = edit_sidecar(path)
-    meta = read_json(side) if side.is_file() else {}
     return tensors, meta

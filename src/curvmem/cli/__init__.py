@@ -19,10 +19,41 @@ import argparse
 import json
 import os
 import sys
+from contextlib import ExitStack
 
 from curvmem import __version__
 from curvmem.cli import analyze, baselines, core, export, harness, hub, lm, mine, vision
-from curvmem.io import begin_command, startup_split
+from curvmem.io import begin_command, check_output, exclusive, startup_split
+
+# commands whose --out is a directory (every other --out, --table, --figure, ... is a file)
+OUT_DIRS = {"collect", "world", "tokenizer", "train-lm", "train-vit", "export"}
+# output flags besides --out (attribute, flag)
+OTHER_OUTPUTS = (("table", "--table"), ("figure", "--figure"), ("sweep_figure", "--sweep-figure"),
+                 ("validation_out", "--validation-out"))
+
+# integer options that count something: 0 or less is a mistake, named by its flag
+POSITIVE = ("batch_size", "tokens", "seq_len", "threads", "epochs", "block_len", "max_tokens",
+            "prefix_len", "suffix_len", "t", "steps", "vocab_size", "max_rows", "stride")
+
+
+def check_counts(args) -> None:
+    for name in POSITIVE:
+        value = getattr(args, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def outputs(args) -> list[tuple[str, str, bool]]:
+    """(path, flag, is_dir) of every output a parsed command will write."""
+    found = []
+    if getattr(args, "out", None):
+        found.append((args.out, "--out", args.command in OUT_DIRS))
+    for attr, flag in OTHER_OUTPUTS:
+        if getattr(args, attr, None):
+            found.append((getattr(args, attr), flag, False))
+    for run in getattr(args, "run", None) or ():  # evaluate batch: --run KIND DATA OUT
+        found.append((run[2], "--run ... OUT", False))
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,18 +73,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cleanup_note(unraisable) -> None:
+    """Errors in finalizers (h5py closing a file the disk had no room for) after the command's own
+    error: one line, not a traceback."""
+    print(f"curvmem: note: during cleanup: {unraisable.exc_value}".splitlines()[0],
+          file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    if not os.environ.get("CURVMEM_DEBUG"):
+        sys.unraisablehook = _cleanup_note
     parser = build_parser()
     args = parser.parse_args(argv)
     command_age = begin_command()
     try:
-        args.func(args)
+        # Outputs are checked and locked before anything is computed: a path that cannot be
+        # written fails in a second, not after hours, and two processes writing one output do
+        # not both succeed (the lock is dropped by the kernel if this process dies).
+        check_counts(args)
+        targets = outputs(args)
+        for path, flag, is_dir in targets:
+            check_output(path, flag, is_dir)
+        with ExitStack() as locks:
+            for path, flag, _ in targets:
+                locks.enter_context(exclusive(path, flag))
+            args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as e:
         if os.environ.get("CURVMEM_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"curvmem {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine, not the input: a full disk, a lost mount
+        if os.environ.get("CURVMEM_DEBUG"):
+            raise
+        print(f"curvmem {args.command}: error: {e}", file=sys.stderr)
+        return 1
     split = startup_split(command_age)
     if split is not None:  # benchmarks/bench_default.py reads this line from the job logs
         print(f"curvmem timing: {json.dumps(split)}", file=sys.stderr)

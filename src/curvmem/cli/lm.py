@@ -126,8 +126,15 @@ def _perplexity(model, tokenizer, texts, args) -> dict:
 
 def _read_tasks(args):
     from curvmem.evaluate import lm as evaluate
+    from curvmem.presets import TASK_CATEGORIES
 
-    return evaluate.read_rows(args.data, ("category", "prompt", "answer"))
+    rows = evaluate.read_rows(args.data, ("category", "prompt", "answer"))
+    unknown = sorted({str(r["category"]) for r in rows} - set(TASK_CATEGORIES))
+    if unknown:
+        raise ValueError(f"{args.data}: unknown task categories {unknown} (known: "
+                         f"{list(TASK_CATEGORIES)}); they would count in the overall accuracy "
+                         "but in no category the reports show")
+    return rows
 
 
 def _tasks(model, tokenizer, rows, args) -> dict:

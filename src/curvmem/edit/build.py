@@ -18,13 +18,22 @@ from curvmem.schema import layer_path, read_edit
 def parse_spec(spec, layers=None, modules=None, value=None) -> dict:
     """{layer: {module: value}} from a JSON spec, or from layers × modules × one value."""
     if spec is not None:
-        raw = json.loads(spec) if isinstance(spec, str) else spec
+        try:
+            raw = json.loads(spec) if isinstance(spec, str) else spec
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--spec: not valid JSON ({e})") from None
         if not isinstance(raw, dict) or not raw:
             raise ValueError("--spec must be a JSON object {layer: {module: value}}")
         out = {}
         for layer, mods in raw.items():
+            if not str(layer).strip().isdecimal():
+                raise ValueError(f"--spec: '{layer}' is not a layer index")
             if not isinstance(mods, dict) or not mods:
                 raise ValueError(f"--spec: layer {layer} needs {{module: value}}")
+            for module, v in mods.items():  # NaN passes here; the rho / drop range refuses it
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise ValueError(f"--spec: layer {layer}, module {module}: the value must be "
+                                     f"a number, got {json.dumps(v)}")
             out[int(layer)] = {str(k): float(v) for k, v in mods.items()}
         return out
     if layers is None or modules is None or value is None:
@@ -107,8 +116,8 @@ def apply(model, path) -> dict:
     """Load an edit file (from `curvmem edit` or `curvmem baseline`) into `model`, in place."""
     tensors, meta = read_edit(path)
     params = dict(model.named_parameters())
-    fp = meta.get("model_fingerprint")
-    if fp is not None and fp != model_fingerprint(model):
+    fp = meta["model_fingerprint"]  # read_edit requires the sidecar and this key
+    if fp != model_fingerprint(model):
         raise ValueError(f"{path}: the edit was made for model fingerprint {fp}, not this model's "
                          f"{model_fingerprint(model)}")
     for name, t in tensors.items():

@@ -8,7 +8,6 @@ directory beside DIR, renamed into place only when complete.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
@@ -17,17 +16,10 @@ from pathlib import Path
 import torch
 
 from curvmem import __version__
+from curvmem.io import sha256_file as file_sha256
 from curvmem.schema import edit_sidecar
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _has_tokenizer(path) -> bool:

@@ -197,8 +197,20 @@ def plain_lm_head(model: nn.Module):
 
 
 def default_device(device: str | None = None) -> str:
-    """`device` as given, else cuda when present, else cpu."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """`device` as given (checked: a name torch knows, and present), else cuda when present, else
+    cpu."""
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device}: not a device name (cpu, cuda, cuda:1, ...)") \
+            from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device}: curvmem runs on cpu or cuda")
+    return device
 
 
 def model_device(model) -> torch.device:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from curvmem import io
-from curvmem.io import atomic_dir, read_jsonl
+from curvmem.io import atomic_dir, read_jsonl, write_checksum
 from curvmem.model.load import load_tokenizer
 from curvmem.model.muon import Muon
 from curvmem.presets import TrainConfig
@@ -243,4 +243,6 @@ def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = T
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+        for weights in tmp.glob("*.safetensors"):  # load_model verifies them
+            write_checksum(weights)
     return log

@@ -3,6 +3,8 @@ factor and eigen files that belong to it (checked against its weights)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from curvmem import io, schema
@@ -24,12 +26,18 @@ def load_model(path_or_id, dtype: torch.dtype | str | None = None,
     else:
         from transformers import AutoModelForCausalLM
 
+        local = check_model_path(path_or_id)
         if dtype == "auto":
             dtype = stored_dtype(path_or_id, trust_remote_code)
-
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path_or_id), dtype=dtype or torch.float32,
-            trust_remote_code=trust_remote_code)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path_or_id), dtype=dtype or torch.float32,
+                trust_remote_code=trust_remote_code)
+        except Exception as e:  # noqa: BLE001 (transformers, the hub and safetensors raise many)
+            where = "the directory" if local else "the hub id (offline, or no such model?)"
+            raise StoreError(f"--model {path_or_id}: cannot load a causal LM from {where}: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") \
+                from None
     model = model.to(device).eval()
     io.note_model_ready()  # the end of this process's start-up (cli: timing line)
     return model
@@ -44,6 +52,22 @@ def stored_dtype(path_or_id, trust_remote_code: bool = False) -> torch.dtype:
     if isinstance(stored, str):
         stored = getattr(torch, stored, None)
     return stored if isinstance(stored, torch.dtype) else torch.float32
+
+
+def check_model_path(path_or_id) -> bool:
+    """True for a local model directory (its weights' checksums verified, where train-lm wrote
+    them); a path-like name that does not exist is a mistyped path, not a hub id."""
+    text = str(path_or_id)
+    path = Path(text)
+    if path.exists():
+        if not path.is_dir():
+            raise StoreError(f"--model {text}: is a file; give the model's directory")
+        for weights in sorted(path.glob("*.safetensors")):
+            io.verify_checksum(weights, schema.PRODUCERS["model"], required=False)
+        return True
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or text.endswith("/"):
+        raise StoreError(f"--model {text}: no such directory")
+    return False
 
 
 def load_tokenizer(path_or_id, trust_remote_code: bool = False):

@@ -138,8 +138,13 @@ def load_model(path) -> torch.nn.Module:
     cfg = io.read_json(path / CONFIG_FILE)
     if not (path / WEIGHTS_FILE).is_file():
         raise ValueError(f"{path}: no {WEIGHTS_FILE}")
+    io.verify_checksum(path / WEIGHTS_FILE, "`curvmem train-vit` (workflow: `snakemake`, rule "
+                       "train_vit)", required=False)
     model = _create(cfg["model_name"], cfg["kwargs"])
-    model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    try:
+        model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    except Exception as e:  # noqa: BLE001 (safetensors and torch raise several types)
+        raise io.StoreError(f"{path / WEIGHTS_FILE}: not this model's weights ({e})") from None
     io.note_model_ready()
     return model.eval()
 
@@ -247,7 +252,7 @@ def train_vit(data_path, out, preset: str = "default", seed: int = 0, epochs=Non
                 "final_metrics": final, "history": history})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with io.atomic_output(out / WEIGHTS_FILE) as tmp:
+    with io.atomic_artifact(out / WEIGHTS_FILE) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     io.write_json(out / CONFIG_FILE, cfg)  # last: its presence marks a complete model dir
     return cfg

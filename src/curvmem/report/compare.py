@@ -292,7 +292,15 @@ def compare(summary_path, figure=None, table=None) -> dict:
         if path is not None and Path(path).suffix != suffix:
             raise ValueError(f"{flag} {path}: expected a {suffix} file")
     summary = io.read_json(summary_path)
-    rows = comparison_rows(summary)
+    models = summary.get("models") if isinstance(summary, dict) else None
+    if isinstance(models, dict) and not all(isinstance(m, dict) for m in models.values()):
+        raise ValueError(f"--summary {summary_path}: each model must be an object, as "
+                         "`curvmem report-lm` writes them")
+    try:
+        rows = comparison_rows(summary)
+    except (AttributeError, TypeError, KeyError, ValueError) as e:  # a hand-edited summary
+        raise ValueError(f"--summary {summary_path}: not a summary written by `curvmem "
+                         f"report-lm` ({type(e).__name__}: {e})") from None
     verdicts = front_verdicts(rows)
     text = comparison_table(rows, verdicts, source=str(summary_path))
     if figure is not None:

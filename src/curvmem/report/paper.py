@@ -4,6 +4,8 @@ Their models are OLMo-2 7B/1B on Dolma and ViT-Base/16 on ImageNet; ours are a t
 toy world and a tiny ViT on digits. Reference values only, always labelled as the paper's.
 """
 
+from curvmem.presets import TASK_CATEGORIES  # noqa: F401 (the categories every report scores)
+
 # The paper's own numbers (Merullo et al. 2025, Table 1 and Figure 3; see PAPER.md), shown beside
 # ours for shape only: their model is OLMo-2 7B/1B on Dolma, ours a tiny OLMo-2 on a toy world.
 # Fractions, not percent. "forget" ~ the paper's Dolma memorized set, "untargeted" ~ its
@@ -22,7 +24,6 @@ PAPER_NDCG10 = {"7B base": 1.00, "7B BSN": 0.97, "7B K-FAC": 0.91, "7B SVD": 0.9
 PAPER_RETENTION = {"logic": (0.95, 1.06), "open_book": (0.93, 0.99),
                    "closed_book": (0.74, 0.86), "arithmetic": (0.66, 0.74),
                    "memorization": (0.03, 0.16)}
-TASK_CATEGORIES = ("closed_book", "open_book", "arithmetic", "logic")
 
 # The paper's Table 1 (Merullo et al. 2025), copied from docs' PAPER.md: reference values only,
 # printed beside ours and labelled as the paper's. Dolma = targeted memorized training sequences,
