@@ -216,7 +216,13 @@ def test_report_selects_on_training_images_and_checks_the_claim():
     assert wd03["claim_holds_some_seed"] and not wd03["claim_holds_every_seed"]
     assert summary["claim"]["holds_every_seed"] == []
     assert summary["claim"]["largest_reduction"]["overall"] is wd03
+    # the bound looks at every edit and uses validation: "harsh" removes all (18x), val +5
+    assert rows[(64, 0)]["kfac_bound_no_worse"] == {"edit": "harsh", "reduction": 18.0}
+    assert rows[(64, 1)]["kfac_bound_no_worse"] is None
+    bound = summary["claim"]["bound_any_edit_validation_no_worse"]
+    assert (bound["edit"], bound["seed"], bound["reduction"]) == ("harsh", 0, 18.0)
     table = report.table_markdown(summary)
+    assert "18.00× (harsh, w64 d6 t4 wd0.3, seed 0, Fisher train)" in table
     assert "| 64 | 4 | matrices | 0.3 | train (200) | 0, 1 | 90.0 / 90.0 | 90.0 / 90.0 | " \
         "10.0 / 0.0 | 9.00 / 18.00 | +1.0 / -5.0 | gentle, all |" in table
     with pytest.raises(ValueError, match="two cells"):
