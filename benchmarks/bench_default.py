@@ -141,9 +141,9 @@ def print_rules(rules: dict) -> None:
           f"{total['compute']:>11.1f}")
 
 
-def snapshot(work: Path, dest: Path, figures: dict) -> None:
+def snapshot(work: Path, dest: Path, figures: dict, outdir: str = "results") -> None:
     """What the README's results are generated from, with the facts of the run that made it."""
-    out = work / "results"
+    out = work / outdir
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("lm_summary.json", "vit_summary.json", "readme_tables.md", "lm_table.md",
                  "vit_table.md", "compare.md"):
@@ -160,6 +160,44 @@ def snapshot(work: Path, dest: Path, figures: dict) -> None:
     print(f"  snapshot in {dest}")
 
 
+def log_wall_seconds(text: str) -> float | None:
+    """First to last job timestamp of a snakemake log ([Wed Dec  2 09:12:01 2026])."""
+    stamps = [time.mktime(time.strptime(m, "%a %b %d %H:%M:%S %Y"))
+              for m in re.findall(r"^\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]$", text, re.M)]
+    return round(stamps[-1] - stamps[0], 1) if len(stamps) > 1 else None
+
+
+def existing_run(log: Path, args) -> int:
+    """The facts of a run already made in this checkout (its log, benchmark files and training
+    log), for a snapshot when a fresh clone's run does not fit the time at hand. What was not
+    measured (memory of the whole run) is recorded as null, not guessed."""
+    import yaml
+
+    config = yaml.safe_load((REPO / args.configfile).read_text()) if args.configfile else {}
+    outdir = (config.get("outdir") or "results").rstrip("/")
+    text = log.read_text()
+    train_logs = sorted(REPO.glob(f"{outdir}/lm/models/*/model/train_log.json"))
+    train = json.loads(train_logs[0].read_text()) if train_logs else {}
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    figures = {
+        "commit": commit, "config": args.configfile, "fresh_clone": False,
+        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, "
+                   f"torch {importlib.metadata.version('torch')}",
+        "cpu": cpu_description(), "cores": args.cores,
+        "wall_seconds": log_wall_seconds(text), "jobs": text.count("Finished job"),
+        "lm_training_seconds": train.get("seconds"), "lm_training_steps": train.get("steps"),
+        "lm_final_loss": train.get("final_loss"), "lm_muon_ns_dtype": train.get("muon_ns_dtype"),
+        "peak_memory_above_idle_mb": None, "largest_process_mb": None,
+        "rules": per_rule(job_records(log, REPO)),
+    }
+    print(json.dumps(figures))
+    print_rules(figures["rules"])
+    if args.snapshot:
+        snapshot(REPO, Path(args.snapshot), figures, outdir)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cores", default="all", help="snakemake --cores (default: all)")
@@ -170,7 +208,12 @@ def main() -> int:
                     "the embedded default)")
     ap.add_argument("--snapshot", default=None,
                     help="copy the run's summaries, README tables and run facts into this directory")
+    ap.add_argument("--existing", default=None, metavar="LOG",
+                    help="no new run: take the facts of the finished run in this checkout whose "
+                    "snakemake output is LOG (with --configfile; --snapshot as usual)")
     args = ap.parse_args()
+    if args.existing:
+        return existing_run(Path(args.existing), args)
 
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True, check=True).stdout.strip()

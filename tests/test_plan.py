@@ -65,6 +65,10 @@ def record(plan: Plan) -> dict:
             rec[d]["edit_inputs"] = inputs
         if d == "lm":
             rec[d]["eval_files"] = {k: plan.lm_eval_files(k) for k in plan.eval_keys("lm")}
+    if plan.study():  # the ViT study came after the move (a config with only `vit_study`)
+        rec["vit_study"] = {"models": plan.study_models(), "data": plan.study_data_flags(),
+                            "cell": plan.study_cell_flags(),
+                            "train": {k: plan.study_train_flags(k) for k in plan.study_models()}}
     # the analyses' outputs, the README tables and the index came after the move; the rest is
     # as before
     later = plan.analysis_targets() + [plan.readme_tables(), plan.index_file()]
@@ -367,3 +371,26 @@ def test_harness_plan_exports_the_chosen_edits():
     cfg["lm"]["harness"]["edits"] = ["kfac-L9-rho0.6"]
     with pytest.raises(PlanError, match="no edit is labelled"):
         Plan(cfg).harness_keys()
+
+
+def test_vit_study_grid_trains_each_setting_once_and_spells_its_flags():
+    cfg = config("vit-study")
+    cfg["vit_study"]["grid"] = {"a": {"weight_decay": [0, 0.3], "seed": [0, 1]},
+                                "b": {"weight_decay": [0.3], "seed": [1]},  # in `a` already
+                                "c": {"embed_dim": [192], "num_heads": [3], "patch_size": [2],
+                                      "weight_decay": [0.3], "seed": [0]}}
+    plan = Plan(cfg)
+    models = plan.study_models()
+    assert len(models) == 5
+    wide = next(k for k in models if k.startswith("w192-d6-p2-wd0.3-matrices-s0-"))
+    assert shlex.split(plan.study_train_flags(wide)) == [
+        "--decay", "matrices", "--embed-dim", "192", "--num-heads", "3", "--patch-size", "2",
+        "--preset", "default", "--seed", "0", "--weight-decay", "0.3"]
+    assert "--kfac-layers '0;-1;0,-1'" in plan.study_cell_flags()
+    assert plan.final_targets()[-1] == f"{plan.out}/report.html"
+    other = copy.deepcopy(cfg)
+    other["vit_study"]["data"]["seed"] = 1  # another dataset: every model is another model
+    assert not set(Plan(other).study_models()) & set(models)
+    cfg["vit_study"]["grid"]["d"] = {"preset": ["tiny"]}
+    with pytest.raises(PlanError, match="unknown preset"):
+        Plan(cfg).study_models()

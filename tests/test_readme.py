@@ -60,16 +60,16 @@ def _numbers(text: str) -> set[str]:
 
 
 def _results_section(readme: str) -> str:
-    start = readme.index("## What the embedded default shows")
+    start = readme.index("## What the embedded study shows")
     return readme[start:readme.index("\n## ", start + 1)]
 
 
 def test_every_number_of_the_readme_results_is_in_the_committed_snapshot():
-    snapshot = ROOT / "docs" / "results" / "default"
+    snapshot = ROOT / "docs" / "results" / "paper"
     readme = (ROOT / "README.md").read_text()
     section = _results_section(readme)
     tables = (snapshot / "readme_tables.md").read_text()
-    assert tables in section, "the README must show docs/results/default/readme_tables.md as is"
+    assert tables in section, "the README must show docs/results/paper/readme_tables.md as is"
     known = _numbers(tables) | _numbers((snapshot / "run.json").read_text())
     for path in [snapshot / "lm_summary.json", snapshot / "vit_summary.json",
                  *sorted((snapshot / "analysis").glob("*.json"))]:

@@ -367,11 +367,13 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
                         fisher: str = "sampled", seed: int = 0, shard: str | None = None,
                         dtype: str = "float32", checkpoint_every: int = 0, device=None,
                         trust_remote_code: bool = False,
-                        memorized=None) -> tuple[int, list[int]]:
+                        memorized=None, image_set: str = "train") -> tuple[int, list[int]]:
     """`curvmem collect`: load the model and data, collect, write OUT/layer_<L>.nc per layer.
 
     A ViT directory (`train-vit`) reads `data` as its vision dataset file, uses the
-    classification loss and the CLS position only, and `tokens` counts images. With
+    classification loss and the CLS position only, and `tokens` counts images; `image_set` picks
+    them (IMAGE_SETS: all training images with their noisy labels, the paper's; the clean ones
+    only; the held-out split). With
     `checkpoint_every`, running sums are saved in OUT/.checkpoint-<key>.safetensors, resumed when
     rerun with the same settings and deleted once the layer files are written. `memorized`
     (JSONL files of memorized items, LM only) makes each file record how many collected positions
@@ -389,9 +391,11 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
     adapter = adapter_for(model, blocks_path, modules)
     modules = mlp_modules(model, layers, modules, adapter=adapter)
     if is_vit:
-        imgs, labels = images.load_images(data, split="train")
+        if image_set not in images.IMAGE_SETS:
+            raise ValueError(f"--images must be one of {images.IMAGE_SETS}, got '{image_set}'")
+        imgs, labels = images.load_images(data, split=image_set)
         if imgs.shape[0] == 0:
-            raise ValueError(f"{data}: no training images")
+            raise ValueError(f"{data}: no {image_set} images")
         imgs, labels = imgs[:tokens], labels[:tokens]
         full = torch.cat([imgs.reshape(imgs.shape[0], -1), labels[:, None].float()], 1)
         start, stop = corpus.shard_bounds(imgs.shape[0], shard)
@@ -427,7 +431,8 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
         "fisher": fisher, "n_tokens": result.n_tokens, "seq_len": seq_len,
         "corpus_fingerprint": corpus_fp, "seed": seed, "shard": shard or "",
         "task": task.name, "data": str(data), "corpus": str(data), "dtype": dtype,
-        "memorized_positions": n_memorized, "memorized_sets": ",".join(map(str, memorized))},
+        "memorized_positions": n_memorized, "memorized_sets": ",".join(map(str, memorized)),
+        **({"images": image_set} if is_vit and image_set != "train" else {})},
         time.perf_counter() - t0)
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()

@@ -825,9 +825,77 @@ class Plan:
             r.update(((self.config[domain].get("resources") or {}).get(rule)) or {})
         return r
 
+    # ----------------------------------------------------------------------- the ViT study
+
+    def study(self) -> dict | None:
+        """The `vit_study` section (docs/vision.md, "The study"), or None."""
+        return self.config.get("vit_study")
+
+    def study_dir(self):
+        return f"{self.out}/vit_study"
+
+    def study_data(self):
+        return f"{self.study_dir()}/data.safetensors"
+
+    def study_data_flags(self):
+        d = self.study()["data"]
+        return flags(("--seed", d.get("seed")), ("--noise", d.get("noise")),
+                     ("--val-fraction", d.get("val_fraction")),
+                     ("--heldout-fraction", d.get("heldout_fraction")))
+
+    def study_models(self) -> dict:
+        """{model key: settings} for every trained model of the study: each `grid` group is
+        the product of its lists, over the `train` settings; a setting two groups share is
+        trained once. A key reads as the setting, plus a hash of it, the data and the preset."""
+        st = self.study()
+        models = {}
+        for name, group in st["grid"].items():
+            keys = list(group)
+            for values in itertools.product(*(group[k] for k in keys)):
+                settings = {**st.get("train", {}), **dict(zip(keys, values))}
+                preset = settings.get("preset", "default")
+                if preset not in presets.VISION_PRESETS:
+                    raise PlanError(f"config vit_study.grid.{name}: unknown preset '{preset}'")
+                size = {**presets.VISION_PRESETS[preset]["model"], **settings}
+                tag = (f"w{size['embed_dim']}-d{size['depth']}-p{size['patch_size']}-"
+                       f"wd{settings.get('weight_decay', 'preset')}-"
+                       f"{settings.get('decay', 'all')}-s{settings.get('seed', 0)}")
+                key = f"{tag}-" + digest({"settings": settings, "data": st["data"],
+                                          "preset": presets.VISION_PRESETS[preset]})
+                models[key] = settings
+        return models
+
+    def study_model_dir(self, key):
+        return f"{self.study_dir()}/models/{key}"
+
+    def study_train_flags(self, key):
+        s = self.study_models()[key]
+        return flags(*((f"--{k.replace('_', '-')}", s[k]) for k in sorted(s)))
+
+    def study_cell(self, key):
+        return f"{self.study_dir()}/cells/{key}.json"
+
+    def study_cell_flags(self):
+        c = self.study()["cell"]
+
+        def sets(layer_sets):
+            return ";".join(",".join(map(str, s)) for s in layer_sets)
+
+        return flags(("--images", c["images"]), ("--kfac-layers", sets(c["kfac_layers"])),
+                     ("--rho", c["rho"]), ("--svd-layers", sets(c["svd_layers"])),
+                     ("--svd-drop", c["svd_drop"]), ("--modules", c["modules"]),
+                     ("--fisher", c.get("fisher")), ("--seed", c.get("seed")),
+                     ("--batch-size", c.get("batch_size")))
+
+    def study_outputs(self) -> dict:
+        return {"summary": f"{self.out}/vit_study.json", "table": f"{self.out}/vit_study.md",
+                "figure": f"{self.out}/vit_study.png"}
+
     def summaries(self):
         """Tables and figures (all report()-ed) that the HTML report shows."""
         out, files = self.out, []
+        if self.study():
+            files += list(self.study_outputs().values())
         if "lm" in self.domains:
             files += [f"{out}/lm_summary.json", f"{out}/lm_table.md", f"{out}/lm_figure.png",
                       f"{out}/lm_sweep.png", f"{out}/compare.png", f"{out}/compare.md"]
@@ -836,9 +904,11 @@ class Plan:
         return files + self.analysis_targets()
 
     def final_targets(self):
-        if not self.domains:
-            raise PlanError("the config has neither an `lm` nor a `vit` section: nothing to do")
-        return self.summaries() + [self.readme_tables(), self.report_html(), self.index_file()] + \
+        if not self.domains and not self.study():
+            raise PlanError("the config has neither an `lm` nor a `vit` section (nor a `vit_study`): "
+                            "nothing to do")
+        readme = [self.readme_tables()] if self.domains else []
+        return self.summaries() + readme + [self.report_html(), self.index_file()] + \
             self.harness_targets()
 
     def report_html(self):

@@ -49,6 +49,10 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--memorized", default=None,
                    help="memorized-set JSONL files, comma-separated: each factor file records "
                         "how many collected positions are their content (memorized_positions)")
+    p.add_argument("--images", choices=["train", "clean", "heldout"], default="train",
+                   help="ViT only: the Fisher's images: all training images with their noisy "
+                   "labels (the paper's), the clean ones only, or the dataset's held-out split "
+                   "(vision-data --heldout-fraction)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=run_collect)
@@ -117,7 +121,7 @@ def run_collect(args) -> None:
         modules=args.modules.split(",") if args.modules else None, blocks_path=args.blocks_path,
         seq_len=args.seq_len, batch_size=args.batch_size, fisher=args.fisher, seed=args.seed,
         shard=args.shard, dtype=args.dtype, checkpoint_every=args.checkpoint_every,
-        device=args.device, trust_remote_code=args.trust_remote_code,
+        device=args.device, trust_remote_code=args.trust_remote_code, image_set=args.images,
         memorized=args.memorized.split(",") if args.memorized else None)
     print(f"collected {n_tokens} positions for layers {layers} -> {Path(args.out)}")
 

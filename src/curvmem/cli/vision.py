@@ -19,6 +19,9 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--image-size", type=int, default=None,
                    help="imagefolder only: resize every image to N x N")
+    p.add_argument("--heldout-fraction", type=float, default=0.0,
+                   help="set aside this fraction of the images, neither trained nor validated "
+                   "on (Fisher data a model never saw: collect --images heldout)")
     p.set_defaults(func=run_data)
 
     p = sub.add_parser("train-vit", help="train a timm ViT from scratch on the noisy labels",
@@ -34,7 +37,50 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--pretrained", default=None,
                    help="with --model-name: 'none' (from scratch, default), 'cache' (locally "
                    "cached hub weights, no download) or a weights FILE")
+    sizes = p.add_argument_group("preset overrides (default: the preset's values)")
+    sizes.add_argument("--embed-dim", type=int, default=None, help="width of the residual stream")
+    sizes.add_argument("--depth", type=int, default=None, help="number of blocks")
+    sizes.add_argument("--num-heads", type=int, default=None)
+    sizes.add_argument("--patch-size", type=int, default=None,
+                       help="2 on 8x8 digits: 16 patch tokens (the preset's 4: 4 tokens)")
+    sizes.add_argument("--mlp-ratio", type=float, default=None)
+    sizes.add_argument("--lr", type=float, default=None)
+    sizes.add_argument("--weight-decay", type=float, default=None)
+    sizes.add_argument("--decay", choices=["all", "matrices"], default=None,
+                       help="decay every parameter (the presets) or weight matrices only (not "
+                       "norms, biases, position embeddings, CLS token)")
     p.set_defaults(func=run_train)
+
+    p = sub.add_parser("vit-study-cell", help="one cell of the ViT study: base metrics and every "
+                       "K-FAC (per Fisher image set) and SVD edit of a sweep, in one process",
+                       description="Collect factors on each --images set, eigendecompose, make "
+                       "and evaluate every edit in memory; writes one JSON (docs/vision.md).")
+    p.add_argument("--model", required=True, help="directory from train-vit")
+    p.add_argument("--data", required=True, help="FILE.safetensors from vision-data")
+    p.add_argument("--out", required=True, help="FILE.json")
+    p.add_argument("--images", default="train",
+                   help="comma-separated Fisher image sets: train (all training images, the "
+                   "paper's), clean, heldout")
+    p.add_argument("--kfac-layers", default="0;-1;0,-1",
+                   help="';'-separated layer sets of the K-FAC edits (-1: the last block)")
+    p.add_argument("--rho", default="0.6,0.75,0.9", help="K-FAC mass fractions kept")
+    p.add_argument("--svd-layers", default="0,-1", help="';'-separated layer sets of SVD edits")
+    p.add_argument("--svd-drop", default="0.1,0.25,0.5", help="SVD drop fractions")
+    p.add_argument("--modules", default="mlp.fc1,mlp.fc2")
+    p.add_argument("--fisher", choices=["sampled", "empirical"], default="sampled")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled Fisher targets")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.set_defaults(func=run_study_cell)
+
+    p = sub.add_parser("report-vit-study", help="the ViT study's table and figure",
+                       description="Choose the best K-FAC and SVD edit of every study cell on "
+                       "training images only; table per setting and Fisher image set, seeds "
+                       "side by side; figure against weight decay (docs/vision.md).")
+    p.add_argument("cells", nargs="+", metavar="CELL.json", help="vit-study-cell results")
+    p.add_argument("--out", required=True, help="summary JSON")
+    p.add_argument("--table", required=True, help="Markdown table file")
+    p.add_argument("--figure", required=True, help="PNG file")
+    p.set_defaults(func=run_study_report)
 
     p = evaluate_sub.add_parser("vit", help="memorized %%, train ground-truth, clean-train and "
                                 "validation accuracy of a ViT (optionally edited)")
@@ -65,20 +111,72 @@ def run_data(args) -> None:
 
     _check_out(args.out, ".safetensors")
     tensors, config = images.make_dataset(args.source, args.seed, args.noise, args.val_fraction,
-                                         args.image_size)
+                                         args.image_size, args.heldout_fraction)
     images.save_dataset(args.out, tensors, config)
-    print(f"{config['n_train']} train ({config['n_noisy']} noisy) + {config['n_val']} val images, "
-          f"{config['num_classes']} classes -> {args.out}")
+    held = f" + {config['n_heldout']} held-out" if config.get("n_heldout") else ""
+    print(f"{config['n_train']} train ({config['n_noisy']} noisy) + {config['n_val']} val"
+          f"{held} images, {config['num_classes']} classes -> {args.out}")
 
 
 def run_train(args) -> None:
     from curvmem.model import vit
 
+    overrides = {k: getattr(args, k) for k in vit.MODEL_OVERRIDES + vit.TRAIN_OVERRIDES
+                 if k != "epochs"}
     cfg = vit.train_vit(args.data, args.out, args.preset, args.seed, args.epochs,
-                           args.model_name, args.pretrained)
+                        args.model_name, args.pretrained, overrides=overrides)
     m = cfg["final_metrics"]
     print(f"trained in {cfg['train_seconds']} s: memorized {m['memorized']}, "
           f"val acc {m['val_acc']} -> {args.out}")
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} {text}: expected comma-separated numbers") from None
+
+
+def _layer_sets(text: str, flag: str) -> list[list[int]]:
+    try:
+        return [[int(x) for x in part.split(",")] for part in text.split(";") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} {text}: expected ';'-separated lists of block indices, "
+                         "e.g. 0;-1;0,-1") from None
+
+
+def run_study_cell(args) -> None:
+    from curvmem.analysis.vit_study import run_cell
+    from curvmem.io import write_json
+
+    _check_out(args.out, ".json")
+    result = run_cell(args.model, args.data, image_sets=args.images.split(","),
+                      kfac_layers=_layer_sets(args.kfac_layers, "--kfac-layers"),
+                      rhos=_floats(args.rho, "--rho"),
+                      svd_layers=_layer_sets(args.svd_layers, "--svd-layers"),
+                      svd_drops=_floats(args.svd_drop, "--svd-drop"),
+                      modules=args.modules.split(","), fisher=args.fisher, seed=args.seed,
+                      batch_size=args.batch_size)
+    write_json(args.out, result)
+    n = len(result["svd"]) + sum(len(v["entries"]) for v in result["kfac"].values())
+    print(f"base memorized {result['base']['memorized']}, {n} edits evaluated -> {args.out}")
+
+
+def run_study_report(args) -> None:
+    from curvmem import io
+    from curvmem.report import vit_study
+
+    _check_out(args.out, ".json")
+    _check_out(args.table, ".md", "--table")
+    _check_out(args.figure, ".png", "--figure")
+    summary = vit_study.summarize([io.read_json(p) for p in args.cells])
+    io.write_json(args.out, summary)
+    with io.atomic_output(args.table) as tmp:
+        tmp.write_text(vit_study.table_markdown(summary))
+    vit_study.plot_study(summary, args.figure)
+    c = summary["claim"]
+    print(f"{len(summary['settings'])} settings; claim holds for every seed in "
+          f"{len(c['holds_every_seed'])} -> {args.out}")
 
 
 def run_evaluate(args) -> None:

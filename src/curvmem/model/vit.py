@@ -79,12 +79,39 @@ def cached_pretrained_file(model_name: str) -> Path:
     return path
 
 
+# the preset model's sizes a run may override (train-vit --embed-dim ...); e.g. a ViT-Tiny-shaped
+# width 192 with 3 heads, or 2x2 patches (16 tokens on 8x8 images)
+MODEL_OVERRIDES = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio")
+# the preset recipe's settings a run may override; `decay` picks the weight-decay groups
+TRAIN_OVERRIDES = ("epochs", "lr", "weight_decay", "decay")
+DECAY_GROUPS = ("all", "matrices")
+
+
+def split_overrides(overrides) -> tuple[dict, dict]:
+    """(model sizes, recipe settings) of a {name: value} override dict; None values are unset."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(MODEL_OVERRIDES) - set(TRAIN_OVERRIDES))
+    if unknown:
+        raise ValueError(f"unknown ViT settings {unknown}; known: "
+                         f"{list(MODEL_OVERRIDES) + list(TRAIN_OVERRIDES)}")
+    if given.get("decay", "all") not in DECAY_GROUPS:
+        raise ValueError(f"--decay must be one of {DECAY_GROUPS}, got '{given['decay']}'")
+    for k in ("embed_dim", "depth", "num_heads", "patch_size", "epochs"):
+        if k in given and (int(given[k]) != given[k] or given[k] < 1):
+            raise ValueError(f"--{k.replace('_', '-')} must be a positive integer, got {given[k]}")
+    if given.get("weight_decay", 0) < 0 or given.get("lr", 1) <= 0 or given.get("mlp_ratio", 1) <= 0:
+        raise ValueError("--weight-decay must be >= 0, --lr and --mlp-ratio > 0")
+    return ({k: given[k] for k in MODEL_OVERRIDES if k in given},
+            {k: given[k] for k in TRAIN_OVERRIDES if k in given})
+
+
 def build_model(num_classes: int, image_shape, preset: str = "default", model_name=None,
-                pretrained=None, seed: int = 0):
+                pretrained=None, seed: int = 0, sizes=None):
     """A timm VisionTransformer for images of `image_shape` (C, H, W), and its config.
 
-    Without `model_name`: the preset's small ViT, from scratch. With it: that timm model, from
-    scratch (pretrained None/'none'), from local hub cache ('cache') or a weights file.
+    Without `model_name`: the preset's small ViT, from scratch, with `sizes` (MODEL_OVERRIDES)
+    replacing the preset's. With it: that timm model, from scratch (pretrained None/'none'), from
+    local hub cache ('cache') or a weights file.
     """
     from curvmem.model.adapters import adapter_for
 
@@ -97,6 +124,13 @@ def build_model(num_classes: int, image_shape, preset: str = "default", model_na
             raise ValueError("--pretrained needs --model-name (the preset ViT trains from scratch)")
         model_name = DEFAULT_TIMM_NAME
         kwargs.update(VISION_PRESETS[preset]["model"])
+        kwargs.update(sizes or {})
+        if kwargs["embed_dim"] % kwargs["num_heads"]:
+            raise ValueError(f"width {kwargs['embed_dim']} is not divisible into "
+                             f"{kwargs['num_heads']} heads")
+    elif sizes:
+        raise ValueError(f"{sorted(sizes)} resize the preset ViT; with --model-name the timm "
+                         "model's own sizes are used")
     pretrained_file = None
     if pretrained == "cache":
         pretrained_file = cached_pretrained_file(model_name)
@@ -187,12 +221,35 @@ def random_shift(x: torch.Tensor, shift: int, prob: float, g: torch.Generator) -
                         for i in range(x.shape[0])])
 
 
+def decays(name: str, param: torch.nn.Parameter, model) -> bool:
+    """Whether weight decay applies to a parameter in the `matrices` groups: weight matrices
+    (linear and patch-projection weights) only; norms, biases, position embeddings and the CLS
+    token are not decayed (the usual ViT recipe; timm's `no_weight_decay()` names the last two)."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    return param.ndim >= 2 and name not in skip
+
+
+def adamw(model, lr: float, weight_decay: float, decay: str = "all") -> torch.optim.AdamW:
+    """AdamW with weight decay on every parameter (`all`, the presets' recipe) or on the weight
+    matrices only (`matrices`: two parameter groups, see `decays`)."""
+    if decay == "all":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if decay != "matrices":
+        raise ValueError(f"--decay must be one of {DECAY_GROUPS}, got '{decay}'")
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return torch.optim.AdamW(
+        [{"params": [p for n, p in params if decays(n, p, model)], "weight_decay": weight_decay},
+         {"params": [p for n, p in params if not decays(n, p, model)], "weight_decay": 0.0}],
+        lr=lr)
+
+
 def train(model, tensors: dict, epochs: int, batch_size: int, lr: float, weight_decay: float,
           warmup_fraction: float = 0.1, shift: int = 0, shift_prob: float = 1.0, seed: int = 0,
-          threads: int = 1,
+          threads: int = 1, decay: str = "all",
           progress: bool = True) -> list[dict]:
-    """AdamW with linear warm-up and cosine decay on the NOISY training labels, optional random
-    shifts, no dropout. Returns per-epoch history."""
+    """AdamW (`adamw`: decay on all parameters or on weight matrices only) with linear warm-up
+    and cosine decay on the NOISY training labels, optional random shifts, no dropout. Returns
+    per-epoch history."""
     if epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
     x, y = tensors["train_images"], tensors["train_labels"]
@@ -200,7 +257,7 @@ def train(model, tensors: dict, epochs: int, batch_size: int, lr: float, weight_
     steps_per_epoch = math.ceil(n / batch_size)
     total = epochs * steps_per_epoch
     warmup = max(1, int(warmup_fraction * total))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = adamw(model, lr, weight_decay, decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (
         1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total - warmup))))))
     g = torch.Generator().manual_seed(seed)
@@ -231,15 +288,20 @@ def train(model, tensors: dict, epochs: int, batch_size: int, lr: float, weight_
 
 
 def train_vit(data_path, out, preset: str = "default", seed: int = 0, epochs=None,
-              model_name=None, pretrained=None, progress: bool = True) -> dict:
-    """`curvmem train-vit`: build, train, save (model.safetensors + timm_config.json)."""
+              model_name=None, pretrained=None, progress: bool = True, overrides=None) -> dict:
+    """`curvmem train-vit`: build, train, save (model.safetensors + timm_config.json).
+
+    `overrides` {name: value} replaces preset settings: model sizes (MODEL_OVERRIDES) and recipe
+    settings (TRAIN_OVERRIDES, e.g. weight_decay, decay='matrices'); only given ones are
+    recorded beyond the preset's."""
     from safetensors.torch import save_file
 
+    sizes, recipe_overrides = split_overrides(overrides)
     tensors, data_cfg = load_dataset(data_path)
     model, cfg = build_model(data_cfg["num_classes"], tensors["train_images"].shape[1:], preset,
-                             model_name, pretrained, seed)
+                             model_name, pretrained, seed, sizes)
     io.note_model_ready()
-    recipe = dict(VISION_PRESETS[preset]["train"])
+    recipe = dict(VISION_PRESETS[preset]["train"], **recipe_overrides)
     if epochs is not None:
         recipe["epochs"] = int(epochs)
     if recipe["epochs"] < 1:

@@ -20,6 +20,7 @@ from curvmem import io
 
 DATA_KEYS = ("train_images", "train_labels", "train_true_labels", "train_noisy", "train_index",
              "val_images", "val_labels", "val_index")
+HELDOUT_KEYS = ("heldout_images", "heldout_labels", "heldout_index")  # only with --heldout-fraction
 
 
 # --------------------------------------------------------------------------- data sources
@@ -107,27 +108,35 @@ def load_source(source: str = "digits", image_size=None):
 
 
 def split_and_corrupt(labels: torch.Tensor, num_classes: int, seed: int = 0, noise: float = 0.1,
-                      val_fraction: float = 0.2) -> dict:
-    """Seeded train/validation split and label noise.
+                      val_fraction: float = 0.2, heldout_fraction: float = 0.0) -> dict:
+    """Seeded train/validation(/held-out) split and label noise.
 
     Returns train_index, val_index (indices into `labels`), train_true_labels, train_labels (the
     noisy ones) and train_noisy (mask). round(noise * n_train) training images get a label drawn
-    uniformly from the OTHER classes, so every noisy label differs from the true one.
+    uniformly from the OTHER classes, so every noisy label differs from the true one. With
+    `heldout_fraction` > 0 (also `heldout_index`): that fraction of the images, taken after the
+    validation images from the same permutation, is set aside, neither trained on nor validated
+    on (e.g. Fisher data that the model never saw); with 0 the split is the two-way one.
     """
     if not 0.0 <= noise < 1.0:
         raise ValueError(f"--noise must be in [0, 1), got {noise}")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    if not 0.0 <= heldout_fraction < 1.0 - val_fraction:
+        raise ValueError(f"--heldout-fraction must be in [0, 1 - val_fraction), got "
+                         f"{heldout_fraction}")
     if num_classes < 2:
         raise ValueError(f"label noise needs at least 2 classes, got {num_classes}")
     n = labels.shape[0]
-    n_val = round(val_fraction * n)
-    if n_val < 1 or n - n_val < 1:
-        raise ValueError(f"{n} images cannot be split with --val-fraction {val_fraction}: "
-                         "both splits would need at least one image")
+    n_val, n_held = round(val_fraction * n), round(heldout_fraction * n)
+    if n_val < 1 or n - n_val - n_held < 1 or (heldout_fraction > 0 and n_held < 1):
+        raise ValueError(f"{n} images cannot be split with --val-fraction {val_fraction} and "
+                         f"--heldout-fraction {heldout_fraction}: every split would need at "
+                         "least one image")
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
-    val_index, train_index = perm[:n_val], perm[n_val:]
+    val_index, heldout_index, train_index = perm[:n_val], perm[n_val:n_val + n_held], \
+        perm[n_val + n_held:]
     true = labels[train_index]
     n_noisy = round(noise * true.shape[0])
     noisy_pos = torch.randperm(true.shape[0], generator=g)[:n_noisy]
@@ -136,17 +145,22 @@ def split_and_corrupt(labels: torch.Tensor, num_classes: int, seed: int = 0, noi
     noisy_labels[noisy_pos] = (true[noisy_pos] + shift) % num_classes
     mask = torch.zeros(true.shape[0], dtype=torch.bool)
     mask[noisy_pos] = True
-    return {"train_index": train_index, "val_index": val_index, "train_true_labels": true,
-            "train_labels": noisy_labels, "train_noisy": mask}
+    out = {"train_index": train_index, "val_index": val_index, "train_true_labels": true,
+           "train_labels": noisy_labels, "train_noisy": mask}
+    if n_held:
+        out["heldout_index"] = heldout_index
+    return out
 
 
 def make_dataset(source: str = "digits", seed: int = 0, noise: float = 0.1,
-                 val_fraction: float = 0.2, image_size=None) -> tuple[dict, dict]:
+                 val_fraction: float = 0.2, image_size=None,
+                 heldout_fraction: float = 0.0) -> tuple[dict, dict]:
     """(tensors, config) of a vision dataset. Images are standardized per channel with the
-    training split's mean and std, so models read them as stored."""
+    training split's mean and std, so models read them as stored. With `heldout_fraction` > 0
+    the file also holds heldout_images / heldout_labels (true labels) / heldout_index."""
     images, labels, classes = load_source(source, image_size)
     num_classes = len(classes)
-    parts = split_and_corrupt(labels, num_classes, seed, noise, val_fraction)
+    parts = split_and_corrupt(labels, num_classes, seed, noise, val_fraction, heldout_fraction)
     train, val = images[parts["train_index"]], images[parts["val_index"]]
     mean = train.mean(dim=(0, 2, 3))
     std = train.std(dim=(0, 2, 3)).clamp_min(1e-6)
@@ -159,6 +173,11 @@ def make_dataset(source: str = "digits", seed: int = 0, noise: float = 0.1,
               "image_shape": list(images.shape[1:]), "n_train": int(train.shape[0]),
               "n_val": int(val.shape[0]), "n_noisy": int(parts["train_noisy"].sum()),
               "channel_mean": mean.tolist(), "channel_std": std.tolist()}
+    if "heldout_index" in parts:  # only then, so a two-way dataset's file and config are as before
+        held = parts["heldout_index"]
+        tensors.update(heldout_images=((images[held] - mean_) / std_).contiguous(),
+                       heldout_labels=labels[held])
+        config.update(heldout_fraction=heldout_fraction, n_heldout=int(held.shape[0]))
     return tensors, config
 
 
@@ -208,13 +227,30 @@ def load_dataset(path) -> tuple[dict, dict]:
     if any(tensors[k].shape[0] != n for k in DATA_KEYS if k.startswith("train")) or \
             any(tensors[k].shape[0] != nv for k in DATA_KEYS if k.startswith("val")):
         raise ValueError(f"{path}: tensors of one split have different lengths")
+    held = [k for k in HELDOUT_KEYS if k in tensors]
+    if held and (len(held) < len(HELDOUT_KEYS)
+                 or len({tensors[k].shape[0] for k in HELDOUT_KEYS}) > 1):
+        raise ValueError(f"{path}: an incomplete held-out split (needs {list(HELDOUT_KEYS)} of "
+                         "one length)")
     return tensors, json.loads(meta["config"])
+
+
+# which images `curvmem collect --images` reads from a dataset (Fisher data for a ViT)
+IMAGE_SETS = ("train", "clean", "heldout")
 
 
 def load_images(path, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """(images [N,C,H,W] float32, labels [N]). Train labels are the NOISY ones the model was
-    trained on; validation labels are true."""
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got '{split}'")
+    trained on; validation and held-out labels are true. `clean`: the training images whose
+    label was not replaced (so their labels are true). `heldout` needs a file made with
+    --heldout-fraction."""
+    if split not in ("train", "val", "clean", "heldout"):
+        raise ValueError(f"split must be 'train', 'clean', 'val' or 'heldout', got '{split}'")
     tensors, _ = load_dataset(path)
+    if split == "clean":
+        keep = ~tensors["train_noisy"]
+        return tensors["train_images"][keep], tensors["train_labels"][keep]
+    if split == "heldout" and "heldout_images" not in tensors:
+        raise ValueError(f"{path}: no held-out images (make the dataset with curvmem vision-data "
+                         "--heldout-fraction F)")
     return tensors[f"{split}_images"], tensors[f"{split}_labels"]

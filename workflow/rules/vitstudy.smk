@@ -1,0 +1,88 @@
+"""The ViT study (docs/vision.md, "The study"): one dataset with a held-out split, one embedded
+ViT per grid setting, one in-process cell per model (every Fisher image set and edit), a report."""
+
+if PLAN.study():
+
+    STUDY = PLAN.study_dir()
+
+    wildcard_constraints:
+        study_model=one_of(list(PLAN.study_models())),
+
+    rule vit_study_data:
+        output:
+            PLAN.study_data(),
+        params:
+            args=PLAN.study_data_flags(),
+        log:
+            "logs/vit_study/data.log",
+        benchmark:
+            bench("vit_study/data")
+        conda:
+            "../envs/curvmem.yaml"
+        threads: res("vision_data")["threads"]
+        resources:
+            **resources_of("vision_data"),
+        shell:
+            "curvmem vision-data --out {output} {params.args} > {log} 2>&1"
+
+    rule vit_study_train:
+        input:
+            PLAN.study_data(),
+        output:
+            directory(f"{STUDY}/models/{{study_model}}"),
+        params:
+            args=lambda wc: PLAN.study_train_flags(wc.study_model),
+        log:
+            "logs/vit_study/train/{study_model}.log",
+        benchmark:
+            bench("vit_study/train/{study_model}")
+        conda:
+            "../envs/curvmem.yaml"
+        threads: res("train")["threads"]
+        resources:
+            **resources_of("train"),
+        shell:
+            "curvmem train-vit --data {input} --out {output} {params.args} > {log} 2>&1"
+
+    rule vit_study_cell:
+        input:
+            data=PLAN.study_data(),
+            model=f"{STUDY}/models/{{study_model}}",
+        output:
+            f"{STUDY}/cells/{{study_model}}.json",
+        params:
+            args=PLAN.study_cell_flags(),
+        log:
+            "logs/vit_study/cell/{study_model}.log",
+        benchmark:
+            bench("vit_study/cell/{study_model}")
+        conda:
+            "../envs/curvmem.yaml"
+        threads: res("evaluate")["threads"]
+        resources:
+            **resources_of("evaluate"),
+        shell:
+            "curvmem vit-study-cell --model {input.model} --data {input.data} --out {output}"
+            " {params.args} > {log} 2>&1"
+
+    rule report_vit_study:
+        input:
+            [PLAN.study_cell(k) for k in PLAN.study_models()],
+        output:
+            summary=report(PLAN.study_outputs()["summary"], caption="../report/vit_study.rst",
+                           category="ViT study", subcategory="Summary"),
+            table=report(PLAN.study_outputs()["table"], caption="../report/vit_study.rst",
+                         category="ViT study", subcategory="Summary"),
+            figure=report(PLAN.study_outputs()["figure"], caption="../report/vit_study.rst",
+                          category="ViT study", subcategory="Summary"),
+        log:
+            "logs/vit_study/report.log",
+        benchmark:
+            bench("vit_study/report")
+        conda:
+            "../envs/curvmem.yaml"
+        resources:
+            **resources_of("report"),
+        shell:
+            "curvmem report-vit-study {input} --out {output.summary}"
+            " --table {output.table} --figure {output.figure} > {log} 2>&1"
