@@ -111,56 +111,71 @@ def _kfac_sweep_lines(models: dict) -> dict[str, list[tuple[float, str]]]:
 _OTHER_MARKERS = ("X", "P", "*", "D", "^", "v", "<", ">", "s", "h", "p", "d")
 
 
+SWEEP_PANELS = (("forget", "forget (read by BSN and the selection)"),
+                ("forget_validation", "forget-validation (held out: read by nothing)"),
+                ("untargeted", "quotes (untargeted), last 8 words"),
+                ("untargeted_long", "long quotes, 48-token suffix"))
+
+
 def sweep_figure(summary: dict, path, max_ppl_rise: float | None = None) -> None:
-    """Strict recitation against held-out perplexity: rows forget / untargeted canaries, columns
-    random / natural. Each K-FAC layer set is a line through its rho values (labelled at the
-    points); controls and baselines are single markers."""
+    """Strict recitation against held-out perplexity, one panel per memorized set present
+    (SWEEP_PANELS). Each K-FAC layer set is a line through its rho values (labelled at the
+    points); controls and baselines are single markers; each method's selected edit is circled."""
     models = summary["models"]
     base_ppl = models["base"]["perplexity"]
     lines = _kfac_sweep_lines(models)
     in_lines = {name for pts in lines.values() for _, name in pts}
     others = [n for n in models if n != "base" and n not in in_lines]
     colors = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True, sharey=True)
-    for row, split in enumerate(("forget", "untargeted")):
-        for col, kind in enumerate(("random", "natural")):
-            ax = axes[row, col]
+    panels = [(s, t) for s, t in SWEEP_PANELS if models["base"].get(s)]
+    n_cols = 2 if len(panels) > 1 else 1
+    n_rows = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(6 * n_cols, 4 * n_rows), sharex=True,
+                             sharey=True, squeeze=False)
+    picks = {s["selected"] for s in (summary.get("selection") or {}).values() if s["selected"]}
+    picks |= {summary["selected"]} if summary.get("selected") else set()
+    for i_panel, (split, title) in enumerate(panels):
+        row, col = divmod(i_panel, n_cols)
+        ax = axes[row, col]
 
-            def strict(name, split=split, kind=kind):
-                by_kind = models[name][split]["by_kind"][kind]
-                return None if by_kind is None else 100 * by_kind["strict"]
+        def strict(name, split=split):
+            m = models[name].get(split)
+            return None if not m or m.get("strict") is None else 100 * m["strict"]
 
-            for i, (label, pts) in enumerate(lines.items()):
-                xy = [(models[n]["perplexity"], strict(n), rho) for rho, n in pts
-                      if strict(n) is not None]
-                ax.plot([x for x, _, _ in xy], [y for _, y, _ in xy], "-o", ms=4, lw=1.2,
-                        color=colors(i % 10), label=f"K-FAC {label}")
-                for x, y, rho in xy:
-                    ax.annotate(f"{rho:g}", (x, y), fontsize=6, xytext=(2, 3),
-                                textcoords="offset points", color=colors(i % 10))
-            for k, name in enumerate(others):
-                if strict(name) is not None:
-                    ax.scatter([models[name]["perplexity"]], [strict(name)], s=45, color="0.35",
-                               marker=_OTHER_MARKERS[k % len(_OTHER_MARKERS)], label=name,
-                               zorder=3)
-            ax.scatter([base_ppl], [strict("base")], marker="o", s=60, facecolors="none",
-                       edgecolors="k", label="base", zorder=3)
-            sel = summary.get("selected")
-            if sel and strict(sel) is not None:
-                ax.scatter([models[sel]["perplexity"]], [strict(sel)], s=220, facecolors="none",
-                           edgecolors="r", lw=1.5, label=f"selected: {sel}", zorder=4)
-            if max_ppl_rise is not None:
-                ax.axvline(base_ppl * (1 + max_ppl_rise), color="0.5", lw=0.8, ls=":",
-                           label=f"selection limit (+{100 * max_ppl_rise:.0f} % perplexity)")
-            ax.axvline(base_ppl, color="k", lw=0.6, ls="--")
-            ax.set_title(f"{split} canaries, {kind}", fontsize=10)
-            ax.grid(alpha=0.25)
-            if row == 1:
-                ax.set_xlabel("held-out perplexity (mean over batches of exp(batch loss))")
-            if row == col == 0:  # the axes share x
-                log_x_if_wide(ax, [m.get("perplexity") for m in models.values()])
-            if col == 0:
-                ax.set_ylabel("strict recitation (%)")
+        for i, (label, pts) in enumerate(lines.items()):
+            xy = [(models[n]["perplexity"], strict(n), rho) for rho, n in pts
+                  if strict(n) is not None]
+            ax.plot([x for x, _, _ in xy], [y for _, y, _ in xy], "-o", ms=4, lw=1.2,
+                    color=colors(i % 10), label=f"K-FAC {label}")
+            for x, y, rho in xy:
+                ax.annotate(f"{rho:g}", (x, y), fontsize=6, xytext=(2, 3),
+                            textcoords="offset points", color=colors(i % 10))
+        for k, name in enumerate(others):
+            if strict(name) is not None:
+                ax.scatter([models[name]["perplexity"]], [strict(name)], s=45, color="0.35",
+                           marker=_OTHER_MARKERS[k % len(_OTHER_MARKERS)], label=name,
+                           zorder=3)
+        ax.scatter([base_ppl], [strict("base")], marker="o", s=60, facecolors="none",
+                   edgecolors="k", label="base", zorder=3)
+        for sel in sorted(picks):
+            if strict(sel) is not None:
+                ax.scatter([models[sel]["perplexity"]], [strict(sel)], s=220,
+                           facecolors="none", edgecolors="r", lw=1.5,
+                           label=f"selected: {sel}", zorder=4)
+        if max_ppl_rise is not None:
+            ax.axvline(base_ppl * (1 + max_ppl_rise), color="0.5", lw=0.8, ls=":",
+                       label=f"selection limit (+{100 * max_ppl_rise:.0f} % perplexity)")
+        ax.axvline(base_ppl, color="k", lw=0.6, ls="--")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.25)
+        if row == n_rows - 1:
+            ax.set_xlabel("held-out perplexity (mean over batches of exp(batch loss))")
+        if row == col == 0:  # the axes share x
+            log_x_if_wide(ax, [m.get("perplexity") for m in models.values()])
+        if col == 0:
+            ax.set_ylabel("strict recitation (%)")
+    for k in range(len(panels), n_rows * n_cols):
+        axes.flat[k].set_visible(False)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
                title="numbers at points: rho", title_fontsize=8)
