@@ -334,10 +334,11 @@ def test_report_columns_named_and_tasks_optional(tmp_path):
     assert summary["columns"]["paper_dolma"] == "control"
     assert summary["models"]["k"]["tasks"]["logic"] is None
     table = (tmp_path / "t.md").read_text()
-    assert "| other half strict | loose | Avg Lev | untargeted strict |" in table
-    assert "| validation half strict | PPL |" in table
-    # the paper's 7B K-FAC Dolma strict (3.4 %) sits under the validation half, not the other
-    assert "| paper (OLMo-2) | 7B K-FAC | – | – | – | 16.1 | 23.8 | 0.625 | 3.4 |" in table
+    # the paper's Dolma columns (its validation half) come first: here our control set, so the
+    # paper's 7B K-FAC Dolma strict (3.4 %) sits beside the validation half, not the other half
+    assert ("| source | model | validation half strict | loose | Avg Lev | quotes (untargeted) "
+            "strict | loose | Avg Lev | PPL | nDCG@10 | other half strict |") in table
+    assert "| paper (OLMo-2) | 7B K-FAC | 3.4 | 8.8 | 0.704 | 16.1 | 23.8 | 0.625 |" in table
     assert main(["report-lm", *[a for e in entries for a in ("--entry", e)], "--out", str(out),
                  "--label", "half=x"]) == 2
 
@@ -370,9 +371,10 @@ def test_smoke_world_train_and_every_evaluator(tmp_path, capsys):
     res = tmp_path / "res"
     for name, extra in (("base", []), ("edit", ["--edit", str(edit)])):
         d = res / name
-        for split in ("forget", "untargeted", "control"):
+        for split, data in (("forget", "canaries_forget"), ("untargeted", "quotes"),
+                            ("control", "canaries_control")):
             assert main(["evaluate", "memorization", "--model", str(m), *extra, "--data",
-                         str(w / f"canaries_{split}.jsonl"),
+                         str(w / f"{data}.jsonl"),
                          "--out", str(d / f"memorization_{split}.json")]) == 0
         assert main(["evaluate", "perplexity", "--model", str(m), *extra, "--data",
                      str(w / "heldout.jsonl"), "--out", str(d / "perplexity.json")]) == 0
@@ -382,7 +384,7 @@ def test_smoke_world_train_and_every_evaluator(tmp_path, capsys):
                  str(w / "heldout.jsonl"), "--out", str(res / "edit" / "coherence.json")]) == 0
 
     mem = json.loads((res / "base" / "memorization_forget.json").read_text())
-    assert mem["n"] == 4 and set(mem["by_kind"]) == {"random", "natural"}
+    assert mem["n"] == 8 and set(mem["by_kind"]) == {"random", "menu", "table", "licence"}
     ppl = json.loads((res / "edit" / "perplexity.json").read_text())
     assert ppl["edit"]["method"] == "kfac" and ppl["perplexity"] > 1
     coh = json.loads((res / "edit" / "coherence.json").read_text())

@@ -89,8 +89,12 @@ def trained(tmp_path_factory):
     w, tok, m = tmp / "world", tmp / "tok", tmp / "model"
     world.write_world(w, presets.world_config("smoke"))
     lm_model.train_tokenizer(w / "train.jsonl", tok, 400)
-    canaries = {s: read_jsonl(w / f"canaries_{s}.jsonl")
-                for s in ("forget", "untargeted", "control")}
+    # two trained sets of memorized documents (both halves) and the never-trained controls; the
+    # kinds that fit one training block, so a tiny model learns them in a few dozen steps
+    canaries = {s: [r for r in read_jsonl(w / f"{f}.jsonl") if r["kind"] in ("random", "table")]
+                for s, f in (("forget", "canaries_forget"),
+                             ("untargeted", "canaries_forget_validation"),
+                             ("control", "canaries_control"))}
     trained_texts = {r["text"] for s in ("forget", "untargeted") for r in canaries[s]}
     rows = read_jsonl(w / "train.jsonl")
     small = tmp / "small"
