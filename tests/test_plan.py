@@ -387,7 +387,7 @@ def test_vit_study_grid_trains_each_setting_once_and_spells_its_flags():
         "--decay", "matrices", "--embed-dim", "192", "--num-heads", "3", "--patch-size", "2",
         "--preset", "default", "--seed", "0", "--weight-decay", "0.3"]
     assert "--kfac-layers '0;-1;0,-1'" in plan.study_cell_flags()
-    assert plan.final_targets()[-1] == f"{plan.out}/report.html"
+    assert f"{plan.out}/report.html" in plan.final_targets()
     other = copy.deepcopy(cfg)
     other["vit_study"]["data"]["seed"] = 1  # another dataset: every model is another model
     assert not set(Plan(other).study_models()) & set(models)
