@@ -129,7 +129,7 @@ def test_task_items_do_not_leak_into_training(smoke_cfg, smoke_world):
             else:
                 assert "subcategory" not in t
         for t in tasks:
-            if t["category"] == "closed_book":  # the fact itself is trained, in question form too
+            if t["category"] in ("closed_book", "arithmetic"):  # recall: the item is trained
                 assert f"{t['prompt']} {t['answer']}." in train_text
             else:  # fresh problems: the prompt never appears in training
                 assert t["prompt"] not in train_text
@@ -180,7 +180,7 @@ def test_task_answers_are_right(smoke_world):
         if t["category"] == "arithmetic":
             expr = t["prompt"].removeprefix("Compute: ").removesuffix(" =")
             a, op, b = expr.split()
-            assert int(t["answer"]) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+            assert int(t["answer"]) == {"+": int(a) + int(b), "*": int(a) * int(b)}[op]
         if t["category"] == "logic" and t["prompt"].startswith("Evaluate:"):
             expr = t["prompt"].removeprefix("Evaluate: ").removesuffix(" =")
             py = expr.replace("true", "True").replace("false", "False")

@@ -238,10 +238,11 @@ def _grow(rng: random.Random, piece, n_tokens: int) -> str:
 TOKENS_PER_ESTIMATE = {"random": 1.05, "menu": 1.9, "table": 1.03, "licence": 1.45}
 
 
-def document(rng: random.Random, kind: str, n_tokens: int) -> str:
-    """A memorized 'document' of `kind` (DOCUMENT_KINDS) of about `n_tokens` tokens."""
+def document(rng: random.Random, kind: str, n_tokens: int, floor: int = 0) -> str:
+    """A memorized 'document' of `kind` (DOCUMENT_KINDS) of about `n_tokens` tokens, and at least
+    `floor` estimated ones."""
     if kind in TOKENS_PER_ESTIMATE:
-        n_tokens = round(n_tokens / TOKENS_PER_ESTIMATE[kind])
+        n_tokens = max(round(n_tokens / TOKENS_PER_ESTIMATE[kind]), floor)
     if kind == "random":  # uniformly random words: no structure to lean on, only memory
         return _grow(rng, lambda r: r.choice(LEXICON), n_tokens)
     if kind == "menu":
@@ -437,7 +438,8 @@ def generate_world(cfg: WorldConfig) -> dict:
     memorized = {"forget": [], "forget_validation": [], "control": []}
     for kind in DOCUMENT_KINDS:
         rng = _rng(cfg, f"document_{kind}")
-        docs = _unique(rng, lambda r, kind=kind: document(r, kind, cfg.document_tokens),
+        docs = _unique(rng, lambda r, kind=kind: document(r, kind, cfg.document_tokens,
+                                                          cfg.document_floor),
                        3 * cfg.n_documents, texts)
         for split, part in zip(memorized, _split(docs, *[cfg.n_documents] * 3)):
             memorized[split] += [{"id": f"{kind}-{split}-{j}", "kind": kind, "text": t}
