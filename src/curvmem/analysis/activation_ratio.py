@@ -140,18 +140,30 @@ def activation_ratio_figure(result: dict, path) -> None:
             for kind, marker in zip(kinds, markers):
                 ax.scatter(pos, mod["ratio"][kind][family], marker=marker, s=14, color="k",
                            zorder=3, label=f"{kind} items" if k == 0 else None)
-        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(x, [lab.replace("top ", "top\n").replace("bottom ", "bottom\n")
-                          for lab in labels], fontsize=8)
-        ax.set_title(module_label(mod["layer"], mod["module"]), fontsize=10)
+        band_axis(ax, x, labels, mod)
+    finish_band_figure(fig, axes, len(mods), rows, path, "memorized ÷ clean\nmean ‖band output‖",
+                       "Activation ratio by curvature band (bars: all memorized items; dots: by "
+                       "kind)")
+
+
+def band_axis(ax, x, labels, mod) -> None:
+    """One module's panel of a band-ratio figure: the ratio-1 line, band ticks, the title."""
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(x, [lab.replace("top ", "top\n").replace("bottom ", "bottom\n")
+                      for lab in labels], fontsize=8)
+    ax.set_title(module_label(mod["layer"], mod["module"]), fontsize=10)
+
+
+def finish_band_figure(fig, axes, n_panels: int, rows: int, path, ylabel: str,
+                       title: str) -> None:
+    """The y labels, the unused panels off, one legend above, the title; then save."""
     for ax in axes[:, 0]:
-        ax.set_ylabel("memorized ÷ clean\nmean ‖band output‖")
-    for ax in axes.flat[len(mods):]:
+        ax.set_ylabel(ylabel)
+    for ax in axes.flat[n_panels:]:
         ax.axis("off")
     handles, labs = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labs, loc="upper center", ncol=len(handles), fontsize=8,
                bbox_to_anchor=(0.5, 1.0 + 0.02 / rows))
-    fig.suptitle("Activation ratio by curvature band (bars: all memorized items; dots: by kind)",
-                 y=1.06 + 0.02 / rows, fontsize=11)
+    fig.suptitle(title, y=1.06 + 0.02 / rows, fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)

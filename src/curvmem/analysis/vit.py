@@ -21,14 +21,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from curvmem.analysis.activation_ratio import FAMILIES, band_operators, mean_band_norms
+from curvmem.analysis.activation_ratio import (
+    FAMILIES,
+    band_axis,
+    band_operators,
+    finish_band_figure,
+    mean_band_norms,
+)
 from curvmem.analysis.common import (
     BANDS,
     band_label,
     check_bands,
     mlp_hooks,
-    module_label,
-    save_figure,
 )
 from curvmem.analysis.per_example import (
     band_masks_and_curvature,
@@ -221,18 +225,8 @@ def vit_activation_ratio_figure(result: dict, path) -> None:
                 ax.scatter(pos, [np.nan if v is None else v for v in mod["ratio"][comp][family]],
                            marker=marker, s=14, color=colour, zorder=3,
                            label=comp.replace("/", " ÷ ") if k == 0 else None)
-        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(x, [lab.replace("top ", "top\n").replace("bottom ", "bottom\n")
-                          for lab in labels], fontsize=8)
-        ax.set_title(module_label(mod["layer"], mod["module"]), fontsize=10)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("noisy ÷ clean training images\nmean ‖band output‖ (CLS)")
-    for ax in axes.flat[len(mods):]:
-        ax.axis("off")
-    handles, labs = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labs, loc="upper center", ncol=len(handles), fontsize=8,
-               bbox_to_anchor=(0.5, 1.0 + 0.02 / rows))
-    fig.suptitle("ViT activation ratio by curvature band (bars: noisy ÷ clean training images)",
-                 y=1.06 + 0.02 / rows, fontsize=11)
-    fig.tight_layout()
-    save_figure(fig, path)
+        band_axis(ax, x, labels, mod)
+    finish_band_figure(fig, axes, len(mods), rows, path,
+                       "noisy ÷ clean training images\nmean ‖band output‖ (CLS)",
+                       "ViT activation ratio by curvature band (bars: noisy ÷ clean training "
+                       "images)")
