@@ -126,7 +126,7 @@ def test_the_7b_configs_released_files_come_from_a_file_mirror(tmp_path):
     target = Plan(cfg).lm_data("quotes")
     proc = snakemake(repo, "--cores", "1", "--configfile=wrong.yaml", target, check=False)
     assert proc.returncode != 0 and not (repo / target).exists()
-    logs = (repo / "logs/hub/fetch_file").glob("quotes-f*")
+    logs = (repo / plan.out / "logs/hub/fetch_file").glob("quotes-f*")
     assert any("is not the expected" in log.read_text() for log in logs)
 
 

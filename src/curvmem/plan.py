@@ -200,6 +200,51 @@ def method_tag(spec):
     return "kfac-shard" if spec["factors"] == "control" else f"kfac-{spec['factors']}"
 
 
+# Seeds of a multi-seed study (`seeds` in the config): the sections whose `seed` one run offsets
+SEEDED_SECTIONS = (("lm", "model"), ("lm", "factors"), ("lm", "control_factors"), ("vit", "model"),
+                   ("vit", "factors"))
+# edit sweeps that draw random numbers (BalancedSubnet's init and order; the random controls)
+RANDOM_KEEPS = ("random", "random-mass", "random-basis")
+
+
+def seeded_config(config: dict) -> dict:
+    """The config of one run of a multi-seed study. `seeds: [0, 1, 2]` lists the study's seeds and
+    `seed` (default: the first) picks this run's: every seed of world and model, factors, control
+    factors, BalancedSubnet and the random controls is offset by it, and the run writes under
+    `{outdir}/seed-{seed}`. Seed 0 leaves every setting (and so every content key) as written.
+    A config without `seeds` comes back unchanged."""
+    if "seeds" not in config:
+        if "seed" in config:
+            raise PlanError("config `seed` picks one of `seeds`, which the config does not list")
+        return config
+    seeds = config["seeds"]
+    if len(set(seeds)) != len(seeds):
+        raise PlanError(f"config seeds {seeds}: each seed once")
+    seed = config.get("seed", seeds[0])
+    if seed not in seeds:
+        raise PlanError(f"config seed {seed} is not one of seeds {seeds}")
+    out = json.loads(json.dumps(config))  # a deep copy of plain YAML data
+    out["outdir"] = f"{config['outdir'].rstrip('/')}/seed-{seed}"
+    out["seed"] = seed
+    if seed == 0:
+        return out
+    for domain, section in SEEDED_SECTIONS:
+        part = (out.get(domain) or {}).get(section)
+        if part is not None:
+            part["seed"] = part.get("seed", 0) + seed
+    for domain in ("lm", "vit"):
+        for sweep in ((out.get(domain) or {}).get("edits") or {}).values():
+            if sweep["method"] == "bsn" or sweep.get("keep") in RANDOM_KEEPS:
+                sweep["seed"] = sweep.get("seed", 0) + seed
+    return out
+
+
+def seed_outdirs(config: dict) -> dict[int, str]:
+    """{seed: its run's outdir} of a multi-seed study ({} without `seeds`)."""
+    root = config["outdir"].rstrip("/")
+    return {s: f"{root}/seed-{s}" for s in config.get("seeds", [])}
+
+
 class Plan:
     """Everything the workflow builds for one config: keys, paths, sweeps, flags, resources.
 
@@ -208,6 +253,8 @@ class Plan:
     """
 
     def __init__(self, config: dict):
+        self.study_config = config
+        config = seeded_config(config)
         self.config = config
         self.out = config["outdir"].rstrip("/")
         self.domains = [d for d in ("lm", "vit") if config.get(d)]

@@ -48,7 +48,7 @@ for job in PLAN.analysis_jobs():
         params:
             runs=PLAN.analysis_batch_flags(job),
         log:
-            f"logs/{'vit' if job == 'vit' else 'lm'}/analysis/{job}.log",
+            f"{OUT}/logs/{'vit' if job == 'vit' else 'lm'}/analysis/{job}.log",
         benchmark:
             bench(f"{'vit' if job == 'vit' else 'lm'}/analysis/{job}")
         conda:

@@ -16,7 +16,7 @@ if "lm" in DOMAINS:
             model=lambda wc: model_arg("lm"),
             args=bsn_flags,
         log:
-            "logs/lm/bsn/{key}.log",
+            f"{OUT}/logs/lm/bsn/{{key}}.log",
         benchmark:
             bench("lm/bsn/{key}")
         conda:
@@ -37,7 +37,7 @@ if "lm" in DOMAINS:
             table=report(f"{OUT}/compare.md", caption="../report/compare_table.rst",
                          category="Language model", subcategory="Method comparison"),
         log:
-            "logs/lm/compare.log",
+            f"{OUT}/logs/lm/compare.log",
         benchmark:
             bench("lm/compare")
         conda:

@@ -10,7 +10,7 @@ rule edit:
     params:
         args=edit_flags,
     log:
-        "logs/{domain}/edit/{key}.log",
+        f"{OUT}/logs/{{domain}}/edit/{{key}}.log",
     benchmark:
         bench("{domain}/edit/{key}")
     conda:

@@ -7,7 +7,7 @@ rule eigen:
     output:
         f"{OUT}/{{domain}}/eigen/{{fkey}}/layer_{{layer}}.nc",
     log:
-        "logs/{domain}/eigen/{fkey}/layer_{layer}.log",
+        f"{OUT}/logs/{{domain}}/eigen/{{fkey}}/layer_{{layer}}.log",
     benchmark:
         bench("{domain}/eigen/{fkey}/layer_{layer}")
     conda:

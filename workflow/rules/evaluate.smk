@@ -17,7 +17,7 @@ if "lm" in DOMAINS:
             load=model_flags("lm", "dtype"),
             runs=lm_eval_runs,
         log:
-            "logs/lm/evaluate/{key}.log",
+            f"{OUT}/logs/lm/evaluate/{{key}}.log",
         benchmark:
             bench("lm/evaluate/{key}")
         conda:
@@ -48,7 +48,7 @@ if "vit" in DOMAINS:
             data=vit_data(),
             edit=edit_flag("vit"),
         log:
-            "logs/vit/evaluate/{key}.log",
+            f"{OUT}/logs/vit/evaluate/{{key}}.log",
         benchmark:
             bench("vit/evaluate/{key}")
         conda:

@@ -15,7 +15,7 @@ rule collect:
         out=lambda wc, output: os.path.dirname(output[0]),
         args=collect_flags,
     log:
-        "logs/{domain}/collect/{fkey}/layer_{layer}.log",
+        f"{OUT}/logs/{{domain}}/collect/{{fkey}}/layer_{{layer}}.log",
     benchmark:
         bench("{domain}/collect/{fkey}/layer_{layer}")
     conda:
@@ -44,7 +44,7 @@ rule collect_shard:
         out=lambda wc, output: os.path.dirname(output[0]),
         args=collect_flags,
     log:
-        "logs/{domain}/collect/{fkey}/shard-{k}-of-{n}/layer_{layer}.log",
+        f"{OUT}/logs/{{domain}}/collect/{{fkey}}/shard-{{k}}-of-{{n}}/layer_{{layer}}.log",
     benchmark:
         bench("{domain}/collect/{fkey}/shard-{k}-of-{n}/layer_{layer}")
     conda:
@@ -65,7 +65,7 @@ rule merge:
     wildcard_constraints:
         fkey=one_of(fkeys(sharded=True)),
     log:
-        "logs/{domain}/merge/{fkey}/layer_{layer}.log",
+        f"{OUT}/logs/{{domain}}/merge/{{fkey}}/layer_{{layer}}.log",
     benchmark:
         bench("{domain}/merge/{fkey}/layer_{layer}")
     conda:

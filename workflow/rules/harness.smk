@@ -14,7 +14,7 @@ if "lm" in DOMAINS and PLAN.harness() is not None:
         params:
             model=lambda wc: model_arg("lm"),
         log:
-            "logs/lm/export_edit/{key}.log",
+            f"{OUT}/logs/lm/export_edit/{{key}}.log",
         benchmark:
             bench("lm/export_edit/{key}")
         conda:
@@ -36,7 +36,7 @@ if "lm" in DOMAINS and PLAN.harness() is not None:
             params:
                 tokenizer=lambda wc: model_arg("lm"),
             log:
-                "logs/lm/harness_tasks.log",
+                f"{OUT}/logs/lm/harness_tasks.log",
             benchmark:
                 bench("lm/harness_tasks")
             conda:
@@ -57,7 +57,7 @@ if "lm" in DOMAINS and PLAN.harness() is not None:
         params:
             args=lambda wc: PLAN.harness_flags(wc.key),
         log:
-            "logs/lm/harness/{key}.log",
+            f"{OUT}/logs/lm/harness/{{key}}.log",
         benchmark:
             bench("lm/harness/{key}")
         conda:

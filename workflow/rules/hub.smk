@@ -11,7 +11,7 @@ rule download_model:
         args=lambda wc: snapshot_flags(f"{OUT}/hub/{wc.snapshot}"),
         online=USER_HUB_OFFLINE,
     log:
-        "logs/hub/download_model/{snapshot}.log",
+        f"{OUT}/logs/hub/download_model/{{snapshot}}.log",
     benchmark:
         bench("hub/download_model/{snapshot}")
     conda:
@@ -31,7 +31,7 @@ rule tokenize_corpus:
         args=lambda wc: FETCHED["tokens"][f"{OUT}/lm/data/{wc.fetched}.npy"],
         online=USER_HUB_OFFLINE,
     log:
-        "logs/hub/tokenize_corpus/{fetched}.log",
+        f"{OUT}/logs/hub/tokenize_corpus/{{fetched}}.log",
     benchmark:
         bench("hub/tokenize_corpus/{fetched}")
     conda:
@@ -50,7 +50,7 @@ rule fetch_texts:
         args=lambda wc: FETCHED["texts"][f"{OUT}/lm/data/{wc.fetched}.jsonl"],
         online=USER_HUB_OFFLINE,
     log:
-        "logs/hub/fetch_texts/{fetched}.log",
+        f"{OUT}/logs/hub/fetch_texts/{{fetched}}.log",
     benchmark:
         bench("hub/fetch_texts/{fetched}")
     conda:
@@ -68,7 +68,7 @@ rule fetch_file:
     params:
         args=lambda wc: FETCHED["url"][f"{OUT}/lm/data/{wc.fetched}"],
     log:
-        "logs/hub/fetch_file/{fetched}.log",
+        f"{OUT}/logs/hub/fetch_file/{{fetched}}.log",
     benchmark:
         bench("hub/fetch_file/{fetched}")
     conda:

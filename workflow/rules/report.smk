@@ -18,7 +18,7 @@ if "lm" in DOMAINS:
             entries=report_entries("lm"),
             columns=PLAN.report_lm_flags(),
         log:
-            "logs/lm/report_lm.log",
+            f"{OUT}/logs/lm/report_lm.log",
         benchmark:
             bench("lm/report_lm")
         conda:
@@ -45,7 +45,7 @@ if "vit" in DOMAINS:
         params:
             entries=report_entries("vit"),
         log:
-            "logs/vit/report_vit.log",
+            f"{OUT}/logs/vit/report_vit.log",
         benchmark:
             bench("vit/report_vit")
         conda:
@@ -65,7 +65,7 @@ rule readme_tables:
     params:
         args=PLAN.readme_flags(),
     log:
-        "logs/readme_tables.log",
+        f"{OUT}/logs/readme_tables.log",
     benchmark:
         bench("readme_tables")
     conda:
@@ -87,7 +87,7 @@ rule report_html:
         snakefile=os.path.relpath(workflow.main_snakefile),
         config=same_config_args(),
     log:
-        "logs/report_html.log",
+        f"{OUT}/logs/report_html.log",
     conda:
         "../envs/curvmem.yaml"
     localrule: True

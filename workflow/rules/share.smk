@@ -17,7 +17,7 @@ rule index:
     params:
         text=PLAN.index_text(),
     log:
-        "logs/index.log",
+        f"{OUT}/logs/index.log",
     localrule: True
     run:
         write_index(output[0], params.text, log[0])

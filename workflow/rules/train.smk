@@ -13,7 +13,7 @@ if "lm" in DOMAINS and embedded("lm"):
             world=lambda wc: f"{model_dir('lm')}/world",  # not derived from input: see common.smk
             args=model_flags("lm", "preset", "seed", "steps"),
         log:
-            "logs/lm/train_lm.log",
+            f"{OUT}/logs/lm/train_lm.log",
         benchmark:
             bench("lm/train_lm")
         conda:

@@ -8,7 +8,7 @@ if "vit" in DOMAINS and embedded("vit"):
         params:
             args=model_flags("vit", ("source", "data_source"), "seed", "noise", "image_size"),
         log:
-            "logs/vit/vision_data.log",
+            f"{OUT}/logs/vit/vision_data.log",
         benchmark:
             bench("vit/vision_data")
         conda:
@@ -27,7 +27,7 @@ if "vit" in DOMAINS and embedded("vit"):
         params:
             args=model_flags("vit", "preset", "seed", "model_name", "epochs"),
         log:
-            "logs/vit/train_vit.log",
+            f"{OUT}/logs/vit/train_vit.log",
         benchmark:
             bench("vit/train_vit")
         conda:

@@ -14,7 +14,7 @@ if PLAN.study():
         params:
             args=PLAN.study_data_flags(),
         log:
-            "logs/vit_study/data.log",
+            f"{OUT}/logs/vit_study/data.log",
         benchmark:
             bench("vit_study/data")
         conda:
@@ -33,7 +33,7 @@ if PLAN.study():
         params:
             args=lambda wc: PLAN.study_train_flags(wc.study_model),
         log:
-            "logs/vit_study/train/{study_model}.log",
+            f"{OUT}/logs/vit_study/train/{{study_model}}.log",
         benchmark:
             bench("vit_study/train/{study_model}")
         conda:
@@ -53,7 +53,7 @@ if PLAN.study():
         params:
             args=PLAN.study_cell_flags(),
         log:
-            "logs/vit_study/cell/{study_model}.log",
+            f"{OUT}/logs/vit_study/cell/{{study_model}}.log",
         benchmark:
             bench("vit_study/cell/{study_model}")
         conda:
@@ -76,7 +76,7 @@ if PLAN.study():
             figure=report(PLAN.study_outputs()["figure"], caption="../report/vit_study.rst",
                           category="ViT study", subcategory="Summary"),
         log:
-            "logs/vit_study/report.log",
+            f"{OUT}/logs/vit_study/report.log",
         benchmark:
             bench("vit_study/report")
         conda:

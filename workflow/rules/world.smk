@@ -9,7 +9,7 @@ if "lm" in DOMAINS and embedded("lm"):
             out=lambda wc: f"{model_dir('lm')}/world",  # not derived from output: see common.smk
             args=model_flags("lm", "preset", "seed"),
         log:
-            "logs/lm/world.log",
+            f"{OUT}/logs/lm/world.log",
         benchmark:
             bench("lm/world")
         conda:
@@ -28,7 +28,7 @@ if "lm" in DOMAINS and embedded("lm"):
         params:
             args=model_flags("lm", "vocab_size"),
         log:
-            "logs/lm/tokenizer.log",
+            f"{OUT}/logs/lm/tokenizer.log",
         benchmark:
             bench("lm/tokenizer")
         conda:
