@@ -65,9 +65,13 @@ def test_dvc_yaml_is_what_the_generator_writes():
 def test_dvc_lists_a_stage_per_config_and_kind():
     names = sh(ROOT, "dvc", "stage", "list", "--name-only").split()
     for name in CONFIGS:
-        kinds = plan_of(name).shared_outputs()
-        assert [n for n in names if n.rsplit("-", 1)[0] == name] == [f"{name}-{k}" for k in KINDS
-                                                                     if k in kinds]
+        seeds = yaml.safe_load((ROOT / f"workflow/config/{name}.yaml").read_text()).get("seeds")
+        for seed in seeds or [None]:
+            run = name if seed is None else f"{name}-seed{seed}"
+            kinds = plan_of(name, change=None if seed is None
+                            else lambda c, s=seed: c.update(seed=s)).shared_outputs()
+            assert [n for n in names if n.rsplit("-", 1)[0] == run] == \
+                [f"{run}-{k}" for k in KINDS if k in kinds]
 
 
 def test_stages_track_each_kind_with_narrowed_dependencies():
@@ -96,9 +100,21 @@ def test_stages_track_each_kind_with_narrowed_dependencies():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_committed_index_is_the_plans(name):
-    plan = plan_of(name)
-    assert (ROOT / plan.index_file()).read_text() == plan.index_text(), \
-        f"run: snakemake --cores 1 --configfile=workflow/config/{name}.yaml index"
+    """Each config's index (each seed's, for a multi-seed study) is committed as the plan says."""
+    seeds = yaml.safe_load((ROOT / f"workflow/config/{name}.yaml").read_text()).get("seeds")
+    for seed in seeds or [None]:
+        plan = plan_of(name, change=None if seed is None else lambda c, s=seed: c.update(seed=s))
+        assert (ROOT / plan.index_file()).read_text() == plan.index_text(), \
+            f"run: snakemake --cores 1 --configfile=workflow/config/{name}.yaml index" + \
+            ("" if seed is None else f" --config seed={seed}")
+
+
+def test_a_multi_seed_study_has_stages_per_seed():
+    stages = generator().stages_of(ROOT / "workflow/config/paper.yaml")
+    for seed in (0, 1, 2):
+        stage = stages[f"paper-seed{seed}-factors"]
+        assert stage["cmd"].endswith(f" all_factors --config seed={seed}")
+        assert f"results/paper/seed-{seed}/lm/factors" in [next(iter(o)) for o in stage["outs"]]
 
 
 def test_index_maps_every_artifact_of_the_default_run(tmp_path):

@@ -955,8 +955,38 @@ class Plan:
             raise PlanError("the config has neither an `lm` nor a `vit` section (nor a `vit_study`): "
                             "nothing to do")
         readme = [self.readme_tables()] if self.domains else []
+        seeds = list(self.seeds_outputs().values()) if self.seeds_complete() else []
         return self.summaries() + readme + [self.report_html(), self.index_file()] + \
-            self.harness_targets()
+            self.harness_targets() + seeds
+
+    # ----------------------------------------------------------------------- a multi-seed study
+
+    def seeds_outputs(self) -> dict:
+        """Across the seeds of a multi-seed study (`curvmem report-seeds`); {} for one run."""
+        if len(self.study_config.get("seeds", [])) < 2 or "lm" not in self.domains:
+            return {}
+        root = self.study_config["outdir"].rstrip("/")
+        return {"summary": f"{root}/seeds/seeds_summary.json",
+                "tables": f"{root}/seeds/readme_tables.md"}
+
+    def seeds_inputs(self) -> list[str]:
+        """Every seed's files that `report-seeds` reads (this run's among them)."""
+        names = ["lm_summary.json"] + (["vit_summary.json"] if "vit" in self.domains else []) + \
+            ([f"analysis/{n}.json" for n in ANALYSES] if self.analysis() is not None else [])
+        return [f"{out}/{n}" for out in seed_outdirs(self.study_config).values() for n in names]
+
+    def seeds_complete(self) -> bool:
+        """Whether this run completes the study: every other seed's summary is on disk (so the
+        run of the last seed also writes the seeds' report)."""
+        if not self.seeds_outputs():
+            return False
+        return all(os.path.isfile(f"{out}/lm_summary.json")
+                   for s, out in seed_outdirs(self.study_config).items()
+                   if s != self.config["seed"])
+
+    def seeds_flags(self) -> str:
+        return " ".join(f"--seed-dir {shlex.quote(f'{s}={out}')}"
+                        for s, out in seed_outdirs(self.study_config).items())
 
     def report_html(self):
         return f"{self.out}/report.html"

@@ -76,6 +76,28 @@ rule readme_tables:
         "curvmem report-readme {params.args} --out {output} > {log} 2>&1"
 
 
+if PLAN.seeds_outputs():
+
+    rule seeds_report:
+        input:
+            PLAN.seeds_inputs(),
+        output:
+            **PLAN.seeds_outputs(),
+        params:
+            args=PLAN.seeds_flags(),
+        log:
+            f"{OUT}/logs/seeds_report.log",
+        benchmark:
+            bench("seeds_report")
+        conda:
+            "../envs/curvmem.yaml"
+        resources:
+            **resources_of("report"),
+        shell:
+            "curvmem report-seeds {params.args} --out {output.summary} --tables {output.tables}"
+            " > {log} 2>&1"
+
+
 # The report is a DAG output: once every table and figure exists, a nested snakemake (sharing
 # .snakemake/ metadata, --nolock because this run holds the lock) renders them into one HTML file.
 rule report_html:

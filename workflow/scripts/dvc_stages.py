@@ -157,11 +157,21 @@ def user_files(plan: Plan, kind: str) -> list[str]:
 
 
 def stages_of(path: Path) -> dict:
-    name = path.stem
+    """The stages of one config; of a multi-seed study (`seeds`), those of each seed's run."""
     raw, config = load_config(path)
+    if "seeds" not in config:
+        return run_stages(path, raw, config, path.stem, "")
+    stages = {}
+    for seed in config["seeds"]:
+        stages.update(run_stages(path, raw, {**config, "seed": seed}, f"{path.stem}-seed{seed}",
+                                 f" --config seed={seed}"))
+    return stages
+
+
+def run_stages(path: Path, raw: dict, config: dict, name: str, seed_arg: str) -> dict:
     plan = Plan(config)
     tracked = plan.shared_outputs()
-    config_arg = "" if name == DEFAULT else f" --configfile={path.relative_to(ROOT).as_posix()}"
+    config_arg = "" if path.stem == DEFAULT else f" --configfile={path.relative_to(ROOT).as_posix()}"
     has_bsn = "lm" in plan.domains and bool(plan.edit_keys("lm", ["bsn"]))
     stages = {}
     for kind in KINDS:
@@ -173,7 +183,7 @@ def stages_of(path: Path) -> dict:
                  and (d == "*" or d in plan.domains or (d == "bsn" and has_bsn)) for m in mods]
         upstream = [p for k in UPSTREAM[kind] for p in tracked.get(k, [])]
         stage = {
-            "cmd": f"snakemake --cores all{config_arg} all_{kind}",
+            "cmd": f"snakemake --cores all{config_arg} all_{kind}{seed_arg}",
             "deps": COMMON + [f"workflow/rules/{r}" for r in RULES[kind]] + EXTRA.get(kind, [])
             + source_closure(roots) + user_files(plan, kind) + upstream,
         }

@@ -29,7 +29,7 @@ from curvmem.io import begin_command, check_output, exclusive, startup_split
 OUT_DIRS = {"collect", "world", "tokenizer", "train-lm", "train-vit", "export"}
 # output flags besides --out (attribute, flag)
 OTHER_OUTPUTS = (("table", "--table"), ("figure", "--figure"), ("sweep_figure", "--sweep-figure"),
-                 ("validation_out", "--validation-out"))
+                 ("validation_out", "--validation-out"), ("tables", "--tables"))
 
 # integer options that count something: 0 or less is a mistake, named by its flag
 POSITIVE = ("batch_size", "tokens", "seq_len", "threads", "epochs", "block_len", "max_tokens",

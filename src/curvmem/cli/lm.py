@@ -275,6 +275,26 @@ def cmd_report_readme(args) -> None:
     sys.stdout.write(text)
 
 
+def cmd_report_seeds(args) -> None:
+    from curvmem.io import atomic_output, write_json
+    from curvmem.report.seeds import aggregate, load_run, tables
+
+    runs = {}
+    for item in args.seed_dir:
+        seed, sep, outdir = item.partition("=")
+        if not sep or not seed.isdecimal():
+            raise ValueError(f"--seed-dir {item!r}: expected SEED=DIR, e.g. 1=results/paper/seed-1")
+        if int(seed) in runs:
+            raise ValueError(f"--seed-dir: seed {seed} given twice")
+        runs[int(seed)] = load_run(outdir)
+    agg = aggregate(runs)
+    text = tables(agg)
+    with atomic_output(args.tables) as tmp:
+        tmp.write_text(text)
+    write_json(args.out, agg)
+    sys.stdout.write(text)
+
+
 # --------------------------------------------------------------------------- registration
 
 
@@ -379,6 +399,18 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--analysis", default=None, help="directory of analysis JSONs (optional)")
     p.add_argument("--out", required=True, help="Markdown file")
     p.set_defaults(func=cmd_report_readme)
+
+    p = sub.add_parser("report-seeds", help="a multi-seed study: means, 95 % intervals, k-of-n",
+                       description="Each --seed-dir SEED=DIR names one seed's run directory (its "
+                       "outdir: lm_summary.json, vit_summary.json, analysis/, benchmarks/). "
+                       "Writes every number the README shows as mean ± 95 % t-interval across "
+                       "the seeds, and the paper's claims as 'holds in k of n seeds' "
+                       "(curvmem.report.seeds).")
+    p.add_argument("--seed-dir", action="append", required=True, metavar="SEED=DIR",
+                   help="one seed's run directory; repeat for each seed")
+    p.add_argument("--out", required=True, help="the seeds summary (JSON)")
+    p.add_argument("--tables", required=True, help="the README's results tables (Markdown)")
+    p.set_defaults(func=cmd_report_seeds)
 
     p = sub.add_parser("report-lm", help="Table-1/Figure-3 style summary of LM evaluations",
                        description="Each --entry NAME=DIR names a directory of evaluation JSONs "
