@@ -194,3 +194,23 @@ def test_report_seeds_command_reads_run_directories(tmp_path):
 def test_paper_config_is_a_three_seed_study():
     cfg = yaml.safe_load((ROOT / "workflow/config/paper.yaml").read_text())
     assert len(cfg["seeds"]) >= 3
+
+
+def test_band_claims_read_the_module_means():
+    def ratio(top, bottom):
+        return {"kfac_pairs": [top, 1.0, 1.0, bottom], "kfac_mass": [1.0] * 4, "svd": [1.0] * 4}
+
+    labels = ["top 10 %", "10–25 %", "25–50 %", "bottom 50 %"]
+    run = _run(1.0, 0.0)
+    # two modules: the mean of (0.7, 1.2) < 1 at the top, of (1.5, 0.9) > 1 at the bottom
+    run["analyses"] = {
+        "activation_ratio": {"band_labels": labels, "modules": [
+            {"ratio": {"all": ratio(0.7, 1.5)}}, {"ratio": {"all": ratio(1.2, 0.9)}}]},
+        "vit_activation_ratio": {"band_labels": labels, "modules": [
+            {"ratio": {"noisy_train/clean_train": ratio(1.1, 1.3)}}]}}
+    claims = seed_claims(run)
+    assert claims["bottom_band_memorized"] is True
+    assert claims["vit_bottom_band_memorized"] is False  # the top band is not below 1
+    agg = aggregate({0: run, 1: run})
+    assert agg["analyses"]["activation_ratio"]["kfac_pairs"][0]["mean"] == pytest.approx(-0.05)
+    assert "ViT activation ratio" in tables(agg)

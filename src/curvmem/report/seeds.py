@@ -26,6 +26,8 @@ in k of n seeds". They are the paper's claims as our world can test them:
   equal-count middle or bottom band (kfac-ablate-*).
 - `bottom_band_memorized`: memorized inputs activate the bottom-50 % K-FAC band more than clean
   text does, and the top-10 % band less (the paper's Figure 2; the analyses' first module mean).
+- `vit_bottom_band_memorized`: the same for the ViT: its noisy-label (memorized) training images
+  against its clean training images, at the CLS position (curvmem.analysis.vit).
 - `vit_table2`: the selected K-FAC ViT edit leaves ≤ 1/5 of the base model's memorized labels with
   validation accuracy no lower (the paper's Table 2).
 """
@@ -137,6 +139,17 @@ def _band_means(activation: dict | None) -> dict | None:
             for fam in ("kfac_pairs", "kfac_mass", "svd")}
 
 
+def _vit_band_means(activation: dict | None, comparison: str = "noisy_train/clean_train"):
+    """{family: [ratio per band]} of the ViT's memorized (noisy-label) ÷ clean training images,
+    averaged over the analysed modules."""
+    if not activation:
+        return None
+    mods = activation["modules"]
+    return {fam: [statistics.fmean(m["ratio"][comparison][fam][b] for m in mods)
+                  for b in range(len(activation["band_labels"]))]
+            for fam in ("kfac_pairs", "kfac_mass", "svd")}
+
+
 def seed_claims(run: dict) -> dict:
     """{claim: True/False/None (not testable in this run)} for one seed (module docstring)."""
     s, models = run["lm"], run["lm"]["models"]
@@ -178,6 +191,9 @@ def seed_claims(run: dict) -> dict:
     bands = _band_means((run.get("analyses") or {}).get("activation_ratio"))
     claims["bottom_band_memorized"] = (bands["kfac_pairs"][-1] > 1 and bands["kfac_pairs"][0] < 1
                                        if bands else None)
+    vbands = _vit_band_means((run.get("analyses") or {}).get("vit_activation_ratio"))
+    claims["vit_bottom_band_memorized"] = (vbands["kfac_pairs"][-1] > 1
+                                           and vbands["kfac_pairs"][0] < 1 if vbands else None)
     vit = run.get("vit")
     if vit and (vit.get("selected") or {}).get("kfac"):
         base, edit = vit["models"]["base"], vit["models"][vit["selected"]["kfac"]]
@@ -203,6 +219,8 @@ CLAIM_TEXT = {
                              "or bottom band",
     "bottom_band_memorized": "memorized inputs activate the bottom-50 % band more, the top-10 % "
                              "less (Figure 2)",
+    "vit_bottom_band_memorized": "ViT: noisy-label images activate the bottom-50 % band more "
+                                 "than clean ones, the top-10 % less",
     "vit_table2": "ViT: selected K-FAC edit ≤ 1/5 of memorized labels, validation no lower "
                   "(Table 2)",
 }
@@ -284,6 +302,14 @@ def _aggregate_analyses(runs, seeds, picks) -> dict:
         bands = {s: _band_means(runs[s]["analyses"]["activation_ratio"]) for s in have}
         labels = runs[have[0]]["analyses"]["activation_ratio"]["band_labels"]
         out["activation_ratio"] = {
+            "band_labels": labels,
+            **{fam: [interval([bands[s][fam][b] - 1 for s in have]) for b in range(len(labels))]
+               for fam in ("kfac_pairs", "kfac_mass", "svd")}}
+    have = [s for s in seeds if (runs[s].get("analyses") or {}).get("vit_activation_ratio")]
+    if have:
+        bands = {s: _vit_band_means(runs[s]["analyses"]["vit_activation_ratio"]) for s in have}
+        labels = runs[have[0]]["analyses"]["vit_activation_ratio"]["band_labels"]
+        out["vit_activation_ratio"] = {
             "band_labels": labels,
             **{fam: [interval([bands[s][fam][b] - 1 for s in have]) for b in range(len(labels))]
                for fam in ("kfac_pairs", "kfac_mass", "svd")}}
@@ -403,6 +429,17 @@ def tables(agg: dict) -> str:
         o.append("| *paper 7B K-FAC* | " + " | ".join(
             f"{100 * PAPER_ACTIVATION[b]:+.1f}" if b in PAPER_ACTIVATION else ""
             for b in ar["band_labels"]) + " |")
+    if "vit_activation_ratio" in an:
+        ar = an["vit_activation_ratio"]
+        o += ["", "ViT activation ratio at the CLS position, noisy-label (memorized) ÷ clean "
+              "training images − 1 in %:", "",
+              "| bands | " + " | ".join(ar["band_labels"]) + " |",
+              "|---|" + "---|" * len(ar["band_labels"])]
+        for fam, what in (("kfac_pairs", "K-FAC, by share of pairs"),
+                          ("kfac_mass", "K-FAC, by share of mass"),
+                          ("svd", "SVD, by share of singular values")):
+            o.append(f"| {what} | " + " | ".join(cell(iv, 100, sign=True) for iv in ar[fam])
+                     + " |")
     if "stress" in an:
         st = an["stress"]
         o += ["", "Stress test (the paper's Table 6): mean exact-match length in tokens of the "
