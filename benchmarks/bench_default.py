@@ -19,6 +19,11 @@ and compute, from the `curvmem timing:` line each CLI process writes to its job 
 `--snapshot DIR` copies what the README's results section is generated from into DIR (the
 summaries, readme_tables.md, the analyses' JSON, and run.json: these figures, the commit, the
 machine and the versions); commit DIR, then paste DIR/readme_tables.md into the README.
+A multi-seed study (workflow/config/paper.yaml) is snapshotted per seed, then across seeds:
+
+    for s in 0 1 2; do python benchmarks/bench_default.py --existing LOG_s \
+        --configfile workflow/config/paper.yaml --seed $s --snapshot docs/results/paper/seed-$s; done
+    cp results/paper/seeds/* docs/results/paper/      # seeds_summary.json, readme_tables.md
 """
 
 from __future__ import annotations
@@ -175,13 +180,18 @@ def existing_run(log: Path, args) -> int:
 
     config = yaml.safe_load((REPO / args.configfile).read_text()) if args.configfile else {}
     outdir = (config.get("outdir") or "results").rstrip("/")
+    if config.get("seeds"):  # a multi-seed study: one run per seed, under {outdir}/seed-N
+        seed = config["seeds"][0] if args.seed is None else args.seed
+        if seed not in config["seeds"]:
+            sys.exit(f"--seed {seed}: not one of the config's seeds {config['seeds']}")
+        outdir = f"{outdir}/seed-{seed}"
     text = log.read_text()
     train_logs = sorted(REPO.glob(f"{outdir}/lm/models/*/model/train_log.json"))
     train = json.loads(train_logs[0].read_text()) if train_logs else {}
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True, check=True).stdout.strip()
     figures = {
-        "commit": commit, "config": args.configfile, "fresh_clone": False,
+        "commit": commit, "config": args.configfile, "fresh_clone": False, "outdir": outdir,
         "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, "
                    f"torch {importlib.metadata.version('torch')}",
         "cpu": cpu_description(), "cores": args.cores,
@@ -211,6 +221,9 @@ def main() -> int:
     ap.add_argument("--existing", default=None, metavar="LOG",
                     help="no new run: take the facts of the finished run in this checkout whose "
                     "snakemake output is LOG (with --configfile; --snapshot as usual)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="with --existing and a multi-seed config: which seed's run (its "
+                    "snakemake was given --config seed=N; default the first)")
     args = ap.parse_args()
     if args.existing:
         return existing_run(Path(args.existing), args)

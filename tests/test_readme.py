@@ -3,10 +3,12 @@ results section comes from the committed snapshot of a run (docs/results/)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from curvmem.report.readme import claim_counts, readme_tables, table_rows
+from curvmem.report.seeds import aggregate, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,19 +66,53 @@ def _results_section(readme: str) -> str:
     return readme[start:readme.index("\n## ", start + 1)]
 
 
+SNAPSHOT = ROOT / "docs" / "results" / "paper"
+VALIDATION_ONLY = {"memorization_forget", "perplexity_selection", "tasks_validation"}
+
+
+def _seed_dirs() -> list[Path]:
+    return sorted(SNAPSHOT.glob("seed-*"))
+
+
 def test_every_number_of_the_readme_results_is_in_the_committed_snapshot():
-    snapshot = ROOT / "docs" / "results" / "paper"
     readme = (ROOT / "README.md").read_text()
     section = _results_section(readme)
-    tables = (snapshot / "readme_tables.md").read_text()
+    tables = (SNAPSHOT / "readme_tables.md").read_text()
     assert tables in section, "the README must show docs/results/paper/readme_tables.md as is"
-    known = _numbers(tables) | _numbers((snapshot / "run.json").read_text())
-    for path in [snapshot / "lm_summary.json", snapshot / "vit_summary.json",
-                 *sorted((snapshot / "analysis").glob("*.json"))]:
-        known |= _numbers(path.read_text())
+    known = _numbers(tables) | _numbers((SNAPSHOT / "seeds_summary.json").read_text())
+    for seed_dir in _seed_dirs():
+        for path in [seed_dir / "run.json", seed_dir / "lm_summary.json",
+                     seed_dir / "vit_summary.json", *sorted((seed_dir / "analysis").glob("*.json"))]:
+            known |= _numbers(path.read_text())
     prose = section.replace(tables, "")
     # a link's target, a list's ordinal or a section number is not a result
     prose = re.sub(r"\]\([^)]*\)|`[^`]*`|\bL\d[\d+]*\b|\b(?:Fig\.|Figure|Table|issue) \d+", "",
                    prose)
     typed = sorted(_numbers(prose) - known)
     assert not typed, f"numbers in the README's results section that no snapshot holds: {typed}"
+
+
+def test_the_committed_study_has_three_seeds_equal_budgets_and_validation_only_selection():
+    """The snapshot the README reports: >= 3 seeds, each with >= 8 settings per method, every
+    selection reading validation data only, every control; the tables are report-seeds' output
+    of these very seeds."""
+    summary = json.loads((SNAPSHOT / "seeds_summary.json").read_text())
+    assert len(summary["seeds"]) >= 3
+    assert [d.name for d in _seed_dirs()] == [f"seed-{s}" for s in summary["seeds"]]
+    for seed_dir in _seed_dirs():
+        lm = json.loads((seed_dir / "lm_summary.json").read_text())
+        run = json.loads((seed_dir / "run.json").read_text())
+        assert run["config"] == "workflow/config/paper.yaml" and run["outdir"].endswith(seed_dir.name)
+        for method, sel in lm["selection"].items():
+            assert set(sel["reads"]) <= VALIDATION_ONLY, (seed_dir.name, method)
+            assert sel["n"] >= 8, (seed_dir.name, method)
+        methods = {m.get("method") for m in lm["models"].values()}
+        for control in ("kfac-random", "kfac-random-mass", "kfac-ablate-top", "kfac-ablate-middle",
+                        "kfac-ablate-bottom", "kfac-random-basis", "kfac-shard",
+                        "kfac-other-slice"):
+            assert control in methods, (seed_dir.name, control)
+    # the claims and picks follow from the seeds' summaries (cost needs the benchmark files,
+    # which the snapshot does not keep)
+    recomputed = aggregate({int(d.name.removeprefix("seed-")): load_run(d) for d in _seed_dirs()})
+    assert recomputed["claims"] == summary["claims"]
+    assert recomputed["selected"] == summary["selected"]

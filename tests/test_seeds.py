@@ -74,7 +74,8 @@ def test_the_run_that_completes_the_study_writes_the_seeds_report(tmp_path, monk
     plan = Plan(cfg)
     outs = plan.seeds_outputs()
     assert outs == {"summary": "results/paper/seeds/seeds_summary.json",
-                    "tables": "results/paper/seeds/readme_tables.md"}
+                    "tables": "results/paper/seeds/readme_tables.md",
+                    "figure": "results/paper/seeds/fronts.png"}
     assert not plan.seeds_complete() and outs["tables"] not in plan.final_targets()
     for s, out in seed_outdirs(cfg).items():
         if s != 2:
@@ -178,12 +179,14 @@ def test_report_seeds_command_reads_run_directories(tmp_path):
         (d / "lm_summary.json").write_text(json.dumps(_run(1.0, seed)["lm"]))
     out = subprocess.run([*CLI, "report-seeds",
                           "--seed-dir", f"0={tmp_path / 'seed-0'}", "--seed-dir", f"1={tmp_path / 'seed-1'}",
-                          "--out", str(tmp_path / "s.json"), "--tables", str(tmp_path / "t.md")],
+                          "--out", str(tmp_path / "s.json"), "--tables", str(tmp_path / "t.md"),
+                          "--figure", str(tmp_path / "f.png")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     agg = json.loads((tmp_path / "s.json").read_text())
     assert agg["methods"]["kfac"]["per_edit_seconds"]["mean"] == pytest.approx(10 + 12.5 / 4)
     assert (tmp_path / "t.md").read_text().startswith("Seeds 0, 1 (n = 2)")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     bad = subprocess.run([*CLI, "report-seeds", "--seed-dir",
                           f"0={tmp_path / 'nothing'}", "--out", str(tmp_path / "x.json"),
                           "--tables", str(tmp_path / "x.md")], capture_output=True, text=True)

@@ -967,7 +967,7 @@ class Plan:
             return {}
         root = self.study_config["outdir"].rstrip("/")
         return {"summary": f"{root}/seeds/seeds_summary.json",
-                "tables": f"{root}/seeds/readme_tables.md"}
+                "tables": f"{root}/seeds/readme_tables.md", "figure": f"{root}/seeds/fronts.png"}
 
     def seeds_inputs(self) -> list[str]:
         """Every seed's files that `report-seeds` reads (this run's among them)."""

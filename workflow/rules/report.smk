@@ -95,7 +95,7 @@ if PLAN.seeds_outputs():
             **resources_of("report"),
         shell:
             "curvmem report-seeds {params.args} --out {output.summary} --tables {output.tables}"
-            " > {log} 2>&1"
+            " --figure {output.figure} > {log} 2>&1"
 
 
 # The report is a DAG output: once every table and figure exists, a nested snakemake (sharing

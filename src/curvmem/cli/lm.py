@@ -277,7 +277,7 @@ def cmd_report_readme(args) -> None:
 
 def cmd_report_seeds(args) -> None:
     from curvmem.io import atomic_output, write_json
-    from curvmem.report.seeds import aggregate, load_run, tables
+    from curvmem.report.seeds import aggregate, fronts_figure, load_run, tables
 
     runs = {}
     for item in args.seed_dir:
@@ -292,6 +292,8 @@ def cmd_report_seeds(args) -> None:
     with atomic_output(args.tables) as tmp:
         tmp.write_text(text)
     write_json(args.out, agg)
+    if args.figure:
+        fronts_figure(runs, args.figure)
     sys.stdout.write(text)
 
 
@@ -410,6 +412,7 @@ def register(sub, evaluate_sub) -> None:
                    help="one seed's run directory; repeat for each seed")
     p.add_argument("--out", required=True, help="the seeds summary (JSON)")
     p.add_argument("--tables", required=True, help="the README's results tables (Markdown)")
+    p.add_argument("--figure", default=None, help="each seed's Pareto fronts (PNG)")
     p.set_defaults(func=cmd_report_seeds)
 
     p = sub.add_parser("report-lm", help="Table-1/Figure-3 style summary of LM evaluations",

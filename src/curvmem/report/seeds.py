@@ -478,6 +478,68 @@ def tables(agg: dict) -> str:
     return "\n".join(o).rstrip() + "\n"
 
 
+# --------------------------------------------------------------------------- the fronts' figure
+
+STYLE = {"kfac": ("K-FAC", "tab:blue", "o"), "svd": ("SVD", "tab:orange", "s"),
+         "bsn": ("BSN", "tab:green", "^")}
+
+
+def fronts_figure(runs: dict[int, dict], path) -> None:
+    """Each seed's Pareto front per method (recitation against perplexity rise over that seed's
+    base), forget-validation and quotes side by side; the selected edits ringed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from curvmem.io import atomic_output
+    from curvmem.report.compare import pareto_front
+
+    seeds = sorted(runs)
+    dashes = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    panels = (("forget_validation", "forget-validation (held-out half of the forget set)"),
+              ("untargeted", "quotes (untargeted: read by no method, no selection)"))
+    for ax, (metric, title) in zip(axes, panels):
+        for i, seed in enumerate(seeds):
+            lm = runs[seed]["lm"]
+            picks = selected(lm)
+            for method, (name, colour, marker) in STYLE.items():
+                pts = []
+                for label, m in lm["models"].items():
+                    if m.get("method") != method:
+                        continue
+                    x = _ppl_rise(lm["models"], label)
+                    y = edit_numbers(lm, label).get(metric)
+                    if x is not None and y is not None:
+                        pts.append((100 * x, 100 * y))
+                front = pareto_front(pts)
+                ax.plot([p[0] for p in front], [p[1] for p in front], color=colour,
+                        marker=marker, linestyle=dashes[i % len(dashes)], alpha=0.8,
+                        markersize=5, label=f"{name}, seed {seed}")
+                if picks[method]:
+                    num = edit_numbers(lm, picks[method])
+                    if num.get("ppl_rise") is not None and num.get(metric) is not None:
+                        ax.plot([100 * num["ppl_rise"]], [100 * num[metric]], marker="o",
+                                markersize=13, markerfacecolor="none", markeredgecolor=colour,
+                                linestyle="none")
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlabel("perplexity rise over the seed's base model, % (symlog)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("strict recitation, % (lower is better)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=3 * len(seeds) if len(seeds) < 3 else len(seeds),
+               loc="lower center", frameon=False)
+    fig.suptitle(f"Pareto fronts of each method in each of {len(seeds)} seeds (lower-left is "
+                 "better; rings: each method's selected edit, chosen on validation data)",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- reading the runs
 
 
