@@ -44,12 +44,14 @@ def incomplete_outputs(work: Path) -> set[str]:
 
 def finished_files(work: Path) -> dict[str, int]:
     """{path: mtime_ns} of every result file a finished job wrote: not an incomplete output (or
-    a file inside or beside one: its checksum sidecar), not a hidden temp or lock file."""
+    a file inside or beside one: its checksum sidecar), not a hidden temp or lock file, not a
+    job's log ({outdir}/logs/: a killed job's log is rewritten when the job runs again)."""
     broken = incomplete_outputs(work)
     files = {}
     for p in (work / "results").rglob("*"):
         rel = str(p.relative_to(work))
-        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(work).parts):
+        parts = p.relative_to(work).parts
+        if not p.is_file() or any(part.startswith(".") for part in parts) or "logs" in parts:
             continue
         if any(rel == b or rel.startswith(b.rstrip("/") + "/") or rel.startswith(b + ".")
                for b in broken):
