@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from curvmem.report.readme import claim_counts, readme_tables, table_rows
@@ -116,3 +118,11 @@ def test_the_committed_study_has_three_seeds_equal_budgets_and_validation_only_s
     recomputed = aggregate({int(d.name.removeprefix("seed-")): load_run(d) for d in _seed_dirs()})
     assert recomputed["claims"] == summary["claims"]
     assert recomputed["selected"] == summary["selected"]
+
+
+def test_the_results_prose_is_what_the_generator_writes():
+    """The section's sentences come from benchmarks/readme_results.py (numbers quoted from the
+    tables' cells, claims with their k of n seeds), not from a hand edit."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_results.py"),
+                           "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
