@@ -138,7 +138,13 @@ Measured beside the claims:
   seeds {cell(an['stability']['seed'], digits=3)}. The same edit in a random orthonormal basis
   with the same spectra wrecks the model ({cell(basis['ppl_rise'], 100, sign=True)} %).
 """]
-    return "\n".join(reflow(block) for block in "\n".join(out).split("\n\n"))
+    head, prose = out[:3], out[4:]
+
+    def flowed(parts):
+        return "\n".join(reflow(block) for block in "\n".join(parts).split("\n\n"))
+
+    # the tables exactly as report-seeds wrote them; the sentences around them at 100 columns
+    return flowed(head) + "\n" + tables + "\n" + flowed(prose)
 
 
 def reflow(block: str) -> str:
