@@ -325,6 +325,31 @@ def _aggregate_analyses(runs, seeds, picks) -> dict:
                                           ["mean"] for s in have])
                           for when in ("original", "perturbed")}
         out["stress"] = stress
+    have = [s for s in seeds if (runs[s].get("analyses") or {}).get("per_example")]
+    if have:
+        def per_example(s, group, what):
+            mods = runs[s]["analyses"]["per_example"]["modules"]
+            if what == "kappa":
+                return statistics.fmean(m[group]["kappa_median"] for m in mods)
+            return statistics.fmean(m[group]["band_share_median"][-1] for m in mods)
+
+        out["per_example"] = {f"{what}_{group}": interval([per_example(s, group, what)
+                                                           for s in have])
+                              for what in ("kappa", "bottom_share")
+                              for group in ("memorized", "clean")}
+    have = [s for s in seeds if (runs[s].get("analyses") or {}).get("spectra")]
+    if have:
+        out["spectra"] = {f: interval([statistics.fmean(
+            m["effective_rank"][f] / m["dims"][f] for m in runs[s]["analyses"]["spectra"]["modules"])
+            for s in have]) for f in ("A", "G")}
+    have = [s for s in seeds if (runs[s].get("analyses") or {}).get("task_interaction")]
+    if have:
+        labels = runs[have[0]]["analyses"]["task_interaction"]["band_labels"]
+        out["task_interaction"] = {
+            "band_labels": labels,
+            "kfac_pairs": [interval([runs[s]["analyses"]["task_interaction"]["spearman"]
+                                     ["kfac_pairs"][b] for s in have])
+                           for b in range(len(labels))]}
     have = [s for s in seeds if (runs[s].get("analyses") or {}).get("stability")]
     if have:
         kinds = {}
@@ -452,6 +477,29 @@ def tables(agg: dict) -> str:
                      f"{cell(st[m]['perturbed'], digits=2)} |")
         for name, ((om, _), (pm, _)) in PAPER_STRESS.items():
             o.append(f"| *paper {name}* | {om} | {pm} |")
+    if "per_example" in an:
+        pe = an["per_example"]
+        o += ["", "Per-example curvature (mean over the analysed modules of each seed's medians): "
+              "κ = Σ λμ·P² / Σ P² along a sequence's own gradient, and the share of its squared "
+              "gradient in the bottom-50 % band:", "",
+              "| sequences | κ | bottom-band share % |", "|---|---|---|"]
+        for group in ("memorized", "clean"):
+            o.append(f"| {group} | {cell(pe[f'kappa_{group}'], digits=5)} | "
+                     f"{cell(pe[f'bottom_share_{group}'], 100)} |")
+    if "spectra" in an:
+        sp = an["spectra"]
+        o += ["", "Spectra: effective rank (exp of the entropy of the normalized eigenvalues) as a "
+              f"share of the dimension, mean over modules: A {cell(sp['A'], 100)} %, "
+              f"G {cell(sp['G'], 100)} %."]
+    if "task_interaction" in an:
+        ti = an["task_interaction"]
+        o += ["", "Task interaction (the paper's Fig. 4): Spearman correlation across task "
+              "categories between each category's activation ratio in a K-FAC band and its "
+              "retention under the selected edit:", "",
+              "| band | " + " | ".join(ti["band_labels"]) + " |",
+              "|---|" + "---|" * len(ti["band_labels"]),
+              "| Spearman ρ | " + " | ".join(cell(iv, digits=2) for iv in ti["kfac_pairs"])
+              + " |"]
     if "stability" in an:
         names = {"data": "disjoint token slices", "seed": "label-sampling seeds"}
         o += ["", "Basis stability at the largest slice: overlap of the kept pair sets (projector "
