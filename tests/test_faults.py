@@ -53,7 +53,10 @@ def finished_files(work: Path) -> dict[str, int]:
         parts = p.relative_to(work).parts
         if not p.is_file() or any(part.startswith(".") for part in parts) or "logs" in parts:
             continue
+        # beside an incomplete output: its checksum (x.safetensors.sha256) or its JSON sidecar
+        # (x.json, written by the same job: the vision data's record, an edit's spec)
         if any(rel == b or rel.startswith(b.rstrip("/") + "/") or rel.startswith(b + ".")
+               or (Path(b).suffix and rel.startswith(str(Path(b).with_suffix("")) + "."))
                for b in broken):
             continue
         files[rel] = p.stat().st_mtime_ns
