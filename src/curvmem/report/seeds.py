@@ -44,6 +44,8 @@ from curvmem.report.paper import PAPER_RETENTION, PAPER_TABLE1, PAPER_TABLE2, TA
 from curvmem.report.readme import PAPER_ACTIVATION, PAPER_STRESS, is_control, selected_names
 
 METHODS = ("kfac", "svd", "bsn")
+# the ViT's activation ratio compared here: memorized (noisy-label) ÷ clean training images
+VIT_COMPARISON = "noisy_train/clean_train"
 METHOD_NAMES = {"kfac": "K-FAC", "svd": "SVD", "bsn": "BSN"}
 # the top-curvature edit the controls are cut from (workflow/config/paper.yaml): the controls'
 # rows are read beside it
@@ -129,19 +131,9 @@ def control_reference(summary: dict) -> str | None:
                  if m.get("method") == "kfac" and n.endswith(CONTROL_REFERENCE_SUFFIX)), None)
 
 
-def _band_means(activation: dict | None) -> dict | None:
-    """{family: [ratio per band]} averaged over the analysed modules (memorized ÷ clean)."""
-    if not activation:
-        return None
-    mods = activation["modules"]
-    return {fam: [statistics.fmean(m["ratio"]["all"][fam][b] for m in mods)
-                  for b in range(len(activation["band_labels"]))]
-            for fam in ("kfac_pairs", "kfac_mass", "svd")}
-
-
-def _vit_band_means(activation: dict | None, comparison: str = "noisy_train/clean_train"):
-    """{family: [ratio per band]} of the ViT's memorized (noisy-label) ÷ clean training images,
-    averaged over the analysed modules."""
+def _band_means(activation: dict | None, comparison: str = "all") -> dict | None:
+    """{family: [ratio per band]} averaged over the analysed modules: the LM's memorized ÷ clean
+    positions (`all`), or a ViT comparison such as noisy-label ÷ clean training images."""
     if not activation:
         return None
     mods = activation["modules"]
@@ -191,7 +183,7 @@ def seed_claims(run: dict) -> dict:
     bands = _band_means((run.get("analyses") or {}).get("activation_ratio"))
     claims["bottom_band_memorized"] = (bands["kfac_pairs"][-1] > 1 and bands["kfac_pairs"][0] < 1
                                        if bands else None)
-    vbands = _vit_band_means((run.get("analyses") or {}).get("vit_activation_ratio"))
+    vbands = _band_means((run.get("analyses") or {}).get("vit_activation_ratio"), VIT_COMPARISON)
     claims["vit_bottom_band_memorized"] = (vbands["kfac_pairs"][-1] > 1
                                            and vbands["kfac_pairs"][0] < 1 if vbands else None)
     vit = run.get("vit")
@@ -296,23 +288,15 @@ def aggregate(runs: dict[int, dict]) -> dict:
 
 
 def _aggregate_analyses(runs, seeds, picks) -> dict:
-    have = [s for s in seeds if (runs[s].get("analyses") or {}).get("activation_ratio")]
     out = {}
-    if have:
-        bands = {s: _band_means(runs[s]["analyses"]["activation_ratio"]) for s in have}
-        labels = runs[have[0]]["analyses"]["activation_ratio"]["band_labels"]
-        out["activation_ratio"] = {
-            "band_labels": labels,
-            **{fam: [interval([bands[s][fam][b] - 1 for s in have]) for b in range(len(labels))]
-               for fam in ("kfac_pairs", "kfac_mass", "svd")}}
-    have = [s for s in seeds if (runs[s].get("analyses") or {}).get("vit_activation_ratio")]
-    if have:
-        bands = {s: _vit_band_means(runs[s]["analyses"]["vit_activation_ratio"]) for s in have}
-        labels = runs[have[0]]["analyses"]["vit_activation_ratio"]["band_labels"]
-        out["vit_activation_ratio"] = {
-            "band_labels": labels,
-            **{fam: [interval([bands[s][fam][b] - 1 for s in have]) for b in range(len(labels))]
-               for fam in ("kfac_pairs", "kfac_mass", "svd")}}
+    for name, comparison in (("activation_ratio", "all"), ("vit_activation_ratio", VIT_COMPARISON)):
+        have = [s for s in seeds if (runs[s].get("analyses") or {}).get(name)]
+        if have:
+            bands = {s: _band_means(runs[s]["analyses"][name], comparison) for s in have}
+            labels = runs[have[0]]["analyses"][name]["band_labels"]
+            out[name] = {"band_labels": labels, **{
+                fam: [interval([bands[s][fam][b] - 1 for s in have]) for b in range(len(labels))]
+                for fam in ("kfac_pairs", "kfac_mass", "svd")}}
     have = [s for s in seeds if (runs[s].get("analyses") or {}).get("stress")]
     if have:
         stress = {}
@@ -391,6 +375,17 @@ def _labels(per_seed: dict) -> str:
     return ", ".join(f"{n} ({sum(v == n for v in per_seed.values())})" for n in names) or "none"
 
 
+def _band_table(ar: dict) -> list[str]:
+    """The rows of one activation-ratio table: each band family's intervals, in %."""
+    rows = ["| bands | " + " | ".join(ar["band_labels"]) + " |",
+            "|---|" + "---|" * len(ar["band_labels"])]
+    for fam, what in (("kfac_pairs", "K-FAC, by share of pairs"),
+                      ("kfac_mass", "K-FAC, by share of mass"),
+                      ("svd", "SVD, by share of singular values")):
+        rows.append(f"| {what} | " + " | ".join(cell(iv, 100, sign=True) for iv in ar[fam]) + " |")
+    return rows
+
+
 def tables(agg: dict) -> str:
     """The README's results tables: every number a mean ± 95 % interval over the seeds."""
     n = len(agg["seeds"])
@@ -444,27 +439,14 @@ def tables(agg: dict) -> str:
     if "activation_ratio" in an:
         ar = an["activation_ratio"]
         o += ["", "Activation ratio, memorized ÷ clean − 1 in % (mean over the analysed modules; "
-              "the paper's Fig. 2):", "", "| bands | " + " | ".join(ar["band_labels"]) + " |",
-              "|---|" + "---|" * len(ar["band_labels"])]
-        for fam, what in (("kfac_pairs", "K-FAC, by share of pairs"),
-                          ("kfac_mass", "K-FAC, by share of mass"),
-                          ("svd", "SVD, by share of singular values")):
-            o.append(f"| {what} | " + " | ".join(cell(iv, 100, sign=True) for iv in ar[fam])
-                     + " |")
+              "the paper's Fig. 2):", ""] + _band_table(ar)
         o.append("| *paper 7B K-FAC* | " + " | ".join(
             f"{100 * PAPER_ACTIVATION[b]:+.1f}" if b in PAPER_ACTIVATION else ""
             for b in ar["band_labels"]) + " |")
     if "vit_activation_ratio" in an:
         ar = an["vit_activation_ratio"]
         o += ["", "ViT activation ratio at the CLS position, noisy-label (memorized) ÷ clean "
-              "training images − 1 in %:", "",
-              "| bands | " + " | ".join(ar["band_labels"]) + " |",
-              "|---|" + "---|" * len(ar["band_labels"])]
-        for fam, what in (("kfac_pairs", "K-FAC, by share of pairs"),
-                          ("kfac_mass", "K-FAC, by share of mass"),
-                          ("svd", "SVD, by share of singular values")):
-            o.append(f"| {what} | " + " | ".join(cell(iv, 100, sign=True) for iv in ar[fam])
-                     + " |")
+              "training images − 1 in %:", ""] + _band_table(ar)
     if "stress" in an:
         st = an["stress"]
         o += ["", "Stress test (the paper's Table 6): mean exact-match length in tokens of the "
