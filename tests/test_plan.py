@@ -199,6 +199,12 @@ def test_model_flags_resources_and_evaluations():
     assert plan.model_flags("vit", ("source", "data_source"), "seed", "noise", "image_size") == \
         "--seed 0 --noise 0.1"
     assert plan.model_flags("lm", "preset", "seed", "steps") == "--preset smoke --seed 0"
+    decayed = config("smoke")
+    decayed["lm"]["model"]["weight_decay"] = 0.1  # a new model key, and the flag to train it
+    decayed_plan = Plan(decayed)
+    assert decayed_plan.model_flags("lm", "preset", "weight_decay") == \
+        "--preset smoke --weight-decay 0.1"
+    assert decayed_plan.model_key("lm") != plan.model_key("lm")
     assert plan.res("train", "lm") == {"mem_mb": 1000, "runtime": 10, "gpu": 1, "threads": 1}
     assert plan.lm_evaluations(plan.base["lm"]) == [
         "memorization_forget", "memorization_forget_validation", "memorization_untargeted",

@@ -338,6 +338,30 @@ def test_muon_with_adamw_splits_parameters_and_shares_the_schedule():
     assert all(g["lr"] == 1e-4 for o in opt.optimizers for g in o.param_groups)
 
 
+def test_weight_decay_shrinks_only_the_block_matrices():
+    """--weight-decay: one decoupled step with zero gradients multiplies each block matrix by
+    (1 - lr * wd) and leaves embeddings, LM head and norms (AdamW, undecayed) as they were."""
+    from dataclasses import replace
+
+    cfg = replace(presets.train_config("smoke", weight_decay=0.3), optimizer="muon", lr=1e-2)
+    model = model_lm.build_model(cfg, vocab_size=50, eos_id=0, pad_id=1)
+    opt = model_lm.make_optimizer(model, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        if p.ndim == 2 and n.startswith("model.layers."):
+            torch.testing.assert_close(p.detach(), before[n] * (1 - 1e-2 * 0.3))
+        else:
+            torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=0)
+    assert presets.train_config("smoke").weight_decay == 0.0  # the preset's: none
+    with pytest.raises(ValueError, match="--weight-decay must be >= 0"):
+        presets.train_config("smoke", weight_decay=-0.1)
+    with pytest.raises(ValueError, match="--weight-decay must be >= 0"):
+        presets.train_config("smoke", weight_decay=float("nan"))
+
+
 def test_muon_step_is_the_orthogonalized_gradient():
     """First Muon step on one matrix against the exact polar factor U Vᵀ of its gradient.
 

@@ -145,7 +145,8 @@ def world_config(preset: str = "default", seed: int | None = None, overrides=Non
     return cfg
 
 
-def train_config(preset: str = "default", seed: int | None = None, steps: int | None = None):
+def train_config(preset: str = "default", seed: int | None = None, steps: int | None = None,
+                 weight_decay: float | None = None):
     if preset not in TRAIN_PRESETS:
         raise ValueError(f"unknown training preset '{preset}'; choose one of {sorted(TRAIN_PRESETS)}")
     cfg = TRAIN_PRESETS[preset]
@@ -155,6 +156,10 @@ def train_config(preset: str = "default", seed: int | None = None, steps: int | 
         if steps < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")
         cfg = replace(cfg, steps=int(steps))
+    if weight_decay is not None:
+        if not weight_decay >= 0:  # also refuses NaN
+            raise ValueError(f"--weight-decay must be >= 0, got {weight_decay}")
+        cfg = replace(cfg, weight_decay=float(weight_decay))
     return cfg
 
 

@@ -11,7 +11,7 @@ if "lm" in DOMAINS and embedded("lm"):
             directory(model_arg("lm")),
         params:
             world=lambda wc: f"{model_dir('lm')}/world",  # not derived from input: see common.smk
-            args=model_flags("lm", "preset", "seed", "steps"),
+            args=model_flags("lm", "preset", "seed", "steps", "weight_decay"),
         log:
             f"{OUT}/logs/lm/train_lm.log",
         benchmark:

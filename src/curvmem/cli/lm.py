@@ -41,7 +41,7 @@ def cmd_train_lm(args) -> None:
     from curvmem import presets
     from curvmem.model import lm
 
-    cfg = presets.train_config(args.preset, args.seed, args.steps)
+    cfg = presets.train_config(args.preset, args.seed, args.steps, args.weight_decay)
     if args.threads is not None:
         cfg = replace(cfg, threads=args.threads)
     if args.compile is not None:
@@ -275,18 +275,26 @@ def cmd_report_readme(args) -> None:
     sys.stdout.write(text)
 
 
+def _labelled_runs(items, flag: str, expected: str, parse, load) -> dict:
+    """{label: load(DIR)} from LABEL=DIR arguments; `parse` gives the label or None if invalid."""
+    runs = {}
+    for item in items:
+        text, sep, outdir = item.partition("=")
+        label = parse(text) if sep else None
+        if label is None:
+            raise ValueError(f"{flag} {item!r}: expected {expected}")
+        if label in runs:
+            raise ValueError(f"{flag}: {text} given twice")
+        runs[label] = load(outdir)
+    return runs
+
+
 def cmd_report_seeds(args) -> None:
     from curvmem.io import atomic_output, write_json
     from curvmem.report.seeds import aggregate, fronts_figure, load_run, tables
 
-    runs = {}
-    for item in args.seed_dir:
-        seed, sep, outdir = item.partition("=")
-        if not sep or not seed.isdecimal():
-            raise ValueError(f"--seed-dir {item!r}: expected SEED=DIR, e.g. 1=results/paper/seed-1")
-        if int(seed) in runs:
-            raise ValueError(f"--seed-dir: seed {seed} given twice")
-        runs[int(seed)] = load_run(outdir)
+    runs = _labelled_runs(args.seed_dir, "--seed-dir", "SEED=DIR, e.g. 1=results/paper/seed-1",
+                          lambda s: int(s) if s.isdecimal() else None, load_run)
     agg = aggregate(runs)
     text = tables(agg)
     with atomic_output(args.tables) as tmp:
@@ -294,6 +302,28 @@ def cmd_report_seeds(args) -> None:
     write_json(args.out, agg)
     if args.figure:
         fronts_figure(runs, args.figure)
+    sys.stdout.write(text)
+
+
+def cmd_report_weight_decay(args) -> None:
+    from curvmem.io import atomic_output, write_json
+    from curvmem.report.seeds import load_run
+    from curvmem.report.weight_decay import compare, table
+
+    def decay(text):
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        return value if value >= 0 else None
+
+    runs = _labelled_runs(args.decay_dir, "--decay-dir",
+                          "WEIGHT_DECAY=DIR, e.g. 0.1=results/lm-weight-decay/wd0.1", decay, load_run)
+    result = compare(runs)
+    text = table(result)
+    with atomic_output(args.table) as tmp:
+        tmp.write_text(text)
+    write_json(args.out, result)
     sys.stdout.write(text)
 
 
@@ -353,6 +383,10 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps (default: the preset's passes over train.jsonl; "
                    "default preset: 4)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="decoupled weight decay of the blocks' weight matrices (Muon), or of "
+                   "every matrix (AdamW); embeddings, LM head and norms are not decayed under "
+                   "Muon (default: the preset's, 0)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the preset's, 2; the thread count changes "
                    "the float summation order, hence the trained weights)")
@@ -414,6 +448,17 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--tables", required=True, help="the README's results tables (Markdown)")
     p.add_argument("--figure", default=None, help="each seed's Pareto fronts (PNG)")
     p.set_defaults(func=cmd_report_seeds)
+
+    p = sub.add_parser("report-weight-decay", help="the LM at several weight decays (App. H.1)",
+                       description="Each --decay-dir WEIGHT_DECAY=DIR names one run directory of the same "
+                       "config trained at that lm.model.weight_decay; one must be 0. Writes each "
+                       "run's base model, controls, activation ratio and selected edits, and H.1's "
+                       "three predictions per decayed run (curvmem.report.weight_decay).")
+    p.add_argument("--decay-dir", action="append", required=True, metavar="WEIGHT_DECAY=DIR",
+                   help="one run directory (its outdir); repeat for each weight decay")
+    p.add_argument("--out", required=True, help="the comparison (JSON)")
+    p.add_argument("--table", required=True, help="the comparison table (Markdown)")
+    p.set_defaults(func=cmd_report_weight_decay)
 
     p = sub.add_parser("report-lm", help="Table-1/Figure-3 style summary of LM evaluations",
                        description="Each --entry NAME=DIR names a directory of evaluation JSONs "

@@ -131,7 +131,7 @@ def control_reference(summary: dict) -> str | None:
                  if m.get("method") == "kfac" and n.endswith(CONTROL_REFERENCE_SUFFIX)), None)
 
 
-def _band_means(activation: dict | None, comparison: str = "all") -> dict | None:
+def band_means(activation: dict | None, comparison: str = "all") -> dict | None:
     """{family: [ratio per band]} averaged over the analysed modules: the LM's memorized ÷ clean
     positions (`all`), or a ViT comparison such as noisy-label ÷ clean training images."""
     if not activation:
@@ -180,10 +180,10 @@ def seed_claims(run: dict) -> dict:
         claims["ablate_top_hurts_most"] = rises["top"] > max(rises["middle"], rises["bottom"])
     else:
         claims["ablate_top_hurts_most"] = None
-    bands = _band_means((run.get("analyses") or {}).get("activation_ratio"))
+    bands = band_means((run.get("analyses") or {}).get("activation_ratio"))
     claims["bottom_band_memorized"] = (bands["kfac_pairs"][-1] > 1 and bands["kfac_pairs"][0] < 1
                                        if bands else None)
-    vbands = _band_means((run.get("analyses") or {}).get("vit_activation_ratio"), VIT_COMPARISON)
+    vbands = band_means((run.get("analyses") or {}).get("vit_activation_ratio"), VIT_COMPARISON)
     claims["vit_bottom_band_memorized"] = (vbands["kfac_pairs"][-1] > 1
                                            and vbands["kfac_pairs"][0] < 1 if vbands else None)
     vit = run.get("vit")
@@ -292,7 +292,7 @@ def _aggregate_analyses(runs, seeds, picks) -> dict:
     for name, comparison in (("activation_ratio", "all"), ("vit_activation_ratio", VIT_COMPARISON)):
         have = [s for s in seeds if (runs[s].get("analyses") or {}).get(name)]
         if have:
-            bands = {s: _band_means(runs[s]["analyses"][name], comparison) for s in have}
+            bands = {s: band_means(runs[s]["analyses"][name], comparison) for s in have}
             labels = runs[have[0]]["analyses"][name]["band_labels"]
             out[name] = {"band_labels": labels, **{
                 fam: [interval([bands[s][fam][b] - 1 for s in have]) for b in range(len(labels))]
