@@ -66,39 +66,53 @@ def test_predictions_compare_each_decayed_run_with_the_undecayed_one():
 
 
 def test_compare_needs_the_undecayed_run_and_counts_predictions():
-    runs = {0.0: decay_run(0.6, 1.5, 0.5, 0.2, 0.05), 0.1: decay_run(0.5, 1.8, 0.7, 0.1, 0.05),
-            0.3: decay_run(0.6, 1.4, 0.5, 0.1, 0.08)}
+    runs = {0.0: {0: decay_run(0.6, 1.5, 0.5, 0.2, 0.05), 1: decay_run(0.6, 1.6, 0.5, 0.2, 0.05)},
+            0.1: {0: decay_run(0.5, 1.8, 0.7, 0.1, 0.05), 1: decay_run(0.6, 1.5, 0.5, 0.2, 0.05)},
+            0.3: {0: decay_run(0.6, 1.4, 0.5, 0.1, 0.08)}}
     result = compare(runs)
     assert result["weight_decays"] == [0.0, 0.1, 0.3]
-    assert result["counts"]["activation_gap_wider"] == {"holds": 1, "tested": 2}
+    assert result["seeds"] == {"0.0": [0, 1], "0.1": [0, 1], "0.3": [0]}
+    # each decayed run against the undecayed run of its own seed: 0.1/seed 1 has gap 0.9 < 1.0
+    assert result["verdicts"]["0.1"]["1"]["activation_gap_wider"] is False
+    assert result["counts"]["activation_gap_wider"] == {"holds": 1, "tested": 3}
     text = table(result)
-    assert "| activation gap (bottom-50 % − top-10 %) | +0.90 | +1.30 | +0.80 |" in text
-    assert "| 1 of 2 |" in text
+    assert "| activation gap (bottom-50 % − top-10 %) | +0.90 | +1.00 | +1.30 | +0.90 | +0.80 |" \
+        in text
+    assert "| 1 of 3 |" in text and "| weight decay, seed | 0.0, seed 0 | 0.0, seed 1 |" in text
     with pytest.raises(ValueError, match="undecayed run"):
         compare({0.1: runs[0.1], 0.3: runs[0.3]})
     with pytest.raises(ValueError, match="at least one decayed"):
         compare({0.0: runs[0.0]})
+    with pytest.raises(ValueError, match=r"seeds \[1\] have no undecayed run"):
+        compare({0.0: {0: runs[0.0][0]}, 0.1: runs[0.1]})
+
+
+def _write_run(directory, run):
+    (directory / "analysis").mkdir(parents=True)
+    (directory / "lm_summary.json").write_text(json.dumps(run["lm"]))
+    (directory / "analysis/activation_ratio.json").write_text(
+        json.dumps(run["analyses"]["activation_ratio"]))
 
 
 def test_report_weight_decay_command(tmp_path):
-    for wd, run in (("0", decay_run(0.6, 1.5, 0.5, 0.2, 0.05)),
-                    ("0.1", decay_run(0.5, 1.8, 0.7, 0.1, 0.05))):
-        d = tmp_path / f"wd{wd}"
-        (d / "analysis").mkdir(parents=True)
-        (d / "lm_summary.json").write_text(json.dumps(run["lm"]))
-        (d / "analysis/activation_ratio.json").write_text(
-            json.dumps(run["analyses"]["activation_ratio"]))
+    # the undecayed reference as one run (seed 0), the decayed one as a study's seed-N runs
+    _write_run(tmp_path / "wd0", decay_run(0.6, 1.5, 0.5, 0.2, 0.05))
+    _write_run(tmp_path / "wd0.1/seed-0", decay_run(0.5, 1.8, 0.7, 0.1, 0.05))
     out = subprocess.run([*CLI, "report-weight-decay", "--decay-dir", f"0={tmp_path / 'wd0'}",
                           "--decay-dir", f"0.1={tmp_path / 'wd0.1'}",
                           "--out", str(tmp_path / "wd.json"), "--table", str(tmp_path / "wd.md")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     result = json.loads((tmp_path / "wd.json").read_text())
-    assert result["verdicts"]["0.1"]["activation_gap_wider"] is True
+    assert result["verdicts"]["0.1"]["0"]["activation_gap_wider"] is True
     assert (tmp_path / "wd.md").read_text() == out.stdout.split("curvmem timing")[0]
     for bad, message in ((["--decay-dir", f"x={tmp_path / 'wd0'}"], "expected WEIGHT_DECAY=DIR"),
-                         (["--decay-dir", f"0.1={tmp_path / 'wd0.1'}"], "undecayed run")):
+                         ([f"--decay-dir=-1={tmp_path / 'wd0'}"], "expected WEIGHT_DECAY=DIR"),
+                         (["--decay-dir", f"0.1={tmp_path / 'wd0.1'}"], "undecayed run"),
+                         (["--decay-dir", f"0={tmp_path / 'wd0'}", "--decay-dir",
+                           f"0.0={tmp_path / 'wd0'}"], "given twice"),
+                         (["--decay-dir", f"0={tmp_path / 'nothing'}"], "no lm_summary.json")):
         r = subprocess.run([*CLI, "report-weight-decay", *bad, "--out", str(tmp_path / "x.json"),
                             "--table", str(tmp_path / "x.md")], capture_output=True, text=True)
-        assert r.returncode != 0 and message in r.stderr
+        assert r.returncode != 0 and message in r.stderr, (bad, r.stderr)
         assert not (tmp_path / "x.json").exists() and not (tmp_path / "x.md").exists()

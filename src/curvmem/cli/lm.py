@@ -308,7 +308,7 @@ def cmd_report_seeds(args) -> None:
 def cmd_report_weight_decay(args) -> None:
     from curvmem.io import atomic_output, write_json
     from curvmem.report.seeds import load_run
-    from curvmem.report.weight_decay import compare, table
+    from curvmem.report.weight_decay import compare, load_decay_dir, table
 
     def decay(text):
         try:
@@ -318,7 +318,8 @@ def cmd_report_weight_decay(args) -> None:
         return value if value >= 0 else None
 
     runs = _labelled_runs(args.decay_dir, "--decay-dir",
-                          "WEIGHT_DECAY=DIR, e.g. 0.1=results/lm-weight-decay/wd0.1", decay, load_run)
+                          "WEIGHT_DECAY=DIR, e.g. 0.1=results/lm-weight-decay/wd0.1", decay,
+                          lambda d: load_decay_dir(d, load_run))
     result = compare(runs)
     text = table(result)
     with atomic_output(args.table) as tmp:
@@ -450,12 +451,14 @@ def register(sub, evaluate_sub) -> None:
     p.set_defaults(func=cmd_report_seeds)
 
     p = sub.add_parser("report-weight-decay", help="the LM at several weight decays (App. H.1)",
-                       description="Each --decay-dir WEIGHT_DECAY=DIR names one run directory of the same "
-                       "config trained at that lm.model.weight_decay; one must be 0. Writes each "
-                       "run's base model, controls, activation ratio and selected edits, and H.1's "
-                       "three predictions per decayed run (curvmem.report.weight_decay).")
+                       description="Each --decay-dir WEIGHT_DECAY=DIR names the outdir of the same "
+                       "config trained at that lm.model.weight_decay: its seed-N/ runs, or one "
+                       "run (seed 0); one must be 0. Writes each run's base model, controls, "
+                       "activation ratio and selected edits, and H.1's three predictions per "
+                       "decayed run against the undecayed run of its seed "
+                       "(curvmem.report.weight_decay).")
     p.add_argument("--decay-dir", action="append", required=True, metavar="WEIGHT_DECAY=DIR",
-                   help="one run directory (its outdir); repeat for each weight decay")
+                   help="one weight decay's outdir; repeat for each weight decay")
     p.add_argument("--out", required=True, help="the comparison (JSON)")
     p.add_argument("--table", required=True, help="the comparison table (Markdown)")
     p.set_defaults(func=cmd_report_weight_decay)

@@ -93,22 +93,33 @@ def predictions(numbers: dict, undecayed: dict) -> dict:
     return out
 
 
-def compare(runs: dict[float, dict]) -> dict:
-    """{weight decay: load_run dict} -> every run's numbers and H.1's predictions per decayed run."""
+def compare(runs: dict[float, dict[int, dict]]) -> dict:
+    """{weight decay: {seed: load_run dict}} -> every run's numbers, and H.1's predictions for each
+    decayed run against the undecayed run of the same seed."""
     if 0.0 not in runs:
         raise ValueError(f"weight decays {sorted(runs)}: the comparison needs the undecayed run "
                          f"(weight decay 0) as its reference")
     if len(runs) < 2:
         raise ValueError("weight decays: give the undecayed run and at least one decayed run")
-    numbers = {wd: run_numbers(runs[wd]) for wd in sorted(runs)}
-    verdicts = {wd: predictions(numbers[wd], numbers[0.0]) for wd in sorted(runs) if wd > 0}
-    counts = {p: {"holds": sum(v[p] is True for v in verdicts.values()),
-                  "tested": sum(v[p] is not None for v in verdicts.values())}
+    wds = sorted(runs)
+    numbers = {wd: {seed: run_numbers(runs[wd][seed]) for seed in sorted(runs[wd])} for wd in wds}
+    verdicts = {}
+    for wd in wds[1:]:
+        missing = sorted(set(numbers[wd]) - set(numbers[0.0]))
+        if missing:
+            raise ValueError(f"weight decay {wd}: seeds {missing} have no undecayed run to "
+                             f"compare with (undecayed seeds: {sorted(numbers[0.0])})")
+        verdicts[wd] = {seed: predictions(n, numbers[0.0][seed]) for seed, n in numbers[wd].items()}
+    counts = {p: {"holds": sum(v[p] is True for per in verdicts.values() for v in per.values()),
+                  "tested": sum(v[p] is not None for per in verdicts.values() for v in per.values())}
               for p in PREDICTIONS}
     return {"analysis": "lm_weight_decay", "definition": __doc__.strip(),
-            "predictions": PREDICTIONS, "weight_decays": sorted(runs),
-            "runs": {str(wd): numbers[wd] for wd in sorted(runs)},
-            "verdicts": {str(wd): v for wd, v in verdicts.items()}, "counts": counts}
+            "predictions": PREDICTIONS, "weight_decays": wds,
+            "seeds": {str(wd): sorted(numbers[wd]) for wd in wds},
+            "runs": {str(wd): {str(seed): n for seed, n in numbers[wd].items()} for wd in wds},
+            "verdicts": {str(wd): {str(seed): v for seed, v in per.items()}
+                         for wd, per in verdicts.items()},
+            "counts": counts}
 
 
 def _pct(x, sign=False):
@@ -121,59 +132,71 @@ def _num(x, fmt="{:.2f}"):
     return "–" if x is None else fmt.format(x)
 
 
+def _shown_edit(r: dict, key: str) -> dict:
+    return (r["selected"][key[9:]] if key.startswith("selected:") else r[key]) or {}
+
+
+ROWS = [  # (label, what one run shows)
+    ("base: forget / quotes recited (strict)",
+     lambda r: f"{_pct(r['base']['forget'])}, {_pct(r['base']['untargeted'])}"),
+    ("base: held-out perplexity", lambda r: _num(r["base"]["perplexity"])),
+    ("base: closed-book, open-book, arithmetic, logic",
+     lambda r: ", ".join(_num(r["base"][c]) for c in TASK_CATEGORIES)),
+    ("activation ratio, K-FAC top-10 % / bottom-50 %",
+     lambda r: "–" if not r["activation"] else
+     f"{r['activation']['kfac_pairs'][0]:.2f}, {r['activation']['kfac_pairs'][-1]:.2f}"),
+    ("activation ratio, SVD top-10 % / bottom-50 %",
+     lambda r: "–" if not r["activation"] else
+     f"{r['activation']['svd'][0]:.2f}, {r['activation']['svd'][-1]:.2f}"),
+    ("activation gap (bottom-50 % − top-10 %)",
+     lambda r: _num((r["activation"] or {}).get("gap"), "{:+.2f}")),
+    ("top edit (L1+2 ρ 0.7): forget-validation recited, perplexity rise",
+     lambda r: f"{_pct(_shown_edit(r, 'reference').get('forget_validation'))}, "
+               f"{_pct(_shown_edit(r, 'reference').get('ppl_rise'), sign=True)}"),
+    ("complement control: forget-validation recited, perplexity rise",
+     lambda r: f"{_pct(_shown_edit(r, 'complement').get('forget_validation'))}, "
+               f"{_pct(_shown_edit(r, 'complement').get('ppl_rise'), sign=True)}"),
+    ("random-mass control: forget-validation recited",
+     lambda r: _pct(_shown_edit(r, "random_mass").get("forget_validation"))),
+    ("selected K-FAC edit", lambda r: _shown_edit(r, "selected:kfac").get("name") or "–"),
+    ("selected K-FAC: quotes recited, perplexity rise",
+     lambda r: f"{_pct(_shown_edit(r, 'selected:kfac').get('untargeted'))}, "
+               f"{_pct(_shown_edit(r, 'selected:kfac').get('ppl_rise'), sign=True)}"),
+    ("selected K-FAC: closed-book, open-book, arithmetic, logic kept",
+     lambda r: ", ".join(_num(_shown_edit(r, "selected:kfac").get(c)) for c in TASK_CATEGORIES)),
+    ("selected BSN: quotes recited", lambda r: _pct(_shown_edit(r, "selected:bsn").get("untargeted"))),
+]
+
+
 def table(result: dict) -> str:
-    """The comparison as Markdown: one column per weight decay."""
-    wds = [str(w) for w in result["weight_decays"]]
+    """The comparison as Markdown: one column per weight decay and seed, then H.1's predictions."""
+    cols = [(wd, seed) for wd in map(str, result["weight_decays"]) for seed in result["seeds"][wd]]
     runs = result["runs"]
-
-    def row(label, fn):
-        return f"| {label} | " + " | ".join(fn(runs[w]) for w in wds) + " |"
-
-    def edit_row(label, key, field, **kw):
-        def fn(r):
-            e = r[key] if key != "kfac" else r["selected"]["kfac"]
-            return _pct(e.get(field), **kw) if e else "–"
-        return row(label, fn)
-
-    lines = ["| weight decay | " + " | ".join(wds) + " |", "|---|" + "---|" * len(wds),
-             row("base: forget / quotes recited (strict)",
-                 lambda r: f"{_pct(r['base']['forget'])} / {_pct(r['base']['untargeted'])}"),
-             row("base: held-out perplexity", lambda r: _num(r["base"]["perplexity"])),
-             row("base: closed-book / open-book / arithmetic / logic",
-                 lambda r: " / ".join(_num(r["base"][c]) for c in TASK_CATEGORIES)),
-             row("activation ratio, K-FAC top-10 % / bottom-50 %",
-                 lambda r: "–" if not r["activation"] else
-                 f"{r['activation']['kfac_pairs'][0]:.2f} / {r['activation']['kfac_pairs'][-1]:.2f}"),
-             row("activation ratio, SVD top-10 % / bottom-50 %",
-                 lambda r: "–" if not r["activation"] else
-                 f"{r['activation']['svd'][0]:.2f} / {r['activation']['svd'][-1]:.2f}"),
-             row("activation gap (bottom-50 % − top-10 %)",
-                 lambda r: _num((r["activation"] or {}).get("gap"), "{:+.2f}")),
-             edit_row("top edit (L1+2 ρ 0.7): forget-validation recited", "reference",
-                      "forget_validation"),
-             edit_row("top edit (L1+2 ρ 0.7): perplexity rise", "reference", "ppl_rise",
-                      sign=True),
-             edit_row("complement control: forget-validation recited", "complement",
-                      "forget_validation"),
-             edit_row("complement control: perplexity rise", "complement", "ppl_rise", sign=True),
-             edit_row("random-mass control: forget-validation recited", "random_mass",
-                      "forget_validation"),
-             row("selected K-FAC edit", lambda r: (r["selected"]["kfac"] or {}).get("name") or "–"),
-             edit_row("selected K-FAC: quotes recited", "kfac", "untargeted"),
-             edit_row("selected K-FAC: forget-validation recited", "kfac", "forget_validation"),
-             edit_row("selected K-FAC: perplexity rise", "kfac", "ppl_rise", sign=True),
-             row("selected K-FAC: closed-book / open-book / arithmetic / logic kept",
-                 lambda r: " / ".join(_num((r["selected"]["kfac"] or {}).get(c))
-                                      for c in TASK_CATEGORIES)),
-             row("selected BSN: quotes recited",
-                 lambda r: _pct((r["selected"]["bsn"] or {}).get("untargeted"))),
-             ""]
-    lines.append("| H.1's prediction (against weight decay 0) | "
-                 + " | ".join(wds[1:]) + " | holds |")
-    lines.append("|---|" + "---|" * (len(wds) - 1) + "---|")
+    lines = ["| weight decay, seed | " + " | ".join(f"{wd}, seed {s}" for wd, s in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for label, fn in ROWS:
+        lines.append(f"| {label} | " + " | ".join(fn(runs[wd][str(s)]) for wd, s in cols) + " |")
+    decayed = [(wd, s) for wd, s in cols if wd in result["verdicts"]]
+    marks = {None: "untestable", True: "yes", False: "no"}
+    lines += ["", "| H.1's prediction (against weight decay 0, same seed) | "
+              + " | ".join(f"{wd}, seed {s}" for wd, s in decayed) + " | holds |",
+              "|---|" + "---|" * (len(decayed) + 1)]
     for p, text in result["predictions"].items():
-        marks = {None: "untestable", True: "yes", False: "no"}
         c = result["counts"][p]
-        lines.append(f"| {text} | " + " | ".join(marks[result["verdicts"][w][p]] for w in wds[1:])
+        lines.append(f"| {text} | " + " | ".join(marks[result["verdicts"][wd][str(s)][p]]
+                                                 for wd, s in decayed)
                      + f" | {c['holds']} of {c['tested']} |")
     return "\n".join(lines) + "\n"
+
+
+def load_decay_dir(directory, load) -> dict[int, dict]:
+    """{seed: load(run)} of one weight decay's directory: its `seed-N/` runs (a study with
+    `seeds`), or the directory itself as seed 0 (a single run)."""
+    from pathlib import Path
+
+    root = Path(directory)
+    seeds = {int(d.name[5:]): d for d in sorted(root.glob("seed-*"))
+             if d.name[5:].isdecimal() and (d / "lm_summary.json").is_file()}
+    if seeds:
+        return {seed: load(d) for seed, d in sorted(seeds.items())}
+    return {0: load(root)}
