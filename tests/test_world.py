@@ -457,6 +457,19 @@ def test_muon_iterates_in_bfloat16_only_where_the_hardware_has_it(monkeypatch):
         muon.Muon([torch.nn.Parameter(torch.zeros(3))], lr=1e-3)
 
 
+def test_native_bf16_needs_the_hardware_and_avx512_kernels(monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 runs a bf16-capable CPU as an AVX2-only one: float32 iterations."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert muon.cpu_has_native_bf16()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not muon.cpu_has_native_bf16()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert not muon.cpu_has_native_bf16()
+
+
 def test_unknown_optimizer_is_refused(tmp_path, smoke_lm_inputs):
     from dataclasses import replace
 

@@ -21,10 +21,13 @@ NS_EPS = 1e-7
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX tiles)."""
+    """True when this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX tiles) and torch
+    may use AVX-512: `ATEN_CPU_CAPABILITY=avx2` (how one runs a machine as an AVX2-only CPU, e.g.
+    to measure such a CPU's figures) makes it False, as on an AVX2-only CPU."""
     cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    hardware = bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                    or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return hardware and torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX"))
 
 
 def resolve_ns_dtype(ns_dtype, device) -> torch.dtype:
