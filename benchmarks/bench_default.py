@@ -15,6 +15,7 @@ and compute, from the `curvmem timing:` line each CLI process writes to its job 
     python benchmarks/bench_default.py --cores 2 --keep /tmp/run   # keep the run's results/
     python benchmarks/bench_default.py --configfile workflow/config/adamw.yaml  # AdamW, 8 layers
     python benchmarks/bench_default.py --snapshot docs/results/default   # the README's numbers
+    python benchmarks/bench_default.py --isa avx2 --snapshot docs/results/default-avx2
 
 `--snapshot DIR` copies what the README's results section is generated from into DIR (the
 summaries, readme_tables.md, the analyses' JSON, and run.json: these figures, the commit, the
@@ -43,6 +44,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# What makes a CPU run as an AVX2-only one (`--isa avx2`): ATen's vector kernels, oneDNN and MKL
+# each capped at AVX2, so bf16 matmuls are emulated and Muon iterates in float32, as on such a CPU.
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+# the environment variables that change speed (and, for the first three, which kernels run)
+RECORDED_ENV = (*AVX2_ONLY, "OMP_WAIT_POLICY", "OMP_NUM_THREADS")
+
+
+def recorded_env(env) -> dict:
+    return {k: env[k] for k in RECORDED_ENV if k in env}
 
 
 def used_memory_mb() -> float:
@@ -198,7 +209,7 @@ def existing_run(log: Path, args) -> int:
         "wall_seconds": log_wall_seconds(text), "jobs": text.count("Finished job"),
         "lm_training_seconds": train.get("seconds"), "lm_training_steps": train.get("steps"),
         "lm_final_loss": train.get("final_loss"), "lm_muon_ns_dtype": train.get("muon_ns_dtype"),
-        "peak_memory_above_idle_mb": None, "largest_process_mb": None,
+        "environment": recorded_env(os.environ), "peak_memory_above_idle_mb": None, "largest_process_mb": None,
         "rules": per_rule(job_records(log, REPO)),
     }
     print(json.dumps(figures))
@@ -218,6 +229,9 @@ def main() -> int:
                     "the embedded default)")
     ap.add_argument("--snapshot", default=None,
                     help="copy the run's summaries, README tables and run facts into this directory")
+    ap.add_argument("--isa", choices=["native", "avx2"], default="native",
+                    help="avx2: run this CPU as an AVX2-only one (no AVX-512, no native bf16): "
+                    "ATen, oneDNN and MKL capped at AVX2 (default: native)")
     ap.add_argument("--existing", default=None, metavar="LOG",
                     help="no new run: take the facts of the finished run in this checkout whose "
                     "snakemake output is LOG (with --configfile; --snapshot as usual)")
@@ -238,7 +252,8 @@ def main() -> int:
     peaks = {"used_mb": idle, "max_rss_mb": 0.0}
     log = work / "bench_snakemake.log"
     t0 = time.perf_counter()
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(work.parent / f"{work.name}-inductor")}
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(work.parent / f"{work.name}-inductor"),
+           **(AVX2_ONLY if args.isa == "avx2" else {})}
     config = ["--configfile", args.configfile] if args.configfile else []
     with log.open("w") as fh:
         proc = subprocess.Popen(["snakemake", "--cores", str(args.cores), *config], cwd=work,
@@ -269,6 +284,7 @@ def main() -> int:
         "peak_memory_above_idle_mb": round(peaks["used_mb"] - idle),
         "largest_process_mb": round(peaks["max_rss_mb"]),
         "lm_muon_ns_dtype": train.get("muon_ns_dtype"),
+        "environment": recorded_env(env),
         "rules": per_rule(job_records(log, work)),
     }
     print(f"embedded default DAG, commit {commit}, --cores {args.cores} ({figures['machine']})")
@@ -283,9 +299,8 @@ def main() -> int:
     print("  where the time goes (sums over jobs; start-up = interpreter, imports, model load):")
     print_rules(figures["rules"])
     print(json.dumps(figures))
-    env_note = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS") if k in os.environ}
-    if env_note:
-        print(f"  environment: {env_note}")
+    if figures["environment"]:
+        print(f"  environment: {figures['environment']}")
     if args.snapshot:
         snapshot(work, Path(args.snapshot), figures)
     if not args.keep:

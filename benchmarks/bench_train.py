@@ -6,10 +6,12 @@ world is needed. Compiling fuses the many small element-wise kernels (RMSNorms, 
 that take about a fifth of an eager step on CPU; the matrix products are the same either way.
 
     python benchmarks/bench_train.py                 # the README's figures (2 threads)
-    python benchmarks/bench_train.py --preset adamw --default-steps 4364
+    python benchmarks/bench_train.py --preset adamw --default-steps 5856
     python benchmarks/bench_train.py --threads 1 --steps 50
     python benchmarks/bench_train.py --ns-dtype bfloat16   # Muon as torch runs it (bf16 iterations)
     python benchmarks/bench_train.py --eager-only --steps 30
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python benchmarks/bench_train.py     # this CPU run as an AVX2-only one
 
 It prints the CPU's capability and whether it multiplies bf16 natively (AVX512-BF16 or AMX):
 Muon's Newton-Schulz iterations run in bf16 only there (curvmem.model.muon), in float32 elsewhere.
@@ -62,9 +64,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed first steps (compilation)")
     p.add_argument("--vocab", type=int, default=1024, help="the default tokenizer's size")
-    p.add_argument("--default-steps", type=int, default=2182,
-                   help="steps of a training run (default preset: 2182; adamw: 4364), for the "
-                   "projected totals")
+    p.add_argument("--default-steps", type=int, default=2928,
+                   help="steps of a training run (default preset: 2928), for the projected "
+                   "totals")
     p.add_argument("--ns-dtype", default="auto", help="Muon's Newton-Schulz precision: auto "
                    "(train-lm's choice) | float32 | bfloat16")
     p.add_argument("--eager-only", action="store_true", help="skip the compiled variant")
@@ -75,6 +77,11 @@ def main() -> None:
           f"{cfg.n_layers} layers, {cfg.optimizer}, "
           f"d {cfg.d_model}, MLP {cfg.d_ff}, batch {cfg.batch_size} x {cfg.seq_len} tokens")
     native = muon.cpu_has_native_bf16()
+    caps = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                       "MKL_ENABLE_INSTRUCTIONS") if k in os.environ}
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), "?") if os.path.exists("/proc/cpuinfo") else "?"
+    print(f"CPU model: {model}" + (f"; capped: {caps}" if caps else ""))
     print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, native bf16 matmul: "
           f"{'yes' if native else 'no (AVX512-BF16/AMX absent: bf16 is emulated)'}"
           + (f"; Muon's Newton-Schulz iterations in "
