@@ -1,4 +1,5 @@
-"""Write the README's results section from the committed multi-seed snapshot (docs/results/paper/).
+"""Write the README's generated parts: the results section from the committed multi-seed snapshot
+(docs/results/paper/), and the default DAG's figures from its committed runs (docs/results/default*/).
 
     python benchmarks/readme_results.py          # rewrite the section in README.md
     python benchmarks/readme_results.py --check  # exit 1 if README.md is not what this writes
@@ -23,6 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = ROOT / "docs" / "results" / "paper"
 HEADING = "## What the embedded study shows (measured)"
 NEXT = "\n## Using curvmem on any model"
+# the default DAG's runs (benchmarks/bench_default.py --snapshot), in the order the README shows
+DEFAULT_RUNS = [ROOT / "docs" / "results" / name for name in ("default", "default-avx2")]
+DAG_BEGIN = "<!-- default-dag: written by benchmarks/readme_results.py from docs/results/default*/run.json -->"
+DAG_END = "<!-- /default-dag -->"
+# the rules the per-rule table names; the rest are summed in one row
+DAG_RULES_SHOWN = 8
+ANALYSIS_RULE_PREFIX = "analysis_"
+DAG_BUDGET_S, DAG_TARGET_S, DAG_MEMORY_MB = 15 * 60, 12 * 60, 6 * 1024
 
 
 def _claim(agg: dict, name: str) -> str:
@@ -158,11 +167,73 @@ Measured beside the claims:
     return flowed(head) + "\n" + tables + "\n" + flowed(prose)
 
 
+def _minutes(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s:02d} s"
+
+
+def _cpu_label(run: dict) -> str:
+    env = run.get("environment") or {}
+    capped = env.get("ATEN_CPU_CAPABILITY") == "avx2"
+    return run["cpu"] + (", run as AVX2-only (`--isa avx2`)" if capped else "")
+
+
+def default_dag_block() -> str:
+    """The default DAG's end-to-end figures and where its time goes, one table row per run."""
+    runs = [(d, json.loads((d / "run.json").read_text())) for d in DEFAULT_RUNS
+            if (d / "run.json").is_file()]
+    out = [DAG_BEGIN, "",
+           "| CPU (2 cores) | commit | Muon iterations | wall | jobs | LM training | "
+           "analyses (job time) | peak memory above idle |", "|---|---|---|---|---|---|---|---|"]
+    for _, r in runs:
+        analyses = sum(v["wall"] for k, v in r["rules"].items()
+                       if k.startswith(ANALYSIS_RULE_PREFIX))
+        out.append(f"| {_cpu_label(r)} | {r['commit']} | {r['lm_muon_ns_dtype']} | "
+                   f"{_minutes(r['wall_seconds'])} | {r['jobs']} | "
+                   f"{r['lm_training_seconds']:.0f} s ({r['lm_training_steps']} steps) | "
+                   f"{analyses:.0f} s | {r['peak_memory_above_idle_mb']} MB |")
+    verdicts = []
+    for _, r in runs:
+        wall = r["wall_seconds"]
+        verdicts.append(
+            f"{_cpu_label(r)}: {_minutes(wall)}, "
+            + ("within" if wall <= DAG_TARGET_S else "over")
+            + " the 12-minute target and "
+            + ("within" if wall <= DAG_BUDGET_S else "over")
+            + " the 15-minute budget, "
+            + ("within" if r["peak_memory_above_idle_mb"] <= DAG_MEMORY_MB else "over")
+            + " the 6 GB memory budget")
+    out += ["", "Against the targets (`snakemake --cores all` on a fresh clone): "
+            + "; ".join(verdicts) + "."]
+    for d, r in runs:
+        rules = sorted(r["rules"].items(), key=lambda kv: -kv[1]["wall"])
+        shown, rest = rules[:DAG_RULES_SHOWN], rules[DAG_RULES_SHOWN:]
+        out += ["", f"Where the time goes, {_cpu_label(r)} (`{d.relative_to(ROOT)}/run.json`; sums "
+                "over jobs; start-up = interpreter, imports and model load, from each job's "
+                "`curvmem timing:` line):", "",
+                "| rule | jobs | wall s | start-up s | compute s |", "|---|---|---|---|---|"]
+        for name, v in shown:
+            out.append(f"| {name} | {v['jobs']} | {v['wall']:.0f} | {v['startup']:.0f} | "
+                       f"{v['compute']:.0f} |")
+        for label, part in (("every other rule", rest), ("all jobs", rules)):
+            tot = {k: sum(v[k] for _, v in part) for k in ("jobs", "wall", "startup", "compute")}
+            out.append(f"| {label} | {tot['jobs']} | {tot['wall']:.0f} | {tot['startup']:.0f} | "
+                       f"{tot['compute']:.0f} |")
+    out += ["", DAG_END]
+    return _flow_blocks(out)
+
+
+def _flow_blocks(lines: list[str]) -> str:
+    """Paragraphs at 100 columns; tables and markers as they are."""
+    blocks = "\n".join(lines).split("\n\n")
+    return "\n\n".join(reflow(b).rstrip("\n") for b in blocks)
+
+
 def reflow(block: str) -> str:
     """A paragraph or list at 100 columns (the f-strings above break lines where the code does);
     tables, headings and images as they are."""
     lines = block.split("\n")
-    if any(line.startswith(("|", "#", "![")) for line in lines):
+    if any(line.startswith(("|", "#", "![", "<!--")) for line in lines):
         return block + "\n"
     items, out = [], []
     for line in lines:
@@ -183,7 +254,10 @@ def reflow(block: str) -> str:
 def render(readme: str) -> str:
     start = readme.index(HEADING)
     end = readme.index(NEXT, start)
-    return readme[:start] + section().rstrip() + "\n" + readme[end:]
+    readme = readme[:start] + section().rstrip() + "\n" + readme[end:]
+    start = readme.index(DAG_BEGIN)
+    end = readme.index(DAG_END, start) + len(DAG_END)
+    return readme[:start] + default_dag_block() + readme[end:]
 
 
 def main() -> int:
@@ -195,7 +269,7 @@ def main() -> int:
     new = render(text)
     if args.check:
         if new != text:
-            print("README.md's results section is not what benchmarks/readme_results.py writes",
+            print("README.md's generated parts are not what benchmarks/readme_results.py writes",
                   file=sys.stderr)
             return 1
         return 0

@@ -253,24 +253,48 @@ def test_a_read_only_output_directory_fails_before_computing(made, tmp_path, cap
         subprocess.run(["umount", str(ro)], check=False)
 
 
-def test_two_collects_to_one_out_cannot_both_run(made, tmp_path, capsys):
-    """A second process writing the same --out fails at once; the first is unaffected."""
+def test_two_collects_of_one_layer_cannot_both_run(made, tmp_path, capsys):
+    """A second process writing the same layer file fails at once; the first is unaffected."""
     out = tmp_path / "f"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from curvmem import io\n"
-        f"with io.exclusive({str(out)!r}):\n"
+        f"with io.exclusive({str(out / 'layer_1.nc')!r}):\n"
         "    print('locked', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        refused(capsys, collect(made, out), ["--out", "another curvmem process is writing it"],
-                [out], model_loaded=False)
+        refused(capsys, collect(made, out), ["--out", "another curvmem process is writing it",
+                                             "layer_1.nc"], model_loaded=False)
     finally:
         holder.kill()
         holder.wait()
     # the holder died without cleaning up: its lock went with it
     assert cli(*collect(made, out)) == 0
-    assert not list(tmp_path.glob(".f.lock"))
+    assert not list(out.glob(".*.lock"))
+
+
+def test_collects_of_other_layers_into_one_out_run_side_by_side(made, tmp_path):
+    """The workflow collects each layer of a factor set in its own job, into one directory: a job
+    writing layer 2 must not stop the one writing layer 1 (it did, when collect locked the whole
+    directory: a run with two collect jobs at once failed)."""
+    out = tmp_path / "f"
+    argv = [str(a) for a in collect(made, out)]
+    argv[argv.index("--layers") + 1] = "2"
+    holder = subprocess.Popen([sys.executable, "-c", (  # what `curvmem collect --layers 2` locks
+        "import time; from contextlib import ExitStack; from curvmem import cli, io\n"
+        f"args = cli.build_parser().parse_args({argv!r})\n"
+        "with ExitStack() as stack:\n"
+        "    for path, flag in cli.locked_paths(args, cli.outputs(args)):\n"
+        "        stack.enter_context(io.exclusive(path, flag))\n"
+        "    print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert cli(*collect(made, out)) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / "layer_1.nc").is_file()
 
 
 # --------------------------------------------------------------------------- values

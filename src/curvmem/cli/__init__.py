@@ -56,6 +56,22 @@ def outputs(args) -> list[tuple[str, str, bool]]:
     return found
 
 
+def locked_paths(args, targets) -> list[tuple[str, str]]:
+    """(path, flag) of each output to lock. `collect` writes one file per layer into a directory
+    that other layers' jobs write too (the workflow collects each layer in its own job, side by
+    side): it locks its layers' files, not the directory."""
+    paths = []
+    for path, flag, _ in targets:
+        if args.command == "collect" and flag == "--out":
+            from curvmem.cli.core import _layer_list
+
+            paths += [(os.path.join(path, f"layer_{layer}.nc"), flag)
+                      for layer in _layer_list(args.layers)]
+        else:
+            paths.append((path, flag))
+    return paths
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="curvmem",
@@ -95,7 +111,7 @@ def main(argv=None) -> int:
         for path, flag, is_dir in targets:
             check_output(path, flag, is_dir)
         with ExitStack() as locks:
-            for path, flag, _ in targets:
+            for path, flag in locked_paths(args, targets):
                 locks.enter_context(exclusive(path, flag))
             args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as e:
