@@ -116,3 +116,32 @@ def test_report_weight_decay_command(tmp_path):
                             "--table", str(tmp_path / "x.md")], capture_output=True, text=True)
         assert r.returncode != 0 and message in r.stderr, (bad, r.stderr)
         assert not (tmp_path / "x.json").exists() and not (tmp_path / "x.md").exists()
+
+
+@pytest.mark.parametrize("wd", [0, 0.1, 0.3])
+def test_overlays_change_only_outdir_seeds_and_weight_decay(wd):
+    """workflow/config/lm-weight-decay/wdX.yaml merged over the default (as Snakemake merges the
+    files of one --configfile) is a valid config that differs from it in those keys only."""
+    import copy
+
+    import yaml
+    from snakemake.utils import update_config, validate
+
+    from curvmem.plan import Plan
+    from test_plan import ROOT, config
+
+    default = config("default")
+    merged = copy.deepcopy(default)
+    overlay = yaml.safe_load((ROOT / f"workflow/config/lm-weight-decay/wd{wd}.yaml").read_text())
+    update_config(merged, overlay)
+    validate(merged, str(ROOT / "workflow/schemas/config.schema.yaml"))
+    assert merged["outdir"] == f"results/lm-weight-decay/wd{wd}" and merged["seeds"] == [0, 1]
+    assert merged["lm"]["model"].get("weight_decay", 0) == wd
+    rest = {k: v for k, v in merged["lm"]["model"].items() if k != "weight_decay"}
+    assert rest == default["lm"]["model"]
+    assert {k: v for k, v in merged["lm"].items() if k != "model"} == \
+        {k: v for k, v in default["lm"].items() if k != "model"}
+    plan = Plan(merged)
+    assert plan.out == f"results/lm-weight-decay/wd{wd}/seed-0"
+    flags = plan.model_flags("lm", "preset", "seed", "steps", "weight_decay")
+    assert (f"--weight-decay {wd}" in flags) == (wd > 0)
