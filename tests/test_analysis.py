@@ -185,6 +185,22 @@ def test_per_example_projection_equals_the_kronecker_product_of_the_weight_gradi
     assert float((P ** 2).sum()) == pytest.approx(float((gw.double() ** 2).sum()), rel=1e-6)
 
 
+def test_per_example_gradients_leave_the_model_as_they_found_it():
+    """The weights are frozen while gradients are taken and restored after, hooks removed, also
+    when the caller stops after the first item."""
+    model = tiny_olmo2()
+    m = mlp_modules(model, [1], ["mlp.up_proj"])[0]
+    model.model.embed_tokens.weight.requires_grad_(False)  # a flag that is not the default
+    flags = [p.requires_grad for p in model.parameters()]
+    items = [{"ids": [3, 9, 4, 17, 22, 5], "positions": [2, 3]}] * 3
+    gen = pe.example_gradients(model, [m], items, batch_size=1)
+    next(gen)
+    assert not any(p.requires_grad for p in model.parameters())
+    gen.close()
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert not m.module._forward_hooks and not m.module._forward_pre_hooks
+
+
 def test_per_example_band_shares_sum_to_one():
     model, tok = tiny_olmo2(), CharTokenizer()
     res = pe.per_example_curvature(model, tok, model_eigen(model), [1], MODS, mem_rows(), CLEAN,

@@ -12,6 +12,7 @@ Each family partitions its components, so its band outputs sum to W a.
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,26 @@ def mlp_hooks(modules, inputs: dict, outputs: dict | None = None) -> list:
     if outputs is not None:
         handles += [m.module.register_forward_hook(post((m.layer, m.name))) for m in modules]
     return handles
+
+
+@contextmanager
+def frozen_with_hooks(model, modules):
+    """For per-example gradients: the weights frozen (autograd reaches the hooked module outputs
+    through inputs that require grad, and no weight gradient is formed), each module's input and
+    output captured into the yielded dicts (cleared by the caller per batch). Hooks and
+    requires_grad flags are restored on exit, also when the caller stops early."""
+    inputs, outputs = {}, {}
+    handles = mlp_hooks(modules, inputs, outputs)
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield inputs, outputs
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 @torch.no_grad()

@@ -22,8 +22,8 @@ from curvmem.analysis.common import (
     by_length,
     check_bands,
     clean_items,
+    frozen_with_hooks,
     memorized_items,
-    mlp_hooks,
     module_label,
     pair_share_masks,
     save_figure,
@@ -48,12 +48,7 @@ def example_gradients(model, modules, items: list[dict], batch_size: int = 8):
     inputs, so one backward pass per batch gives every example's own gradient (examples of a batch
     do not interact)."""
     device = model_device(model)
-    inputs, outputs = {}, {}
-    handles = mlp_hooks(modules, inputs, outputs)
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
+    with frozen_with_hooks(model, modules) as (inputs, outputs):
         for idx in by_length(items, batch_size):
             ids = torch.tensor([items[i]["ids"] for i in idx], device=device)
             emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
@@ -69,11 +64,6 @@ def example_gradients(model, modules, items: list[dict], batch_size: int = 8):
                           for k, g in zip(keys, grads)}
             inputs.clear()
             outputs.clear()
-    finally:
-        for h in handles:
-            h.remove()
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
 
 
 def project(grad_w: torch.Tensor, eig: dict) -> torch.Tensor:

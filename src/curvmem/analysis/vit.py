@@ -32,6 +32,7 @@ from curvmem.analysis.common import (
     BANDS,
     band_label,
     check_bands,
+    frozen_with_hooks,
     mlp_hooks,
 )
 from curvmem.analysis.per_example import (
@@ -140,12 +141,7 @@ def cls_gradients(model, modules, images: torch.Tensor, labels: torch.Tensor,
     output. Images of a batch do not interact (no batch statistics), so one backward pass per
     batch gives each image's own gradient."""
     device = model_device(model)
-    inputs, outputs = {}, {}
-    handles = mlp_hooks(modules, inputs, outputs)
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
+    with frozen_with_hooks(model, modules) as (inputs, outputs):
         for start in range(0, images.shape[0], batch_size):
             x = images[start:start + batch_size].to(device).requires_grad_(True)
             y = labels[start:start + batch_size].to(device)
@@ -160,11 +156,6 @@ def cls_gradients(model, modules, images: torch.Tensor, labels: torch.Tensor,
                                   for k, g in zip(keys, grads)}, pred[b]
             inputs.clear()
             outputs.clear()
-    finally:
-        for h in handles:
-            h.remove()
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
 
 
 def vit_per_example(model, tensors: dict, eigen: dict, layers, modules, bands=BANDS,
