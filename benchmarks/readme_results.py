@@ -22,6 +22,7 @@ from curvmem.report.seeds import cell
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = ROOT / "docs" / "results" / "paper"
+WEIGHT_DECAY = ROOT / "docs" / "results" / "lm-weight-decay" / "lm_weight_decay.json"
 HEADING = "## What the embedded study shows (measured)"
 NEXT = "\n## Using curvmem on any model"
 # the default DAG's runs (benchmarks/bench_default.py --snapshot), in the order the README shows
@@ -37,6 +38,39 @@ DAG_BUDGET_S, DAG_TARGET_S, DAG_MEMORY_MB = 15 * 60, 12 * 60, 6 * 1024
 def _claim(agg: dict, name: str) -> str:
     c = agg["claims"][name]
     return f"{c['holds']} of {c['tested']} seeds"
+
+
+def weight_decay_bullet() -> str:
+    """The language model at weight decay 0.1 and 0.3 (docs/results/lm-weight-decay/)."""
+    wd = json.loads(WEIGHT_DECAY.read_text())
+    c = wd["counts"]
+    decayed = [str(w) for w in wd["weight_decays"] if w > 0]
+    runs = {w: {int(s): r for s, r in per.items()} for w, per in wd["runs"].items()}
+    gap = {w: {s: r["activation"]["gap"] for s, r in per.items()} for w, per in runs.items()}
+    undecayed = " and ".join(f"{g:+.2f}" for g in gap["0.0"].values())
+    lo = min(g for w in decayed for g in gap[w].values())
+    hi = max(g for w in decayed for g in gap[w].values())
+    seed_spread = max(gap["0.0"].values()) - min(gap["0.0"].values())
+    decay_shift = max(abs(g - gap["0.0"][s]) for w in decayed for s, g in gap[w].items())
+    memorize = all(r["base"]["forget"] == 1 and r["base"]["untargeted"] == 1
+                   for per in runs.values() for r in per.values())
+    every = all(v["holds"] == v["tested"] for v in c.values())
+    holds = sorted({(v["holds"], v["tested"]) for v in c.values()})
+    counts = (f"each hold in {holds[0][0]} of {holds[0][1]}" if len(holds) == 1 else
+              "hold in " + ", ".join(f"{v['holds']} of {v['tested']}" for v in c.values()))
+    seeds = sorted({s for w in decayed for s in runs[w]})
+    noise = (f": the undecayed runs' own activation gaps ({undecayed}) differ more between seeds "
+             f"than the decayed ones ({lo:+.2f} to {hi:+.2f}) differ from them"
+             if seed_spread > decay_shift else
+             f" (activation gaps {undecayed} undecayed, {lo:+.2f} to {hi:+.2f} decayed)")
+    return f"""- **Weight decay {'sharpens' if every else 'does not consistently sharpen'} the language
+  model's separation** (the paper's App. H.1, for ViTs: more decay, more drastic): trained at
+  weight decay {' and '.join(decayed)} (seeds {', '.join(map(str, seeds))}), the LM
+  {'still recites every memorized document and quote' if memorize else 'memorizes less'}, and
+  H.1's three predictions (a wider activation gap between the bottom-50 % and top-10 % bands, a
+  complement control that keeps more of forget-validation, a better trade-off for the selected
+  edit) {counts} decayed runs against the undecayed run of their seed{noise}
+  (`docs/results/lm-weight-decay/`, [docs/lm.md](docs/lm.md)); the default stays undecayed."""
 
 
 def section() -> str:
@@ -132,6 +166,7 @@ The paper's claims, each with the number of seeds it holds in:
   the DAG-run ViT study (weight decay, width, tokens per image, the Fisher's images:
   `workflow/config/vit-study.yaml`, `docs/results/vit-study/`, [docs/vision.md](docs/vision.md))
   reaches it either.
+{weight_decay_bullet()}
 
 Measured beside the claims:
 - **Shifted prompts** (the paper's Table 6): the selected K-FAC edit goes from

@@ -145,3 +145,27 @@ def test_overlays_change_only_outdir_seeds_and_weight_decay(wd):
     assert plan.out == f"results/lm-weight-decay/wd{wd}/seed-0"
     flags = plan.model_flags("lm", "preset", "seed", "steps", "weight_decay")
     assert (f"--weight-decay {wd}" in flags) == (wd > 0)
+
+
+def test_the_committed_study_is_what_the_command_computes_and_docs_show():
+    """docs/results/lm-weight-decay: the comparison recomputed from the committed runs equals the
+    committed one, docs/lm.md shows its table as written, and every run is the default's config
+    at its weight decay (undecayed seed 0 is the default's own run)."""
+    from curvmem.report.seeds import load_run
+    from curvmem.report.weight_decay import load_decay_dir
+    from test_plan import ROOT
+
+    snap = ROOT / "docs/results/lm-weight-decay"
+    runs = {wd: load_decay_dir(snap / f"wd{name}", load_run)
+            for wd, name in ((0.0, "0"), (0.1, "0.1"), (0.3, "0.3"))}
+    assert all(sorted(r) == [0, 1] for r in runs.values())
+    result = compare(runs)
+    committed = json.loads((snap / "lm_weight_decay.json").read_text())
+    assert json.loads(json.dumps(result)) == committed
+    assert table(result) == (snap / "lm_weight_decay.md").read_text()
+    assert table(result) in (ROOT / "docs/lm.md").read_text()
+    for wd, name in ((0.1, "0.1"), (0.3, "0.3")):
+        for seed in (0, 1):
+            run = json.loads((snap / f"wd{name}/seed-{seed}/run.json").read_text())
+            assert run["config"] == f"workflow/config/lm-weight-decay/wd{name}.yaml"
+            assert run["outdir"] == f"results/lm-weight-decay/wd{name}/seed-{seed}"
