@@ -254,6 +254,11 @@ def default_dag_block() -> str:
             tot = {k: sum(v[k] for _, v in part) for k in ("jobs", "wall", "startup", "compute")}
             out.append(f"| {label} | {tot['jobs']} | {tot['wall']:.0f} | {tot['startup']:.0f} | "
                        f"{tot['compute']:.0f} |")
+        train = r["rules"].get("train_lm", {}).get("wall", 0.0)
+        out += ["", f"Process start-up is {tot['startup']:.0f} s of the {tot['wall']:.0f} s summed "
+                f"over jobs ({100 * tot['startup'] / tot['wall']:.0f} %); LM training (on both cores) "
+                f"is {train:.0f} s of the {r['wall_seconds']:.0f} s "
+                "of wall time."]
     out += ["", DAG_END]
     return _flow_blocks(out)
 
