@@ -266,11 +266,14 @@ def smoke_lm_inputs(tmp_path_factory):
 
 
 @pytest.mark.slow  # Inductor compiles C++ kernels: about half a minute on 2 cores
-def test_compiled_training_matches_eager(tmp_path, smoke_lm_inputs):
+def test_compiled_training_matches_eager(tmp_path, smoke_lm_inputs, monkeypatch):
     from dataclasses import replace
 
     from safetensors.torch import load_file
 
+    # Inductor's own cache, not the machine's: kernels cached by a process that ran with other
+    # CPU settings (ATEN_CPU_CAPABILITY=avx2) crashed a later native run with SIGABRT (seen here)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     w, tok = smoke_lm_inputs
     cfg = replace(presets.train_config("smoke"), steps=6, threads=2)
     eager = model_lm.train_lm(w, tok, tmp_path / "eager", cfg, progress=False)
