@@ -94,13 +94,20 @@ def sample(proc: subprocess.Popen, interval: float, out: dict) -> None:
         time.sleep(interval)
 
 
+def _cpuinfo() -> str:
+    return Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+
+
+def cpu_model() -> str:
+    model = re.search(r"^model name\s*:\s*(.+)$", _cpuinfo(), re.M)
+    return model[1].strip() if model else platform.processor()
+
+
 def cpu_description() -> str:
     """The CPU model and the instruction sets that matter to torch on CPU."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    flags = set((re.search(r"^flags\s*:\s*(.+)$", text, re.M) or [None, ""])[1].split())
+    flags = set((re.search(r"^flags\s*:\s*(.+)$", _cpuinfo(), re.M) or [None, ""])[1].split())
     sets = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model[1].strip() if model else platform.processor()} ({', '.join(sets) or 'no AVX2'})"
+    return f"{cpu_model()} ({', '.join(sets) or 'no AVX2'})"
 
 
 def job_records(snakemake_log: Path, work: Path) -> list[dict]:

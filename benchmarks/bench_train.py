@@ -31,6 +31,7 @@ from dataclasses import replace
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_train_inductor_")
 
 import torch
+from bench_default import AVX2_ONLY, cpu_model  # this directory: run as a script
 
 from curvmem import presets
 from curvmem.model import muon
@@ -77,11 +78,8 @@ def main() -> None:
           f"{cfg.n_layers} layers, {cfg.optimizer}, "
           f"d {cfg.d_model}, MLP {cfg.d_ff}, batch {cfg.batch_size} x {cfg.seq_len} tokens")
     native = muon.cpu_has_native_bf16()
-    caps = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-                                       "MKL_ENABLE_INSTRUCTIONS") if k in os.environ}
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                  if line.startswith("model name")), "?") if os.path.exists("/proc/cpuinfo") else "?"
-    print(f"CPU model: {model}" + (f"; capped: {caps}" if caps else ""))
+    caps = {k: os.environ[k] for k in AVX2_ONLY if k in os.environ}
+    print(f"CPU model: {cpu_model()}" + (f"; capped: {caps}" if caps else ""))
     print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, native bf16 matmul: "
           f"{'yes' if native else 'no (AVX512-BF16/AMX absent: bf16 is emulated)'}"
           + (f"; Muon's Newton-Schulz iterations in "

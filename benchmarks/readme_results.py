@@ -250,10 +250,13 @@ def default_dag_block() -> str:
         for name, v in shown:
             out.append(f"| {name} | {v['jobs']} | {v['wall']:.0f} | {v['startup']:.0f} | "
                        f"{v['compute']:.0f} |")
-        for label, part in (("every other rule", rest), ("all jobs", rules)):
-            tot = {k: sum(v[k] for _, v in part) for k in ("jobs", "wall", "startup", "compute")}
+        totals = {label: {k: sum(v[k] for _, v in part)
+                          for k in ("jobs", "wall", "startup", "compute")}
+                  for label, part in (("every other rule", rest), ("all jobs", rules))}
+        for label, tot in totals.items():
             out.append(f"| {label} | {tot['jobs']} | {tot['wall']:.0f} | {tot['startup']:.0f} | "
                        f"{tot['compute']:.0f} |")
+        tot = totals["all jobs"]
         train = r["rules"].get("train_lm", {}).get("wall", 0.0)
         out += ["", f"Process start-up is {tot['startup']:.0f} s of the {tot['wall']:.0f} s summed "
                 f"over jobs ({100 * tot['startup'] / tot['wall']:.0f} %); LM training (on both cores) "

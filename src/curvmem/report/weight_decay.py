@@ -24,6 +24,7 @@ would make the comparisons moot, and the table says so rather than hiding it.
 
 from __future__ import annotations
 
+from curvmem.report.lm import _f
 from curvmem.report.paper import TASK_CATEGORIES
 from curvmem.report.seeds import (
     band_means,
@@ -129,11 +130,20 @@ def _pct(x, sign=False):
 
 
 def _num(x, fmt="{:.2f}"):
-    return "–" if x is None else fmt.format(x)
+    return _f(x, fmt)
 
 
-def _shown_edit(r: dict, key: str) -> dict:
-    return (r["selected"][key[9:]] if key.startswith("selected:") else r[key]) or {}
+def _shown_edit(r: dict, *path: str) -> dict:
+    """The edit at `path` in one run's numbers (`reference`, or `selected`, `kfac`); {} if none."""
+    for key in path:
+        r = r[key]
+    return r or {}
+
+
+def _recited_and_rise(recited: str, *path: str):
+    """A row cell: what the edit at `path` recites (field `recited`) and its perplexity rise."""
+    return lambda r: (f"{_pct(_shown_edit(r, *path).get(recited))}, "
+                      f"{_pct(_shown_edit(r, *path).get('ppl_rise'), sign=True)}")
 
 
 ROWS = [  # (label, what one run shows)
@@ -151,20 +161,18 @@ ROWS = [  # (label, what one run shows)
     ("activation gap (bottom-50 % − top-10 %)",
      lambda r: _num((r["activation"] or {}).get("gap"), "{:+.2f}")),
     ("top edit (L1+2 ρ 0.7): forget-validation recited, perplexity rise",
-     lambda r: f"{_pct(_shown_edit(r, 'reference').get('forget_validation'))}, "
-               f"{_pct(_shown_edit(r, 'reference').get('ppl_rise'), sign=True)}"),
+     _recited_and_rise("forget_validation", "reference")),
     ("complement control: forget-validation recited, perplexity rise",
-     lambda r: f"{_pct(_shown_edit(r, 'complement').get('forget_validation'))}, "
-               f"{_pct(_shown_edit(r, 'complement').get('ppl_rise'), sign=True)}"),
+     _recited_and_rise("forget_validation", "complement")),
     ("random-mass control: forget-validation recited",
      lambda r: _pct(_shown_edit(r, "random_mass").get("forget_validation"))),
-    ("selected K-FAC edit", lambda r: _shown_edit(r, "selected:kfac").get("name") or "–"),
+    ("selected K-FAC edit", lambda r: _shown_edit(r, "selected", "kfac").get("name") or "–"),
     ("selected K-FAC: quotes recited, perplexity rise",
-     lambda r: f"{_pct(_shown_edit(r, 'selected:kfac').get('untargeted'))}, "
-               f"{_pct(_shown_edit(r, 'selected:kfac').get('ppl_rise'), sign=True)}"),
+     _recited_and_rise("untargeted", "selected", "kfac")),
     ("selected K-FAC: closed-book, open-book, arithmetic, logic kept",
-     lambda r: ", ".join(_num(_shown_edit(r, "selected:kfac").get(c)) for c in TASK_CATEGORIES)),
-    ("selected BSN: quotes recited", lambda r: _pct(_shown_edit(r, "selected:bsn").get("untargeted"))),
+     lambda r: ", ".join(_num(_shown_edit(r, "selected", "kfac").get(c)) for c in TASK_CATEGORIES)),
+    ("selected BSN: quotes recited",
+     lambda r: _pct(_shown_edit(r, "selected", "bsn").get("untargeted"))),
 ]
 
 
