@@ -435,3 +435,24 @@ def test_killed_collect_resumes_from_its_checkpoint(tmp_path, capsys):
                 bound = (4 * (seq - 1) + n_seq // 4) * 2.0 ** -24 * np.abs(want).max()
                 np.testing.assert_allclose(a.groups[name][side], want, rtol=0, atol=bound,
                                            err_msg=f"{name} {side}")
+
+
+def test_every_help_page_formats():
+    """`curvmem --help` and every subcommand's help render (a bare '%' in a help string made
+    argparse's top-level help crash with a TypeError)."""
+    import argparse
+
+    from curvmem.cli import build_parser
+
+    pages = []
+
+    def walk(parser, path):
+        pages.append((path, parser.format_help()))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+
+    walk(build_parser(), "curvmem")
+    assert len(pages) > 20 and all("usage:" in text for _, text in pages)
+    assert "95 % intervals" in dict(pages)["curvmem"]

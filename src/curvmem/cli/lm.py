@@ -437,7 +437,7 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--out", required=True, help="Markdown file")
     p.set_defaults(func=cmd_report_readme)
 
-    p = sub.add_parser("report-seeds", help="a multi-seed study: means, 95 % intervals, k-of-n",
+    p = sub.add_parser("report-seeds", help="a multi-seed study: means, 95 %% intervals, k-of-n",
                        description="Each --seed-dir SEED=DIR names one seed's run directory (its "
                        "outdir: lm_summary.json, vit_summary.json, analysis/, benchmarks/). "
                        "Writes every number the README shows as mean ± 95 % t-interval across "
