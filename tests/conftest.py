@@ -48,3 +48,17 @@ def tiny_lm(request):
 def token_batches():
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 61, (6, 12), generator=g)
+
+
+def smoke_lm(root, steps: int = 4):
+    """The smoke world, its tokenizer and its LM trained `steps` steps, by the CLI, under root:
+    (world dir, tokenizer dir, model dir)."""
+    from curvmem.cli import main
+
+    w, tok, m = root / "world", root / "tok", root / "model"
+    assert main(["world", "--out", str(w), "--preset", "smoke"]) == 0
+    assert main(["tokenizer", "--corpus", str(w / "train.jsonl"), "--out", str(tok),
+                 "--vocab-size", "400"]) == 0
+    assert main(["train-lm", "--world", str(w), "--tokenizer", str(tok), "--out", str(m),
+                 "--preset", "smoke", "--steps", str(steps)]) == 0
+    return w, tok, m

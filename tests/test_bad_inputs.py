@@ -146,7 +146,7 @@ def test_evaluations_refuse_a_truncated_edit_naming_rule_edit(made, tmp_path, ca
         data.write_text(json.dumps({"prefix": words(8, 1), "suffix": words(4, 2)}) + "\n")
         extra = ["--prefix-len", "8", "--suffix-len", "4"]
     refused(capsys, ["evaluate", command, "--model", made["model"], "--edit", e, "--data", data,
-                     *extra, "--out", out], [str(e), "corrupt", "rule edit or bsn"], [out])
+                     *extra, "--out", out], [str(e), "corrupt", "rule edit_evaluate_lm, edit_evaluate_vit or bsn"], [out])
 
 
 def test_an_edit_without_its_sidecar_is_refused_not_applied_unchecked(made, tmp_path, capsys):

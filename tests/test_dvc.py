@@ -209,7 +209,7 @@ def test_b_pull_eigenbases_add_a_rho_and_run_only_its_edit_and_evaluations(share
     assert index_of(repo) == plan_of("smoke", repo).index()
     targets = list(index_of(repo)["lm"]["evaluations"]["kfac-L2-rho0.7"].values())
     ran = snakemake(repo, "--cores", "2", f"--configfile={SMOKE}", *targets).stderr
-    assert job_counts(ran) == {"edit": 1, "evaluate_lm": 1}  # no factor collection
+    assert job_counts(ran) == {"edit_evaluate_lm": 1}  # no factor collection
     assert all((repo / t).is_file() for t in targets)
     assert not (repo / "results/smoke/lm/factors").exists()
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import smoke_lm
 from curvmem.cli import main
 from curvmem.evaluate import lm as evaluate_lm
 
@@ -351,12 +352,7 @@ def test_smoke_world_train_and_every_evaluator(tmp_path, capsys):
     from curvmem.model import load_model, mlp_modules, model_fingerprint
     from curvmem.schema import write_edit
 
-    w, tok, m = tmp_path / "world", tmp_path / "tok", tmp_path / "model"
-    assert main(["world", "--out", str(w), "--preset", "smoke"]) == 0
-    assert main(["tokenizer", "--corpus", str(w / "train.jsonl"), "--out", str(tok),
-                 "--vocab-size", "400"]) == 0
-    assert main(["train-lm", "--world", str(w), "--tokenizer", str(tok), "--out", str(m),
-                 "--preset", "smoke", "--steps", "4"]) == 0
+    w, tok, m = smoke_lm(tmp_path)
     log = json.loads((m / "train_log.json").read_text())
     assert log["steps"] == 4 and math.isfinite(log["final_loss"])
 

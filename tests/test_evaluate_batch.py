@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import smoke_lm
 from curvmem.cli import main
 
 
@@ -17,12 +18,7 @@ def smoke(tmp_path_factory):
     from curvmem.schema import write_edit
 
     root = tmp_path_factory.mktemp("batch")
-    w, tok, m = root / "world", root / "tok", root / "model"
-    assert main(["world", "--out", str(w), "--preset", "smoke"]) == 0
-    assert main(["tokenizer", "--corpus", str(w / "train.jsonl"), "--out", str(tok),
-                 "--vocab-size", "400"]) == 0
-    assert main(["train-lm", "--world", str(w), "--tokenizer", str(tok), "--out", str(m),
-                 "--preset", "smoke", "--steps", "4"]) == 0
+    w, _, m = smoke_lm(root)
     model = load_model(m)
     mod = mlp_modules(model, [1], ["mlp.gate_proj"])[0]
     edit = root / "zero.safetensors"

@@ -227,6 +227,18 @@ def test_model_flags_resources_and_evaluations():
     assert Plan(shuffled).lm_eval_runs(key) == plan.lm_eval_runs(key)
     assert Plan(shuffled).lm_eval_inputs(key) == plan.lm_eval_inputs(key)
     assert plan.edit_path("lm", key).startswith("results/smoke/lm/bsn/")
+    assert not plan.made_with_evaluation("lm", key)  # BalancedSubnet trains in its own job
+    # a K-FAC edit is made by its evaluation job: that job reads the edit's eigenbases, not it
+    kfac = plan.edit_keys("lm", ["kfac"])[0]
+    assert plan.made_with_evaluation("lm", kfac) and not plan.made_with_evaluation(
+        "lm", plan.base["lm"])
+    inputs = plan.lm_eval_inputs(kfac)
+    assert plan.edit_path("lm", kfac) not in inputs and len(inputs) == len(set(inputs))
+    assert set(plan.edit_inputs("lm", kfac)) <= set(inputs)
+    assert any("/eigen/" in f for f in inputs)
+    vit_edit = next(iter(plan.edits["vit"]))
+    assert set(plan.vit_eval_inputs(vit_edit)) == {plan.vit_data(), *plan.edit_inputs(
+        "vit", vit_edit)}
     assert plan.shard_files("lm", plan.fkeys(sharded=True)[0], 2)[1].endswith(
         "/shard-1-of-2/layer_2.nc")
 

@@ -68,7 +68,7 @@ def test_smoke_lm_path_on_slurm_matches_a_local_run(tmp_path):
     for job in jobs:
         rule = job.get("Comment", "").removeprefix("rule_").split("_wildcards_")[0]
         by_rule.setdefault(rule, []).append(job)
-    assert set(by_rule) == GPU_RULES | {"world", "tokenizer", "merge", "edit", "evaluate_lm"}
+    assert set(by_rule) == GPU_RULES | {"world", "tokenizer", "merge", "edit_evaluate_lm"}
     assert all(j["JobState"] == "COMPLETED" and j["Partition"] == "gpu" for j in jobs)
     assert len({j["JobName"] for j in jobs}) == 1 and jobs[0]["JobName"].startswith("curvmem_")
     # collection, eigen and training asked for the GPU; nothing else did

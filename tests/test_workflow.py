@@ -78,11 +78,14 @@ def test_embedded_dag_runs_every_stage_and_its_sweeps(repo, name):
     for rule in ("world", "tokenizer", "train_lm", "vision_data", "train_vit", "report_lm",
                  "report_vit", "compare", "report_html"):
         assert jobs[rule] == 1, rule
-    lm_edits = n_edits(cfg["lm"]["edits"]) - n_edits(cfg["lm"]["edits"], "bsn")
-    assert jobs["edit"] == lm_edits + n_edits(cfg["vit"]["edits"])
-    assert jobs["bsn"] == n_edits(cfg["lm"]["edits"], "bsn")
-    # one evaluation job per LM edit (curvmem evaluate batch), and one for the base model
-    assert jobs["evaluate_lm"] == n_edits(cfg["lm"]["edits"]) and jobs["evaluate_lm_base"] == 1
+    # one job per K-FAC or SVD edit makes it and runs all its evaluations (curvmem edit ...
+    # --then evaluate ...); BalancedSubnet trains in its own job and is evaluated in another
+    n_bsn = n_edits(cfg["lm"]["edits"], "bsn")
+    assert jobs["edit_evaluate_lm"] == n_edits(cfg["lm"]["edits"]) - n_bsn
+    assert jobs["edit_evaluate_vit"] == n_edits(cfg["vit"]["edits"])
+    assert jobs["bsn"] == jobs["evaluate_lm"] == n_bsn
+    assert jobs["evaluate_lm_base"] == jobs["evaluate_vit"] == 1
+    assert "edit" not in jobs
     assert jobs["readme_tables"] == 1
     # the analyses: one job per group of analyses (curvmem analyze batch), see analysis.smk
     groups = ["lm_model", "lm_sweep", "lm_stability"] * ("analysis" in cfg["lm"]) + \
@@ -171,11 +174,14 @@ def test_7b_dry_run_on_slurm_lists_one_gpu_collection_job_per_layer_offline(tmp_
     assert layers == wanted == [23, 24, 25]
     assert all(re.search(r"\bgpu=1\b", b) for b in collect)
     assert all(re.search(r"\bmem_mb=128000\b", b) for b in collect)
-    evaluations = [b for b in blocks if b.startswith("rule evaluate_lm:")]
-    assert evaluations and not any(re.search(r"\bgpu=0\b", b) for b in evaluations)
+    # an edit's job evaluates it too: the evaluation's GPU, memory for either step, both runtimes
+    evaluations = [b for b in blocks if b.startswith("rule edit_evaluate_lm:")]
+    assert evaluations and all(re.search(r"\bgpu=1\b", b) and re.search(r"\bmem_mb=64000\b", b)
+                               and re.search(r"\bruntime=540\b", b) for b in evaluations)
     edit_commands = [line for line in proc.stdout.splitlines()
                      if line.startswith("Shell command: curvmem edit ")]
-    assert edit_commands and all("--dtype bfloat16" in c for c in edit_commands)  # half the RAM
+    assert edit_commands and all("--dtype bfloat16" in c.split(" --then ")[0]  # half the RAM
+                                 for c in edit_commands)
     fetches = {rule: sum(b.startswith(f"rule {rule}:") for b in blocks)
                for rule in ("download_model", "fetch_file", "tokenize_corpus", "fetch_texts")}
     assert fetches == {"download_model": 1, "fetch_file": 3, "tokenize_corpus": 1,
@@ -211,5 +217,5 @@ def test_adding_one_rho_runs_only_that_edit_and_its_evaluations(tmp_path):
     path = tmp_path / "more.yaml"
     path.write_text(yaml.safe_dump(cfg))
     jobs = dry_run_jobs(work, f"--configfile={path}")
-    assert jobs == {"edit": 1, "evaluate_lm": 1, "report_lm": 1, "compare": 1,
+    assert jobs == {"edit_evaluate_lm": 1, "report_lm": 1, "compare": 1,
                     "readme_tables": 1, "report_html": 1, "index": 1, "all": 1}

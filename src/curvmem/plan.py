@@ -594,14 +594,28 @@ class Plan:
     def lm_eval_files(self, key):
         return [f"{self.out}/lm/eval/{key}/{name}.json" for name in self.lm_evaluations(key)]
 
+    def made_with_evaluation(self, domain, key) -> bool:
+        """True for a K-FAC or SVD edit: its job makes the edit and then evaluates it, in one
+        process (`curvmem edit ... --then evaluate ...`), since the edit costs a fraction of a
+        second against seconds of start-up. A BalancedSubnet edit trains in a job of its own."""
+        return key != self.base[domain] and self.edits[domain][key]["method"] != "bsn"
+
+    def _edited_inputs(self, domain, key):
+        """What evaluating `key` needs beyond the model and data: the edit's own inputs when the
+        job makes the edit, else the edit file."""
+        if key == self.base[domain]:
+            return []
+        if self.made_with_evaluation(domain, key):
+            return self.edit_inputs(domain, key)
+        return [self.edit_path(domain, key)]
+
     def lm_eval_inputs(self, key):
-        """What the evaluation job of `key` reads: the model, every evaluation's data, the edit."""
+        """What the evaluation job of `key` reads: the model, every evaluation's data, the edit
+        (or, for an edit the job makes, the edit's eigenbases)."""
         data = dict.fromkeys(self.lm_data(self.evaluation(n)["data"])
                              for n in sorted(self.lm_evaluations(key)))
-        files = self.model_input("lm") + list(data)
-        if key != self.base["lm"]:
-            files.append(self.edit_path("lm", key))
-        return files
+        files = self.model_input("lm") + list(data) + self._edited_inputs("lm", key)
+        return list(dict.fromkeys(files))
 
     def lm_eval_runs(self, key):
         """`--run KIND DATA OUT` for each evaluation of `key`: one `curvmem evaluate batch` job
@@ -614,8 +628,8 @@ class Plan:
         return " ".join(runs)
 
     def vit_eval_inputs(self, key):
-        return self.model_input("vit") + [self.vit_data()] + (
-            [] if key == self.base["vit"] else [self.edit_path("vit", key)])
+        files = self.model_input("vit") + [self.vit_data()] + self._edited_inputs("vit", key)
+        return list(dict.fromkeys(files))
 
     def edit_flag(self, domain, key):
         return "" if key == self.base[domain] else flags(("--edit", self.edit_path(domain, key)))
@@ -871,6 +885,12 @@ class Plan:
         if domain:
             r.update(((self.config[domain].get("resources") or {}).get(rule)) or {})
         return r
+
+    def res_together(self, rules, domain=None):
+        """Resources of one job that runs these rules' steps one after the other (an edit and its
+        evaluations): the most memory, GPUs and threads any step asks for, the sum of runtimes."""
+        each = [self.res(rule, domain) for rule in rules]
+        return {key: (sum if key == "runtime" else max)(r[key] for r in each) for key in each[0]}
 
     # ----------------------------------------------------------------------- the ViT study
 

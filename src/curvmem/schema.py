@@ -62,7 +62,8 @@ PRODUCERS = {
     "factors": "`curvmem collect` / `curvmem merge` (workflow: `snakemake`, rule collect, "
                "collect_shard or merge)",
     "eigen": "`curvmem eigen` (workflow: `snakemake`, rule eigen)",
-    "edit": "`curvmem edit` / `curvmem baseline bsn` (workflow: `snakemake`, rule edit or bsn)",
+    "edit": "`curvmem edit` / `curvmem baseline bsn` (workflow: `snakemake`, rule "
+            "edit_evaluate_lm, edit_evaluate_vit or bsn)",
     "model": "`curvmem train-lm` / `curvmem train-vit` (workflow: `snakemake`, rule train_lm or "
              "train_vit)",
 }

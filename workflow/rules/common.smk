@@ -92,12 +92,9 @@ def shard_files(wc):
     return PLAN.shard_files(wc.domain, wc.fkey, wc.layer)
 
 
-def edit_inputs(wc):
-    return planned(PLAN.edit_inputs)(wc.domain, wc.key)
-
-
-def edit_flags(wc):
-    return planned(PLAN.edit_flags)(wc.domain, wc.key)
+def edit_flags(domain):
+    """`curvmem edit`'s flags for the job's edit ({key}) of `domain`."""
+    return lambda wc: planned(PLAN.edit_flags)(domain, wc.key)
 
 
 def bsn_flags(wc):
@@ -129,11 +126,15 @@ def edit_flag(domain):
 
 
 def res(rule, domain=None):
+    """A rule's resources; for a tuple of rules, those of one job that runs each in turn."""
+    if isinstance(rule, tuple):
+        return PLAN.res_together(rule, domain)
     return PLAN.res(rule, domain)
 
 
 def resources_of(rule, domain=None):
-    """The `resources:` keywords of a rule; `domain` may be a wildcard name ("{domain}")."""
+    """The `resources:` keywords of a rule (or of a tuple of rules run in one job); `domain` may
+    be a wildcard name ("{domain}")."""
 
     def pick(key):
         if domain == "{domain}":

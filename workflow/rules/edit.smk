@@ -1,22 +1,65 @@
-"""K-FAC edits (and their kfac-bottom / -random / -shard controls) and the SVD baseline."""
+"""K-FAC edits (and their kfac-bottom / -random / -shard controls) and the SVD baseline, each made
+in the job that evaluates it: `curvmem edit ... --then evaluate ...` is one process, so Python,
+torch and the model load once (an edit takes a fraction of a second, a start-up seconds). The
+edit file is still its own content-keyed artifact; BalancedSubnet edits (baselines.smk) train in
+jobs of their own and are evaluated in evaluate.smk."""
+
+if "lm" in DOMAINS:
+
+    rule edit_evaluate_lm:
+        input:
+            lm_eval_inputs,
+        output:
+            edit=f"{OUT}/lm/edits/{{key}}.safetensors",
+            meta=f"{OUT}/lm/edits/{{key}}.json",
+            evaluations=lm_eval_outputs(None),
+        wildcard_constraints:
+            key=one_of(edit_keys("lm", ["kfac", "svd"])),
+        params:
+            edit=edit_flags("lm"),
+            model=model_arg("lm"),
+            load=model_flags("lm", "dtype"),
+            runs=lm_eval_runs,
+        log:
+            f"{OUT}/logs/lm/evaluate/{{key}}.log",
+        benchmark:
+            bench("lm/evaluate/{key}")
+        conda:
+            "../envs/curvmem.yaml"
+        threads: res(("edit", "evaluate"), "lm")["threads"]
+        resources:
+            **resources_of(("edit", "evaluate"), "lm"),
+        shell:
+            "curvmem edit {params.edit} --out {output.edit}"
+            " --then evaluate batch --model {params.model} --edit {output.edit} {params.load}"
+            " --threads {threads} {params.runs} > {log} 2>&1"
 
 
-rule edit:
-    input:
-        edit_inputs,
-    output:
-        edit=f"{OUT}/{{domain}}/edits/{{key}}.safetensors",
-        meta=f"{OUT}/{{domain}}/edits/{{key}}.json",
-    params:
-        args=edit_flags,
-    log:
-        f"{OUT}/logs/{{domain}}/edit/{{key}}.log",
-    benchmark:
-        bench("{domain}/edit/{key}")
-    conda:
-        "../envs/curvmem.yaml"
-    threads: res("edit")["threads"]
-    resources:
-        **resources_of("edit", "{domain}"),
-    shell:
-        "curvmem edit {params.args} --out {output.edit} > {log} 2>&1"
+if "vit" in DOMAINS:
+
+    rule edit_evaluate_vit:
+        input:
+            vit_eval_inputs,
+        output:
+            edit=f"{OUT}/vit/edits/{{key}}.safetensors",
+            meta=f"{OUT}/vit/edits/{{key}}.json",
+            evaluation=f"{OUT}/vit/eval/{{key}}/vit.json",
+        wildcard_constraints:
+            key=one_of(edit_keys("vit", ["kfac", "svd"])),
+        params:
+            edit=edit_flags("vit"),
+            model=model_arg("vit"),
+            data=vit_data(),
+        log:
+            f"{OUT}/logs/vit/evaluate/{{key}}.log",
+        benchmark:
+            bench("vit/evaluate/{key}")
+        conda:
+            "../envs/curvmem.yaml"
+        threads: res(("edit", "evaluate"), "vit")["threads"]
+        resources:
+            **resources_of(("edit", "evaluate"), "vit"),
+        shell:
+            "curvmem edit {params.edit} --out {output.edit}"
+            " --then evaluate vit --model {params.model} --edit {output.edit}"
+            " --data {params.data} --out {output.evaluation} > {log} 2>&1"

@@ -1,6 +1,7 @@
-"""Evaluations. LM: one job per model or edit (base key base-..., edits by key) runs all its
-evaluations in one process (`curvmem evaluate batch`), one JSON file each; the base model has no
-coherence file (coherence compares an edit with the base). ViT: one job per model or edit."""
+"""Evaluations of the base models and of BalancedSubnet edits (K-FAC and SVD edits are evaluated
+by the job that makes them, edit.smk). LM: one job per model or edit (base key base-...) runs all
+its evaluations in one process (`curvmem evaluate batch`), one JSON file each; the base model has
+no coherence file (coherence compares an edit with the base)."""
 
 if "lm" in DOMAINS:
 
@@ -10,7 +11,7 @@ if "lm" in DOMAINS:
         output:
             lm_eval_outputs(None),
         wildcard_constraints:
-            key=one_of(list(PLAN.edits["lm"])),
+            key=one_of(edit_keys("lm", ["bsn"])),
         params:
             model=model_arg("lm"),
             edit=edit_flag("lm"),
@@ -43,10 +44,11 @@ if "vit" in DOMAINS:
             vit_eval_inputs,
         output:
             f"{OUT}/vit/eval/{{key}}/vit.json",
+        wildcard_constraints:
+            key=one_of([BASE["vit"]]),
         params:
             model=model_arg("vit"),
             data=vit_data(),
-            edit=edit_flag("vit"),
         log:
             f"{OUT}/logs/vit/evaluate/{{key}}.log",
         benchmark:
@@ -57,5 +59,5 @@ if "vit" in DOMAINS:
         resources:
             **resources_of("evaluate", "vit"),
         shell:
-            "curvmem evaluate vit --model {params.model} {params.edit} --data {params.data}"
+            "curvmem evaluate vit --model {params.model} --data {params.data}"
             " --out {output} > {log} 2>&1"

@@ -38,7 +38,7 @@ RULES = {
     "factors": ["factors.smk"],
     "eigen": ["eigen.smk"],
     "edits": ["edit.smk", "baselines.smk"],
-    "evaluations": ["evaluate.smk"],
+    "evaluations": ["evaluate.smk", "edit.smk"],  # an edit's job evaluates it
     "summaries": ["report.smk", "baselines.smk"],
     "analyses": ["analysis.smk"],
     "report": ["report.smk"],
@@ -53,6 +53,9 @@ SOURCES = {
     ("factors", "*"): ["curvmem.cli.core", "curvmem.factors"],
     ("eigen", "*"): ["curvmem.cli.core", "curvmem.eigen"],
     ("edits", "*"): ["curvmem.cli.core", "curvmem.edit", "curvmem.schema"],
+    # the job that makes a K-FAC or SVD edit evaluates it (edit.smk)
+    ("edits", "lm"): ["curvmem.cli.lm", "curvmem.evaluate.lm"],
+    ("edits", "vit"): ["curvmem.cli.vision", "curvmem.evaluate.vit"],
     ("edits", "bsn"): ["curvmem.cli.baselines", "curvmem.edit.bsn"],
     ("evaluations", "lm"): ["curvmem.cli.lm", "curvmem.evaluate.lm", "curvmem.edit"],
     ("evaluations", "vit"): ["curvmem.cli.vision", "curvmem.evaluate.vit"],
@@ -70,7 +73,7 @@ PARAMS = {
     "models": ["model", "data"],
     "factors": ["model", "data", "factors", "control_factors"],
     "eigen": [],
-    "edits": ["model", "edits"],
+    "edits": ["model", "data", "edits", "evaluations"],
     "evaluations": ["model", "data", "edits", "evaluations"],
     "summaries": ["edits", "evaluations"],
     "analyses": ["analysis"],
@@ -149,9 +152,9 @@ def user_files(plan: Plan, kind: str) -> list[str]:
             continue
         if kind == "factors" and plan.factor_sets[d]:
             files.append(plan.domain_data(d))
-        elif kind == "edits" and d == "lm" and plan.edit_keys("lm", ["bsn"]):
+        if kind == "edits" and d == "lm" and plan.edit_keys("lm", ["bsn"]):
             files += [plan.lm_data("forget"), plan.lm_data("retain")]
-        elif kind == "evaluations":
+        if kind in ("edits", "evaluations"):  # an edit's job evaluates it (edit.smk)
             files += (plan.lm_eval_inputs(plan.base["lm"]) if d == "lm" else [plan.vit_data()])
     return list(dict.fromkeys(files))
 
