@@ -1,6 +1,7 @@
 """curvmem workflow: world -> model -> K-FAC factors -> eigenbases -> edits -> evaluations ->
 tables, figures and an HTML report. Rules live in workflow/rules/, one file per stage; each calls
-one `curvmem` command (docs/ARCHITECTURE.md, "CLI contract"). See docs/workflow.md.
+one `curvmem` command (docs/ARCHITECTURE.md, "CLI contract"), except that an edit's job makes
+and evaluates it (`curvmem edit ... --then evaluate ...`, one process). See docs/workflow.md.
 
     snakemake --cores all                                        # the embedded default
     snakemake --cores all --configfile workflow/config/smoke.yaml

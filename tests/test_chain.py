@@ -66,9 +66,31 @@ def test_a_failed_later_command_removes_what_the_chain_wrote(smoke, tmp_path, ca
     bad = eval_args(m, w, edit, tmp_path / "x")
     bad[bad.index(str(w / "heldout.jsonl"))] = str(tmp_path / "missing.jsonl")
     assert main([*edit_args(m, edit), "--then", *bad]) == 2
-    err = capsys.readouterr().err
-    assert "curvmem evaluate: error:" in err and "missing.jsonl" in err
+    captured = capsys.readouterr()
+    assert f"-> {edit}" in captured.out  # the edit was written: the first command finished
+    assert "curvmem evaluate: error:" in captured.err and "missing.jsonl" in captured.err
     assert not any((tmp_path / "x").rglob("*.*"))  # no edit, sidecar, checksum or result
+
+
+def test_a_failed_chain_removes_only_what_it_made(smoke, tmp_path, capsys):
+    """An output directory the chain made goes; in one that was there (collect's: each layer's
+    job writes its own file into it) only the command's own files go."""
+    root, w, m = smoke
+    bad = ["tokenizer", "--corpus", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "t")]
+    made, there = tmp_path / "made", tmp_path / "there"
+    there.mkdir()
+    (there / "layer_0.nc").write_text("another layer's job wrote this")
+
+    def collect(out):
+        return ["collect", "--model", str(m), "--data", str(w / "heldout.jsonl"), "--layers", "1",
+                "--tokens", "64", "--seq-len", "16", "--batch-size", "4", "--out", str(out)]
+
+    for out in (made, there):
+        assert main([*collect(out), "--then", *bad]) == 2
+        captured = capsys.readouterr()
+        assert str(out) in captured.out and "curvmem tokenizer: error:" in captured.err
+    assert not made.exists()
+    assert sorted(p.name for p in there.iterdir()) == ["layer_0.nc"]
 
 
 def test_every_output_is_checked_before_the_first_command_runs(smoke, tmp_path, capsys):
@@ -96,3 +118,16 @@ def test_then_needs_a_command_on_each_side(argv, tmp_path, monkeypatch, capsys):
         main(argv)
     assert e.value.code == 2 and "--then joins two commands" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("command", ["edit", "baseline"])
+def test_an_edits_sidecar_counts_as_written(command, tmp_path):
+    """`curvmem edit` and `curvmem baseline bsn` write an edit with a JSON sidecar (and a
+    checksum): all three go when a later command of the chain fails."""
+    from argparse import Namespace
+
+    from curvmem.cli import written_files
+
+    edit = str(tmp_path / "e.safetensors")
+    files = written_files(Namespace(command=command), [(edit, "--out", False)], set())
+    assert files == [edit, str(checksum_path(edit)), str(edit_sidecar(edit))]

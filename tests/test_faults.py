@@ -45,13 +45,17 @@ def incomplete_outputs(work: Path) -> set[str]:
 def finished_files(work: Path) -> dict[str, int]:
     """{path: mtime_ns} of every result file a finished job wrote: not an incomplete output (or
     a file inside or beside one: its checksum sidecar), not a hidden temp or lock file, not a
-    job's log ({outdir}/logs/: a killed job's log is rewritten when the job runs again)."""
+    job's log ({outdir}/logs/: a killed job's log is rewritten when the job runs again) and not
+    its benchmark TSV ({outdir}/benchmarks/: snakemake writes it after the job's command and
+    before it clears the job's incomplete marks, so a kill between the two reruns a job whose
+    TSV looked finished; a finished job's own outputs still tell whether it ran again)."""
     broken = incomplete_outputs(work)
     files = {}
     for p in (work / "results").rglob("*"):
         rel = str(p.relative_to(work))
         parts = p.relative_to(work).parts
-        if not p.is_file() or any(part.startswith(".") for part in parts) or "logs" in parts:
+        if not p.is_file() or any(part.startswith(".") for part in parts) \
+                or "logs" in parts or "benchmarks" in parts:
             continue
         # beside an incomplete output: its checksum (x.safetensors.sha256) or its JSON sidecar
         # (x.json, written by the same job: the vision data's record, an edit's spec)

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -116,30 +117,59 @@ def split_chain(parser, argv: list[str]) -> list[list[str]]:
     return parts
 
 
-def written_files(args, targets) -> list[str]:
-    """Every file a finished command wrote for `targets`: the outputs, their checksums and an
-    edit's JSON sidecar (removed again when a later command of the same chain fails)."""
+def written_files(args, targets, existed: set[str]) -> list[str]:
+    """The files a finished command wrote for `targets`, to remove again when a later command of
+    the same chain fails: each output file with its checksum (and an edit's JSON sidecar); an
+    output directory only if the chain created it, else only the files the command locked in it
+    (collect's layer files: other jobs write the same directory)."""
     from curvmem.io import checksum_path
     from curvmem.schema import edit_sidecar
 
-    files = []
-    for path, _, is_dir in targets:
-        files.append(path)
-        if not is_dir:
-            files.append(str(checksum_path(path)))
-            if args.command == "edit":
-                files.append(str(edit_sidecar(path)))
+    files, dirs = [], {path for path, _, is_dir in targets if is_dir}
+    for path, _ in locked_paths(args, targets):
+        if path in dirs:
+            if path not in existed:
+                files.append(path)  # a directory this chain made, with all in it
+            continue
+        files += [path, str(checksum_path(path))]
+        if path.endswith(".safetensors") and args.command in ("edit", "baseline"):
+            files.append(str(edit_sidecar(path)))
     return files
 
 
 def remove_written(files: list[str]) -> None:
+    """Remove what a failed chain wrote; a file that cannot be removed is named, not raised (the
+    command's own error is the one to report)."""
     import shutil
 
     for path in files:
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        elif os.path.lexists(path):
-            os.unlink(path)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.unlink(path)
+        except OSError as e:
+            print(f"curvmem: note: could not remove {path} ({e.strerror})", file=sys.stderr)
+
+
+def _run_chain(planned, existed: set[str], running: list) -> None:
+    """Lock every output, then run each command; when one fails, remove what the earlier ones
+    wrote while the locks are still held (no other process can have written there)."""
+    done = []
+    with ExitStack() as locks:
+        for args, targets in planned:
+            for path, flag in locked_paths(args, targets):
+                locks.enter_context(exclusive(path, flag))
+        try:
+            for args, targets in planned:
+                if running:  # the last command's model is unreachable now: free it first
+                    gc.collect()
+                running.append(args)
+                args.func(args)
+                done += written_files(args, targets, existed)
+        except BaseException:
+            remove_written(done)
+            raise
 
 
 def main(argv=None) -> int:
@@ -154,7 +184,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     commands = [parser.parse_args(words) for words in split_chain(parser, argv)]
     command_age = begin_command()
-    args, done = commands[0], []
+    args, running = commands[0], []
     try:
         # Outputs are checked and locked before anything is computed: a path that cannot be
         # written fails in a second, not after hours, and two processes writing one output do
@@ -166,33 +196,26 @@ def main(argv=None) -> int:
             for path, flag, is_dir in targets:
                 check_output(path, flag, is_dir)
             planned.append((args, targets))
-        paths = [p for _, targets in planned for p in {os.path.abspath(t[0]) for t in targets}]
+        paths = [p for _, targets in planned for p in {os.path.realpath(t[0]) for t in targets}]
         twice = sorted({p for p in paths if paths.count(p) > 1})
         if twice:  # (one command naming a file twice says so itself)
             raise ValueError(f"two commands of one {THEN} chain write {twice[0]}")
-        with ExitStack() as locks:
-            for args, targets in planned:
-                for path, flag in locked_paths(args, targets):
-                    locks.enter_context(exclusive(path, flag))
-            for args, targets in planned:
-                args.func(args)
-                done += written_files(args, targets)
+        existed = {path for a, targets in planned for path, _ in locked_paths(a, targets)
+                   if os.path.lexists(path)}
+        _run_chain(planned, existed, running)  # `running`: the command an error names
     except (ValueError, FileNotFoundError, KeyError) as e:
-        remove_written(done)
+        args = running[-1] if running else args
         if os.environ.get("CURVMEM_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"curvmem {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except OSError as e:  # the machine, not the input: a full disk, a lost mount
-        remove_written(done)
+        args = running[-1] if running else args
         if os.environ.get("CURVMEM_DEBUG"):
             raise
         print(f"curvmem {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except BaseException:
-        remove_written(done)
-        raise
     split = startup_split(command_age)
     if split is not None:  # benchmarks/bench_default.py reads this line from the job logs
         print(f"curvmem timing: {json.dumps(split)}", file=sys.stderr)
