@@ -129,5 +129,6 @@ def test_an_edits_sidecar_counts_as_written(command, tmp_path):
     from curvmem.cli import written_files
 
     edit = str(tmp_path / "e.safetensors")
-    files = written_files(Namespace(command=command), [(edit, "--out", False)], set())
+    files = written_files(Namespace(command=command), [(edit, "--out", False)],
+                          [(edit, "--out")], set())
     assert files == [edit, str(checksum_path(edit)), str(edit_sidecar(edit))]

@@ -56,6 +56,9 @@ ANALYSIS_JOBS = {"lm_model": ("activation_ratio", "per_example", "spectra"),
 # Artifact kinds, in data-flow order: one DVC stage and one `all_<kind>` target rule each
 # (Plan.artifacts; docs/workflow.md, "Sharing with DVC")
 KINDS = ("models", "factors", "eigen", "edits", "evaluations", "summaries", "analyses", "report")
+# edit methods made in the job that evaluates them (`curvmem edit ... --then evaluate ...`): an
+# edit costs a fraction of a second against seconds of start-up. BalancedSubnet trains in its own.
+MADE_WITH_EVALUATION = ("kfac", "svd")
 
 
 class PlanError(ValueError):
@@ -595,10 +598,9 @@ class Plan:
         return [f"{self.out}/lm/eval/{key}/{name}.json" for name in self.lm_evaluations(key)]
 
     def made_with_evaluation(self, domain, key) -> bool:
-        """True for a K-FAC or SVD edit: its job makes the edit and then evaluates it, in one
-        process (`curvmem edit ... --then evaluate ...`), since the edit costs a fraction of a
-        second against seconds of start-up. A BalancedSubnet edit trains in a job of its own."""
-        return key != self.base[domain] and self.edits[domain][key]["method"] != "bsn"
+        """True for an edit whose job makes it and then evaluates it (MADE_WITH_EVALUATION)."""
+        return key != self.base[domain] and \
+            self.edits[domain][key]["method"] in MADE_WITH_EVALUATION
 
     def _edited_inputs(self, domain, key):
         """What evaluating `key` needs beyond the model and data: the edit's own inputs when the

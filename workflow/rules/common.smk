@@ -7,7 +7,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 
 from curvmem.io import atomic_output
-from curvmem.plan import ANALYSIS_JOBS, Plan, PlanError, flags, one_of
+from curvmem.plan import ANALYSIS_JOBS, MADE_WITH_EVALUATION, Plan, PlanError, flags, one_of
 
 try:
     PLAN = Plan(config)

@@ -14,7 +14,7 @@ if "lm" in DOMAINS:
             meta=f"{OUT}/lm/edits/{{key}}.json",
             evaluations=lm_eval_outputs(None),
         wildcard_constraints:
-            key=one_of(edit_keys("lm", ["kfac", "svd"])),
+            key=one_of(edit_keys("lm", MADE_WITH_EVALUATION)),
         params:
             edit=edit_flags("lm"),
             model=model_arg("lm"),
@@ -45,7 +45,7 @@ if "vit" in DOMAINS:
             meta=f"{OUT}/vit/edits/{{key}}.json",
             evaluation=f"{OUT}/vit/eval/{{key}}/vit.json",
         wildcard_constraints:
-            key=one_of(edit_keys("vit", ["kfac", "svd"])),
+            key=one_of(edit_keys("vit", MADE_WITH_EVALUATION)),
         params:
             edit=edit_flags("vit"),
             model=model_arg("vit"),

@@ -117,7 +117,7 @@ def split_chain(parser, argv: list[str]) -> list[list[str]]:
     return parts
 
 
-def written_files(args, targets, existed: set[str]) -> list[str]:
+def written_files(args, targets, locked, existed: set[str]) -> list[str]:
     """The files a finished command wrote for `targets`, to remove again when a later command of
     the same chain fails: each output file with its checksum (and an edit's JSON sidecar); an
     output directory only if the chain created it, else only the files the command locked in it
@@ -126,7 +126,7 @@ def written_files(args, targets, existed: set[str]) -> list[str]:
     from curvmem.schema import edit_sidecar
 
     files, dirs = [], {path for path, _, is_dir in targets if is_dir}
-    for path, _ in locked_paths(args, targets):
+    for path, _ in locked:
         if path in dirs:
             if path not in existed:
                 files.append(path)  # a directory this chain made, with all in it
@@ -157,16 +157,16 @@ def _run_chain(planned, existed: set[str], running: list) -> None:
     wrote while the locks are still held (no other process can have written there)."""
     done = []
     with ExitStack() as locks:
-        for args, targets in planned:
-            for path, flag in locked_paths(args, targets):
+        for _, _, locked in planned:
+            for path, flag in locked:
                 locks.enter_context(exclusive(path, flag))
         try:
-            for args, targets in planned:
+            for args, targets, locked in planned:
                 if running:  # the last command's model is unreachable now: free it first
                     gc.collect()
                 running.append(args)
                 args.func(args)
-                done += written_files(args, targets, existed)
+                done += written_files(args, targets, locked, existed)
         except BaseException:
             remove_written(done)
             raise
@@ -195,13 +195,12 @@ def main(argv=None) -> int:
             targets = outputs(args)
             for path, flag, is_dir in targets:
                 check_output(path, flag, is_dir)
-            planned.append((args, targets))
-        paths = [p for _, targets in planned for p in {os.path.realpath(t[0]) for t in targets}]
+            planned.append((args, targets, locked_paths(args, targets)))
+        paths = [p for _, targets, _ in planned for p in {os.path.realpath(t[0]) for t in targets}]
         twice = sorted({p for p in paths if paths.count(p) > 1})
         if twice:  # (one command naming a file twice says so itself)
             raise ValueError(f"two commands of one {THEN} chain write {twice[0]}")
-        existed = {path for a, targets in planned for path, _ in locked_paths(a, targets)
-                   if os.path.lexists(path)}
+        existed = {path for _, _, locked in planned for path, _ in locked if os.path.lexists(path)}
         _run_chain(planned, existed, running)  # `running`: the command an error names
     except (ValueError, FileNotFoundError, KeyError) as e:
         args = running[-1] if running else args
