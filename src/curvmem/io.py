@@ -293,6 +293,37 @@ def cost():
     c["peak_rss_mb"] = round(peak_rss_mb(), 1)
 
 
+# --------------------------------------------------------------------------- cost files
+# A cost is a measurement (wall seconds, peak RSS, a start-up split): it differs between any two
+# runs of the same command. Costs never go into a result (netCDF attributes, edit sidecars,
+# evaluation, analysis and summary JSON, result tables), so a result is byte-identical however
+# often its job was killed and rerun; each command writes its costs to `<output>.cost.json` beside
+# its primary output (for a directory output, beside the directory), after the output.
+
+COST_SUFFIX = ".cost.json"
+
+
+def cost_path(path) -> Path:
+    """The cost file of an output: `<path>.cost.json`, beside it."""
+    path = Path(path)
+    return path.with_name(path.name.rstrip("/") + COST_SUFFIX)
+
+
+def write_cost(path, measured: dict) -> None:
+    """Record the costs of making `path` (call it once `path` is final)."""
+    write_json(cost_path(path), measured)
+
+
+def read_cost(path) -> dict | None:
+    """The costs recorded beside `path`; None when it has none (made elsewhere, or an older
+    curvmem) or they cannot be read: a cost is never a reason to refuse a result."""
+    side = cost_path(path)
+    try:
+        return json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 # --------------------------------------------------------------------------- process start-up
 
 
