@@ -11,7 +11,7 @@ and evaluates it (`curvmem edit ... --then evaluate ...`, one process). See docs
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from curvmem.plan import schema_problem
+from curvmem.plan import PlanError, check_config_file, schema_problem
 
 min_version("8.20")
 
@@ -21,6 +21,13 @@ if not workflow.config_settings.configfiles:
 
     configfile: "workflow/config/default.yaml"
 
+
+# Snakemake's loader keeps the last of two equal keys and says nothing: read each file again
+for _file in workflow.configfiles:
+    try:
+        check_config_file(_file)
+    except PlanError as e:
+        raise WorkflowError(str(e)) from None
 
 try:
     validate(config, "workflow/schemas/config.schema.yaml")
@@ -55,6 +62,7 @@ localrules:
 rule all:
     input:
         final_targets(),
+        index_marks(),  # a stale index's mark (share.smk)
 
 
 include: "workflow/rules/hub.smk"

@@ -30,11 +30,13 @@ def sh(cwd, *cmd):
 
 
 def plan_of(name: str, root: Path = ROOT, change=None) -> Plan:
+    """The plan of a shipped config as `snakemake --configfile=workflow/config/NAME.yaml`
+    (run in `root`) makes it: its index records that file."""
     cfg = yaml.safe_load((root / f"workflow/config/{name}.yaml").read_text())
     if change:
         change(cfg)
     validate(cfg, str(ROOT / "workflow/schemas/config.schema.yaml"))
-    return Plan(cfg)
+    return Plan(cfg, configfiles=[f"workflow/config/{name}.yaml"])
 
 
 def generator():

@@ -85,15 +85,20 @@ def digest(obj, n=10):
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
-def flags(*pairs):
-    """`--name value` pairs -> one shell-quoted string; pairs whose value is None are left out."""
+def flags(*items):
+    """The one quoting helper: every value a rule's command gets from the plan passes here.
+    `(--name, value, ...)` items -> one string in which each value is exactly one shell word
+    (shlex-quoted, so a space, quote, `;`, `$()` or backtick in a config value stays literal);
+    a list or tuple value is one word, joined with commas (`--layers 1,2`); None values are left
+    out, and so is an item with no value left. Names are the code's own flags, never config text.
+    The rules quote their plain values themselves (`{input:q}`); tests/test_injection.py checks
+    both."""
     out = []
-    for name, value in pairs:
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple)):
-            value = ",".join(str(v) for v in value)
-        out += [name, shlex.quote(str(value))]
+    for name, *values in items:
+        words = [shlex.quote(",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v))
+                 for v in values if v is not None]
+        if words:
+            out += [name, *words]
     return " ".join(out)
 
 
@@ -242,6 +247,85 @@ def seeded_config(config: dict) -> dict:
     return out
 
 
+# characters a name (or path) of the config may not hold where it becomes part of a path: a
+# separator would leave the directory it names; Snakemake reads braces as a wildcard
+_NOT_IN_NAMES = ("/", "\\", "{", "}", "\0")
+
+
+def check_name(where: str, name) -> None:
+    """A name of the config that becomes one path component under the outdir (a sweep, an edit
+    label, an evaluation, a factor variant, an embedded world file): no separator, no `.`/`..`,
+    no braces, so every output stays where the plan puts it."""
+    text = str(name)
+    bad = [c for c in _NOT_IN_NAMES if c in text]
+    if bad or text in ("", ".", ".."):
+        why = f"holds {' '.join(map(repr, bad))}" if bad else "is not a file name"
+        raise PlanError(f"config {where}: {text!r} {why}; it names a file under the outdir, so it "
+                        "must be one path component (no '/', '\\', braces, '.' or '..')")
+
+
+def check_outdir(outdir: str) -> None:
+    """Refuse an outdir that would put the results at the root, the working directory's top or
+    outside the given tree: empty, `/`, or with a `..` component."""
+    if not outdir:
+        raise PlanError("config outdir is empty: name the directory every result of this config "
+                        "goes under (e.g. results/NAME)")
+    if not outdir.strip("/"):
+        raise PlanError(f"config outdir {outdir!r} is the file system's root: name a directory "
+                        "of its own (e.g. results/NAME)")
+    if ".." in outdir.split("/"):
+        raise PlanError(f"config outdir {outdir!r} has a '..' component: name the directory "
+                        "without one (an absolute path if it lies elsewhere)")
+    for c in ("{", "}", "\0"):
+        if c in outdir:
+            raise PlanError(f"config outdir {outdir!r} holds {c!r} (Snakemake reads braces as "
+                            "a wildcard): name the directory without it")
+
+
+def check_path(where: str, path) -> None:
+    """A file of the user's (data, a model directory) that the DAG reads: no braces, which
+    Snakemake would read as a wildcard, with an error that names neither the key nor the file."""
+    if isinstance(path, str) and any(c in path for c in ("{", "}", "\0")):
+        raise PlanError(f"config {where}: {path!r} holds a brace (Snakemake reads braces as a "
+                        "wildcard); rename or link the file")
+
+
+def configfile_names(paths) -> list[str]:
+    """The config files of a run as its index records them: relative to the working directory,
+    normalized, so `--configfile=/abs/x.yaml` and `--configfile x.yaml` are the same file."""
+    return [os.path.normpath(os.path.relpath(os.path.abspath(str(p)))) for p in paths]
+
+
+def check_config_file(path) -> None:
+    """Refuse a config file whose mapping repeats a key (a YAML loader keeps the last value and
+    says nothing, so the first is silently ignored), naming the file, the key and its lines."""
+    import yaml  # Snakemake's (and transformers') dependency; only a workflow run calls this
+
+    class Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the loader below refuses it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise PlanError(f"config file {path}: key {key!r} appears twice (lines {first} "
+                                f"and {key_node.start_mark.line + 1}); a YAML loader keeps only "
+                                "the last silently, so give each key once")
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    with open(path) as f:
+        try:
+            yaml.load(f, Loader=Strict)
+        except yaml.YAMLError:
+            return  # not for this check: Snakemake's own loader has said what is wrong
+
+
 def seed_outdirs(config: dict) -> dict[int, str]:
     """{seed: its run's outdir} of a multi-seed study ({} without `seeds`)."""
     root = config["outdir"].rstrip("/")
@@ -255,11 +339,16 @@ class Plan:
     raises `PlanError` before any job runs.
     """
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, configfiles=None):
+        """`configfiles`: the files the config was read from (the index records them, and an
+        outdir whose index names other files is refused: `owner_problem`); None outside a run."""
+        check_outdir(config["outdir"])
+        self.configfiles = None if configfiles is None else configfile_names(configfiles)
         self.study_config = config
         config = seeded_config(config)
         self.config = config
         self.out = config["outdir"].rstrip("/")
+        self._check_names()
         self.domains = [d for d in ("lm", "vit") if config.get(d)]
         self.edits = {d: self.expand_edits(d) for d in self.domains}
         self.base = {d: f"base-{self.model_key(d)}" for d in self.domains}
@@ -274,6 +363,24 @@ class Plan:
             self._check_analysis("lm")
         if "vit" in self.domains:
             self._check_analysis("vit")
+
+    def _check_names(self) -> None:
+        """Every name that becomes a path component, and every user path the DAG reads."""
+        for d in ("lm", "vit"):
+            c = self.config.get(d) or {}
+            for kind in ("edits", "evaluations", "factor_variants"):
+                for name in c.get(kind) or {}:
+                    check_name(f"{d}.{kind}.{name}", name)
+            for key in ("id", "path"):
+                check_path(f"{d}.model.{key}", (c.get("model") or {}).get(key))
+            data = c.get("data")
+            for name, value in (data.items() if isinstance(data, dict) else []):
+                if (c.get("model") or {}).get("source") == "embedded":
+                    check_name(f"{d}.data.{name}", value)  # a file of the generated world
+                else:
+                    check_path(f"{d}.data.{name}", value)
+            if isinstance(data, str):
+                check_path(f"{d}.data", data)
 
     def _check_layers(self, domain) -> None:
         """Every edited layer exists in the model (a dry run fails now, not the job hours
@@ -531,6 +638,7 @@ class Plan:
         edits, labels = {}, set()
         for name, sweep in self.config[domain]["edits"].items():
             for label, spec in sweep_specs(domain, name, sweep):
+                check_name(f"{domain}.edits.{name} (label {label})", label)
                 if label in labels:
                     raise PlanError(f"config {domain}.edits: two edits are both named {label}")
                 labels.add(label)
@@ -625,9 +733,9 @@ class Plan:
         runs = []
         for name in sorted(self.lm_evaluations(key)):  # the config's order is no rerun reason
             ev = self.evaluation(name)
-            run = (ev["kind"], self.lm_data(ev["data"]), f"{self.out}/lm/eval/{key}/{name}.json")
-            runs.append("--run " + " ".join(shlex.quote(str(a)) for a in run))
-        return " ".join(runs)
+            runs.append(("--run", ev["kind"], self.lm_data(ev["data"]),
+                         f"{self.out}/lm/eval/{key}/{name}.json"))
+        return flags(*runs)
 
     def vit_eval_inputs(self, key):
         files = self.model_input("vit") + [self.vit_data()] + self._edited_inputs("vit", key)
@@ -642,9 +750,8 @@ class Plan:
     def report_lm_flags(self):
         """report-lm's column titles and the paper's Dolma column (lm.report), when set."""
         r = self.config["lm"].get("report") or {}
-        labels = " ".join(f"--label {shlex.quote(f'{k}={v}')}"
-                          for k, v in sorted((r.get("labels") or {}).items()))
-        return " ".join(filter(None, [labels, flags(("--paper-dolma", r.get("paper_dolma")))]))
+        labels = [("--label", f"{k}={v}") for k, v in sorted((r.get("labels") or {}).items())]
+        return flags(*labels, ("--paper-dolma", r.get("paper_dolma")))
 
     def report_entries(self, domain):
         """--entry NAME=PATH for the report commands: an eval directory (lm) or file (vit)."""
@@ -653,7 +760,7 @@ class Plan:
         else:
             pairs = [(self.label("vit", k), f"{self.out}/vit/eval/{k}/vit.json")
                      for k in self.eval_keys("vit")]
-        return " ".join(f"--entry {shlex.quote(f'{n}={p}')}" for n, p in pairs)
+        return flags(*(("--entry", f"{n}={p}") for n, p in pairs))
 
     # ----------------------------------------------------------------------- harness, export
 
@@ -780,10 +887,9 @@ class Plan:
         factors' settings (`collect --tokens 2N --shard k/2` would give the same factors)."""
         st, f = self.analysis(domain)["stability"], self.factor_config(domain, "main")
         sets = self.stability_sets(domain)
-        named = " ".join(
-            f"--set {shlex.quote(f'{n}={self.stability_eigen_dir(n, domain)}')} "
-            f"--slice {shlex.quote(f'{n}={2 * size},{k}/2,{seed}')}"
-            for n, (size, k, seed) in sets.items())
+        named = flags(*(item for n, (size, k, seed) in sets.items()
+                        for item in (("--set", f"{n}={self.stability_eigen_dir(n, domain)}"),
+                                     ("--slice", f"{n}={2 * size},{k}/2,{seed}"))))
         return f"{named} " + flags(
             ("--model", self.model_arg(domain)), ("--data", self.domain_data(domain)),
             ("--seq-len", f.get("seq_len") if domain == "lm" else None),
@@ -800,9 +906,8 @@ class Plan:
 
     def stress_flags(self):
         a = self.analysis()
-        edits = " ".join("--edit " + shlex.quote(f"{self.edits['lm'][k]['label']}="
-                                                 f"{self.edit_path('lm', k)}")
-                         for k in self.stress_edits())
+        edits = flags(*(("--edit", f"{self.edits['lm'][k]['label']}={self.edit_path('lm', k)}")
+                        for k in self.stress_edits()))
         return f"{edits} " + flags(("--max-items", a["stress"]["max_items"]),
                                    ("--t", a["stress"]["t"]))
 
@@ -863,8 +968,7 @@ class Plan:
                                                               ("--figure", o["figure"]))
 
     def analysis_batch_flags(self, job):
-        return " ".join(f"--run {shlex.quote(self.analysis_run(name))}"
-                        for name in ANALYSIS_JOBS[job])
+        return flags(*(("--run", self.analysis_run(name)) for name in ANALYSIS_JOBS[job]))
 
     def analysis_names(self):
         """Every analysis this config runs, the LM's first."""
@@ -1007,8 +1111,8 @@ class Plan:
                    if s != self.config["seed"])
 
     def seeds_flags(self) -> str:
-        return " ".join(f"--seed-dir {shlex.quote(f'{s}={out}')}"
-                        for s, out in seed_outdirs(self.study_config).items())
+        return flags(*(("--seed-dir", f"{s}={out}")
+                       for s, out in seed_outdirs(self.study_config).items()))
 
     def report_html(self):
         return f"{self.out}/report.html"
@@ -1101,6 +1205,8 @@ class Plan:
         then summaries, analyses and report by file name. docs/workflow.md shows how to pull
         one entry with DVC."""
         out = {"outdir": self.out}
+        if self.configfiles is not None:
+            out["configfiles"] = self.configfiles
         for d in self.domains:
             model = ({"dir": self.model_dir(d), "files": self.model_files(d)} if self.embedded(d)
                      else {"pretrained": self.model_arg(d)})
@@ -1136,6 +1242,38 @@ class Plan:
     def index_text(self) -> str:
         """index.json as the `index` rule writes it (and git holds it)."""
         return json.dumps(self.index(), indent=1) + "\n"
+
+    def _index_on_disk(self) -> str | None:
+        try:
+            return Path(self.index_file()).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def index_stale(self) -> bool:
+        """Whether index.json must be written: it is missing or its text is not the plan's. The
+        one reason the `index` rule runs: never a file's time (git gives a fresh clone's files
+        the checkout's times, in any order), never Snakemake's metadata (a clone has none)."""
+        return self._index_on_disk() != self.index_text()
+
+    def owner_problem(self) -> str | None:
+        """Why this run may not write the outdir's shared files (summaries, tables, figures,
+        report, index: paths without a content key), or None: the outdir's index.json names
+        other config files than this run's. Two configs sharing an outdir share its content-
+        keyed artifacts, but each would overwrite the other's summaries; the index says whose
+        they are. Where the index is missing, unreadable or older than this record, none."""
+        if self.configfiles is None:
+            return None
+        try:
+            theirs = json.loads(self._index_on_disk() or "null")["configfiles"]
+        except (ValueError, TypeError, KeyError):
+            return None
+        if theirs == self.configfiles:
+            return None
+        return (f"outdir {self.out} holds the summaries, report and index of config "
+                f"{', '.join(theirs)} (its {self.index_file()} says so); this run's config "
+                f"{', '.join(self.configfiles)} would overwrite them. Give it an outdir of its own "
+                f"(`outdir:` in the file, or --config outdir=...), or remove {self.index_file()} "
+                "to hand the outdir over")
 
 
 def sidecar_of(edit_path):

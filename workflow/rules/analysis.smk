@@ -43,6 +43,7 @@ for job in PLAN.analysis_jobs():
             f"analysis_{job}"
         input:
             **PLAN.analysis_job_inputs(job),
+            owner=outdir_owned,
         output:
             **analysis_job_outputs(job),
         params:
@@ -57,4 +58,4 @@ for job in PLAN.analysis_jobs():
         resources:
             **resources_of("analysis", "vit" if job == "vit" else "lm"),
         shell:
-            "curvmem analyze batch {params.runs} --threads {threads} > {log} 2>&1"
+            "curvmem analyze batch {params.runs} --threads {threads:q} > {log:q} 2>&1"

@@ -25,12 +25,13 @@ if "lm" in DOMAINS:
         resources:
             **resources_of("bsn", "lm"),
         shell:
-            "curvmem baseline bsn --model {params.model} --forget {input.forget}"
-            " --retain {input.retain} {params.args} --out {output.edit} > {log} 2>&1"
+            "curvmem baseline bsn --model {params.model:q} --forget {input.forget:q}"
+            " --retain {input.retain:q} {params.args} --out {output.edit:q} > {log:q} 2>&1"
 
     rule compare:
         input:
             f"{OUT}/lm_summary.json",
+            owner=outdir_owned,
         output:
             figure=report(f"{OUT}/compare.png", caption="../report/compare.rst",
                           category="Language model", subcategory="Method comparison"),
@@ -45,5 +46,5 @@ if "lm" in DOMAINS:
         resources:
             **resources_of("report"),
         shell:
-            "curvmem compare --summary {input} --figure {output.figure} --table {output.table}"
-            " > {log} 2>&1"
+            "curvmem compare --summary {input:q} --figure {output.figure:q} --table {output.table:q}"
+            " > {log:q} 2>&1"

@@ -2,15 +2,17 @@
 checks beyond the schema, flags) is `curvmem.plan` (torch-free, unit-tested); this file only
 adapts it to Snakemake: wildcards -> plan methods, PlanError -> WorkflowError, resources."""
 
-import shlex
+import glob
+import re
 
 from snakemake.exceptions import WorkflowError
 
 from curvmem.io import atomic_output
-from curvmem.plan import ANALYSIS_JOBS, MADE_WITH_EVALUATION, Plan, PlanError, flags, one_of
+from curvmem.plan import (ANALYSIS_JOBS, MADE_WITH_EVALUATION, Plan, PlanError, digest, flags,
+                          one_of)
 
 try:
-    PLAN = Plan(config)
+    PLAN = Plan(config, configfiles=workflow.configfiles)
 except PlanError as e:
     raise WorkflowError(str(e)) from None
 
@@ -148,10 +150,19 @@ def same_config_args():
     """The nested `snakemake --report` must see the same config as this run."""
     # relative paths: an absolute one would make the report stale in every other checkout
     files = [os.path.relpath(f) for f in workflow.config_settings.configfiles]
-    args = (["--configfile", *files] if files else []) + (
-        ["--config", *workflow.config_settings.config_args]
-        if workflow.config_settings.config else [])
-    return " ".join(shlex.quote(a) for a in args)
+    overrides = workflow.config_settings.config_args if workflow.config_settings.config else []
+    return flags(("--configfile", *files), ("--config", *overrides))
+
+
+def outdir_owned(wildcards=None):
+    """A named input (always empty) of every rule that writes a file without a content key
+    (summaries, tables, figures, analyses, report, index): building such a job into the DAG
+    fails, before anything runs, when the outdir's index names another config
+    (Plan.owner_problem). A run of content-keyed targets only may share the outdir."""
+    problem = PLAN.owner_problem()
+    if problem:
+        raise WorkflowError(problem)
+    return []
 
 
 def bench(path):
@@ -159,9 +170,26 @@ def bench(path):
     return f"{OUT}/benchmarks/{path}.tsv"
 
 
-def write_index(path, text, log):
-    """The `index` rule's work (share.smk): the plan's index, written atomically."""
+INDEX_MARKS = f"{OUT}/logs/index"
+
+
+def index_marks():
+    """[the mark of a stale index], or []: OUT/logs/index/<digest of the plan's index>.written,
+    an output of the `index` rule that `all` asks for (Snakemake reruns a job for a missing
+    output only where a target or a dependent job asks for that output)."""
+    return [f"{INDEX_MARKS}/{digest(PLAN.index_text(), 16)}.written"] if PLAN.index_stale() else []
+
+
+def write_index(path, marks, log):
+    """The `index` rule's work (share.smk): the plan's index, written atomically; then the mark
+    (`marks`: empty or one path), and the marks of earlier plans go, so that a plan changed
+    back to an earlier text finds its mark missing. Only marks this rule made are removed."""
     with atomic_output(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(PLAN.index_text())
+    for mark in marks:
+        for old in glob.glob(f"{glob.escape(INDEX_MARKS)}/*.written"):
+            if re.fullmatch(r"[0-9a-f]{16}\.written", os.path.basename(old)) and old != mark:
+                os.remove(old)
+        open(mark, "w").close()
     with open(log, "w") as f:
         f.write(f"{path}: {sum(map(len, PLAN.artifacts().values()))} artifacts\n")

@@ -30,9 +30,9 @@ if "lm" in DOMAINS:
         resources:
             **resources_of(("edit", "evaluate"), "lm"),
         shell:
-            "curvmem edit {params.edit} --out {output.edit}"
-            " --then evaluate batch --model {params.model} --edit {output.edit} {params.load}"
-            " --threads {threads} {params.runs} > {log} 2>&1"
+            "curvmem edit {params.edit} --out {output.edit:q}"
+            " --then evaluate batch --model {params.model:q} --edit {output.edit:q} {params.load}"
+            " --threads {threads:q} {params.runs} > {log:q} 2>&1"
 
 
 if "vit" in DOMAINS:
@@ -60,6 +60,6 @@ if "vit" in DOMAINS:
         resources:
             **resources_of(("edit", "evaluate"), "vit"),
         shell:
-            "curvmem edit {params.edit} --out {output.edit}"
-            " --then evaluate vit --model {params.model} --edit {output.edit}"
-            " --data {params.data} --out {output.evaluation} > {log} 2>&1"
+            "curvmem edit {params.edit} --out {output.edit:q}"
+            " --then evaluate vit --model {params.model:q} --edit {output.edit:q}"
+            " --data {params.data:q} --out {output.evaluation:q} > {log:q} 2>&1"

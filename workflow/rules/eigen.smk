@@ -16,4 +16,4 @@ rule eigen:
     resources:
         **resources_of("eigen", "{domain}"),
     shell:
-        "curvmem eigen --factors {input} --out {output} > {log} 2>&1"
+        "curvmem eigen --factors {input:q} --out {output:q} > {log:q} 2>&1"

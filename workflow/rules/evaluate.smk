@@ -27,8 +27,8 @@ if "lm" in DOMAINS:
         resources:
             **resources_of("evaluate", "lm"),
         shell:
-            "curvmem evaluate batch --model {params.model} {params.edit} {params.load}"
-            " --threads {threads} {params.runs} > {log} 2>&1"
+            "curvmem evaluate batch --model {params.model:q} {params.edit} {params.load}"
+            " --threads {threads:q} {params.runs} > {log:q} 2>&1"
 
     use rule evaluate_lm as evaluate_lm_base with:
         output:
@@ -59,5 +59,5 @@ if "vit" in DOMAINS:
         resources:
             **resources_of("evaluate", "vit"),
         shell:
-            "curvmem evaluate vit --model {params.model} --data {params.data}"
-            " --out {output} > {log} 2>&1"
+            "curvmem evaluate vit --model {params.model:q} --data {params.data:q}"
+            " --out {output:q} > {log:q} 2>&1"

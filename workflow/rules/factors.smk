@@ -24,8 +24,8 @@ rule collect:
     resources:
         **resources_of("collect", "{domain}"),
     shell:
-        "curvmem collect --model {params.model} --data {input.data} --layers {wildcards.layer}"
-        " {params.args} --out {params.out} > {log} 2>&1"
+        "curvmem collect --model {params.model:q} --data {input.data:q} --layers {wildcards.layer:q}"
+        " {params.args} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule collect_shard:
@@ -53,8 +53,8 @@ rule collect_shard:
     resources:
         **resources_of("collect", "{domain}"),
     shell:
-        "curvmem collect --model {params.model} --data {input.data} --layers {wildcards.layer}"
-        " --shard {wildcards.k}/{wildcards.n} {params.args} --out {params.out} > {log} 2>&1"
+        "curvmem collect --model {params.model:q} --data {input.data:q} --layers {wildcards.layer:q}"
+        " --shard {wildcards.k:q}/{wildcards.n:q} {params.args} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule merge:
@@ -74,4 +74,4 @@ rule merge:
     resources:
         **resources_of("merge", "{domain}"),
     shell:
-        "curvmem merge {input} --out {output} > {log} 2>&1"
+        "curvmem merge {input:q} --out {output:q} > {log:q} 2>&1"

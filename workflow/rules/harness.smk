@@ -23,7 +23,7 @@ if "lm" in DOMAINS and PLAN.harness() is not None:
         resources:
             **resources_of("edit", "lm"),
         shell:
-            "curvmem export --model {params.model} --edit {input.edit} --out {output} > {log} 2>&1"
+            "curvmem export --model {params.model:q} --edit {input.edit:q} --out {output:q} > {log:q} 2>&1"
 
     if PLAN.harness_tasks_dir():
 
@@ -44,8 +44,8 @@ if "lm" in DOMAINS and PLAN.harness() is not None:
             resources:
                 **resources_of("report"),
             shell:
-                "curvmem harness-tasks --data {input.data} --tokenizer {params.tokenizer}"
-                " --out {output} > {log} 2>&1"
+                "curvmem harness-tasks --data {input.data:q} --tokenizer {params.tokenizer:q}"
+                " --out {output:q} > {log:q} 2>&1"
 
     rule harness:
         input:
@@ -66,4 +66,4 @@ if "lm" in DOMAINS and PLAN.harness() is not None:
         resources:
             **resources_of("evaluate", "lm"),
         shell:
-            "curvmem harness {params.args} --out {output} > {log} 2>&1"
+            "curvmem harness {params.args} --out {output:q} > {log:q} 2>&1"

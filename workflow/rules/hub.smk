@@ -17,7 +17,7 @@ rule download_model:
     conda:
         "../envs/curvmem.yaml"
     shell:
-        "HF_HUB_OFFLINE={params.online} curvmem download {params.args} --out {output} > {log} 2>&1"
+        "HF_HUB_OFFLINE={params.online:q} curvmem download {params.args} --out {output:q} > {log:q} 2>&1"
 
 
 rule tokenize_corpus:
@@ -37,8 +37,8 @@ rule tokenize_corpus:
     conda:
         "../envs/curvmem.yaml"
     shell:
-        "HF_HUB_OFFLINE={params.online} HF_DATASETS_OFFLINE={params.online}"
-        " curvmem tokenize {params.args} --out {output} > {log} 2>&1"
+        "HF_HUB_OFFLINE={params.online:q} HF_DATASETS_OFFLINE={params.online:q}"
+        " curvmem tokenize {params.args} --out {output:q} > {log:q} 2>&1"
 
 
 rule fetch_texts:
@@ -56,8 +56,8 @@ rule fetch_texts:
     conda:
         "../envs/curvmem.yaml"
     shell:
-        "HF_HUB_OFFLINE={params.online} HF_DATASETS_OFFLINE={params.online}"
-        " curvmem fetch {params.args} --out {output} > {log} 2>&1"
+        "HF_HUB_OFFLINE={params.online:q} HF_DATASETS_OFFLINE={params.online:q}"
+        " curvmem fetch {params.args} --out {output:q} > {log:q} 2>&1"
 
 
 rule fetch_file:
@@ -74,4 +74,4 @@ rule fetch_file:
     conda:
         "../envs/curvmem.yaml"
     shell:
-        "curvmem fetch {params.args} --out {output} > {log} 2>&1"
+        "curvmem fetch {params.args} --out {output:q} > {log:q} 2>&1"

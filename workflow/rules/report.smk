@@ -5,6 +5,7 @@ if "lm" in DOMAINS:
     rule report_lm:
         input:
             [f for k in eval_keys("lm") for f in lm_eval_files(k)],
+            owner=outdir_owned,
         output:
             summary=report(f"{OUT}/lm_summary.json", caption="../report/lm_summary.rst",
                            category="Language model", subcategory="Summary"),
@@ -26,15 +27,16 @@ if "lm" in DOMAINS:
         resources:
             **resources_of("report"),
         shell:
-            "curvmem report-lm {params.entries} {params.columns} --out {output.summary}"
-            " --table {output.table}"
-            " --figure {output.figure} --sweep-figure {output.sweep} > {log} 2>&1"
+            "curvmem report-lm {params.entries} {params.columns} --out {output.summary:q}"
+            " --table {output.table:q}"
+            " --figure {output.figure:q} --sweep-figure {output.sweep:q} > {log:q} 2>&1"
 
 if "vit" in DOMAINS:
 
     rule report_vit:
         input:
             [f"{OUT}/vit/eval/{k}/vit.json" for k in eval_keys("vit")],
+            owner=outdir_owned,
         output:
             summary=report(f"{OUT}/vit_summary.json", caption="../report/vit_summary.rst",
                            category="Vision transformer", subcategory="Summary"),
@@ -53,13 +55,14 @@ if "vit" in DOMAINS:
         resources:
             **resources_of("report"),
         shell:
-            "curvmem report-vit {params.entries} --out {output.summary} --table {output.table}"
-            " --figure {output.figure} > {log} 2>&1"
+            "curvmem report-vit {params.entries} --out {output.summary:q} --table {output.table:q}"
+            " --figure {output.figure:q} > {log:q} 2>&1"
 
 
 rule readme_tables:
     input:
         **PLAN.readme_inputs(),
+        owner=outdir_owned,
     output:
         PLAN.readme_tables(),
     params:
@@ -73,7 +76,7 @@ rule readme_tables:
     resources:
         **resources_of("report"),
     shell:
-        "curvmem report-readme {params.args} --out {output} > {log} 2>&1"
+        "curvmem report-readme {params.args} --out {output:q} > {log:q} 2>&1"
 
 
 if PLAN.seeds_outputs():
@@ -81,6 +84,7 @@ if PLAN.seeds_outputs():
     rule seeds_report:
         input:
             PLAN.seeds_inputs(),
+            owner=outdir_owned,
         output:
             **PLAN.seeds_outputs(),
         params:
@@ -94,8 +98,8 @@ if PLAN.seeds_outputs():
         resources:
             **resources_of("report"),
         shell:
-            "curvmem report-seeds {params.args} --out {output.summary} --tables {output.tables}"
-            " --figure {output.figure} > {log} 2>&1"
+            "curvmem report-seeds {params.args} --out {output.summary:q} --tables {output.tables:q}"
+            " --figure {output.figure:q} > {log:q} 2>&1"
 
 
 # The report is a DAG output: once every table and figure exists, a nested snakemake (sharing
@@ -103,6 +107,7 @@ if PLAN.seeds_outputs():
 rule report_html:
     input:
         summaries(),
+        owner=outdir_owned,
     output:
         f"{OUT}/report.html",
     params:
@@ -114,5 +119,5 @@ rule report_html:
         "../envs/curvmem.yaml"
     localrule: True
     shell:
-        "snakemake --snakefile {params.snakefile} --nolock --cores 1 {params.config}"
-        " --report {output} {input} > {log} 2>&1"
+        "snakemake --snakefile {params.snakefile:q} --nolock --cores 1 {params.config}"
+        " --report {output:q} {input:q} > {log:q} 2>&1"

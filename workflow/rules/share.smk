@@ -6,21 +6,23 @@ from curvmem.plan import KINDS
 ARTIFACTS = PLAN.artifacts()
 
 
-# Cheap and local: the index is the plan written out. Git holds it, so a fresh clone has it with
-# no Snakemake metadata, and the params trigger alone would never rewrite it: the config files
-# are its input (an edited config is newer), its text a param (for --config overrides).
+# Cheap and local: the index is the plan written out, and git holds it. It is written exactly
+# when its text is not the plan's (Plan.index_stale): no input, so no file time can rerun it
+# (a checkout gives files the times of its own order), and its text is no param, so neither can
+# Snakemake's metadata (a clone has none; a copy may hold another run's). A stale index adds a
+# second output named by the plan's digest, not there yet, which `all` (and the target `index`)
+# asks for, so the job runs (write_index). `snakemake index` rewrites a stale index alone.
 rule index:
     input:
-        [os.path.relpath(f) for f in workflow.configfiles],
+        owner=outdir_owned,
     output:
-        PLAN.index_file(),
-    params:
-        text=PLAN.index_text(),
+        index=PLAN.index_file(),
+        written=index_marks(),
     log:
         f"{OUT}/logs/index.log",
     localrule: True
     run:
-        write_index(output[0], params.text, log[0])
+        write_index(output.index, output.written, log[0])
 
 
 for _kind in KINDS:

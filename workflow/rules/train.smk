@@ -22,5 +22,5 @@ if "lm" in DOMAINS and embedded("lm"):
         resources:
             **resources_of("train", "lm"),
         shell:
-            "curvmem train-lm --world {params.world} --tokenizer {input.tokenizer} --out {output}"
-            " {params.args} --threads {threads} > {log} 2>&1"
+            "curvmem train-lm --world {params.world:q} --tokenizer {input.tokenizer:q} --out {output:q}"
+            " {params.args} --threads {threads:q} > {log:q} 2>&1"

@@ -17,7 +17,7 @@ if "vit" in DOMAINS and embedded("vit"):
         resources:
             **resources_of("vision_data"),
         shell:
-            "curvmem vision-data --out {output} {params.args} > {log} 2>&1"
+            "curvmem vision-data --out {output:q} {params.args} > {log:q} 2>&1"
 
     rule train_vit:
         input:
@@ -36,4 +36,4 @@ if "vit" in DOMAINS and embedded("vit"):
         resources:
             **resources_of("train", "vit"),
         shell:
-            "curvmem train-vit --data {input} --out {output} {params.args} > {log} 2>&1"
+            "curvmem train-vit --data {input:q} --out {output:q} {params.args} > {log:q} 2>&1"

@@ -23,7 +23,7 @@ if PLAN.study():
         resources:
             **resources_of("vision_data"),
         shell:
-            "curvmem vision-data --out {output} {params.args} > {log} 2>&1"
+            "curvmem vision-data --out {output:q} {params.args} > {log:q} 2>&1"
 
     rule vit_study_train:
         input:
@@ -42,7 +42,7 @@ if PLAN.study():
         resources:
             **resources_of("train"),
         shell:
-            "curvmem train-vit --data {input} --out {output} {params.args} > {log} 2>&1"
+            "curvmem train-vit --data {input:q} --out {output:q} {params.args} > {log:q} 2>&1"
 
     rule vit_study_cell:
         input:
@@ -62,12 +62,13 @@ if PLAN.study():
         resources:
             **resources_of("evaluate"),
         shell:
-            "curvmem vit-study-cell --model {input.model} --data {input.data} --out {output}"
-            " {params.args} > {log} 2>&1"
+            "curvmem vit-study-cell --model {input.model:q} --data {input.data:q} --out {output:q}"
+            " {params.args} > {log:q} 2>&1"
 
     rule report_vit_study:
         input:
             [PLAN.study_cell(k) for k in PLAN.study_models()],
+            owner=outdir_owned,
         output:
             summary=report(PLAN.study_outputs()["summary"], caption="../report/vit_study.rst",
                            category="ViT study", subcategory="Summary"),
@@ -84,5 +85,5 @@ if PLAN.study():
         resources:
             **resources_of("report"),
         shell:
-            "curvmem report-vit-study {input} --out {output.summary}"
-            " --table {output.table} --figure {output.figure} > {log} 2>&1"
+            "curvmem report-vit-study {input:q} --out {output.summary:q}"
+            " --table {output.table:q} --figure {output.figure:q} > {log:q} 2>&1"

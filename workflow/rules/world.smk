@@ -18,7 +18,7 @@ if "lm" in DOMAINS and embedded("lm"):
         resources:
             **resources_of("world"),
         shell:
-            "curvmem world --out {params.out} {params.args} > {log} 2>&1"
+            "curvmem world --out {params.out:q} {params.args} > {log:q} 2>&1"
 
     rule tokenizer:
         input:
@@ -37,4 +37,4 @@ if "lm" in DOMAINS and embedded("lm"):
         resources:
             **resources_of("tokenizer"),
         shell:
-            "curvmem tokenizer --corpus {input} --out {output} {params.args} > {log} 2>&1"
+            "curvmem tokenizer --corpus {input:q} --out {output:q} {params.args} > {log:q} 2>&1"
