@@ -37,8 +37,8 @@ def eval_args(m, w, edit, d):
 def without_cost(path):
     """A result without what is measured or names the directory (the edit's time and memory)."""
     result = json.loads(path.read_text())
-    result.pop("cost"), result.pop("edit_file")
-    result["edit"].pop("seconds"), result["edit"].pop("peak_rss_mb")
+    result.pop("cost", None), result.pop("edit_file")  # (costs may be in their own file)
+    result["edit"].pop("seconds", None), result["edit"].pop("peak_rss_mb", None)
     return result
 
 

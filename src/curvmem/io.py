@@ -74,18 +74,77 @@ def read_jsonl(path, required: tuple[str, ...] = ()) -> list[dict]:
 # --------------------------------------------------------------------------- atomic writes
 
 
+def _umask() -> int:
+    try:  # read, not set: os.umask can only be read by setting it, for every thread at once
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path) -> None:
+    """Give `path` (a file, or every file and directory under a directory) the mode a plain
+    `open()` or `mkdir` gives under the umask. Some writers create 0600 files (safetensors writes
+    through a private temp file): an artifact's sidecar was 0644, its weights 0600. Symbolic
+    links and hard-linked files (a downloaded snapshot shares the hub cache's files) are left as
+    they are: their mode is not ours to change."""
+    mask = _umask()
+    path = Path(path)
+    todo = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for p in todo:
+        st = p.lstat()
+        if p.is_symlink() or (not p.is_dir() and st.st_nlink > 1):
+            continue
+        executable = p.is_dir() or st.st_mode & 0o111
+        mode = (0o777 if executable else 0o666) & ~mask
+        if st.st_mode & 0o777 != mode:
+            os.chmod(p, mode)
+
+
+def _named(e: OSError, tmp: Path, path: Path) -> OSError:
+    """An OSError about the temp file `tmp` as one about the output `path` it stands for: the
+    error names the write that failed."""
+    name = str(e.filename) if e.filename is not None else ""
+    if name.startswith(str(tmp)):
+        return type(e)(e.errno, e.strerror, str(path) + name[len(str(tmp)):])
+    return e
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temp file or directory; one that cannot be removed (its directory went
+    read-only) stays, without hiding the error that stopped the write."""
+    try:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp)
+        elif os.path.lexists(tmp):
+            tmp.unlink()
+    except OSError as e:
+        print(f"curvmem: note: could not remove the temporary {tmp} ({e.strerror})",
+              file=sys.stderr)
+
+
 @contextmanager
 def atomic_output(path):
-    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds. The
+    file gets the umask's mode, as a plain `open()` would give it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            if tmp.is_file():
+                follow_umask(tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _named(e, tmp, path) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if os.path.lexists(tmp):
+            _discard(tmp)
 
 
 def _jsonable(obj):
@@ -118,21 +177,41 @@ def read_json(path):
         raise StoreError(f"{path}: not valid JSON ({e})") from None
 
 
-@contextmanager
-def atomic_dir(out):
-    """Yield a temp directory beside `out`; it replaces `out` only if the block succeeds."""
+def check_new_dir(out, flag: str = "--out") -> None:
+    """Refuse a directory output that would replace something: a command that makes a directory
+    whole (world, tokenizer, train-lm, download, ...) never deletes one it did not create. An
+    empty directory is taken (the workflow's engine may make it); a symbolic link is refused, not
+    followed."""
     out = Path(out)
+    if out.is_symlink():
+        raise OutputError(f"{flag} {out}: is a symbolic link; give a new directory (a directory "
+                          "output never replaces a link or what it points to)")
+    if out.is_dir() and any(out.iterdir()):
+        raise OutputError(f"{flag} {out}: exists and is not empty; give a new directory, or "
+                          "remove this one yourself (a directory output never replaces one)")
+
+
+@contextmanager
+def atomic_dir(out, flag: str = "--out"):
+    """Yield a temp directory beside `out`; it becomes `out` only if the block succeeds and `out`
+    is still absent or empty (`check_new_dir`: checked again after the work, since another
+    process may have made it meanwhile). Never deletes an existing `out`."""
+    out = Path(out)
+    check_new_dir(out, flag)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
     try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        try:
+            tmp.mkdir()
+            yield tmp
+            follow_umask(tmp)
+            check_new_dir(out, flag)
+            os.replace(tmp, out)  # over an empty directory only (rename(2) refuses others)
+        except OSError as e:
+            raise _named(e, tmp, out) from None
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        if os.path.lexists(tmp):
+            _discard(tmp)
 
 
 # --------------------------------------------------------------------------- checksums
@@ -265,7 +344,11 @@ def exclusive(path, flag: str = "--out"):
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        try:  # a directory made read-only meanwhile: the write that failed is the error to see
+            lock.unlink(missing_ok=True)
+        except OSError as e:
+            print(f"curvmem: note: could not remove the lock file {lock} ({e.strerror})",
+                  file=sys.stderr)
         os.close(fd)
         for d in created:  # innermost first
             try:

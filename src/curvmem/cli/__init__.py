@@ -21,15 +21,21 @@ import argparse
 import gc
 import json
 import os
+import signal
 import sys
 from contextlib import ExitStack
 
 from curvmem import __version__
 from curvmem.cli import analyze, baselines, core, export, harness, hub, lm, mine, vision
-from curvmem.io import begin_command, check_output, exclusive, startup_split
+from curvmem.cli.common import check_seed
+from curvmem.io import begin_command, check_new_dir, check_output, exclusive, startup_split
 
 # commands whose --out is a directory (every other --out, --table, --figure, ... is a file)
-OUT_DIRS = {"collect", "world", "tokenizer", "train-lm", "train-vit", "export"}
+OUT_DIRS = {"collect", "world", "tokenizer", "train-lm", "train-vit", "export", "download",
+            "harness-tasks"}
+# ... of which these make the directory whole: an existing --out is refused unless it is empty
+# (collect writes one file per layer into a directory other layers' jobs write too)
+NEW_DIRS = OUT_DIRS - {"collect"}
 # output flags besides --out (attribute, flag)
 OTHER_OUTPUTS = (("table", "--table"), ("figure", "--figure"), ("sweep_figure", "--sweep-figure"),
                  ("validation_out", "--validation-out"), ("tables", "--tables"))
@@ -44,6 +50,9 @@ def check_counts(args) -> None:
         value = getattr(args, name, None)
         if isinstance(value, int) and not isinstance(value, bool) and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    seed = getattr(args, "seed", None)
+    if isinstance(seed, int):
+        check_seed(seed, "--seed")
 
 
 def outputs(args) -> list[tuple[str, str, bool]]:
@@ -54,8 +63,12 @@ def outputs(args) -> list[tuple[str, str, bool]]:
     for attr, flag in OTHER_OUTPUTS:
         if getattr(args, attr, None):
             found.append((getattr(args, attr), flag, False))
-    for run in getattr(args, "run", None) or ():  # evaluate batch: --run KIND DATA OUT
-        found.append((run[2], "--run ... OUT", False))
+    if args.command == "evaluate":
+        for run in getattr(args, "run", None) or ():  # evaluate batch: --run KIND DATA OUT
+            found.append((run[2], "--run ... OUT", False))
+    elif args.command == "analyze" and args.analysis == "batch":  # --run 'ANALYSIS ARGS...'
+        for run in analyze.batch_runs(args):
+            found += [(path, f"--run ... {flag}", False) for path, flag, _ in outputs(run)]
     return found
 
 
@@ -130,6 +143,9 @@ def written_files(args, targets, locked, existed: set[str]) -> list[str]:
         if path in dirs:
             if path not in existed:
                 files.append(path)  # a directory this chain made, with all in it
+            elif args.command in NEW_DIRS and os.path.isdir(path):
+                # it was there empty (else refused): all in it is the command's; it stays
+                files += [os.path.join(path, name) for name in os.listdir(path)]
             continue
         files += [path, str(checksum_path(path))]
         if path.endswith(".safetensors") and args.command in ("edit", "baseline"):
@@ -172,6 +188,30 @@ def _run_chain(planned, existed: set[str], running: list) -> None:
             raise
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that it unwinds like an error: temporary files and
+    locks go, a `--then` chain removes what it wrote. A BaseException, so that no `except
+    Exception` on the way swallows it."""
+
+
+# exit status of a command stopped by a signal: 128 + its number, as a shell reports it
+SIGNAL_EXIT = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+    raise Terminated
+
+
+def _catch_sigterm():
+    """Install the SIGTERM handler; returns the previous one (None where none can be set: a
+    thread other than the main one)."""
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:
+        return None
+
+
 def main(argv=None) -> int:
     """Run one command, or several joined by `--then` in one process: Python, torch and
     transformers are imported once (seconds of start-up on 2 cores against a fraction of a second
@@ -185,6 +225,7 @@ def main(argv=None) -> int:
     commands = [parser.parse_args(words) for words in split_chain(parser, argv)]
     command_age = begin_command()
     args, running = commands[0], []
+    previous = _catch_sigterm()
     try:
         # Outputs are checked and locked before anything is computed: a path that cannot be
         # written fails in a second, not after hours, and two processes writing one output do
@@ -195,6 +236,8 @@ def main(argv=None) -> int:
             targets = outputs(args)
             for path, flag, is_dir in targets:
                 check_output(path, flag, is_dir)
+                if is_dir and args.command in NEW_DIRS:
+                    check_new_dir(path, flag)
             planned.append((args, targets, locked_paths(args, targets)))
         paths = [p for _, targets, _ in planned for p in {os.path.realpath(t[0]) for t in targets}]
         twice = sorted({p for p in paths if paths.count(p) > 1})
@@ -215,6 +258,15 @@ def main(argv=None) -> int:
             raise
         print(f"curvmem {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except (Terminated, KeyboardInterrupt) as e:  # cleaned up on the way here, as for an error
+        args = running[-1] if running else args
+        name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        print(f"curvmem {args.command}: stopped by {name}; what it had begun writing was "
+              "removed", file=sys.stderr)
+        return SIGNAL_EXIT[name]
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     split = startup_split(command_age)
     if split is not None:  # benchmarks/bench_default.py reads this line from the job logs
         print(f"curvmem timing: {json.dumps(split)}", file=sys.stderr)

@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 
 # Existing curvmem names used here (the lead rewrites these imports after the layout refactor):
-from curvmem.cli.common import add_model_args
+from curvmem.cli.common import add_model_args, check_name, check_seed, check_seq_len, unique
 from curvmem.io import cost
 
 
@@ -35,17 +35,26 @@ def _named(entries, flag: str, optional=()) -> dict:
             raise ValueError(f"{flag} '{entry}' must look like NAME=PATH")
         if name in out or name == "base" and flag == "--edit":
             raise ValueError(f"{flag} name '{name}' is given twice or reserved")
+        check_name(name, flag)
         if name not in optional and not Path(path).exists():
             raise ValueError(f"{flag} {name}: {path} does not exist")
         out[name] = path
     return out
 
 
+def _memorized(args) -> list[dict]:
+    """--memorized's rows, one id never given to two texts."""
+    from curvmem.cli.common import check_ids
+    from curvmem.evaluate.lm import read_rows
+
+    return check_ids(read_rows(args.memorized), args.memorized)
+
+
 def _modules(text) -> list[str]:
     mods = [m.strip() for m in str(text).split(",") if m.strip()]
     if not mods:
         raise ValueError("--modules is empty")
-    return mods
+    return unique(mods, "--modules", "module")
 
 
 def _layers(text) -> list[int]:
@@ -57,7 +66,7 @@ def _layers(text) -> list[int]:
         raise ValueError(f"--layers must be like 1,2 or 1-3, got '{text}'") from None
     if not layers:
         raise ValueError("--layers is empty")
-    return layers
+    return unique(layers, "--layers", "layer")
 
 
 def _check_counts(args, *names) -> None:
@@ -137,11 +146,11 @@ def _bands(args):
 def _plan_activation_ratio(args):
     from curvmem.analysis import activation_ratio as ar
     from curvmem.analysis.common import load_eigen
-    from curvmem.evaluate.lm import read_rows, read_texts
+    from curvmem.evaluate.lm import read_texts
 
     _prepare(args)
     _check_counts(args, "max_items", "max_clean_blocks", "batch_size")
-    bands, rows, texts = _bands(args), read_rows(args.memorized), read_texts(args.clean)
+    bands, rows, texts = _bands(args), _memorized(args), read_texts(args.clean)
 
     def run():
         with cost() as c:
@@ -167,7 +176,7 @@ def _plan_task_interaction(args):
     rows = read_rows(args.tasks, ("category", "prompt", "answer"))
     texts = read_texts(args.clean)
     summary = read_json(args.summary)
-    mem = read_rows(args.memorized) if args.memorized else None
+    mem = _memorized(args) if args.memorized else None
     selected = args.selected or summary.get("selected")
     if selected not in summary.get("models", {}):
         raise ValueError(f"--summary has no edit '{selected}'; pass --selected NAME "
@@ -204,11 +213,11 @@ def _plan_spectra(args):
 def _plan_per_example(args):
     from curvmem.analysis import per_example as pe
     from curvmem.analysis.common import load_eigen
-    from curvmem.evaluate.lm import read_rows, read_texts
+    from curvmem.evaluate.lm import read_texts
 
     _prepare(args)
     _check_counts(args, "max_items", "batch_size")
-    bands, rows, texts = _bands(args), read_rows(args.memorized), read_texts(args.clean)
+    bands, rows, texts = _bands(args), _memorized(args), read_texts(args.clean)
 
     def run():
         with cost() as c:
@@ -240,7 +249,9 @@ def _plan_stability(args):
         if not sep or not name or name in slices:
             raise ValueError(f"--slice '{entry}' must look like NAME=TOKENS,K/N,SEED, each NAME "
                              "once")
+        check_name(name, "--slice")
         slices[name] = st.parse_slice(spec)
+        check_seed(slices[name][2], f"--slice {name}: SEED")
     sets = _named(args.set, "--set", optional=slices)
     unknown = sorted(set(slices) - set(sets))
     if unknown:
@@ -250,6 +261,7 @@ def _plan_stability(args):
             raise ValueError("--slice collects factors: it needs --model and --data")
         _files(model=args.model)
         _check_counts(args, "seq_len", "batch_size")
+        check_seq_len(args.model, args.seq_len)
     check_rho(args.rho)
     if len(sets) < 2:
         raise ValueError("stability needs at least two factor sets (--set NAME=DIR)")
@@ -287,7 +299,6 @@ def _selected_only(edits: dict, summary_path) -> dict:
 def _plan_stress(args):
     from curvmem.analysis import stress as ss
     from curvmem.analysis.common import check_outputs
-    from curvmem.evaluate.lm import read_rows
 
     check_outputs(args.out, args.figure)
     _files(model=args.model, memorized=args.memorized)
@@ -297,7 +308,7 @@ def _plan_stress(args):
     _check_counts(args, "max_items", "batch_size")
     if args.t < 0:
         raise ValueError(f"--t must be >= 0, got {args.t}")
-    rows = read_rows(args.memorized)
+    rows = _memorized(args)
 
     def run():
         with cost() as c:
@@ -372,9 +383,9 @@ class _RunParser(argparse.ArgumentParser):
         raise ValueError(message)
 
 
-def cmd_batch(args) -> None:
-    """Several analyses in one process: every run is checked first, then they run in order,
-    each model loaded once (`cost.shared_load_seconds` in each JSON: that load)."""
+def batch_runs(args) -> list:
+    """The parsed `--run`s of `analyze batch` (each as `curvmem analyze ANALYSIS ...` would
+    parse it): a bad one is a ValueError naming it."""
     parser = _RunParser(prog="curvmem analyze batch --run")
     _register_analyses(parser.add_subparsers(dest="analysis", metavar="ANALYSIS",
                                              required=True, parser_class=_RunParser))
@@ -384,9 +395,17 @@ def cmd_batch(args) -> None:
             r = parser.parse_args(shlex.split(text))
         except ValueError as e:
             raise ValueError(f"--run '{text}': {e}") from None
+        r.command = "analyze"
         if args.threads is not None and hasattr(r, "threads"):
             r.threads = args.threads
         runs.append(r)
+    return runs
+
+
+def cmd_batch(args) -> None:
+    """Several analyses in one process: every run is checked first, then they run in order,
+    each model loaded once (`cost.shared_load_seconds` in each JSON: that load)."""
+    runs = batch_runs(args)
     outs = [str(r.out) for r in runs]
     if len(set(outs)) != len(outs):
         raise ValueError(f"--run: two runs write the same file ({outs})")

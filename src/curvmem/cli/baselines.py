@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from curvmem.cli.common import add_model_args
+from curvmem.cli.common import add_model_args, check_seq_len, read_memorized
 
 
 def register(sub, evaluate_sub) -> None:
@@ -68,6 +69,9 @@ def _bsn(args: argparse.Namespace) -> None:
     config = BSNConfig(ratio=args.ratio, alpha=args.alpha, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, seed=args.seed,
                        include_gate=args.include_gate)
+    check_seq_len(args.model, args.seq_len)
+    if args.forget and Path(args.forget).is_file():  # (run_bsn names a missing file)
+        read_memorized(args.forget)
     meta = run_bsn(args.model, args.forget, args.retain, args.out, config=config,
                    seq_len=args.seq_len, tokenizer_path=args.tokenizer,
                    trust_remote_code=args.trust_remote_code, device=args.device)

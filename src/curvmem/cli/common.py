@@ -2,9 +2,88 @@
 
 from __future__ import annotations
 
+import json
+
 
 def add_model_args(p, required: bool = True) -> None:
     p.add_argument("--model", required=required,
                    help="HF causal LM path or hub id, or a curvmem/timm vision model directory")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model's own code from the hub (off by default)")
+
+
+# every seed: one that numpy (SeedSequence), torch (manual_seed: 64 bits) and the factor
+# files' netCDF/HDF5 attributes (int64) all take; a larger one was a TypeError from HDF5
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{flag} must be in 0..{SEED_MAX} (2**63 - 1), got {seed}")
+    return seed
+
+
+def unique(items: list, flag: str, what: str) -> list:
+    """`items` as given, refusing one given twice (`--layers 1,1`: the layer would be edited or
+    collected twice over, silently)."""
+    seen = set()
+    for item in items:
+        if item in seen:
+            raise ValueError(f"{flag}: {what} {item} is given twice")
+        seen.add(item)
+    return items
+
+
+def check_name(name: str, flag: str) -> str:
+    """A NAME of NAME=... (an entry, a factor set, an edit): a label that results are filed
+    under, so never a path (`a/b`, `..`)."""
+    if "/" in name or "\\" in name or ".." in name:
+        raise ValueError(f"{flag} name '{name}': a name may not hold '/', '\\' or '..'")
+    return name
+
+
+# where a model's config.json gives its maximum positions (GPT-2: n_positions)
+MAX_POSITIONS = ("max_position_embeddings", "n_positions", "n_ctx")
+
+
+def check_seq_len(model, seq_len: int, flag: str = "--seq-len") -> None:
+    """Refuse a sequence length beyond the model's maximum positions, read from its config.json
+    alone, before the weights load (a hub id, or a model without such a field, is not checked
+    here)."""
+    from pathlib import Path
+
+    config = Path(str(model)) / "config.json"
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no local config, or one the loader will name as broken
+    for key in MAX_POSITIONS:
+        limit = values.get(key) if isinstance(values, dict) else None
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            if seq_len > limit:
+                raise ValueError(f"{flag} {seq_len}: beyond the model's maximum positions "
+                                 f"({key} = {limit} in {config})")
+            return
+
+
+def check_ids(rows: list[dict], where) -> list[dict]:
+    """Refuse memorized rows that give one id twice with different text: the two items would be
+    scored (or counted) as one under a name that means two things."""
+    first = {}
+    for i, row in enumerate(rows, 1):
+        if "id" not in row:
+            continue
+        key = json.dumps(row["id"], sort_keys=True)
+        text = row.get("text", row)
+        if key in first and first[key][1] != text:
+            raise ValueError(f"{where}: id {row['id']!r} is given twice with different text "
+                             f"(rows {first[key][0]} and {i})")
+        first.setdefault(key, (i, text))
+    return rows
+
+
+def read_memorized(path, required: tuple[str, ...] = ()) -> list[dict]:
+    """A memorized-set JSONL file's rows, ids checked (`check_ids`)."""
+    from curvmem.io import read_jsonl
+
+    return check_ids(read_jsonl(path, required), path)

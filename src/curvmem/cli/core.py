@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from curvmem.cli.common import add_model_args
+from curvmem.cli.common import add_model_args, check_ids, check_seq_len, unique
 from curvmem.io import cost
 from curvmem.presets import KEEP_MODES
 
@@ -108,21 +108,74 @@ def _layer_list(text):
     from curvmem.model import parse_int_list
 
     try:
-        return parse_int_list(text)
+        layers = parse_int_list(text)
     except ValueError:
         raise ValueError(f"--layers must be like 5,6 or 3-5, got '{text}'") from None
+    return unique(layers, "--layers", "layer")
+
+
+def _module_list(text) -> list[str] | None:
+    return unique(text.split(","), "--modules", "module") if text else None
+
+
+def _memorized_files(text) -> list[str] | None:
+    """collect --memorized: the files, each read once here for its ids (before the model)."""
+    from curvmem.io import read_jsonl
+
+    if not text:
+        return None
+    files = unique(text.split(","), "--memorized", "file")
+    for path in files:
+        check_ids(read_jsonl(path), f"--memorized {path}")
+    return files
+
+
+def _spec_agrees(args, layers, modules) -> None:
+    """A --spec names its layers, modules and values itself: --rho or --svd-drop beside it, or
+    --layers/--modules that say otherwise, would be ignored silently, so they are refused; so
+    is a spec giving one layer, or one module of a layer, twice (JSON keeps the last)."""
+    import json
+
+    def pairs(items):
+        keys = [k for k, _ in items]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"--spec: '{twice[0]}' is given twice")
+        return dict(items)
+
+    value = [flag for flag, v in (("--rho", args.rho), ("--svd-drop", args.svd_drop))
+             if v is not None]
+    if value:
+        raise ValueError(f"--spec gives a value per layer and module: drop {value[0]} (it "
+                         "would be ignored)")
+    try:
+        spec = json.loads(args.spec, object_pairs_hook=pairs)
+        spec_layers = sorted(int(k) for k in spec)
+        spec_modules = [sorted(v) for v in spec.values()]
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as e:
+        if "given twice" in str(e):
+            raise
+        return  # parse_spec names a spec that is not {"layer": {"module": value}}
+    if layers is not None and sorted(layers) != spec_layers:
+        raise ValueError(f"--layers {args.layers} disagrees with --spec (layers "
+                         f"{spec_layers}): give the same layers, or --spec alone")
+    if modules is not None and any(m != sorted(modules) for m in spec_modules):
+        raise ValueError(f"--modules {args.modules} disagrees with --spec (modules "
+                         f"{spec_modules}): give the same modules, or --spec alone")
 
 
 def run_collect(args) -> None:
     from curvmem.factors import collect_layer_files
 
+    check_seq_len(args.model, args.seq_len)
+    memorized = _memorized_files(args.memorized)
     n_tokens, layers = collect_layer_files(
         args.model, args.data, _layer_list(args.layers), args.out, tokens=args.tokens,
-        modules=args.modules.split(",") if args.modules else None, blocks_path=args.blocks_path,
+        modules=_module_list(args.modules), blocks_path=args.blocks_path,
         seq_len=args.seq_len, batch_size=args.batch_size, fisher=args.fisher, seed=args.seed,
         shard=args.shard, dtype=args.dtype, checkpoint_every=args.checkpoint_every,
         device=args.device, trust_remote_code=args.trust_remote_code, image_set=args.images,
-        memorized=args.memorized.split(",") if args.memorized else None)
+        memorized=memorized)
     print(f"collected {n_tokens} positions for layers {layers} -> {Path(args.out)}")
 
 
@@ -158,6 +211,10 @@ def run_edit(args) -> None:
         raise ValueError("--svd-drop is for --method svd")
     if args.method == "svd" and args.keep != "top":
         raise ValueError("--keep is for --method kfac")
+    layers = _layer_list(args.layers) if args.layers is not None else None
+    modules = _module_list(args.modules)
+    if args.spec is not None:
+        _spec_agrees(args, layers, modules)
     spec = parse_spec(args.spec, args.layers, args.modules, value)
     with cost() as c:
         model = load_model(args.model, dtype="auto" if args.dtype == "auto"

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from curvmem.cli.common import add_model_args
+from curvmem.cli.common import add_model_args, check_name
 from curvmem.io import cost
 
 
@@ -98,9 +98,10 @@ def _write(args, result: dict, meta, c: dict) -> None:
 
 
 def _read_memorization(args):
+    from curvmem.cli.common import check_ids
     from curvmem.evaluate import lm as evaluate
 
-    return evaluate.read_rows(args.data)
+    return check_ids(evaluate.read_rows(args.data), args.data)
 
 
 def _memorization(model, tokenizer, rows, args) -> dict:
@@ -233,6 +234,8 @@ def cmd_report_lm(args) -> None:
     from curvmem.io import atomic_output, write_json
     from curvmem.report import lm as report
 
+    for entry in args.entry:  # names are labels results are filed under, never paths
+        check_name(entry.partition("=")[0], "--entry")
     entries = report.parse_entries(args.entry)
     if args.figure and Path(args.figure).suffix != ".png":
         raise ValueError(f"--figure must be a .png file, got {args.figure}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from curvmem.cli.common import check_name, unique
+
 
 def register(sub, evaluate_sub) -> None:
     p = sub.add_parser("vision-data", help="real digit images with a seeded split and label noise",
@@ -139,10 +141,11 @@ def _floats(text: str, flag: str) -> list[float]:
 
 def _layer_sets(text: str, flag: str) -> list[list[int]]:
     try:
-        return [[int(x) for x in part.split(",")] for part in text.split(";") if part.strip()]
+        sets = [[int(x) for x in part.split(",")] for part in text.split(";") if part.strip()]
     except ValueError:
         raise ValueError(f"{flag} {text}: expected ';'-separated lists of block indices, "
                          "e.g. 0;-1;0,-1") from None
+    return [unique(layers, flag, "layer") for layers in sets]
 
 
 def run_study_cell(args) -> None:
@@ -155,7 +158,8 @@ def run_study_cell(args) -> None:
                       rhos=_floats(args.rho, "--rho"),
                       svd_layers=_layer_sets(args.svd_layers, "--svd-layers"),
                       svd_drops=_floats(args.svd_drop, "--svd-drop"),
-                      modules=args.modules.split(","), fisher=args.fisher, seed=args.seed,
+                      modules=unique(args.modules.split(","), "--modules", "module"),
+                      fisher=args.fisher, seed=args.seed,
                       batch_size=args.batch_size)
     write_json(args.out, result)
     n = len(result["svd"]) + sum(len(v["entries"]) for v in result["kfac"].values())
@@ -204,6 +208,7 @@ def run_report(args) -> None:
         name, sep, path = text.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"--entry '{text}': expected NAME=FILE.json")
+        check_name(name, "--entry")
         entries.append((name, io.read_json(path)))
     summary = report.summarize(entries)
     io.write_json(args.out, summary)
