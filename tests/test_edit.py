@@ -351,8 +351,11 @@ def test_apply_refuses_edits_for_another_model(tmp_path):
     name = "transformer.h.0.mlp.c_fc.weight"
     w = dict(model.named_parameters())[name].detach()
     path = tmp_path / "e.safetensors"
+    schema.write_edit(path, {name: w}, {"method": "svd", "model_fingerprint": "v2:" + "0" * 16})
+    with pytest.raises(ValueError, match="fingerprint v2:0000000000000000"):
+        edit.apply(model, path)
     schema.write_edit(path, {name: w}, {"method": "svd", "model_fingerprint": "0" * 16})
-    with pytest.raises(ValueError, match="fingerprint 0000000000000000"):
+    with pytest.raises(io.StoreError, match="made by an older curvmem .* remake"):
         edit.apply(model, path)
     fp = {"method": "svd", "model_fingerprint": model_fingerprint(model)}
     schema.write_edit(path, {"transformer.h.9.mlp.c_fc.weight": w}, fp)

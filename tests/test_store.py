@@ -173,7 +173,7 @@ def test_edit_round_trip_in_stored_layout(tmp_path):
     tensors, meta = schema.read_edit(path)
     assert list(tensors) == [name]
     torch.testing.assert_close(tensors[name], w, rtol=0, atol=0)
-    assert meta == written
+    assert meta == {**written, "weights_sha256": io.sha256_file(path)}  # its weights, named
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.json", "e.safetensors",
                                                            "e.safetensors.sha256"]
 
@@ -186,6 +186,8 @@ def test_edit_refusals_leave_no_file(tmp_path):
     assert not any(tmp_path.iterdir())
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 5)
     io.write_checksum(tmp_path / "bad.safetensors")
-    io.write_json(tmp_path / "bad.json", {"method": "svd", "model_fingerprint": "f" * 16})
+    io.write_json(tmp_path / "bad.json", {"method": "svd", "model_fingerprint": "f" * 16,
+                                          "weights_sha256": io.sha256_file(tmp_path /
+                                                                           "bad.safetensors")})
     with pytest.raises(io.StoreError, match="not a readable safetensors"):
         schema.read_edit(tmp_path / "bad.safetensors")

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -38,10 +39,10 @@ from curvmem.model.adapters import (
     default_device,
     mlp_modules,
     model_device,
-    model_fingerprint,
     model_id,
     plain_lm_head,
 )
+from curvmem.model.identity import model_identity
 from curvmem.model.load import load_model, load_tokenizer
 from curvmem.world import corpus, images
 
@@ -215,29 +216,71 @@ def _replace_hidden_input(args, kwargs):
 # --------------------------------------------------------------------------- checkpoints
 
 
+# A checkpoint carries the sha256 of its metadata and tensors in its own metadata ("sha256"):
+# resuming from a flipped byte would write a wrong factor file with a fresh, valid checksum, so a
+# checkpoint that does not match it (or cannot be read: truncated) is discarded with one line.
+
+
+def _checkpoint_digest(tensors: dict, meta: dict) -> str:
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def _save_checkpoint(path: Path, sums: Factors, key: str) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"A|{layer}|{name}": t for (layer, name), t in sums.A.items()}
     tensors.update({f"G|{layer}|{name}": t for (layer, name), t in sums.G.items()})
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {"key": key, "n_tokens": str(sums.n_tokens), "batches_done": str(sums.batches_done)}
+    meta["sha256"] = _checkpoint_digest(tensors, meta)
     with atomic_output(path) as tmp:
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata=meta)
 
 
-def _load_checkpoint(path: Path, key: str, device) -> Factors | None:
+def _discard_checkpoint(path: Path, reason: str) -> None:
+    tqdm.write(f"curvmem: note: {path}: {reason}; discarded, collecting from the start",
+               file=sys.stderr)
+    path.unlink(missing_ok=True)
+
+
+def _load_checkpoint(path: Path, key: str, device, n_batches: int | None = None) \
+        -> Factors | None:
+    """The running sums saved at `path` by a run with the same `key`; None when there is none,
+    it is another run's, or it is corrupt or truncated (then it is removed, with one line)."""
     from safetensors import safe_open
 
     if not path.is_file():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        if meta.get("key") != key:
-            return None  # a checkpoint of another run: ignore it, it will be overwritten
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            if meta.get("key") != key:
+                return None  # a checkpoint of another run: ignore it, it will be overwritten
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    except Exception as e:  # noqa: BLE001 (safetensors raises several types for a bad file)
+        _discard_checkpoint(path, f"unreadable, truncated or corrupt ({type(e).__name__})")
+        return None
+    recorded = meta.pop("sha256", None)
+    if recorded != _checkpoint_digest(tensors, meta):
+        _discard_checkpoint(path, "corrupt (its sha256 differs from its contents)"
+                            if recorded else "has no checksum (an older curvmem's)")
+        return None
+    try:
         sums = Factors(n_tokens=int(meta["n_tokens"]), batches_done=int(meta["batches_done"]))
-        for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+        for name, t in tensors.items():
             kind, layer, module = name.split("|")
-            getattr(sums, kind)[(int(layer), module)] = f.get_tensor(name).to(device)
+            getattr(sums, kind)[(int(layer), module)] = t.to(device)
+    except (KeyError, ValueError, AttributeError, TypeError) as e:
+        _discard_checkpoint(path, f"not a collection checkpoint ({type(e).__name__}: {e})")
+        return None
+    if n_batches is not None and not 0 < sums.batches_done < n_batches:
+        _discard_checkpoint(path, f"holds {sums.batches_done} batches of {n_batches}")
+        return None
     return sums
 
 
@@ -271,7 +314,7 @@ def collect(model, batches, modules: list[MLPModule], task, *, fisher: str = "sa
 
     sums = None
     if checkpoint is not None:
-        sums = _load_checkpoint(Path(checkpoint), checkpoint_key, device)
+        sums = _load_checkpoint(Path(checkpoint), checkpoint_key, device, len(batches))
         if sums is not None:
             tqdm.write(f"resuming from {checkpoint}: {sums.batches_done} batches, "
                        f"{sums.n_tokens} positions already collected", file=sys.stderr)
@@ -396,6 +439,7 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
         imgs, labels = images.load_images(data, split=image_set)
         if imgs.shape[0] == 0:
             raise ValueError(f"{data}: no {image_set} images")
+        _require_images(data, tokens, imgs.shape[0], image_set)
         imgs, labels = imgs[:tokens], labels[:tokens]
         full = torch.cat([imgs.reshape(imgs.shape[0], -1), labels[:, None].float()], 1)
         start, stop = corpus.shard_bounds(imgs.shape[0], shard)
@@ -416,9 +460,9 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
         n_memorized = corpus.count_memorized_positions(items,
                                                        corpus.memorized_windows(memorized, tok))
     batches = batched(items, batch_size)
-    fp = model_fingerprint(model)
+    fp, digest = model_identity(model)
     out = Path(out)
-    key = run_key(model=fp, corpus=corpus_fp, layers=sorted({m.layer for m in modules}),
+    key = run_key(model=fp, digest=digest, corpus=corpus_fp, layers=sorted({m.layer for m in modules}),
                   modules=[m.name for m in modules], fisher=fisher, seed=seed, shard=shard,
                   batch_size=batch_size, dtype=dtype)
     checkpoint = out / f".checkpoint-{key[:12]}.safetensors" if checkpoint_every else None
@@ -427,7 +471,7 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
                      checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                      checkpoint_key=key)
     layers = write_layer_files(out, result, modules, {
-        "model_id": model_id(model_path), "model_fingerprint": fp,
+        "model_id": model_id(model_path), "model_fingerprint": fp, "model_digest": digest,
         "fisher": fisher, "n_tokens": result.n_tokens, "seq_len": seq_len,
         "corpus_fingerprint": corpus_fp, "seed": seed, "shard": shard or "",
         "task": task.name, "data": str(data), "corpus": str(data), "dtype": dtype,
@@ -449,17 +493,45 @@ def _lm_shard(model_path, data, seq_len, tokens, shard, trust_remote_code):
     """
     data = str(data)
     if data.endswith(".npy"):
-        return corpus.token_array_shard(data, seq_len, tokens, shard)
+        found = corpus.token_array_shard(data, seq_len, tokens, shard)
+        ids = np.load(data, mmap_mode="r", allow_pickle=False)
+        length = ids.shape[1] if ids.ndim == 2 else seq_len
+        _require_tokens(data, tokens, length, ids.shape[0] if ids.ndim == 2
+                        else ids.shape[0] // length)
+        return found
     tok = load_tokenizer(model_path, trust_remote_code)
     if data.startswith("hf:") and shard:
         seqs, start = corpus.load_token_shard(data, seq_len, tok, tokens, shard)
+        planned = corpus.shard_bounds(tokens // seq_len, shard)
+        if seqs.shape[0] < planned[1] - planned[0]:  # the stream ended inside this shard
+            _require_tokens(data, tokens, seq_len, start + seqs.shape[0])
         vocab = hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()
         fp = run_key(source=data, seq_len=seq_len, tokens=tokens, eos=tok.eos_token_id,
                      vocab=vocab)[:16]
         return seqs, start, fp
     full = corpus.load_token_sequences(data, seq_len, tok, tokens)
+    _require_tokens(data, tokens, seq_len, full.shape[0])
     start, stop = corpus.shard_bounds(full.shape[0], shard)
     return full[start:stop], start, corpus.fingerprint_tensor(full)
+
+
+def _require_tokens(data, tokens: int, seq_len: int, available: int) -> None:
+    """Refuse a --tokens budget the corpus cannot fill (`available` whole sequences), before any
+    compute: fewer positions than asked would be collected, and the files would say so only in
+    their n_tokens."""
+    if available < tokens // seq_len:
+        raise ValueError(f"--tokens {tokens}: the corpus {data} holds only {available * seq_len} "
+                         f"tokens in whole sequences of --seq-len {seq_len} ({available} "
+                         f"sequences, {tokens // seq_len} needed); lower --tokens to at most "
+                         f"{available * seq_len} or give a larger corpus")
+
+
+def _require_images(data, tokens: int, available: int, image_set: str = "train") -> None:
+    """`_require_tokens` for a ViT, whose --tokens counts images."""
+    if available < tokens:
+        raise ValueError(f"--tokens {tokens}: the dataset {data} holds only {available} "
+                         f"{image_set} images (for a ViT --tokens counts images); lower --tokens "
+                         f"to at most {available}")
 
 
 def write_layer_files(out, means: Factors, modules: list[MLPModule], attrs: dict,
@@ -507,12 +579,14 @@ def collection_data(model_path, data, tokens: int, seq_len: int,
         imgs, labels = images.load_images(data, split="train")
         if imgs.shape[0] == 0:
             raise ValueError(f"{data}: no training images")
+        _require_images(data, tokens, imgs.shape[0])
         imgs, labels = imgs[:tokens], labels[:tokens]
         full = torch.cat([imgs.reshape(imgs.shape[0], -1), labels[:, None].float()], 1)
         return CollectionData((imgs, labels), ClassificationTask(), 1,
                               corpus.fingerprint_tensor(full))
     tok = None if str(data).endswith(".npy") else load_tokenizer(model_path, trust_remote_code)
     full = corpus.load_token_sequences(data, seq_len, tok, tokens)
+    _require_tokens(data, tokens, full.shape[1], full.shape[0])
     return CollectionData(full, LMTask(), full.shape[1], corpus.fingerprint_tensor(full))
 
 
@@ -527,7 +601,8 @@ def merge_layer_files(paths, out) -> None:
         raise ValueError("merge needs at least one factors file")
     files = [schema.read_layer(p, "factors") for p in paths]
     first = files[0]
-    same = ("model_fingerprint", "layer", "fisher", "seq_len", "seed", "corpus_fingerprint")
+    same = ("model_fingerprint", "model_digest", "layer", "fisher", "seq_len", "seed",
+            "corpus_fingerprint")
     for f, p in zip(files, paths):
         for key in same:
             if f.attrs.get(key) != first.attrs.get(key):

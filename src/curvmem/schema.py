@@ -13,12 +13,19 @@ parameter names -> edited weights in the model's own layout, plus a JSON sidecar
 so a killed job never leaves a file that looks complete (curvmem.io).
 
 Integrity: each layer and edit file has a checksum sidecar `<file>.sha256`, written after the
-payload (for an edit: weights, then checksum, then the JSON sidecar). Readers verify it first, so
-a truncated or corrupted file is refused with the file and the command that makes it named
-(PRODUCERS), never read as numbers.
+payload (for an edit: weights, then checksum, then the JSON sidecar, which records the weights'
+sha256 as `weights_sha256`, so a sidecar beside other weights is refused). Readers verify it
+first, so a truncated or corrupted file is refused with the file and the command that makes it
+named (PRODUCERS), never read as numbers. Numbers that cannot be right are refused too: NaN or
+Inf in factors, eigenbases or edited weights, and eigenvectors that are not orthonormal
+(ORTHONORMAL_TOLERANCE).
+
+The model an artifact belongs to: `model_fingerprint` (root attribute or sidecar key; config and
+every weight at bfloat16 precision, "v2:...") and, where the model held float32 weights,
+`model_digest` (every weight exactly); see `curvmem.model.identity`.
 
 Model-free: `read_layer` checks a file against itself; `curvmem.model.read_layer` also checks it
-against the model at hand (fingerprint and shapes).
+against the model at hand (fingerprint, digest and shapes).
 """
 
 from __future__ import annotations
@@ -94,6 +101,23 @@ class LayerFile:
         return list(self.groups)
 
 
+# Eigenvectors are computed in float64 and stored in float32: UᵀU - I is then ~1e-7 an entry,
+# and a probe's error (below) ~1e-7 sqrt(d), under 1e-4 up to d = 10^5. A broken basis (a
+# scaled, repeated or mixed column) shows at O(0.1).
+ORTHONORMAL_TOLERANCE = 1e-3
+ORTHONORMAL_PROBES = 8
+
+
+def orthonormality_error(vecs) -> float:
+    """max |(UᵀU - I) x| over a few seeded standard-normal probes x: O(d²) where forming UᵀU
+    costs O(d³) (seconds for each 11008-wide module of a 7B). Every entry of UᵀU - I enters a
+    probe's entry with a normal weight, so a defect of size e shows as about e or more."""
+    u = np.asarray(vecs, dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((u.shape[1], ORTHONORMAL_PROBES))
+    x = x.astype(np.float32)
+    return float(np.abs(u.T @ (u @ x) - x).max()) if u.size else 0.0
+
+
 def _check_groups(kind: str, groups: dict, where: str) -> None:
     if kind not in VARIABLES:
         raise StoreError(f"{where}: unknown artifact kind '{kind}'")
@@ -120,6 +144,12 @@ def _check_groups(kind: str, groups: dict, where: str) -> None:
                 if vecs.shape != (vals.shape[0], vals.shape[0]):
                     raise StoreError(f"{where}: '{name}/{side}' eigenvectors {vecs.shape} do not "
                                      f"match {vals.shape[0]} eigenvalues")
+                error = orthonormality_error(vecs)
+                if error > ORTHONORMAL_TOLERANCE:
+                    raise StoreError(f"{where}: '{name}/{side}_eigenvectors' are not orthonormal "
+                                     f"(|UᵀU x - x| up to {error:.2g} for unit-scale probes, "
+                                     f"tolerance {ORTHONORMAL_TOLERANCE:g}); recompute it with "
+                                     f"{PRODUCERS['eigen']}")
 
 
 def write_layer(path, kind: str, layer: int, groups: dict, attrs: dict) -> None:
@@ -214,11 +244,36 @@ def write_edit(path, tensors: dict, meta: dict) -> None:
         raise StoreError(f"{path}: an edit with no tensors")
     if "model_fingerprint" not in meta:
         raise StoreError(f"{path}: an edit's meta needs the model_fingerprint it was made for")
+    _check_finite(tensors, path, "cannot be written")
     edit_sidecar(path).unlink(missing_ok=True)
     with atomic_artifact(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
                   metadata={"curvmem": "edit", "method": str(meta.get("method", ""))})
-    write_json(edit_sidecar(path), meta)
+    # the sidecar names its weights: a sidecar beside another edit's weights is refused
+    write_json(edit_sidecar(path), {**meta, WEIGHTS_DIGEST: recorded_checksum(path)})
+
+
+# the sidecar's record of its weights: the sha256 of the .safetensors file
+WEIGHTS_DIGEST = "weights_sha256"
+
+
+def recorded_checksum(path) -> str:
+    """The digest in `<path>.sha256` (verified against the bytes by `verify_checksum`)."""
+    from curvmem.io import checksum_path
+
+    words = checksum_path(path).read_text(errors="replace").split()
+    return words[0] if words else ""
+
+
+def _check_finite(tensors: dict, path, what: str) -> None:
+    """An edit holding NaN or Inf scores as perfect forgetting (the model's loss is NaN): refuse."""
+    import torch
+
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise StoreError(f"{path}: weight '{name}' holds NaN or Inf ({bad} of {t.numel()} "
+                             f"values); a broken edit {what}")
 
 
 def read_edit(path) -> tuple[dict, dict]:
@@ -237,8 +292,18 @@ def read_edit(path) -> tuple[dict, dict]:
     meta = read_json(side)
     if not isinstance(meta, dict) or "model_fingerprint" not in meta:
         raise StoreError(f"{side}: not an edit sidecar (no 'model_fingerprint')")
+    recorded, actual = meta.get(WEIGHTS_DIGEST), recorded_checksum(path)
+    if recorded is None:
+        raise StoreError(f"{side}: made by an older curvmem (it does not record its weights' "
+                         f"sha256, so it cannot be told from another edit's sidecar); delete the "
+                         f"edit and rerun {PRODUCERS['edit']}")
+    if recorded != actual:
+        raise StoreError(f"{side}: belongs to other weights (it records sha256 {str(recorded)[:16]}"
+                         f"..., {path.name} has {actual[:16]}...): a sidecar copied or renamed "
+                         f"beside another edit; delete both and rerun {PRODUCERS['edit']}")
     try:
         tensors = load_file(str(path))
     except Exception as e:  # noqa: BLE001 (safetensors raises several types)
         raise StoreError(f"{path}: not a readable safetensors file: {e}") from None
+    _check_finite(tensors, path, f"is not applied; delete it and rerun {PRODUCERS['edit']}")
     return tensors, meta

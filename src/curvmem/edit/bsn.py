@@ -36,8 +36,8 @@ from curvmem.model.adapters import (
     default_device,
     mlp_modules,
     model_device,
-    model_fingerprint,
 )
+from curvmem.model.identity import identity_record
 from curvmem.model.load import load_model, load_tokenizer
 
 PAD = -1  # padding value inside token-id tensors: never fed to the model, ignored by the loss
@@ -319,7 +319,7 @@ def run_bsn(model_path, forget, retain, out, config: BSNConfig = BSNConfig(), se
             "retain": str(retain), "retain_fingerprint": file_fingerprint(retain),
             "retain_sequences": len(retain_ids)}
     meta = {"method": "bsn", "spec": spec, "modules": subnet.stats(),
-            "model_fingerprint": model_fingerprint(model), "seconds": c["seconds"],
+            **identity_record(model), "seconds": c["seconds"],
             "peak_rss_mb": c["peak_rss_mb"], "history": history}
     schema.write_edit(out, tensors, meta)
     return meta

@@ -10,16 +10,18 @@ import torch
 
 from curvmem.edit.kfac import check_rho, kfac_edit_weight, pair_mask, random_orthonormal
 from curvmem.edit.svd import svd_truncate
-from curvmem.model.adapters import mlp_modules, model_fingerprint, parse_int_list
+from curvmem.model.adapters import mlp_modules, parse_int_list
+from curvmem.model.identity import check_identity, identity_record
 from curvmem.model.load import read_layer
-from curvmem.schema import layer_path, read_edit
+from curvmem.schema import PRODUCERS, layer_path, read_edit
 
 
 def parse_spec(spec, layers=None, modules=None, value=None) -> dict:
     """{layer: {module: value}} from a JSON spec, or from layers × modules × one value."""
     if spec is not None:
         try:
-            raw = json.loads(spec) if isinstance(spec, str) else spec
+            raw = json.loads(spec, object_pairs_hook=_unique_keys) if isinstance(spec, str) \
+                else spec
         except json.JSONDecodeError as e:
             raise ValueError(f"--spec: not valid JSON ({e})") from None
         if not isinstance(raw, dict) or not raw:
@@ -28,6 +30,8 @@ def parse_spec(spec, layers=None, modules=None, value=None) -> dict:
         for layer, mods in raw.items():
             if not str(layer).strip().isdecimal():
                 raise ValueError(f"--spec: '{layer}' is not a layer index")
+            if int(layer) in out:  # "1" and "01": one layer twice, the second would win
+                raise ValueError(f"--spec: layer {int(layer)} is given twice")
             if not isinstance(mods, dict) or not mods:
                 raise ValueError(f"--spec: layer {layer} needs {{module: value}}")
             for module, v in mods.items():  # NaN passes here; the rho / drop range refuses it
@@ -39,7 +43,22 @@ def parse_spec(spec, layers=None, modules=None, value=None) -> dict:
     if layers is None or modules is None or value is None:
         raise ValueError("give --spec, or --layers, --modules and a value (--rho / --svd-drop)")
     mods = [m.strip() for m in modules.split(",")] if isinstance(modules, str) else list(modules)
-    return {layer: {m: float(value) for m in mods} for layer in parse_int_list(layers)}
+    layer_list = parse_int_list(layers)
+    for name, items in (("--layers", layer_list), ("--modules", mods)):
+        twice = sorted({str(x) for x in items if items.count(x) > 1})
+        if twice:  # a layer or module given twice would be edited once, silently
+            raise ValueError(f"{name}: {', '.join(twice)} given twice")
+    return {layer: {m: float(value) for m in mods} for layer in layer_list}
+
+
+def _unique_keys(pairs) -> dict:
+    """A JSON object whose keys are all different (json.loads keeps the last of a repeated key)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"--spec: '{key}' is given twice")
+        out[key] = value
+    return out
 
 
 def layer_set_label(spec: dict) -> str:
@@ -101,7 +120,7 @@ def build_edit(model, spec: dict, method: str = "kfac", eigen_dir=None, keep: st
         "keep": keep,
         "seed": seed,
         "modules": stats,
-        "model_fingerprint": model_fingerprint(model),
+        **identity_record(model),
         "upstream_seconds": cost_seconds,
         "upstream_peak_rss_mb": cost_rss,
     }
@@ -116,10 +135,7 @@ def apply(model, path) -> dict:
     """Load an edit file (from `curvmem edit` or `curvmem baseline`) into `model`, in place."""
     tensors, meta = read_edit(path)
     params = dict(model.named_parameters())
-    fp = meta["model_fingerprint"]  # read_edit requires the sidecar and this key
-    if fp != model_fingerprint(model):
-        raise ValueError(f"{path}: the edit was made for model fingerprint {fp}, not this model's "
-                         f"{model_fingerprint(model)}")
+    check_identity(meta, model, path, PRODUCERS["edit"], what="made for", redo="remake it")
     for name, t in tensors.items():
         if name not in params:
             raise ValueError(f"{path}: the model has no parameter '{name}'")

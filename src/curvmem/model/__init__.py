@@ -18,9 +18,10 @@ from curvmem.model.adapters import (
     parse_int_list,
     plain_lm_head,
 )
+from curvmem.model.identity import check_identity, identity_record, model_digest, model_identity
 from curvmem.model.load import check_layer, load_model, load_tokenizer, read_layer
 
 __all__ = ["FAMILIES", "Adapter", "AdapterError", "Family", "MLPModule", "adapter_for",
-           "check_layer", "default_device", "load_model", "load_tokenizer", "mlp_modules",
-           "model_device", "model_fingerprint", "model_id", "parse_int_list", "plain_lm_head",
-           "read_layer"]
+           "check_identity", "check_layer", "default_device", "identity_record", "load_model",
+           "load_tokenizer", "mlp_modules", "model_device", "model_digest", "model_fingerprint",
+           "model_id", "model_identity", "parse_int_list", "plain_lm_head", "read_layer"]

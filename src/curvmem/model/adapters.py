@@ -7,13 +7,13 @@ name. GPT-2's Conv1D stores its weight as (d_in, d_out); that transpose is handl
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from curvmem.model.identity import model_fingerprint  # noqa: F401 (the adapters' API)
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,9 @@ def mlp_modules(
     layers = list(range(n)) if layers is None else parse_int_list(layers)
     if not layers:
         raise AdapterError("no layers requested")
+    twice = sorted({x for x in layers if layers.count(x) > 1})
+    if twice:  # collected or edited once, though asked for twice: a typo, refused
+        raise AdapterError(f"layer(s) {twice} requested twice")
     for layer in layers:
         if not 0 <= layer < n:
             raise AdapterError(f"layer {layer} is out of range: {type(model).__name__} has {n} "
@@ -161,6 +164,9 @@ def mlp_modules(
         names = list(adapter.modules)
     else:
         names = [m.strip() for m in (modules.split(",") if isinstance(modules, str) else modules)]
+        twice = sorted({m for m in names if names.count(m) > 1})
+        if twice:
+            raise AdapterError(f"module(s) {twice} requested twice")
         unknown = [m for m in names if m not in adapter.modules]
         if unknown:
             raise AdapterError(f"unknown module(s) {unknown} for {type(model).__name__} "
@@ -217,24 +223,6 @@ def model_device(model) -> torch.device:
     """Where the model's weights are (inputs go there); CPU for a model without parameters."""
     first = next(model.parameters(), None) if isinstance(model, nn.Module) else None
     return first.device if first is not None else torch.device("cpu")
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A cheap, stable fingerprint of a model's weights.
-
-    Hashes every parameter's name and shape, plus a strided sample of its values, so it costs
-    milliseconds on a 7B model yet changes when any checkpoint is swapped for another. Values are
-    rounded to bfloat16 first and the dtype is left out: factors collected on a GPU in bf16 must
-    match the same checkpoint loaded in float32 on a CPU for the edit.
-    """
-    h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
-        flat = p.detach().reshape(-1)
-        step = max(1, flat.numel() // 4096)
-        sample = flat[::step][:4096].to("cpu").to(torch.bfloat16).to(torch.float32).contiguous()
-        h.update(json.dumps([name, list(p.shape)]).encode())
-        h.update(sample.numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def model_id(path_or_id) -> str:

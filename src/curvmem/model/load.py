@@ -10,7 +10,8 @@ import torch
 from curvmem import io, schema
 from curvmem.io import StoreError
 from curvmem.model import vit
-from curvmem.model.adapters import mlp_modules, model_fingerprint
+from curvmem.model.adapters import mlp_modules
+from curvmem.model.identity import check_identity
 
 
 def load_model(path_or_id, dtype: torch.dtype | str | None = None,
@@ -86,13 +87,10 @@ def read_layer(path, kind: str, model=None, modules=None) -> schema.LayerFile:
 
 
 def check_layer(lf: schema.LayerFile, model, path) -> None:
-    """Refuse a layer file computed on other weights than `model`'s, or with other shapes."""
-    fp = model_fingerprint(model)
-    if lf.attrs["model_fingerprint"] != fp:
-        raise StoreError(
-            f"{path}: computed on model {lf.attrs['model_id']} (fingerprint "
-            f"{lf.attrs['model_fingerprint']}), but the model given has fingerprint {fp}. "
-            "Factors belong to the exact weights they were collected on.")
+    """Refuse a layer file computed on other weights or another config than `model`'s (its
+    fingerprint and digest, `curvmem.model.identity`), or with other shapes."""
+    check_identity(lf.attrs, model, path, schema.PRODUCERS.get(lf.kind, "the command that "
+                                                                  "wrote it"))
     for m in mlp_modules(model, [lf.layer], [g for g in lf.groups]):
         a_var, g_var = ("A", "G") if lf.kind == "factors" else ("A_eigenvalues", "G_eigenvalues")
         got = (lf.groups[m.name][a_var].shape[0], lf.groups[m.name][g_var].shape[0])

@@ -55,11 +55,17 @@ def _create(model_name: str, kwargs: dict, pretrained_file=None):
         raise ValueError(f"'{model_name}' is not a timm model name (see timm.list_models('vit*'))")
     try:
         if pretrained_file is None:
-            return timm.create_model(model_name, pretrained=False, **kwargs)
-        return timm.create_model(model_name, pretrained=True,
-                                 pretrained_cfg_overlay={"file": str(pretrained_file)}, **kwargs)
+            model = timm.create_model(model_name, pretrained=False, **kwargs)
+        else:
+            model = timm.create_model(model_name, pretrained=True,
+                                      pretrained_cfg_overlay={"file": str(pretrained_file)},
+                                      **kwargs)
     except (RuntimeError, TypeError, AssertionError) as e:  # not a ViT, bad sizes, bad weights
         raise ValueError(f"timm cannot build '{model_name}' with {kwargs}: {e}") from None
+    # the architecture the fingerprint covers (curvmem.model.identity): heads, patch size and
+    # depth need not show in the weights' shapes
+    model.curvmem_config = {"model_name": model_name, "kwargs": kwargs}
+    return model
 
 
 def cached_pretrained_file(model_name: str) -> Path:
