@@ -34,8 +34,9 @@ from curvmem.eigen import eigh_descending
 from curvmem.evaluate import lm as evaluate
 from curvmem.factors import ClassificationTask, LMTask, batched, write_layer_files
 from curvmem.factors import collect as collect_means
-from curvmem.model import adapter_for, check_layer, mlp_modules, model_fingerprint
+from curvmem.model import adapter_for, check_layer, mlp_modules
 from curvmem.model import model_id as resolved_model_id
+from curvmem.model.identity import check_identity, identity_record
 from curvmem.presets import KEEP_MODES
 from curvmem.world.corpus import fingerprint_tensor
 
@@ -171,8 +172,7 @@ def collect(model, batches, *, layers=None, modules=None, fisher: str = "sampled
     with _evaluating(model):  # no dropout in the Fisher (the CLI's model is in eval mode too)
         means = collect_means(model, batches, targets, task, fisher=fisher, seed=seed,
                               dtype=dtype, progress=progress)
-    attrs = {"model_id": _name_of(model), "model_fingerprint": model_fingerprint(model),
-             "fisher": fisher, "n_tokens": means.n_tokens, "seq_len": seq_len,
+    attrs = {"model_id": _name_of(model), **identity_record(model), "fisher": fisher, "n_tokens": means.n_tokens, "seq_len": seq_len,
              "corpus_fingerprint": corpus_fp, "seed": seed, "shard": "", "task": task.name,
              "data": "in memory", "corpus": "in memory", "dtype": str(dtype).removeprefix("torch."),
              "memorized_positions": -1, "memorized_sets": ""}
@@ -319,11 +319,13 @@ class Edit:
         model: The model the edit was made for (and is applied to).
         tensors: {full parameter name: edited weight}, in the model's layout and dtype.
         meta: What the edit file's JSON sidecar records (method, spec, per-module stats, ...).
+        cost: Seconds and peak RSS of the edit, with the factors and eigenbases it builds on
+            (`<file>.cost.json` beside a saved edit).
     """
 
-    def __init__(self, model, tensors: dict, meta: dict):
+    def __init__(self, model, tensors: dict, meta: dict, cost: dict | None = None):
         """Hold an edit of `model` (see `make_edit`)."""
-        self.model, self.tensors, self.meta = model, tensors, meta
+        self.model, self.tensors, self.meta, self.cost = model, tensors, meta, cost or {}
         self._original: dict | None = None
 
     @property
@@ -338,14 +340,13 @@ class Edit:
             This edit.
 
         Raises:
-            ValueError: When the model's weights are no longer those the edit was made for.
+            curvmem.io.StoreError: When the model's weights are no longer those the edit was
+                made for.
         """
         if self.applied:
             return self
-        if model_fingerprint(self.model) != self.meta["model_fingerprint"]:
-            raise ValueError("the model's weights changed since the edit was made (fingerprint "
-                             f"{model_fingerprint(self.model)}, the edit's "
-                             f"{self.meta['model_fingerprint']})")
+        check_identity(self.meta, self.model, "the edit", "curvmem.make_edit",
+                       what="made for", redo="make it again")  # weights changed since?
         params = dict(self.model.named_parameters())
         self._original = {n: params[n].detach().clone() for n in self.tensors}
         with torch.no_grad():
@@ -392,6 +393,8 @@ class Edit:
         """
         io.check_output(path, "path")
         schema.write_edit(path, self.tensors, self.meta)
+        if self.cost:
+            io.write_cost(path, self.cost)
         return Path(path)
 
 
@@ -423,8 +426,7 @@ def _kfac_weights(model, spec: dict, bases: Eigenbases, keep: str, seed: int):
                                                "corpus_fingerprint", "shard")}
     return tensors, {"method": "kfac" if keep == "top" else f"kfac-{keep}",
                      "spec": {str(k): v for k, v in spec.items()}, "keep": keep, "seed": seed,
-                     "modules": stats, "model_fingerprint": model_fingerprint(model),
-                     "factors": factors}
+                     "modules": stats, **identity_record(model), "factors": factors}
 
 
 def make_edit(model, bases=None, *, rho: float | None = None, layers=None, modules=None,
@@ -486,15 +488,15 @@ def make_edit(model, bases=None, *, rho: float | None = None, layers=None, modul
         tensors, meta = build_edit(model, spec, method="svd")
     else:
         tensors, meta = _kfac_weights(model, spec, bases, keep, seed)
-    meta.pop("upstream_seconds", None)
-    meta.pop("upstream_peak_rss_mb", None)
-    upstream = bases.seconds if isinstance(bases, Eigenbases) else 0.0
-    meta["edit_seconds"] = round(time.perf_counter() - t0, 3)
-    meta["seconds"] = round(upstream + meta["edit_seconds"], 3)
-    meta["peak_rss_mb"] = round(io.peak_rss_mb(), 1)
     meta["model"] = _name_of(model)
     meta["load_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
-    return Edit(model, tensors, meta)
+    seconds = time.perf_counter() - t0
+    upstream = bases.seconds if isinstance(bases, Eigenbases) else 0.0
+    rss = round(io.peak_rss_mb(), 1)
+    return Edit(model, tensors, meta, {
+        "seconds": round(upstream + seconds, 3), "peak_rss_mb": rss,
+        "edit_seconds": round(seconds, 3), "upstream_seconds": round(upstream, 3),
+        "upstream_peak_rss_mb": rss})
 
 
 def _uniform_spec(model, bases, layers, modules, value) -> dict:
