@@ -48,9 +48,11 @@ def generator():
 
 
 def index_paths(node) -> set[str]:
-    """Every path string in an index (values under `outdir` and `key` are names, not files)."""
+    """Every path string in an index (values under `outdir` and `key` are names, not files,
+    and `configfiles` the config files that made it)."""
     if isinstance(node, dict):
-        return {p for k, v in node.items() if k not in ("outdir", "key") for p in index_paths(v)}
+        return {p for k, v in node.items() if k not in ("outdir", "key", "configfiles")
+                for p in index_paths(v)}
     if isinstance(node, list):
         return {p for v in node for p in index_paths(v)}
     return {node} if isinstance(node, str) and "/" in node else set()

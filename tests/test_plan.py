@@ -95,6 +95,19 @@ def test_flags_quote_join_lists_and_drop_none():
     assert flags(("--a", 1), ("--b", None), ("--c", [1, 2]), ("--d", "x y")) == \
         "--a 1 --c 1,2 --d 'x y'"
     assert flags() == ""
+    # several values to one flag (evaluate batch --run KIND DATA OUT), each one word
+    assert flags(("--run", "tasks", "a b.jsonl", None, "$(x).json"), ("--e", None, None)) == \
+        "--run tasks 'a b.jsonl' '$(x).json'"
+    assert shlex.split(flags(("--x", "it's `a`; $(b)"))) == ["--x", "it's `a`; $(b)"]
+
+
+def test_the_plan_has_one_quoting_helper():
+    """Every flag string of the plan is built by `flags` (shlex.quote is called nowhere else),
+    and the rules' glue calls no quoting of its own."""
+    plan_source = (ROOT / "src/curvmem/plan.py").read_text()
+    assert plan_source.count("shlex.quote(") == 1
+    for path in [ROOT / "Snakefile", *(ROOT / "workflow/rules").glob("*.smk")]:
+        assert "shlex" not in path.read_text(), path
 
 
 def test_one_of_escapes_and_matches_nothing_when_empty():

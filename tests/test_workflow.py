@@ -24,9 +24,11 @@ def load(repo, name):
     return yaml.safe_load((repo / f"workflow/config/{name}.yaml").read_text())
 
 
-def write_config(repo, name, cfg):
+def write_config(repo, name, cfg, outdir=None):
+    """cfg as repo/NAME.yaml, under an outdir of its own (default results/test-NAME): an outdir
+    whose index names another config file is refused (tests/test_config_files.py)."""
     path = repo / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump({**cfg, "outdir": outdir or f"results/test-{name}"}))
     return f"--configfile={path}"
 
 
@@ -109,9 +111,9 @@ def test_embedded_dag_runs_every_stage_and_its_sweeps(repo, name):
 def test_edit_outputs_are_keyed_by_content(repo):
     """Adding a rho adds that edit and its evaluations; every other path stays the same."""
     cfg = load(repo, "smoke")
-    before = dry_run_outputs(repo, write_config(repo, "a", cfg))
+    before = dry_run_outputs(repo, write_config(repo, "a", cfg, outdir="results/keyed"))
     cfg["lm"]["edits"]["kfac"]["rho"] = [0.6, 0.8]
-    after = dry_run_outputs(repo, write_config(repo, "b", cfg))
+    after = dry_run_outputs(repo, write_config(repo, "b", cfg, outdir="results/keyed"))
     assert before < after
     new_edit_files = {f for f in after - before if "/edits/" in f or "/eval/" in f}
     assert new_edit_files and all("rho0.8-" in f for f in new_edit_files)
@@ -211,11 +213,11 @@ def test_a_finished_run_moved_to_another_checkout_has_nothing_to_do(tmp_path):
 
 @pytest.mark.slow
 def test_adding_one_rho_runs_only_that_edit_and_its_evaluations(tmp_path):
-    work = smoke_run()
+    work = tmp_path / "work"  # the config edited in place: the outdir's index names its file
+    shutil.copytree(smoke_run(), work, symlinks=True)
     cfg = yaml.safe_load((work / SMOKE).read_text())
     cfg["lm"]["edits"]["kfac"]["rho"].append(0.7)
-    path = tmp_path / "more.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    jobs = dry_run_jobs(work, f"--configfile={path}")
+    (work / SMOKE).write_text(yaml.safe_dump(cfg))
+    jobs = dry_run_jobs(work, f"--configfile={SMOKE}")
     assert jobs == {"edit_evaluate_lm": 1, "report_lm": 1, "compare": 1,
                     "readme_tables": 1, "report_html": 1, "index": 1, "all": 1}

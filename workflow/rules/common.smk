@@ -176,8 +176,10 @@ INDEX_MARKS = f"{OUT}/logs/index"
 def index_marks():
     """[the mark of a stale index], or []: OUT/logs/index/<digest of the plan's index>.written,
     an output of the `index` rule that `all` asks for (Snakemake reruns a job for a missing
-    output only where a target or a dependent job asks for that output)."""
-    return [f"{INDEX_MARKS}/{digest(PLAN.index_text(), 16)}.written"] if PLAN.index_stale() else []
+    output only where a target or a dependent job asks for that output). A missing index needs
+    no mark: it is a missing output itself."""
+    stale = os.path.exists(PLAN.index_file()) and PLAN.index_stale()
+    return [f"{INDEX_MARKS}/{digest(PLAN.index_text(), 16)}.written"] if stale else []
 
 
 def write_index(path, marks, log):
