@@ -183,6 +183,18 @@ def snapshot(work: Path, dest: Path, figures: dict, outdir: str = "results") -> 
     print(f"  snapshot in {dest}")
 
 
+def training_log(train_logs: list[Path]) -> dict:
+    """The first LM's training log, with its measured "seconds" from the cost file beside its
+    model directory (`model.cost.json`; an older train_log.json held them itself)."""
+    if not train_logs:
+        return {}
+    log = json.loads(train_logs[0].read_text())
+    side = train_logs[0].parent.with_name(train_logs[0].parent.name + ".cost.json")
+    if side.is_file():
+        log["seconds"] = json.loads(side.read_text()).get("seconds")
+    return log
+
+
 def log_wall_seconds(text: str) -> float | None:
     """First to last job timestamp of a snakemake log ([Wed Dec  2 09:12:01 2026])."""
     stamps = [time.mktime(time.strptime(m, "%a %b %d %H:%M:%S %Y"))
@@ -204,8 +216,7 @@ def existing_run(log: Path, args) -> int:
             sys.exit(f"--seed {seed}: not one of the config's seeds {config['seeds']}")
         outdir = f"{outdir}/seed-{seed}"
     text = log.read_text()
-    train_logs = sorted(REPO.glob(f"{outdir}/lm/models/*/model/train_log.json"))
-    train = json.loads(train_logs[0].read_text()) if train_logs else {}
+    train = training_log(sorted(REPO.glob(f"{outdir}/lm/models/*/model/train_log.json")))
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True, check=True).stdout.strip()
     figures = {
@@ -275,8 +286,7 @@ def main() -> int:
         print(text[-4000:], file=sys.stderr)
         sys.exit(f"snakemake failed ({rc}); the run is in {work}")
 
-    train_logs = sorted(work.glob("results/**/lm/models/*/model/train_log.json"))
-    train = json.loads(train_logs[0].read_text()) if train_logs else {}
+    train = training_log(sorted(work.glob("results/**/lm/models/*/model/train_log.json")))
     figures = {
         "commit": commit,
         "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, "

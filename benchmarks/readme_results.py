@@ -73,9 +73,17 @@ def weight_decay_bullet() -> str:
   (`docs/results/lm-weight-decay/`, [docs/lm.md](docs/lm.md)); the default stays undecayed."""
 
 
+def readme_tables() -> str:
+    """The snapshot's tables as report-seeds wrote them, then its cost table (readme_costs.md)
+    where it has one: an older report-seeds wrote the costs as a column of the tables."""
+    tables = (SNAPSHOT / "readme_tables.md").read_text()
+    costs = SNAPSHOT / "readme_costs.md"
+    return tables + "\n" + costs.read_text() if costs.is_file() else tables
+
+
 def section() -> str:
     agg = json.loads((SNAPSHOT / "seeds_summary.json").read_text())
-    tables = (SNAPSHOT / "readme_tables.md").read_text()
+    tables = readme_tables()
     runs = {s: json.loads((SNAPSHOT / f"seed-{s}" / "run.json").read_text())
             for s in agg["seeds"]}
     n = len(agg["seeds"])

@@ -1,7 +1,7 @@
 """Faults across the smoke DAG: SIGKILL at seeded job counts, a locked directory, a SLURM job
 cancelled under the profile, a full disk. After each, the same command (with --unlock where the
-kill left a lock) must finish the DAG, recompute nothing that had finished, and give summaries
-identical to an uninterrupted run's.
+kill left a lock) must finish the DAG, recompute nothing that had finished, and give result files
+byte for byte those of an uninterrupted run (measured costs are in their own files).
 
 Kill points are spread over ONE run sequence: run, kill when the k-th job of the DAG has finished
 (plus a seeded delay, so most kills land inside a running job), unlock, rerun until the next kill
@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slurm_cluster import SMOKE, copy_repo, dry_run_jobs, smoke_run, snakemake
+from curvmem.report.costs import is_cost_file
+from slurm_cluster import SMOKE, copy_repo, dry_run_jobs, snakemake
 
 KILL_POINTS = 10
 SEED = 20
-COST_KEYS = ("seconds", "rss")  # measured, not computed: they differ between any two runs
 
 
 def incomplete_outputs(work: Path) -> set[str]:
@@ -67,35 +67,47 @@ def finished_files(work: Path) -> dict[str, int]:
     return files
 
 
-def without_costs(obj):
-    if isinstance(obj, dict):
-        return {k: without_costs(v) for k, v in obj.items()
-                if not any(w in k for w in COST_KEYS)}
-    if isinstance(obj, list):
-        return [without_costs(v) for v in obj]
-    return obj
+def result_files(work: Path) -> dict[str, bytes]:
+    """Every result file under the outdir, as its bytes: all but the measured costs (`*.cost.json`
+    and cost tables, curvmem.report.costs.is_cost_file), the jobs' logs/ and benchmarks/, hidden
+    temp and lock files, and report.html (snakemake's report embeds each job's runtime).
+
+    A safetensors file is its header as parsed JSON and its payload's bytes: the safetensors
+    library writes its header's metadata in a per-process hash order (a file with two metadata
+    keys can come out in either order); its checksum sidecar, which hashes those bytes, counts
+    as whether it matches the file."""
+    import hashlib
+    import struct
+
+    files = {}
+    for p in sorted((work / "results").rglob("*")):
+        rel = p.relative_to(work)
+        if (not p.is_file() or is_cost_file(p) or p.name == "report.html"
+                or any(part.startswith(".") for part in rel.parts)
+                or "logs" in rel.parts or "benchmarks" in rel.parts):
+            continue
+        data = p.read_bytes()
+        if p.suffix == ".safetensors":
+            n = struct.unpack("<Q", data[:8])[0]
+            header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True).encode()
+            data = header + data[8 + n:]
+        elif p.name.endswith(".safetensors.sha256"):
+            payload = p.with_name(p.name.removesuffix(".sha256"))
+            data = (b"matches its file" if payload.is_file() and hashlib.sha256(
+                payload.read_bytes()).hexdigest() in p.read_text() else data)
+        files[str(rel)] = data
+    return files
 
 
-def without_cost_columns(markdown: str) -> str:
-    """compare.md with its measured columns (edit s, peak MB: the last two) cut from its table."""
-    out, in_table = [], False
-    for line in markdown.splitlines():
-        in_table = line.startswith("|") and (in_table or "| edit s | peak MB |" in line)
-        out.append("|".join(line.split("|")[:-3]) + "|" if in_table else line)
-    return "\n".join(out)
-
-
-def summaries(work: Path) -> dict[str, bytes]:
-    """The final summaries, as bytes: vit_summary.json and vit_table.md as written;
-    lm_summary.json and compare.md with the measured costs (wall seconds, peak memory) left out,
-    every computed number kept."""
-    root = work / "results/smoke"
-    lm = without_costs(json.loads((root / "lm_summary.json").read_text()))
-    return {"vit_summary.json": (root / "vit_summary.json").read_bytes(),
-            "vit_table.md": (root / "vit_table.md").read_bytes(),
-            "lm_summary.json (costs left out)": json.dumps(lm, sort_keys=True).encode(),
-            "compare.md (costs left out)":
-                without_cost_columns((root / "compare.md").read_text()).encode()}
+def smoke_results(work: Path) -> dict[str, bytes]:
+    """An uninterrupted run of the smoke DAG in `work` (a fresh copy of the repository): its
+    result files. The faulted run must then happen at the same path, since factor files name
+    their model by its absolute path (model_id)."""
+    snakemake(work, "--cores", "2", f"--configfile={SMOKE}")
+    files = result_files(work)
+    shutil.rmtree(work)
+    copy_repo(work)
+    return files
 
 
 class Run:
@@ -130,8 +142,8 @@ class Run:
 
 @pytest.mark.slow
 def test_sigkill_at_ten_job_counts_then_resume(tmp_path):
-    reference = smoke_run()
     work = copy_repo(tmp_path / "repo")
+    reference = smoke_results(work)
     total = sum(dry_run_jobs(work, f"--configfile={SMOKE}").values())
     rng = random.Random(SEED)
     points = sorted(rng.sample(range(1, total - 1), KILL_POINTS))  # `all` is the last job
@@ -176,7 +188,10 @@ def test_sigkill_at_ten_job_counts_then_resume(tmp_path):
     now = finished_files(work)
     changed = [p for p, t in kept.items() if p in now and now[p] != t]
     assert not changed, f"finished jobs ran again: {changed}"
-    assert summaries(work) == summaries(reference)
+    results = result_files(work)
+    assert sorted(results) == sorted(reference)
+    differ = [p for p in reference if results[p] != reference[p]]
+    assert not differ, f"result files that differ from an uninterrupted run's: {differ}"
     assert dry_run_jobs(work, f"--configfile={SMOKE}") == {}
     print(json.dumps({"total_jobs": total, "kill_points": points, "kills": log,
                       "seconds": round(time.time() - t0, 1)}), file=sys.stderr)

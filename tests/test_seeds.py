@@ -14,7 +14,16 @@ import yaml
 from snakemake.utils import validate
 
 from curvmem.plan import Plan, PlanError, seed_outdirs, seeded_config
-from curvmem.report.seeds import aggregate, interval, seed_claims, t975, tables
+from curvmem.report.seeds import (
+    aggregate,
+    aggregate_costs,
+    cost_tables,
+    interval,
+    load_run,
+    seed_claims,
+    t975,
+    tables,
+)
 from test_plan import ROOT, config
 from test_readme import synthetic_summary
 
@@ -104,7 +113,9 @@ def test_interval_is_the_student_t_interval():
         t975(0)
 
 
-def _run(scale_quotes: float, ppl_shift: float) -> dict:
+def _run(scale_quotes: float, ppl_shift: float, old_format: bool = False) -> dict:
+    """One seed's run; its edits' costs (10 s each) in `lm_costs` (lm_summary.cost.json), or with
+    `old_format` inside the summary's models, as an older report-lm wrote them."""
     s = synthetic_summary()
     s["selection"] = {"kfac": {"selected": "kfac-L1+2-rho0.6", "reads": ["memorization_forget"]},
                       "svd": {"selected": "svd", "reads": ["memorization_forget"]},
@@ -113,8 +124,10 @@ def _run(scale_quotes: float, ppl_shift: float) -> dict:
         m["forget_validation"] = dict(m["forget"])
         m["untargeted"]["strict"] *= scale_quotes
         m["perplexity"] += ppl_shift
-        m["seconds"] = 10.0
-    return {"lm": s, "factor_seconds": 40.0}
+        if old_format:
+            m["seconds"] = 10.0
+    costs = {} if old_format else {n: {"seconds": 10.0} for n in s["models"] if n != "base"}
+    return {"lm": s, "lm_costs": costs, "factor_seconds": 40.0}
 
 
 def test_aggregate_gives_means_intervals_and_claim_counts():
@@ -127,9 +140,15 @@ def test_aggregate_gives_means_intervals_and_claim_counts():
     assert ppl["mean"] == pytest.approx(21.0) and ppl["half_width"] == pytest.approx(4.303 / math.sqrt(3))
     rises = [21.5 / 20 - 1, 22.5 / 21 - 1, 23.5 / 22 - 1]
     assert agg["methods"]["kfac"]["ppl_rise"]["values"] == pytest.approx(rises)
-    # K-FAC: 4 edits share 40 s of factors: 10 s per edit + 10 s
-    assert agg["methods"]["kfac"]["per_edit_seconds"]["mean"] == pytest.approx(20.0)
-    assert agg["methods"]["svd"]["per_edit_seconds"]["mean"] == pytest.approx(10.0)
+    assert agg["methods"]["kfac"]["edits"] == 4
+    assert "per_edit_seconds" not in json.dumps(agg)  # a cost: never in the summary
+    # K-FAC: 4 edits share 40 s of factors: 10 s per edit + 10 s; the same from an older summary
+    for old in (False, True):
+        costs = aggregate_costs({0: _run(1.0, 0.0, old), 1: _run(1.0, 1.0, old)})
+        assert costs["methods"]["kfac"]["per_edit_seconds"]["mean"] == pytest.approx(20.0)
+        assert costs["methods"]["svd"]["per_edit_seconds"]["mean"] == pytest.approx(10.0)
+        assert costs["methods"]["kfac"]["per_seed"]["1"]["factor_seconds"] == 40.0
+        assert "| **K-FAC** | 20.0 ± 0.0 |" in cost_tables(costs)
     c = agg["claims"]
     # K-FAC's pick recites no quote, BSN's half of them: holds in all three seeds
     assert c["kfac_beats_bsn_quotes"]["holds"] == 3 and c["kfac_beats_bsn_quotes"]["tested"] == 3
@@ -176,7 +195,11 @@ def test_report_seeds_command_reads_run_directories(tmp_path):
         (d / "benchmarks/lm/collect/main-abc/layer_1.tsv").write_text("s\tmax_rss\n12.5\t100\n")
         (d / "benchmarks/lm/collect/control-abc").mkdir(parents=True)  # a control's: not K-FAC's
         (d / "benchmarks/lm/collect/control-abc/layer_1.tsv").write_text("s\tmax_rss\n99\t100\n")
-        (d / "lm_summary.json").write_text(json.dumps(_run(1.0, seed)["lm"]))
+        run = _run(1.0, seed)
+        (d / "lm_summary.json").write_text(json.dumps(run["lm"]))
+        (d / "lm_summary.json.cost.json").write_text(json.dumps({"models": run["lm_costs"]}))
+        (d / "analysis").mkdir()  # an analysis' cost file is not an analysis
+        (d / "analysis/stress.json.cost.json").write_text(json.dumps({"seconds": 1.0}))
     out = subprocess.run([*CLI, "report-seeds",
                           "--seed-dir", f"0={tmp_path / 'seed-0'}", "--seed-dir", f"1={tmp_path / 'seed-1'}",
                           "--out", str(tmp_path / "s.json"), "--tables", str(tmp_path / "t.md"),
@@ -184,14 +207,20 @@ def test_report_seeds_command_reads_run_directories(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     agg = json.loads((tmp_path / "s.json").read_text())
-    assert agg["methods"]["kfac"]["per_edit_seconds"]["mean"] == pytest.approx(10 + 12.5 / 4)
+    assert "per_edit_seconds" not in agg["methods"]["kfac"]
+    assert "analyses" not in load_run(tmp_path / "seed-0")  # its cost file is not an analysis
+    costs = json.loads((tmp_path / "s.json.cost.json").read_text())
+    assert costs["methods"]["kfac"]["per_edit_seconds"]["mean"] == pytest.approx(10 + 12.5 / 4)
     assert (tmp_path / "t.md").read_text().startswith("Seeds 0, 1 (n = 2)")
+    assert "per edit" not in (tmp_path / "t.md").read_text()
+    assert "| **K-FAC** | 13.1 ± " in (tmp_path / "t_costs.md").read_text()
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     bad = subprocess.run([*CLI, "report-seeds", "--seed-dir",
                           f"0={tmp_path / 'nothing'}", "--out", str(tmp_path / "x.json"),
                           "--tables", str(tmp_path / "x.md")], capture_output=True, text=True)
     assert bad.returncode != 0 and "no lm_summary.json" in bad.stderr
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "x.md").exists()
+    assert not (tmp_path / "x_costs.md").exists() and not (tmp_path / "x.json.cost.json").exists()
 
 
 def test_paper_config_is_a_three_seed_study():

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from curvmem import schema
-from curvmem.io import atomic_output, peak_rss_mb
+from curvmem.io import atomic_output, peak_rss_mb, read_cost, write_cost
 from curvmem.model import vit
 from curvmem.model.adapters import (
     MLPModule,
@@ -536,17 +536,36 @@ def _require_images(data, tokens: int, available: int, image_set: str = "train")
 
 def write_layer_files(out, means: Factors, modules: list[MLPModule], attrs: dict,
                       seconds: float) -> list[int]:
-    """OUT/layer_<L>.nc per layer of `modules` from collected means; each file carries its share
-    of `seconds`. Returns the layers."""
+    """OUT/layer_<L>.nc per layer of `modules` from collected means; each file's cost file
+    (`<file>.cost.json`, not the file: a measurement differs between runs) carries its share of
+    `seconds`. Returns the layers."""
     layers = sorted({m.layer for m in modules})
     share = seconds / len(layers)
     for layer in layers:
         groups = {m.name: {"A": means.A[(layer, m.name)].cpu().numpy(),
                            "G": means.G[(layer, m.name)].cpu().numpy()}
                   for m in modules if m.layer == layer}
-        schema.write_layer(schema.layer_path(out, layer), "factors", layer, groups, {
-            **attrs, "cost_seconds": share, "cost_peak_rss_mb": peak_rss_mb()})
+        path = schema.layer_path(out, layer)
+        schema.write_layer(path, "factors", layer, groups, attrs)
+        write_cost(path, {"seconds": round(share, 3), "peak_rss_mb": round(peak_rss_mb(), 1)})
     return layers
+
+
+# root attributes older curvmem versions wrote their costs in (now in `<file>.cost.json`)
+COST_ATTRS = ("cost_seconds", "cost_peak_rss_mb")
+
+
+def layer_cost(path, attrs: dict | None = None) -> dict:
+    """{"seconds", "peak_rss_mb"} that made a factor or eigen file: its cost file, else the
+    cost_seconds / cost_peak_rss_mb root attributes (`attrs`, as read) of a file an older
+    curvmem wrote, else zeros. Eigen files' costs include their factors'."""
+    measured = read_cost(path)
+    if measured is not None:
+        return {"seconds": float(measured.get("seconds") or 0.0),
+                "peak_rss_mb": float(measured.get("peak_rss_mb") or 0.0)}
+    attrs = attrs or {}
+    return {"seconds": float(attrs.get("cost_seconds", 0)),
+            "peak_rss_mb": float(attrs.get("cost_peak_rss_mb", 0))}
 
 
 @dataclass
@@ -624,10 +643,11 @@ def merge_layer_files(paths, out) -> None:
                       for f in files)
             groups[name][var] = (acc / total).astype(first.groups[name][var].dtype)
     attrs = {k: v for k, v in first.attrs.items()
-             if k not in ("kind", "schema_version", "layer", "curvmem_version")}
+             if k not in ("kind", "schema_version", "layer", "curvmem_version", *COST_ATTRS)}
     counts = [int(f.attrs.get("memorized_positions", -1)) for f in files]
     attrs.update(n_tokens=total, shard="",
-                 memorized_positions=-1 if min(counts) < 0 else sum(counts),
-                 cost_seconds=sum(float(f.attrs.get("cost_seconds", 0)) for f in files),
-                 cost_peak_rss_mb=max(float(f.attrs.get("cost_peak_rss_mb", 0)) for f in files))
+                 memorized_positions=-1 if min(counts) < 0 else sum(counts))
     schema.write_layer(out, "factors", int(first.layer), groups, attrs)
+    shard_costs = [layer_cost(p, f.attrs) for p, f in zip(paths, files)]  # merged: the shards'
+    write_cost(out, {"seconds": round(sum(c["seconds"] for c in shard_costs), 3),
+                     "peak_rss_mb": max(c["peak_rss_mb"] for c in shard_costs)})

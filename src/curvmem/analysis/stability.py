@@ -30,7 +30,15 @@ from curvmem.analysis.common import module_label, save_figure
 # Existing curvmem names used here:
 from curvmem.edit import check_rho, select_pairs
 from curvmem.eigen import eigen_layer
-from curvmem.factors import Factors, batched, collect, collection_data, write_layer_files
+from curvmem.factors import (
+    Factors,
+    batched,
+    collect,
+    collection_data,
+    layer_cost,
+    write_layer_files,
+)
+from curvmem.io import cost, write_cost
 from curvmem.model import mlp_modules, model_fingerprint, model_id
 from curvmem.schema import layer_path, read_layer
 from curvmem.world.corpus import parse_shard, shard_bounds
@@ -120,7 +128,14 @@ def collect_slices(model, model_path, data, slices: dict, layers, modules, *, se
                 "seed": seed, "shard": shard, "task": whole.task.name, "data": str(data),
                 "dtype": dtype}, setup / len(slices) + sum(seconds[key] for key in mine))
             for layer in layers_written:
-                eigen_layer(layer_path(factor_dir, layer), layer_path(out, layer))
+                with cost() as c:
+                    eigen_layer(layer_path(factor_dir, layer), layer_path(out, layer))
+                # beside each eigen file, as `eigen` writes it: its factors' cost and its own
+                made = layer_cost(layer_path(factor_dir, layer))
+                write_cost(layer_path(out, layer),
+                           {"seconds": round(made["seconds"] + c["seconds"], 3),
+                            "peak_rss_mb": max(made["peak_rss_mb"], c["peak_rss_mb"]),
+                            "eigen_seconds": c["seconds"]})
             written[str(out)] = total
     return written
 

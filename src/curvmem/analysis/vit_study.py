@@ -45,8 +45,17 @@ def model_settings(model_dir) -> dict:
     return {"embed_dim": kw["embed_dim"], "depth": kw["depth"], "num_heads": kw["num_heads"],
             "patch_size": patch, "tokens": (h // patch) * (w // patch),
             "weight_decay": recipe["weight_decay"], "decay": recipe.get("decay", "all"),
-            "epochs": recipe["epochs"], "lr": recipe["lr"], "seed": cfg["seed"],
-            "train_seconds": cfg.get("train_seconds")}
+            "epochs": recipe["epochs"], "lr": recipe["lr"], "seed": cfg["seed"]}
+
+
+def model_train_seconds(model_dir) -> float | None:
+    """How long the model took to train: the cost file beside its directory, else the
+    `train_seconds` an older train-vit wrote into its timm_config.json (a cost, so no part of
+    a cell's result)."""
+    measured = io.read_cost(model_dir)
+    if measured is not None and measured.get("seconds") is not None:
+        return measured["seconds"]
+    return io.read_json(Path(model_dir) / vit.CONFIG_FILE).get("train_seconds")
 
 
 def _edited_metrics(model, weights: dict, tensors: dict) -> dict:

@@ -132,22 +132,24 @@ def split_chain(parser, argv: list[str]) -> list[list[str]]:
 
 def written_files(args, targets, locked, existed: set[str]) -> list[str]:
     """The files a finished command wrote for `targets`, to remove again when a later command of
-    the same chain fails: each output file with its checksum (and an edit's JSON sidecar); an
-    output directory only if the chain created it, else only the files the command locked in it
-    (collect's layer files: other jobs write the same directory)."""
-    from curvmem.io import checksum_path
+    the same chain fails: each output file with its checksum and cost file (and an edit's JSON
+    sidecar); an output directory (and its cost file) only if the chain created it, else only
+    the files the command locked in it (collect's layer files: other jobs write the same
+    directory)."""
+    from curvmem.io import checksum_path, cost_path
     from curvmem.schema import edit_sidecar
 
     files, dirs = [], {path for path, _, is_dir in targets if is_dir}
     for path, _ in locked:
         if path in dirs:
             if path not in existed:
-                files.append(path)  # a directory this chain made, with all in it
+                files += [path, str(cost_path(path))]  # a directory this chain made, all in it
             elif args.command in NEW_DIRS and os.path.isdir(path):
                 # it was there empty (else refused): all in it is the command's; it stays
                 files += [os.path.join(path, name) for name in os.listdir(path)]
+                files.append(str(cost_path(path)))
             continue
-        files += [path, str(checksum_path(path))]
+        files += [path, str(checksum_path(path)), str(cost_path(path))]
         if path.endswith(".safetensors") and args.command in ("edit", "baseline"):
             files.append(str(edit_sidecar(path)))
     return files

@@ -106,14 +106,15 @@ def _load_model(args, dtype: str | None = None):
 
 
 def _finish(args, result: dict, figure_fn, c: dict) -> None:
-    from curvmem.io import write_json
+    from curvmem.io import write_cost, write_json
 
     shared = getattr(args, "shared_load_seconds", None)
-    result["cost"] = c if shared is None else {**c, "shared_load_seconds": shared}
     result["inputs"] = {k: v for k, v in vars(args).items()
                         if k not in ("func", "command", "analysis", "plan",
                                      "shared_load_seconds") and not callable(v)}
     write_json(args.out, result)
+    # measured: in the cost file beside the result, never in it
+    write_cost(args.out, c if shared is None else {**c, "shared_load_seconds": shared})
     if args.figure:
         figure_fn(result, args.figure)
     print(json.dumps({"analysis": result["analysis"], "out": args.out, "figure": args.figure,
@@ -404,7 +405,7 @@ def batch_runs(args) -> list:
 
 def cmd_batch(args) -> None:
     """Several analyses in one process: every run is checked first, then they run in order,
-    each model loaded once (`cost.shared_load_seconds` in each JSON: that load)."""
+    each model loaded once (`shared_load_seconds` in each result's cost file: that load)."""
     runs = batch_runs(args)
     outs = [str(r.out) for r in runs]
     if len(set(outs)) != len(outs):

@@ -65,6 +65,7 @@ def register(sub, evaluate_sub) -> None:
 
 def _bsn(args: argparse.Namespace) -> None:
     from curvmem.edit.bsn import BSNConfig, run_bsn
+    from curvmem.io import read_cost
 
     config = BSNConfig(ratio=args.ratio, alpha=args.alpha, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, seed=args.seed,
@@ -78,8 +79,8 @@ def _bsn(args: argparse.Namespace) -> None:
     pruned = sum(s["pruned"] for s in meta["modules"].values())
     total = sum(s["total"] for s in meta["modules"].values())
     print(json.dumps({"out": args.out, "modules": len(meta["modules"]), "pruned": pruned,
-                      "total": total, "seconds": meta["seconds"],
-                      "peak_rss_mb": meta["peak_rss_mb"], "last_epoch": meta["history"][-1]}))
+                      "total": total, **(read_cost(args.out) or {}),
+                      "last_epoch": meta["history"][-1]}))
 
 
 def _compare(args: argparse.Namespace) -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from curvmem.cli.common import add_model_args, check_ids, check_seq_len, unique
-from curvmem.io import cost
+from curvmem.io import cost, write_cost
 from curvmem.presets import KEEP_MODES
 
 
@@ -190,10 +190,17 @@ def run_eigen(args) -> None:
     import torch
 
     from curvmem.eigen import eigen_layer
+    from curvmem.factors import layer_cost
     from curvmem.model import default_device
 
     device = default_device(args.device)
-    eigen_layer(args.factors, args.out, dtype=getattr(torch, args.dtype), device=device)
+    with cost() as c:
+        eigen_layer(args.factors, args.out, dtype=getattr(torch, args.dtype), device=device)
+    # an eigen file's cost includes its factors' (what an edit amortises), in its own file
+    upstream = layer_cost(args.factors)
+    write_cost(args.out, {"seconds": round(upstream["seconds"] + c["seconds"], 3),
+                          "peak_rss_mb": max(upstream["peak_rss_mb"], c["peak_rss_mb"]),
+                          "eigen_seconds": c["seconds"]})
     print(f"eigenbases -> {args.out}")
 
 
@@ -201,6 +208,7 @@ def run_edit(args) -> None:
     import torch
 
     from curvmem.edit import build_edit, parse_spec
+    from curvmem.edit.build import upstream_cost
     from curvmem.model import load_model
     from curvmem.schema import write_edit
 
@@ -223,11 +231,15 @@ def run_edit(args) -> None:
                                    keep=args.keep, seed=args.seed)
     if args.tag:
         meta["method"] = args.tag
-    meta["edit_seconds"] = c["seconds"]
-    meta["seconds"] = round(meta.pop("upstream_seconds") + c["seconds"], 3)
-    meta["peak_rss_mb"] = round(max(meta.pop("upstream_peak_rss_mb"), c["peak_rss_mb"]), 1)
     meta["model"] = args.model
     meta["load_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     write_edit(args.out, tensors, meta)
+    # the edit's cost, with the factors and eigenbases it amortises (`upstream_*`)
+    upstream = upstream_cost(spec, args.eigen if args.method == "kfac" else None)
+    write_cost(args.out, {
+        "seconds": round(upstream["seconds"] + c["seconds"], 3),
+        "peak_rss_mb": round(max(upstream["peak_rss_mb"], c["peak_rss_mb"]), 1),
+        "edit_seconds": c["seconds"], "upstream_seconds": round(upstream["seconds"], 3),
+        "upstream_peak_rss_mb": round(upstream["peak_rss_mb"], 1)})
     kept = [s.get("mass_kept", s.get("singular_values_kept")) for s in meta["modules"].values()]
     print(f"{meta['method']} edit of {len(tensors)} weights -> {args.out} (kept: {kept})")

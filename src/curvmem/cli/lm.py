@@ -79,19 +79,22 @@ def _load(args, need_edit: bool = False):
 def _edit_summary(meta) -> dict | None:
     if meta is None:
         return None
-    return {k: meta.get(k) for k in ("method", "spec", "seconds", "peak_rss_mb")}
+    return {k: meta.get(k) for k in ("method", "spec")}
 
 
 def _write(args, result: dict, meta, c: dict) -> None:
-    from curvmem.io import write_json
+    """The evaluation's result file, then its cost file: this evaluation's seconds and peak RSS
+    and, under "edit", the cost of the edit it evaluates (from the edit's own cost file)."""
+    from curvmem.io import read_cost, write_cost, write_json
     from curvmem.model import default_device
 
     result = {"model": args.model, "data": args.data, "edit_file": args.edit,
-              "edit": _edit_summary(meta), **result, "cost": c,
+              "edit": _edit_summary(meta), **result,
               "load": {"dtype": args.dtype, "device": default_device(args.device)}}
     write_json(args.out, result)
-    brief = {k: v for k, v in result.items() if k not in ("examples", "items", "edit", "cost", "edit_meta")}
-    print(json.dumps(brief, default=str)[:2000])
+    write_cost(args.out, {**c, "edit": read_cost(args.edit) if args.edit else None})
+    brief = {k: v for k, v in result.items() if k not in ("examples", "items", "edit", "edit_meta")}
+    print(json.dumps({**brief, "seconds": c["seconds"]}, default=str)[:2000])
 
 
 # Each evaluation kind: read (and check) its data before any model is loaded, then compute.
@@ -191,8 +194,8 @@ def cmd_evaluate_batch(args) -> None:
     Each --run writes the file `curvmem evaluate KIND` would write, with the same numbers: the
     same functions run on the same weights. Coherence needs the unedited model, so coherence
     runs go first and the base weights are put back after each; the other kinds then run on
-    the edited model. A file's `cost` is its own compute; `cost.shared_load_seconds` is the
-    model load they share.
+    the edited model. A file's cost file (`<file>.cost.json`) has its own compute;
+    `shared_load_seconds` there is the model load they share.
     """
     from curvmem.edit import apply, restored_after
 
@@ -231,8 +234,9 @@ def cmd_evaluate_batch(args) -> None:
 
 
 def cmd_report_lm(args) -> None:
-    from curvmem.io import atomic_output, write_json
+    from curvmem.io import atomic_output, write_cost, write_json
     from curvmem.report import lm as report
+    from curvmem.report.costs import cost_table_path
 
     for entry in args.entry:  # names are labels results are filed under, never paths
         check_name(entry.partition("=")[0], "--entry")
@@ -243,11 +247,15 @@ def cmd_report_lm(args) -> None:
     summary = report.build_summary(entries, max_ppl_rise=args.max_ppl_rise,
                                    task_weight=args.task_weight, columns=columns)
     text = report.report_text(summary, max_ppl_rise=args.max_ppl_rise)
+    costs = report.build_costs(entries)
 
     write_json(args.out, summary)
+    write_cost(args.out, costs)  # measured: beside the summary, never in it
     if args.table:
         with atomic_output(args.table) as tmp:
             tmp.write_text(text)
+        with atomic_output(cost_table_path(args.table)) as tmp:
+            tmp.write_text(report.cost_text(summary, costs["models"]))
     if args.figure or args.sweep_figure:
         from curvmem.report import figures as plots
 
@@ -293,16 +301,27 @@ def _labelled_runs(items, flag: str, expected: str, parse, load) -> dict:
 
 
 def cmd_report_seeds(args) -> None:
-    from curvmem.io import atomic_output, write_json
-    from curvmem.report.seeds import aggregate, fronts_figure, load_run, tables
+    from curvmem.io import atomic_output, write_cost, write_json
+    from curvmem.report.costs import cost_table_path
+    from curvmem.report.seeds import (
+        aggregate,
+        aggregate_costs,
+        cost_tables,
+        fronts_figure,
+        load_run,
+        tables,
+    )
 
     runs = _labelled_runs(args.seed_dir, "--seed-dir", "SEED=DIR, e.g. 1=results/paper/seed-1",
                           lambda s: int(s) if s.isdecimal() else None, load_run)
-    agg = aggregate(runs)
+    agg, costs = aggregate(runs), aggregate_costs(runs)
     text = tables(agg)
     with atomic_output(args.tables) as tmp:
         tmp.write_text(text)
+    with atomic_output(cost_table_path(args.tables)) as tmp:  # measured: beside the tables
+        tmp.write_text(cost_tables(costs))
     write_json(args.out, agg)
+    write_cost(args.out, costs)
     if args.figure:
         fronts_figure(runs, args.figure)
     sys.stdout.write(text)
@@ -471,8 +490,10 @@ def register(sub, evaluate_sub) -> None:
                        "(memorization_{forget,untargeted,control}.json, perplexity.json, "
                        "tasks.json, coherence.json). One entry must be 'base'.")
     p.add_argument("--entry", action="append", required=True, metavar="NAME=DIR")
-    p.add_argument("--out", required=True, help="summary JSON (e.g. results/lm_summary.json)")
-    p.add_argument("--table", default=None, help="also write the tables as Markdown")
+    p.add_argument("--out", required=True, help="summary JSON (e.g. results/lm_summary.json); "
+                   "the edits' measured costs go to OUT.cost.json beside it")
+    p.add_argument("--table", default=None, help="also write the tables as Markdown (and the "
+                   "edits' costs beside it: lm_table.md -> lm_costs.md)")
     p.add_argument("--figure", default=None, help="retention figure (.png)")
     p.add_argument("--sweep-figure", default=None, help="sweep figure (.png)")
     p.add_argument("--max-ppl-rise", type=float, default=0.10,

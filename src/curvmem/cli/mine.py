@@ -42,7 +42,7 @@ def run_mine(args) -> None:
     import torch
 
     from curvmem.evaluate import mine
-    from curvmem.io import write_json
+    from curvmem.io import write_cost, write_json
     from curvmem.model import default_device, load_model, load_tokenizer
     from curvmem.world import corpus
 
@@ -69,9 +69,10 @@ def run_mine(args) -> None:
     summary = {"out": args.out, "validation_out": args.validation_out, "model": args.model,
                "data": args.data, "prefix_len": args.prefix_len, "suffix_len": args.suffix_len,
                "stride": args.stride, **stats, "rows": len(train), "validation_rows": len(val),
-               "seed": args.seed, "cost": c}
+               "seed": args.seed}
     write_json(Path(args.out).with_suffix(".meta.json"), summary)
-    print(json.dumps(summary))
+    write_cost(args.out, c)  # measured: beside the rows, not in their meta
+    print(json.dumps({**summary, "cost": c}))
 
 
 def register(sub, evaluate_sub) -> None:
@@ -81,7 +82,7 @@ def register(sub, evaluate_sub) -> None:
         "the model's teacher-forced argmax reproduces token for token (= greedy recitation); "
         "deduplicate by suffix ids; split train/validation with a seed. Rows: prefix_ids, "
         "suffix_ids, prefix_text, suffix_text, prefix_len, suffix_len, doc_index, token_offset. "
-        "Also writes OUT.meta.json (counts, cost).",
+        "Also writes OUT.meta.json (counts) and OUT.cost.json (seconds, peak RSS).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_args(p)
     p.add_argument("--data", required=True,

@@ -149,8 +149,8 @@ def _layer_sets(text: str, flag: str) -> list[list[int]]:
 
 
 def run_study_cell(args) -> None:
-    from curvmem.analysis.vit_study import run_cell
-    from curvmem.io import write_json
+    from curvmem.analysis.vit_study import model_train_seconds, run_cell
+    from curvmem.io import write_cost, write_json
 
     _check_out(args.out, ".json")
     result = run_cell(args.model, args.data, image_sets=args.images.split(","),
@@ -162,6 +162,7 @@ def run_study_cell(args) -> None:
                       fisher=args.fisher, seed=args.seed,
                       batch_size=args.batch_size)
     write_json(args.out, result)
+    write_cost(args.out, {"train_seconds": model_train_seconds(args.model)})  # not a result
     n = len(result["svd"]) + sum(len(v["entries"]) for v in result["kfac"].values())
     print(f"base memorized {result['base']['memorized']}, {n} edits evaluated -> {args.out}")
 
@@ -173,8 +174,10 @@ def run_study_report(args) -> None:
     _check_out(args.out, ".json")
     _check_out(args.table, ".md", "--table")
     _check_out(args.figure, ".png", "--figure")
-    summary = vit_study.summarize([io.read_json(p) for p in args.cells])
+    cells = [io.read_json(p) for p in args.cells]
+    summary = vit_study.summarize(cells)
     io.write_json(args.out, summary)
+    io.write_cost(args.out, vit_study.study_costs(args.cells, cells))
     with io.atomic_output(args.table) as tmp:
         tmp.write_text(vit_study.table_markdown(summary))
     vit_study.plot_study(summary, args.figure)

@@ -319,7 +319,7 @@ def run_bsn(model_path, forget, retain, out, config: BSNConfig = BSNConfig(), se
             "retain": str(retain), "retain_fingerprint": file_fingerprint(retain),
             "retain_sequences": len(retain_ids)}
     meta = {"method": "bsn", "spec": spec, "modules": subnet.stats(),
-            **identity_record(model), "seconds": c["seconds"],
-            "peak_rss_mb": c["peak_rss_mb"], "history": history}
+            **identity_record(model), "history": history}
     schema.write_edit(out, tensors, meta)
+    io.write_cost(out, c)  # seconds, peak RSS: beside the edit, never in its sidecar
     return meta

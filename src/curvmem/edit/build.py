@@ -93,7 +93,6 @@ def build_edit(model, spec: dict, method: str = "kfac", eigen_dir=None, keep: st
             eigen[layer] = read_layer(layer_path(eigen_dir, layer), "eigen", model=model,
                                       modules=list(mods))
     tensors, stats = {}, {}
-    cost_seconds, cost_rss = 0.0, 0.0
     for m, value in targets:
         W = m.weight().detach()
         if method == "svd":
@@ -110,9 +109,6 @@ def build_edit(model, spec: dict, method: str = "kfac", eigen_dir=None, keep: st
             st.update(rho=value, keep=keep)
         tensors[m.param_name] = m.to_stored_layout(W_new.to(m.module.weight.dtype))
         stats[m.param_name] = st
-    for layer_file in eigen.values():
-        cost_seconds += float(layer_file.attrs.get("cost_seconds", 0))
-        cost_rss = max(cost_rss, float(layer_file.attrs.get("cost_peak_rss_mb", 0)))
     method_name = method if method == "svd" or keep == "top" else f"kfac-{keep}"
     meta = {
         "method": method_name,
@@ -121,14 +117,23 @@ def build_edit(model, spec: dict, method: str = "kfac", eigen_dir=None, keep: st
         "seed": seed,
         "modules": stats,
         **identity_record(model),
-        "upstream_seconds": cost_seconds,
-        "upstream_peak_rss_mb": cost_rss,
     }
     if eigen:
         first = next(iter(eigen.values())).attrs
         meta["factors"] = {k: first.get(k) for k in ("fisher", "n_tokens", "seq_len", "seed",
                                                      "corpus_fingerprint", "shard")}
     return tensors, meta
+
+
+def upstream_cost(spec: dict, eigen_dir=None) -> dict:
+    """What an edit of `spec`'s layers builds on: the summed seconds (collection, merge,
+    eigendecomposition) and the largest peak RSS of the eigen files it reads, from their cost
+    files (zeros for an SVD edit, or files with no recorded cost). Not part of the edit."""
+    from curvmem.factors import layer_cost
+
+    costs = [layer_cost(layer_path(eigen_dir, layer)) for layer in spec] if eigen_dir else []
+    return {"seconds": sum(c["seconds"] for c in costs),
+            "peak_rss_mb": max((c["peak_rss_mb"] for c in costs), default=0.0)}
 
 
 def apply(model, path) -> dict:

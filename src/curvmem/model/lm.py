@@ -54,7 +54,9 @@ def train_tokenizer(corpus, out, vocab_size: int = 1024) -> dict:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
     with atomic_dir(out) as tmp:
         fast.save_pretrained(str(tmp))
-    return {"vocab_size": fast.vocab_size, "seconds": round(time.perf_counter() - t0, 3)}
+    seconds = round(time.perf_counter() - t0, 3)
+    io.write_cost(out, {"seconds": seconds})  # beside the tokenizer directory
+    return {"vocab_size": fast.vocab_size, "seconds": seconds}
 
 
 # --------------------------------------------------------------------------- the tiny model
@@ -185,7 +187,9 @@ def _deterministic(on: bool):
 
 
 def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train the tiny OLMo-2 on world_dir/train.jsonl; save model + tokenizer to `out`."""
+    """Train the tiny OLMo-2 on world_dir/train.jsonl; save model + tokenizer to `out`. Returns
+    the training log (`out`/train_log.json) and its "seconds", which go to the cost file beside
+    `out` (`<out>.cost.json`): a measured time is no part of the model."""
     from tqdm import tqdm
 
     train_path = Path(world_dir) / "train.jsonl"
@@ -232,11 +236,10 @@ def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = T
             losses.append(round(loss.item(), 4))
             bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
-    seconds = round(time.perf_counter() - t0, 3)
+    seconds = round(time.perf_counter() - t0, 3)  # a cost: beside the model, not in its log
     log = {"config": asdict(cfg), "steps": steps, "blocks": len(blocks),
            "tokens_per_step": cfg.batch_size * cfg.seq_len, "final_loss": losses[-1],
-           "losses": losses, "seconds": seconds,
-           "parameters": sum(p.numel() for p in model.parameters())}
+           "losses": losses, "parameters": sum(p.numel() for p in model.parameters())}
     if isinstance(opt, MuonWithAdamW):  # the trained weights depend on it (curvmem.model.muon)
         log["muon_ns_dtype"] = str(opt.muon.ns_dtype).removeprefix("torch.")
     with atomic_dir(out) as tmp:
@@ -245,4 +248,5 @@ def train_lm(world_dir, tokenizer_dir, out, cfg: TrainConfig, progress: bool = T
         (tmp / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
         for weights in tmp.glob("*.safetensors"):  # load_model verifies them
             write_checksum(weights)
-    return log
+    io.write_cost(out, {"seconds": seconds})
+    return {**log, "seconds": seconds}

@@ -1,7 +1,8 @@
 """The comparison of all methods: every edit beside the base model and the paper's Table 1.
 
-Reads `results/lm_summary.json` (written by `curvmem report-lm`): memorization, perplexity, task
-retention and the cost of producing each edit, plus a Pareto figure (untargeted strict recitation
+Reads `results/lm_summary.json` (written by `curvmem report-lm`): memorization, perplexity and task
+retention of each edit, and the cost of producing it from the summary's cost file (a separate
+cost table, `compare_costs.md`, beside the comparison), plus a Pareto figure (untargeted strict recitation
 against perplexity, one curve per method and recipe: BSN's training length, an edit's layer set).
 
 The verdict compares whole Pareto fronts, not hand-picked points: for each method, the lowest
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from curvmem import io
 from curvmem.edit.build import layer_set_label
+from curvmem.report.costs import cost_table_path, markdown_table, model_costs
 from curvmem.report.figures import RECIPE_MARKERS, log_x_if_wide, recipe_order, shade
 from curvmem.report.paper import PAPER_TABLE1_ROWS, TASK_CATEGORIES
 
@@ -100,8 +102,6 @@ def comparison_rows(summary: dict) -> list[dict]:
         for cat in TASK_CATEGORIES:
             v, b = _number((m.get("tasks") or {}).get(cat)), base_tasks[cat]
             row[f"{cat}_retention"] = 100 * v / b if v is not None and b else None
-        row["seconds"] = _number(m.get("seconds"))
-        row["peak_rss_mb"] = _number(m.get("peak_rss_mb"))
         rows.append(row)
     # One curve per recipe: BSN at 5 and at 50 epochs are two curves, and so are K-FAC edits of
     # different layer sets (a knob sweep only makes a curve within one recipe).
@@ -172,18 +172,19 @@ def _pct_scale(rows: list[dict]) -> float:
 
 
 def comparison_table(rows: list[dict], verdicts: dict, source: str = "") -> str:
-    """Markdown: our Table 1 (with cost and task retention), the verdict, the paper's Table 1."""
+    """Markdown: our Table 1 (with task retention), the verdict, the paper's Table 1."""
     pct = _pct_scale(rows)
     head = ("| entry | method | knob | forget strict % | forget-validation strict % | loose % | "
             "Avg Lev | quotes strict % | loose % | Avg Lev | PPL | nDCG@10 | closed-book | "
-            "open-book | arithmetic | logic | edit s | peak MB |")
+            "open-book | arithmetic | logic |")
     lines = [f"## This run{f' ({source})' if source else ''}", "",
              ("Forget = the memorized documents given to the methods and read by the selection; "
              "forget-validation = their held-out half (the paper's Dolma validation column); "
              "quotes = the untargeted set, never given to any method (the paper's Quotes "
-             "column). Task columns: test score as % of the base model's. Edit s / peak MB: wall "
-             "time and peak RSS of producing the edit. (selected) = the selection rule's pick "
-             "for its method (validation data only)."), "", head, "|" + "---|" * 18]
+             "column). Task columns: test score as % of the base model's. (selected) = the "
+             "selection rule's pick for its method (validation data only). The cost of "
+             "producing each edit is in the cost table beside this one."), "", head,
+             "|" + "---|" * 16]
     for r in rows:
         k = "" if r["knob"] is None else f"{r['knob_name']}={r['knob']:g}"
         cells = [r["name"] + (" (selected)" if r["selected"] else ""), r["method"], k,
@@ -194,7 +195,6 @@ def comparison_table(rows: list[dict], verdicts: dict, source: str = "") -> str:
                  _fmt(r["untargeted_avg_distance"], 3), _fmt(r["perplexity"], 2),
                  _fmt(r["ndcg10"], 3)]
         cells += [_fmt(r[f"{c}_retention"], 1) for c in TASK_CATEGORIES]
-        cells += [_fmt(r["seconds"], 1), _fmt(r["peak_rss_mb"], 0)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "**Pareto fronts** (lowest recitation reachable at or below each perplexity, "
               "averaged over the perplexity range both fronts reach; negative = K-FAC lower):", ""]
@@ -215,6 +215,22 @@ def comparison_table(rows: list[dict], verdicts: dict, source: str = "") -> str:
     lines += ["", ("Paper, nDCG@10 (7B): base 1.00, BSN 0.97, K-FAC 0.91, SVD 0.91. The paper "
               "reports no cost of producing the edits.")]
     return "\n".join(lines) + "\n"
+
+
+def comparison_cost_table(rows: list[dict], costs: dict) -> str:
+    """Markdown: the cost of producing each edit of the comparison, in its rows' order."""
+    cells = []
+    for r in rows:
+        if r["method"] == "base":
+            continue
+        c = costs.get(r["name"]) or {}
+        k = "" if r["knob"] is None else f"{r['knob_name']}={r['knob']:g}"
+        cells.append([r["name"], r["method"], k, _fmt(_number(c.get("seconds")), 1),
+                      _fmt(_number(c.get("peak_rss_mb")), 0)])
+    return markdown_table(
+        "Cost of producing each edit", ["entry", "method", "knob", "edit s", "peak MB"], cells,
+        "Wall time and peak RSS of producing each edit (for K-FAC including the collection and "
+        "eigendecomposition it builds on); measured, so they differ between runs.")
 
 
 STYLES = {  # method -> (label, colour, marker, joined by a line)
@@ -303,10 +319,15 @@ def compare(summary_path, figure=None, table=None) -> dict:
                          f"report-lm` ({type(e).__name__}: {e})") from None
     verdicts = front_verdicts(rows)
     text = comparison_table(rows, verdicts, source=str(summary_path))
+    costs = model_costs(summary, summary_path)
+    cost_text = comparison_cost_table(rows, costs)
     if figure is not None:
         comparison_figure(rows, figure, verdicts)
     if table is not None:
         with io.atomic_output(table) as tmp:
             tmp.write_text(text)
-    return {"rows": rows, "verdicts": verdicts, "table": text}
+        with io.atomic_output(cost_table_path(table)) as tmp:
+            tmp.write_text(cost_text)
+    return {"rows": rows, "verdicts": verdicts, "table": text, "costs": costs,
+            "cost_table": cost_text}
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import math
 
-from curvmem.io import read_json
+from curvmem.io import read_cost, read_json
+from curvmem.report.costs import EDIT_COSTS, markdown_table
 from curvmem.report.paper import PAPER_NDCG10, PAPER_RETENTION, PAPER_TABLE1, TASK_CATEGORIES
 
 # memorized sets: forget (read by BSN and by the selection rule), forget_validation (the paper's
@@ -90,8 +91,44 @@ def model_summary(directory) -> dict:
     record["ndcg10"] = read_json(files["coherence"])["ndcg10"] if "coherence" in have else None
     edit = ppl.get("edit")
     if edit:
-        record.update({k: edit.get(k) for k in ("method", "spec", "seconds", "peak_rss_mb")})
+        record.update({k: edit.get(k) for k in ("method", "spec")})
     return record
+
+
+def edit_cost(directory) -> dict | None:
+    """{"seconds", "peak_rss_mb"} of producing the edit a directory's evaluations score; None for
+    the base model or an edit with no recorded cost. From the perplexity evaluation's cost file
+    (its "edit": the edit's cost file when the evaluation ran), else the edit file's own cost
+    file, else the fields an older curvmem wrote into the evaluation's "edit" record."""
+    path = directory / EVAL_FILES["perplexity"]
+    ppl = read_json(path)
+    edit = ppl.get("edit")
+    if not edit:
+        return None
+    measured = ((read_cost(path) or {}).get("edit")
+                or (read_cost(ppl["edit_file"]) if ppl.get("edit_file") else None) or edit)
+    if all(measured.get(k) is None for k in EDIT_COSTS):
+        return None
+    return {k: measured.get(k) for k in EDIT_COSTS}
+
+
+def build_costs(entries: dict) -> dict:
+    """The report's costs, for `<summary>.cost.json`: {"models": {edit: {"seconds",
+    "peak_rss_mb"}}} (edits with a recorded cost only)."""
+    costs = {name: edit_cost(path) for name, path in entries.items() if name != "base"}
+    return {"models": {name: c for name, c in costs.items() if c is not None}}
+
+
+def cost_text(summary: dict, costs: dict) -> str:
+    """The sweep's costs as Markdown (the cost table beside the report's table)."""
+    rows = [[name, str(m.get("method")), f"`{json.dumps(m.get('spec'), separators=(',', ':'))}`",
+             _f((costs.get(name) or {}).get("seconds"), "{:.1f}"),
+             _f((costs.get(name) or {}).get("peak_rss_mb"), "{:.0f}")]
+            for name, m in summary["models"].items() if name != "base"]
+    return markdown_table(
+        "Cost of each edit", ["edit", "method", "spec", "seconds", "peak RSS MB"], rows,
+        "Wall seconds and peak RSS of producing each edit (for K-FAC including the collection "
+        "and eigendecomposition it builds on); measured, so they differ between runs.")
 
 
 def selection_reads(models: dict) -> list[str]:
@@ -302,8 +339,8 @@ def report_text(summary: dict, max_ppl_rise: float = 0.10) -> str:
         lines += _subtask_lines(models)
         lines += ["", "## Sweep", "",
                   ("| edit | method | spec | forget strict | forget-validation strict | quotes "
-                   "strict | selection PPL rise % | mean validation retention % | PPL rise % | "
-                   "seconds | peak RSS MB |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+                   "strict | selection PPL rise % | mean validation retention % | PPL rise % |"),
+                  "|---|---|---|---|---|---|---|---|---|"]
         base_sel = models["base"].get("perplexity_selection")
         for name in edits:
             m = models[name]
@@ -315,8 +352,7 @@ def report_text(summary: dict, max_ppl_rise: float = 0.10) -> str:
                          f"{m.get('method')} | `{spec}` | {_pct(m['forget']['strict'])} | "
                          f"{_pct((m.get('forget_validation') or {}).get('strict'))} | "
                          f"{_pct(m['untargeted']['strict'])} | {_f(sel_rise, '{:+.1f}')} | "
-                         f"{_pct(validation_retention(summary, name))} | {rise:+.1f} | "
-                         f"{_f(m.get('seconds'), '{:.1f}')} | {_f(m.get('peak_rss_mb'), '{:.0f}')} |")
+                         f"{_pct(validation_retention(summary, name))} | {rise:+.1f} |")
     lines += ["", selection_text(summary), ""]
     return "\n".join(lines)
 

@@ -39,6 +39,7 @@ import statistics
 from collections.abc import Callable
 
 from curvmem.report.compare import comparison_rows, front_verdicts
+from curvmem.report.costs import is_cost_file, markdown_table, model_costs
 from curvmem.report.lm import retention
 from curvmem.report.paper import PAPER_RETENTION, PAPER_TABLE1, PAPER_TABLE2, TASK_CATEGORIES
 from curvmem.report.readme import PAPER_ACTIVATION, PAPER_STRESS, is_control, selected_names
@@ -112,7 +113,7 @@ def edit_numbers(summary: dict, name: str) -> dict:
     return {"forget_validation": (m.get("forget_validation") or {}).get("strict"),
             "untargeted": m["untargeted"]["strict"], "forget": m["forget"]["strict"],
             "control": m["control"]["strict"], "ppl_rise": _ppl_rise(models, name),
-            **{c: r[c] for c in TASK_CATEGORIES}, "seconds": m.get("seconds")}
+            **{c: r[c] for c in TASK_CATEGORIES}}
 
 
 def selected(summary: dict) -> dict:
@@ -223,10 +224,13 @@ CLAIM_TEXT = {
 
 def amortised_cost(run: dict, method: str) -> dict | None:
     """Compute per edit of one method in one seed's run, in seconds: the mean edit time and, for
-    K-FAC, the main factor set's collection and eigendecomposition shared by its sweep's edits."""
+    K-FAC, the main factor set's collection and eigendecomposition shared by its sweep's edits.
+    Edit times from the run's `lm_costs` (its lm_summary.cost.json), else from the summary's own
+    fields (summaries an older curvmem wrote)."""
     s = run["lm"]
+    costs = run.get("lm_costs") or model_costs(s)
     names = [n for n, m in s["models"].items() if m.get("method") == method]
-    secs = [s["models"][n].get("seconds") for n in names]
+    secs = [(costs.get(n) or {}).get("seconds") for n in names]
     secs = [x for x in secs if x is not None]
     if not secs:
         return None
@@ -265,10 +269,8 @@ def aggregate(runs: dict[int, dict]) -> dict:
                     if picks[s][m] else None) for f in fields}
         for m in METHODS}
     for m in METHODS:
-        costs = {s: amortised_cost(runs[s], m) for s in seeds}
-        out["methods"][m]["per_edit_seconds"] = over(
-            lambda s, c=costs: c[s]["per_edit_seconds"] if c[s] else None)
-        out["methods"][m]["edits"] = max((c["edits"] for c in costs.values() if c), default=0)
+        out["methods"][m]["edits"] = max(
+            sum(x.get("method") == m for x in runs[s]["lm"]["models"].values()) for s in seeds)
     common = [n for n in control_names(runs[seeds[0]]["lm"])
               if all(n in runs[s]["lm"]["models"] for s in seeds)]
     ref = control_reference(runs[seeds[0]]["lm"])
@@ -285,6 +287,33 @@ def aggregate(runs: dict[int, dict]) -> dict:
     out["analyses"] = _aggregate_analyses(runs, seeds, picks)
     out["vit"] = _aggregate_vit(runs, seeds)
     return out
+
+
+def aggregate_costs(runs: dict[int, dict]) -> dict:
+    """The seeds summary's costs (for `<summary>.cost.json`): per method, the compute per edit,
+    amortised (`amortised_cost`), as an interval over the seeds, and each seed's own."""
+    seeds = sorted(runs)
+    out = {"seeds": seeds, "methods": {}}
+    for m in METHODS:
+        costs = {s: amortised_cost(runs[s], m) for s in seeds}
+        out["methods"][m] = {
+            "per_edit_seconds": interval([c["per_edit_seconds"] if c else None
+                                          for c in costs.values()]),
+            "per_seed": {str(s): c for s, c in costs.items()}}
+    return out
+
+
+def cost_tables(costs: dict) -> str:
+    """The README's cost table: compute per edit of each method, amortised, over the seeds."""
+    n = len(costs["seeds"])
+    rows = [[f"**{METHOD_NAMES[m]}**", cell(costs["methods"][m]["per_edit_seconds"])]
+            for m in METHODS]
+    return markdown_table(
+        "Cost per edit", ["method", "s per edit (amortised)"], rows,
+        f"Seeds {', '.join(map(str, costs['seeds']))} (n = {n}): mean ± 95 % interval of the "
+        "wall seconds per edit: the mean edit time plus, for K-FAC, the main factor set's "
+        "collection and eigendecomposition shared by its sweep's edits. Measured, so they differ "
+        "between runs and machines.")
 
 
 def _aggregate_analyses(runs, seeds, picks) -> dict:
@@ -395,21 +424,20 @@ def tables(agg: dict) -> str:
          "selected edit (validation data only: "
          f"{', '.join(agg['selection_reads'])}); how often each setting was picked in brackets.",
          "", "| model | forget-validation | quotes | forget | control | PPL rise % | "
-         "closed-book | open-book | arithmetic | logic | s per edit (amortised) |",
-         "|---|---|---|---|---|---|---|---|---|---|---|"]
+         "closed-book | open-book | arithmetic | logic |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
     b = agg["base"]
     o.append(f"| base (PPL {cell(b['perplexity'], digits=2)}) | {cell(b['forget_validation'], 100)}"
              f" | {cell(b['untargeted'], 100)} | {cell(b['forget'], 100)} | "
              f"{cell(b['control'], 100)} | – | " + " | ".join(
-                 f"acc {cell(b[c], digits=3)}" for c in TASK_CATEGORIES) + " | – |")
+                 f"acc {cell(b[c], digits=3)}" for c in TASK_CATEGORIES) + " |")
     for m in METHODS:
         r = agg["methods"][m]
         o.append(f"| **{METHOD_NAMES[m]}**: {_labels(agg['selected'][m])} | "
                  f"{cell(r['forget_validation'], 100)} | {cell(r['untargeted'], 100)} | "
                  f"{cell(r['forget'], 100)} | {cell(r['control'], 100)} | "
                  f"{cell(r['ppl_rise'], 100, sign=True)} | "
-                 + " | ".join(cell(r[c], 100) for c in TASK_CATEGORIES)
-                 + f" | {cell(r['per_edit_seconds'])} |")
+                 + " | ".join(cell(r[c], 100) for c in TASK_CATEGORIES) + " |")
     base_ppl = PAPER_TABLE1["7B base"]["ppl"]
     for name in ("7B K-FAC", "7B BSN", "7B SVD"):
         p = PAPER_TABLE1[name]
@@ -417,7 +445,7 @@ def tables(agg: dict) -> str:
                           for c in TASK_CATEGORIES) if name == "7B K-FAC"
                else " | ".join("" for _ in TASK_CATEGORIES))
         o.append(f"| *paper {name}* | {100 * p['forget'][0]:.1f} | {100 * p['untargeted'][0]:.1f}"
-                 f" | – | – | {100 * (p['ppl'] / base_ppl - 1):+.1f} | {ret} | – |")
+                 f" | – | – | {100 * (p['ppl'] / base_ppl - 1):+.1f} | {ret} |")
     o += ["", "Controls (the same edits in every seed; the first row is the top-curvature edit "
           "they are cut from):", "",
           "| edit | forget-validation | quotes | PPL rise % | closed-book | open-book | "
@@ -585,7 +613,8 @@ def _benchmark_seconds(directory) -> float:
 
 def load_run(outdir) -> dict:
     """One seed's run directory (its `outdir`) -> what `aggregate` reads: the LM and ViT summaries,
-    the analyses' JSON and the main factor set's collection + eigendecomposition seconds."""
+    the analyses' JSON, and for `aggregate_costs` the edits' costs (`lm_costs`) and the main
+    factor set's collection + eigendecomposition seconds."""
     from pathlib import Path
 
     from curvmem.io import read_json
@@ -594,9 +623,11 @@ def load_run(outdir) -> dict:
     if not (root / "lm_summary.json").is_file():
         raise ValueError(f"{root}: no lm_summary.json (has this seed's run finished?)")
     run = {"lm": read_json(root / "lm_summary.json")}
+    run["lm_costs"] = model_costs(run["lm"], root / "lm_summary.json")
     if (root / "vit_summary.json").is_file():
         run["vit"] = read_json(root / "vit_summary.json")
-    analyses = {p.stem: read_json(p) for p in sorted((root / "analysis").glob("*.json"))}
+    analyses = {p.stem: read_json(p) for p in sorted((root / "analysis").glob("*.json"))
+                if not is_cost_file(p)}
     if analyses:
         run["analyses"] = analyses
     bench = root / "benchmarks" / "lm"

@@ -38,7 +38,6 @@ def cell_rows(cell: dict) -> list[dict]:
         dval = best["val_acc"] - base["val_acc"]
         row = {"setting": {k: s[k] for k in SETTING_KEYS}, "seed": s["seed"],
                "images": image_set, "n_fisher_images": kfac["n_images"],
-               "train_seconds": s.get("train_seconds"),
                "base": {k: base[k] for k in METRICS},
                "kfac": dict({k: best[k] for k in METRICS}, edit=name),
                "kfac_reduction": red, "kfac_val_change": dval,
@@ -60,6 +59,18 @@ def cell_rows(cell: dict) -> list[dict]:
 
 def _setting_id(row: dict) -> tuple:
     return tuple(row["setting"][k] for k in SETTING_KEYS) + (row["images"],)
+
+
+def study_costs(paths: list, cells: list[dict]) -> dict:
+    """The study's costs (for `<summary>.cost.json`): per cell, its setting, seed and model's
+    training seconds, from each cell's cost file (or the `train_seconds` an older cell carried
+    in its settings)."""
+    out = []
+    for path, cell in zip(paths, cells):
+        s, measured = cell["settings"], io.read_cost(path) or {}
+        out.append({"setting": {k: s[k] for k in SETTING_KEYS}, "seed": s["seed"],
+                    "train_seconds": measured.get("train_seconds", s.get("train_seconds"))})
+    return {"cells": out}
 
 
 def summarize(cells: list[dict]) -> dict:

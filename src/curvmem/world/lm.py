@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from curvmem.io import atomic_dir
+from curvmem.io import atomic_dir, write_cost
 from curvmem.presets import WorldConfig
 
 # --------------------------------------------------------------------------- the language
@@ -488,14 +488,16 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def write_world(out, cfg: WorldConfig) -> dict:
-    """Generate the world and write it to directory `out` (replaced atomically). Returns counts."""
+    """Generate the world and write it to directory `out` (replaced atomically). Returns its
+    meta (world.json) and "seconds", which goes to the cost file beside `out`, not into it."""
     t0 = time.perf_counter()
     world = generate_world(cfg)
     with atomic_dir(out) as tmp:
         for name, rows in world.items():
             _write_jsonl(tmp / f"{name}.jsonl", rows)
         counts = {name: len(rows) for name, rows in world.items()}
-        meta = {"config": asdict(cfg), "counts": counts,
-                "seconds": round(time.perf_counter() - t0, 3)}
+        meta = {"config": asdict(cfg), "counts": counts}
         (tmp / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
+    seconds = round(time.perf_counter() - t0, 3)
+    write_cost(out, {"seconds": seconds})
+    return {**meta, "seconds": seconds}
