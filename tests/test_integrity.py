@@ -98,6 +98,22 @@ def test_fingerprint_covers_every_weight_and_the_config():
     check_identity(identity_record(a), half, "f.nc", "collect")
 
 
+def test_a_vits_fingerprint_sees_its_heads():
+    """Two ViTs of the same weights but 2 or 4 attention heads (no shape shows it)."""
+    from curvmem.model import vit
+
+    def make(heads):
+        torch.manual_seed(0)
+        return vit._create(vit.DEFAULT_TIMM_NAME, {
+            "img_size": [8, 8], "in_chans": 1, "num_classes": 3, "patch_size": 4,
+            "embed_dim": 32, "depth": 2, "num_heads": heads})
+
+    two, four = make(2), make(4)
+    assert all(torch.equal(a, b) for a, b in zip(two.state_dict().values(),
+                                                 four.state_dict().values()))
+    assert model_fingerprint(two) != model_fingerprint(four)
+
+
 def test_an_older_fingerprint_is_refused_as_older_not_as_another_model(tmp_path):
     model = tiny_olmo2()
     rng = np.random.default_rng(0)
