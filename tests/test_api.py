@@ -211,12 +211,16 @@ def bad_calls(model, bases, disk):
         "unknown fisher": lambda: curvmem.collect(model, disk["ids"], layers=[1],
                                                   fisher="exact"),
         "item without fields": lambda: curvmem.task_accuracy(model, None, [{"prompt": "a"}]),
+        "a layer twice": lambda: curvmem.make_edit(model, bases, rho=0.5, layers="1,1"),
+        "a module twice": lambda: curvmem.make_edit(model, bases, rho=0.5, layers=[1],
+                                                    modules="mlp.up_proj,mlp.up_proj"),
     }
 
 
 BAD_CALLS = ["rho out of range", "spec and rho", "no value", "unknown method", "layer not held",
              "other weights", "svd with bases", "no eigen files", "ids outside the vocabulary",
-             "float batches", "unknown module", "unknown fisher", "item without fields"]
+             "float batches", "unknown module", "unknown fisher", "item without fields",
+             "a layer twice", "a module twice"]
 
 
 @pytest.mark.parametrize("case", BAD_CALLS)
@@ -257,3 +261,41 @@ def test_import_curvmem_stays_cheap_and_keeps_its_modules():
     assert callable(curvmem.edit.apply) and callable(curvmem.eigen.eigen_layer)
     with pytest.raises(AttributeError, match="no attribute 'colect'"):
         _ = curvmem.colect
+
+
+def test_a_vit_collects_at_the_cls_position_as_the_library_does():
+    from curvmem import factors as library
+    from curvmem.model import mlp_modules, vit
+
+    model, _ = vit.build_model(4, (1, 8, 8), preset="smoke", seed=0)
+    model = model.eval()
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(10, 1, 8, 8, generator=g), torch.randint(0, 4, (10,), generator=g)
+    ours = curvmem.collect(model, (images, labels), layers=[0], batch_size=4, seed=2)
+    theirs = library.collect(model, library.batched((images, labels), 4),
+                             mlp_modules(model, [0]), library.ClassificationTask(), seed=2)
+    assert ours.attrs["task"] == "cls" and ours.attrs["n_tokens"] == 10  # one position an image
+    assert sorted(ours.G) == sorted(theirs.G) == [(0, "mlp.fc1"), (0, "mlp.fc2")]
+    for key in theirs.G:
+        assert torch.equal(ours.A[key], theirs.A[key]) and torch.equal(ours.G[key], theirs.G[key])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with curvmem.make_edit(model, curvmem.eigenbases(ours), rho=0.5) as edit:
+        assert len(edit.tensors) == 2
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_collect_and_the_evaluations_run_without_dropout_and_give_the_mode_back(disk):
+    from conftest import tiny_gpt2
+
+    model = tiny_gpt2()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.5  # in training mode, every forward pass would differ
+    ids = disk["ids"][:4] % 61
+    items = [{"prefix_ids": row[:4].tolist(), "suffix_ids": row[4:].tolist()} for row in ids]
+    model.train()
+    first = curvmem.collect(model, ids, layers=[1])
+    second = curvmem.collect(model, ids, layers=[1])
+    assert all(torch.equal(first.G[k], second.G[k]) for k in first.G)
+    assert curvmem.recitation(model, None, items) == curvmem.recitation(model, None, items)
+    assert model.training

@@ -32,9 +32,9 @@ from curvmem.edit.build import build_edit, parse_spec
 from curvmem.edit.kfac import check_rho, kfac_edit_weight, pair_mask, random_orthonormal
 from curvmem.eigen import eigh_descending
 from curvmem.evaluate import lm as evaluate
-from curvmem.factors import ClassificationTask, LMTask, batched, write_layer_files
+from curvmem.factors import ClassificationTask, Factors, LMTask, batched, write_layer_files
 from curvmem.factors import collect as collect_means
-from curvmem.model import adapter_for, check_layer, mlp_modules
+from curvmem.model import adapter_for, check_layer, mlp_modules, parse_int_list
 from curvmem.model import model_id as resolved_model_id
 from curvmem.model.identity import check_identity, identity_record
 from curvmem.presets import KEEP_MODES
@@ -92,8 +92,6 @@ class CollectedFactors:
             curvmem.io.OutputError: When a file is in the way of `directory`.
         """
         io.check_output(directory, "directory", is_dir=True)
-        from curvmem.factors import Factors
-
         write_layer_files(directory, Factors(self.A, self.G), self.modules, self.attrs,
                           self.seconds)
         return [schema.layer_path(directory, layer) for layer in self.layers]
@@ -172,7 +170,8 @@ def collect(model, batches, *, layers=None, modules=None, fisher: str = "sampled
     with _evaluating(model):  # no dropout in the Fisher (the CLI's model is in eval mode too)
         means = collect_means(model, batches, targets, task, fisher=fisher, seed=seed,
                               dtype=dtype, progress=progress)
-    attrs = {"model_id": _name_of(model), **identity_record(model), "fisher": fisher, "n_tokens": means.n_tokens, "seq_len": seq_len,
+    attrs = {"model_id": _name_of(model), **identity_record(model), "fisher": fisher,
+             "n_tokens": means.n_tokens, "seq_len": seq_len,
              "corpus_fingerprint": corpus_fp, "seed": seed, "shard": "", "task": task.name,
              "data": "in memory", "corpus": "in memory", "dtype": str(dtype).removeprefix("torch."),
              "memorized_positions": -1, "memorized_sets": ""}
@@ -508,6 +507,7 @@ def _uniform_spec(model, bases, layers, modules, value) -> dict:
     if layers is None and bases is None:
         raise ValueError("give layers (or spec) for an SVD edit")
     names = modules.split(",") if isinstance(modules, str) else modules
+    names = None if names is None else _once([m.strip() for m in names], "modules")
     spec = {}
     for layer in bases.layers if layers is None else _layer_list(layers):
         held = bases.modules(layer) if bases is not None else [
@@ -517,12 +517,20 @@ def _uniform_spec(model, bases, layers, modules, value) -> dict:
 
 
 def _layer_list(layers) -> list[int]:
-    from curvmem.model import parse_int_list
-
     try:
-        return parse_int_list(layers)
-    except ValueError:
+        return _once(parse_int_list(layers), "layers")
+    except (TypeError, ValueError) as e:
+        if "given twice" in str(e):
+            raise
         raise ValueError(f"layers must be like [5, 6], '5,6' or '3-5', got {layers!r}") from None
+
+
+def _once(items: list, what: str) -> list:
+    """`items`, refused if one is given twice (it would be edited once, silently)."""
+    twice = sorted({str(x) for x in items if items.count(x) > 1})
+    if twice:
+        raise ValueError(f"{what}: {', '.join(twice)} given twice")
+    return items
 
 
 # --------------------------------------------------------------------------- evaluations
