@@ -22,7 +22,8 @@ weight in twelve and ignored the config); it is refused with that reason, not as
 
 Cost: one SHA-256 pass over the weights' bytes (1.5 passes for float32 weights: their bfloat16
 image and their own bytes), tensors hashed in parallel threads (hashlib releases the GIL); the
-result is cached per model until a weight changes in place (torch's version counters).
+result is cached per model until a weight changes in place (torch's version counters: they
+count every in-place change but one made through `.data`, which curvmem never makes).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def _cache_key(model: nn.Module, state: dict, config_json: str):
 
 def model_identity(model: nn.Module) -> tuple[str, str]:
     """(model_fingerprint, model_digest) of a model; see the module docstring."""
-    state = dict(sorted(model.state_dict(keep_vars=True).items()))
+    state = {k: v for k, v in sorted(model.state_dict(keep_vars=True).items())
+             if isinstance(v, torch.Tensor)}  # (a module's extra state may be any object)
     config_json = json.dumps([type(model).__name__, model_config(model)], sort_keys=True,
                              default=str)
     key = _cache_key(model, state, config_json)
