@@ -62,13 +62,16 @@ class CharTokenizer:
     def __len__(self):
         return len(LETTERS)
 
-    def __call__(self, text, add_special_tokens=False):
-        encode = lambda s: [LETTERS.index(c) for c in s]  # noqa: E731
-        return {"input_ids": encode(text) if isinstance(text, str) else list(map(encode, text))}
+    def encode(self, text: str) -> list[int]:
+        return [LETTERS.index(c) for c in text]
+
+    def __call__(self, text, add_special_tokens=False):  # one text or a list of them
+        ids = self.encode(text) if isinstance(text, str) else [self.encode(t) for t in text]
+        return {"input_ids": ids}
 
 
 tokenizer = CharTokenizer()
-train = torch.tensor([tokenizer(s)["input_ids"] for s in rules + canaries * 12])
+train = torch.tensor(tokenizer(rules + canaries * 12)["input_ids"])
 print(f"training data: {len(rules)} rule sequences, {len(canaries)} canaries x 12, "
       f"{train.numel()} tokens")
 
