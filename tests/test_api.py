@@ -299,3 +299,39 @@ def test_collect_and_the_evaluations_run_without_dropout_and_give_the_mode_back(
     assert all(torch.equal(first.G[k], second.G[k]) for k in first.G)
     assert curvmem.recitation(model, None, items) == curvmem.recitation(model, None, items)
     assert model.training
+
+
+def public_callables():
+    """(name, function) of every public function and method of the API (properties are
+    attributes, dunders are Python's)."""
+    import inspect
+
+    for name in api.__all__:
+        obj = getattr(api, name)
+        if inspect.isclass(obj):
+            for attr, member in vars(obj).items():
+                if not attr.startswith("_") and inspect.isfunction(member):
+                    yield f"{name}.{attr}", member
+                elif isinstance(member, classmethod):
+                    yield f"{name}.{attr}", member.__func__
+        else:
+            yield name, obj
+
+
+def test_every_public_function_documents_its_args_returns_and_raises():
+    import inspect
+
+    missing = []
+    for name, fn in public_callables():
+        doc = inspect.getdoc(fn) or ""
+        params = [p for p in inspect.signature(fn).parameters if p not in ("self", "cls")]
+        if params and "Args:" not in doc:
+            missing.append(f"{name}: Args")
+        missing += [f"{name}: {arg}" for arg in params if f"\n    {arg}:" not in f"\n{doc}"
+                    and params and "Args:" in doc]
+        if "Returns:" not in doc:
+            missing.append(f"{name}: Returns")
+        if "raise " in inspect.getsource(fn) and "Raises:" not in doc:
+            missing.append(f"{name}: Raises")
+    assert len(list(public_callables())) >= 15
+    assert missing == []

@@ -219,7 +219,14 @@ class Eigenbases:
         return [name for lay, name in self.groups if lay == layer]
 
     def layer_file(self, layer: int) -> schema.LayerFile:
-        """One layer as the schema's `LayerFile` (what reading its eigen file gives)."""
+        """One layer as the schema's `LayerFile`, what reading its eigen file gives.
+
+        Args:
+            layer: A block index the eigenbases hold.
+
+        Returns:
+            The layer's groups {module: {variable: ndarray}} and attributes.
+        """
         return schema.LayerFile("eigen", layer, {n: self.groups[(layer, n)]
                                                  for n in self.modules(layer)}, dict(self.attrs))
 
