@@ -173,3 +173,20 @@ def test_compare_reads_the_costs_an_older_summary_carried():
                                                        "peak_rss_mb": 9.0}}}
     assert model_costs(old) == {"k": {"seconds": 2.0, "peak_rss_mb": 9.0}}
     assert model_costs({"models": {"k": {"method": "kfac"}}}) == {}
+
+
+def test_the_readme_shows_a_snapshot_cost_table_after_its_tables(tmp_path, monkeypatch):
+    """The committed snapshot has its costs as a column of readme_tables.md; one written since
+    has them in readme_costs.md, which the README shows right after the tables."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("readme_results",
+                                                  root / "benchmarks/readme_results.py")
+    readme_results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readme_results)
+    monkeypatch.setattr(readme_results, "SNAPSHOT", tmp_path)
+    (tmp_path / "readme_tables.md").write_text("| tables |\n")
+    assert readme_results.readme_tables() == "| tables |\n"
+    (tmp_path / "readme_costs.md").write_text("| costs |\n")
+    assert readme_results.readme_tables() == "| tables |\n\n| costs |\n"
