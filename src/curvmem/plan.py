@@ -265,8 +265,8 @@ def check_name(where: str, name) -> None:
 
 
 def check_outdir(outdir: str) -> None:
-    """Refuse an outdir that would put the results at the root, the working directory's top or
-    outside the given tree: empty, `/`, or with a `..` component."""
+    """Refuse an outdir that is empty or `/` (the results would land at the file system's root)
+    or has a `..` component (outside the tree it names), or holds a brace (a wildcard)."""
     if not outdir:
         raise PlanError("config outdir is empty: name the directory every result of this config "
                         "goes under (e.g. results/NAME)")
@@ -284,7 +284,7 @@ def check_outdir(outdir: str) -> None:
 
 def check_path(where: str, path) -> None:
     """A file of the user's (data, a model directory) that the DAG reads: no braces, which
-    Snakemake would read as a wildcard, with an error that names neither the key nor the file."""
+    Snakemake would read as a wildcard (its own error names neither the key nor the file)."""
     if isinstance(path, str) and any(c in path for c in ("{", "}", "\0")):
         raise PlanError(f"config {where}: {path!r} holds a brace (Snakemake reads braces as a "
                         "wildcard); rename or link the file")
@@ -1267,10 +1267,10 @@ class Plan:
             theirs = json.loads(self._index_on_disk() or "null")["configfiles"]
         except (ValueError, TypeError, KeyError):
             return None
-        if theirs == self.configfiles:
+        if not isinstance(theirs, list) or theirs == self.configfiles:
             return None
         return (f"outdir {self.out} holds the summaries, report and index of config "
-                f"{', '.join(theirs)} (its {self.index_file()} says so); this run's config "
+                f"{', '.join(map(str, theirs))} (its {self.index_file()} says so); this run's config "
                 f"{', '.join(self.configfiles)} would overwrite them. Give it an outdir of its own "
                 f"(`outdir:` in the file, or --config outdir=...), or remove {self.index_file()} "
                 "to hand the outdir over")
