@@ -251,6 +251,34 @@ def test_an_edit_refuses_a_model_changed_since(disk, made):
             weight.copy_(saved)
 
 
+def test_apply_checks_the_model_again_only_when_something_else_changed_it(made, monkeypatch):
+    model, _, bases = made
+    edit = curvmem.make_edit(model, bases, rho=0.5, layers=[1])
+    checks = []
+    real_check = api.check_identity
+    monkeypatch.setattr(api, "check_identity", lambda *a, **k: checks.append(1) or real_check(*a, **k))
+    for _ in range(3):  # apply, restore (bit for bit): nothing to hash again
+        with edit:
+            pass
+    assert len(checks) == 1
+    weight = model.get_input_embeddings().weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.add_(0.0)  # an in-place change, even of no value, is checked again
+        with edit:
+            pass
+        assert len(checks) == 2
+        with torch.no_grad():
+            weight.mul_(3.0)
+        with pytest.raises(ValueError, match="the edit: made for model"):
+            edit.apply()
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert not edit.applied
+
+
 def test_import_curvmem_stays_cheap_and_keeps_its_modules():
     code = ("import sys, curvmem; assert 'torch' not in sys.modules, 'torch imported'; "
             "print(sorted(set(curvmem.__all__) - {'__version__'}))")

@@ -333,6 +333,7 @@ class Edit:
         """Hold an edit of `model` (see `make_edit`)."""
         self.model, self.tensors, self.meta, self.cost = model, tensors, meta, cost or {}
         self._original: dict | None = None
+        self._checked: dict | None = None  # the model's tensors as they were when last checked
 
     @property
     def applied(self) -> bool:
@@ -351,8 +352,10 @@ class Edit:
         """
         if self.applied:
             return self
-        check_identity(self.meta, self.model, "the edit", "curvmem.make_edit",
-                       what="made for", redo="make it again")  # weights changed since?
+        if not _unchanged(self._tensor_states(), self._checked):  # since the last check
+            check_identity(self.meta, self.model, "the edit", "curvmem.make_edit",
+                           what="made for", redo="make it again")
+            self._checked = self._tensor_states()
         params = dict(self.model.named_parameters())
         self._original = {n: params[n].detach().clone() for n in self.tensors}
         with torch.no_grad():
@@ -368,11 +371,21 @@ class Edit:
         """
         if self._original is not None:
             params = dict(self.model.named_parameters())
+            before = self._tensor_states()
             with torch.no_grad():
                 for name, t in self._original.items():
                     params[name].copy_(t)
+            # The weights are the checked ones again, bit for bit, if nothing but `apply` changed
+            # them: then the next `apply` need not hash the whole model again.
+            only_applied = _unchanged(before, self._checked, changed=set(self._original))
+            self._checked = self._tensor_states() if only_applied else None
             self._original = None
         return self
+
+    def _tensor_states(self) -> dict:
+        """{name: (tensor, its storage, its in-place version)} of the model's state."""
+        return {n: (t, t.data_ptr(), t._version)
+                for n, t in self.model.state_dict(keep_vars=True).items()}
 
     def __enter__(self) -> Edit:
         """Apply the edit."""
@@ -402,6 +415,18 @@ class Edit:
         if self.cost:
             io.write_cost(path, self.cost)
         return Path(path)
+
+
+def _unchanged(now: dict, then: dict | None, changed=frozenset()) -> bool:
+    """Whether the model's tensors are those recorded in `then`.
+
+    The same objects, with the same storage and in-place version, except for the values of the
+    `changed` ones.
+    """
+    if then is None or now.keys() != then.keys():
+        return False
+    return all(now[n][0] is then[n][0] and (n in changed or now[n][1:] == then[n][1:])
+               for n in now)
 
 
 def _kfac_weights(model, spec: dict, bases: Eigenbases, keep: str, seed: int):
