@@ -428,6 +428,157 @@ def test_spectra_refuses_a_truncated_eigen_file(made, tmp_path, capsys):
                      "mlp.gate_proj", "--out", out], [str(e), "corrupt", "rule eigen"], [out])
 
 
+# --------------------------------------------------------------------------- flags (issue 34)
+# Each was accepted (or a traceback): a --spec silently overriding --layers/--modules/--rho, a
+# layer or module given twice, a sequence longer than the model's positions, a seed that no
+# random number generator (or HDF5 attribute) takes, one memorized id for two texts, a name
+# that is a path.
+
+SPEC = '{"1": {"mlp.gate_proj": 0.6, "mlp.up_proj": 0.6}}'
+BIG = 2**64 - 5  # collect: "TypeError: Python int too large to convert to C long" from HDF5
+
+
+def memorized_twice(tmp_path):
+    """A memorized set giving id 'c1' to two different texts."""
+    path = tmp_path / "dup.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "kind": "canary", "text": words(40, s)}) + "\n"
+                            for s, i in enumerate(["c1", "c2", "c1"])))
+    return path
+
+
+@pytest.mark.parametrize("case, want", [
+    ("spec-and-rho", ["--spec gives a value per layer and module: drop --rho"]),
+    ("spec-and-other-layers", ["--layers 2 disagrees with --spec", "[1]"]),
+    ("spec-and-other-modules", ["--modules mlp.down_proj disagrees with --spec"]),
+    ("spec-layer-twice", ["--spec: '1' is given twice"]),
+    ("spec-module-twice", ["--spec: 'mlp.up_proj' is given twice"]),
+    ("edit-layers-twice", ["--layers: layer 1 is given twice"]),
+    ("edit-modules-twice", ["--modules: module mlp.up_proj is given twice"]),
+    ("edit-seed-too-big", ["--seed must be in 0..", str(2**64)]),
+])
+def test_bad_edit_flags(made, tmp_path, capsys, case, want):
+    out = tmp_path / "e.safetensors"
+    base = ["edit", "--model", made["model"], "--eigen", made["eigen"]]
+    extra = {
+        "spec-and-rho": ["--spec", SPEC, "--rho", "0.6"],
+        "spec-and-other-layers": ["--spec", SPEC, "--layers", "2"],
+        "spec-and-other-modules": ["--spec", SPEC, "--layers", "1", "--modules", "mlp.down_proj"],
+        "spec-layer-twice": ["--spec", '{"1": {"mlp.gate_proj": 0.6}, "1": {"mlp.up_proj": 0.6}}'],
+        "spec-module-twice": ["--spec", '{"1": {"mlp.up_proj": 0.6, "mlp.up_proj": 0.9}}'],
+        "edit-layers-twice": ["--layers", "1,1", "--modules", "mlp.up_proj", "--rho", "0.6"],
+        "edit-modules-twice": ["--layers", "1", "--modules", "mlp.up_proj,mlp.up_proj", "--rho",
+                               "0.6"],
+        "edit-seed-too-big": ["--layers", "1", "--modules", "mlp.up_proj", "--rho", "0.6",
+                              "--keep", "random", "--seed", str(2**64)],
+    }[case]
+    refused(capsys, [*base, *extra, "--out", out], want, [out, out.with_suffix(".json")],
+            model_loaded=False)
+
+
+def test_the_workflows_spec_with_its_own_layers_and_modules_is_taken(made, tmp_path):
+    """What the plan passes for a value per module: --spec with the same --layers/--modules."""
+    out = tmp_path / "e.safetensors"
+    assert cli("edit", "--model", made["model"], "--eigen", made["eigen"], "--layers", "1",
+               "--modules", "mlp.up_proj,mlp.gate_proj", "--spec", SPEC, "--out", out) == 0
+
+
+@pytest.mark.parametrize("case, want", [
+    ("layers-twice", ["--layers: layer 1 is given twice"]),
+    ("modules-twice", ["--modules: module mlp.up_proj is given twice"]),
+    ("seq-len-beyond-positions", ["--seq-len 65", "max_position_embeddings = 64",
+                                  "config.json"]),
+    ("seed-near-2**64", ["--seed must be in 0..9223372036854775807", str(BIG)]),
+    ("seed-negative", ["--seed must be in 0..", "got -1"]),
+    ("memorized-id-twice", ["--memorized", "dup.jsonl", "id 'c1' is given twice with "
+                            "different text (rows 1 and 3)"]),
+])
+def test_bad_collect_flags(made, tmp_path, capsys, case, want):
+    out = tmp_path / "f"
+    argv = [str(a) for a in collect(made, out)]
+    at = {flag: argv.index(flag) + 1 for flag in ("--layers", "--tokens", "--seq-len")}
+    if case == "layers-twice":
+        argv[at["--layers"]] = "1,1"
+    elif case == "modules-twice":
+        argv[-2:-2] = ["--modules", "mlp.up_proj,mlp.up_proj"]
+    elif case == "seq-len-beyond-positions":
+        argv[at["--seq-len"]], argv[at["--tokens"]] = "65", "130"
+    elif case.startswith("seed"):
+        argv[-2:-2] = ["--seed", str(BIG if "2**64" in case else -1)]
+    else:
+        argv[-2:-2] = ["--memorized", str(memorized_twice(tmp_path))]
+    refused(capsys, argv, want, [out], model_loaded=False)
+
+
+@pytest.mark.parametrize("command", ["world", "train-lm", "mine", "vision-data", "baseline"])
+def test_every_seed_flag_has_one_range(made, tmp_path, capsys, command):
+    """One check for every --seed, before any file is read (the other arguments may be
+    anything): 2**63 is beyond what torch and an HDF5 attribute take."""
+    out = tmp_path / "o"
+    argv = {"world": ["world"],
+            "train-lm": ["train-lm", "--world", tmp_path, "--tokenizer", tmp_path],
+            "mine": ["mine", "--model", made["model"], "--data", made["texts"]],
+            "vision-data": ["vision-data"],
+            "baseline": ["baseline", "bsn", "--model", made["model"], "--forget", made["texts"],
+                         "--retain", made["texts"]]}[command]
+    refused(capsys, [*argv, "--seed", 2**63, "--out", out], ["--seed must be in 0..",
+                                                              str(2**63)], [out],
+            model_loaded=False)
+
+
+def test_baseline_seq_len_beyond_the_models_positions(made, tmp_path, capsys):
+    out = tmp_path / "b.safetensors"
+    refused(capsys, ["baseline", "bsn", "--model", made["model"], "--forget", made["texts"],
+                     "--retain", made["texts"], "--seq-len", 100, "--out", out],
+            ["--seq-len 100", "max_position_embeddings = 64"], [out], model_loaded=False)
+
+
+def test_stability_slices_beyond_the_models_positions_or_seeds(made, tmp_path, capsys):
+    out = tmp_path / "s.json"
+    base = ["analyze", "stability", "--model", made["model"], "--data", made["tokens"],
+            "--layers", "1", "--modules", "mlp.gate_proj", "--set", f"a={tmp_path / 'a'}",
+            "--set", f"b={tmp_path / 'b'}", "--out", out]
+    refused(capsys, [*base, "--slice", "a=60,0/1,0", "--slice", "b=60,0/1,1", "--seq-len", 65],
+            ["--seq-len 65", "max_position_embeddings = 64"], [out], model_loaded=False)
+    refused(capsys, [*base, "--slice", f"a=60,0/1,{2**64}", "--slice", "b=60,0/1,1",
+                     "--seq-len", 12], ["--slice a: SEED must be in 0.."], [out],
+            model_loaded=False)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "baseline", "analyze"])
+def test_a_memorized_id_given_to_two_texts_is_refused(made, tmp_path, capsys, command):
+    dup = memorized_twice(tmp_path)
+    out = tmp_path / ("b.safetensors" if command == "baseline" else "r.json")
+    argv = {"evaluate": ["evaluate", "memorization", "--model", made["model"], "--data", dup],
+            "baseline": ["baseline", "bsn", "--model", made["model"], "--forget", dup,
+                         "--retain", made["texts"], "--seq-len", 16],
+            "analyze": ["analyze", "activation-ratio", "--model", made["model"], "--eigen",
+                        made["eigen"], "--layers", "1", "--memorized", dup, "--clean",
+                        made["texts"]]}[command]
+    refused(capsys, [*argv, "--out", out], [str(dup), "id 'c1' is given twice"], [out],
+            model_loaded=False)
+
+
+@pytest.mark.parametrize("case, want", [
+    ("report-lm-entry", ["--entry name '../up'"]),
+    ("report-vit-entry", ["--entry name 'x/../y'"]),
+    ("stability-set", ["--set name 'a/b'"]),
+    ("stress-edit", ["--edit name '..'"]),
+])
+def test_a_name_that_is_a_path_is_refused(made, tmp_path, capsys, case, want):
+    """NAME of NAME=...: the label results are filed under, never a path."""
+    out, d = tmp_path / "s.json", tmp_path / "d"
+    d.mkdir()
+    (d / "vit.json").write_text("{}")
+    argv = {"report-lm-entry": ["report-lm", "--entry", f"base={d}", "--entry", f"../up={d}"],
+            "report-vit-entry": ["report-vit", "--entry", f"base={d / 'vit.json'}", "--entry",
+                                 f"x/../y={d / 'vit.json'}"],
+            "stability-set": ["analyze", "stability", "--set", f"a/b={d}", "--set", f"c={d}",
+                              "--layers", "1"],
+            "stress-edit": ["analyze", "stress", "--model", made["model"], "--memorized",
+                            made["texts"], "--edit", f"..={made['edit']}"]}[case]
+    refused(capsys, [*argv, "--out", out], want, [out])
+
+
 # --------------------------------------------------------------------------- workflow dry run
 
 

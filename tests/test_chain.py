@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from conftest import smoke_lm
 from curvmem.cli import main
-from curvmem.io import checksum_path
+from curvmem.io import checksum_path, cost_path
 from curvmem.schema import edit_sidecar
 
 
@@ -123,7 +123,7 @@ def test_then_needs_a_command_on_each_side(argv, tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("command", ["edit", "baseline"])
 def test_an_edits_sidecar_counts_as_written(command, tmp_path):
     """`curvmem edit` and `curvmem baseline bsn` write an edit with a JSON sidecar (and a
-    checksum): all three go when a later command of the chain fails."""
+    checksum and a cost file): all four go when a later command of the chain fails."""
     from argparse import Namespace
 
     from curvmem.cli import written_files
@@ -131,4 +131,4 @@ def test_an_edits_sidecar_counts_as_written(command, tmp_path):
     edit = str(tmp_path / "e.safetensors")
     files = written_files(Namespace(command=command), [(edit, "--out", False)],
                           [(edit, "--out")], set())
-    assert files == [edit, str(checksum_path(edit)), str(edit_sidecar(edit))]
+    assert files == [edit, str(checksum_path(edit)), str(cost_path(edit)), str(edit_sidecar(edit))]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from curvmem.cli.common import add_model_args, check_seq_len, read_memorized
+from curvmem.cli.common import add_model_args, check_memorized_file, check_seq_len
 
 
 def register(sub, evaluate_sub) -> None:
@@ -71,8 +70,7 @@ def _bsn(args: argparse.Namespace) -> None:
                        batch_size=args.batch_size, seed=args.seed,
                        include_gate=args.include_gate)
     check_seq_len(args.model, args.seq_len)
-    if args.forget and Path(args.forget).is_file():  # (run_bsn names a missing file)
-        read_memorized(args.forget)
+    check_memorized_file(args.forget, "--forget")
     meta = run_bsn(args.model, args.forget, args.retain, args.out, config=config,
                    seq_len=args.seq_len, tokenizer_path=args.tokenizer,
                    trust_remote_code=args.trust_remote_code, device=args.device)

@@ -82,8 +82,12 @@ def check_ids(rows: list[dict], where) -> list[dict]:
     return rows
 
 
-def read_memorized(path, required: tuple[str, ...] = ()) -> list[dict]:
-    """A memorized-set JSONL file's rows, ids checked (`check_ids`)."""
-    from curvmem.io import read_jsonl
+def check_memorized_file(path, flag: str) -> None:
+    """Read a memorized-set JSONL file once for its ids (`check_ids`) before the command reads
+    it itself (a missing or empty file is left to the command to name)."""
+    from pathlib import Path
 
-    return check_ids(read_jsonl(path, required), path)
+    from curvmem.io import iter_jsonl
+
+    if Path(path).is_file():
+        check_ids(list(iter_jsonl(path)), f"{flag} {path}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from curvmem.cli.common import add_model_args, check_ids, check_seq_len, unique
+from curvmem.cli.common import add_model_args, check_memorized_file, check_seq_len, unique
 from curvmem.io import cost, write_cost
 from curvmem.presets import KEEP_MODES
 
@@ -120,13 +120,11 @@ def _module_list(text) -> list[str] | None:
 
 def _memorized_files(text) -> list[str] | None:
     """collect --memorized: the files, each read once here for its ids (before the model)."""
-    from curvmem.io import read_jsonl
-
     if not text:
         return None
     files = unique(text.split(","), "--memorized", "file")
     for path in files:
-        check_ids(read_jsonl(path), f"--memorized {path}")
+        check_memorized_file(path, "--memorized")
     return files
 
 
