@@ -35,7 +35,7 @@ def test_the_walkthrough_runs_in_under_a_minute_and_tells_its_story():
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     assert done.returncode == 0, done.stderr[-2000:]
     # CPU time, not wall time: on a shared machine the wall clock also counts others' work
-    # (13 s of CPU here; 18 s wall on an idle 2-core machine, 31 s at a load of 8)
+    # (13 s of CPU here; 18 to 34 s wall on this 2-core machine at loads of 6 to 8)
     assert cpu < 60, f"the walkthrough took {cpu:.0f} s of CPU time ({wall:.0f} s wall)"
     rows = recitation_rows(done.stdout)
     before, after = rows["before any edit"], rows["after the edit (rho 0.9, layer 0)"]
