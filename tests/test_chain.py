@@ -132,3 +132,31 @@ def test_an_edits_sidecar_counts_as_written(command, tmp_path):
     files = written_files(Namespace(command=command), [(edit, "--out", False)],
                           [(edit, "--out")], set())
     assert files == [edit, str(checksum_path(edit)), str(cost_path(edit)), str(edit_sidecar(edit))]
+
+
+
+def test_analyze_batch_outputs_are_its_runs_outputs(smoke, tmp_path, monkeypatch):
+    """`analyze batch --run '...'`: what is checked, locked and (when a later command fails)
+    removed are the runs' --out and --figure. It was the third character of each run string
+    ('e' of 'spectra ...'): a failed chain deleted the user's file 'e' in the working
+    directory."""
+    from curvmem.cli import build_parser, outputs
+
+    root, w, m = smoke
+    factors, eigen, out = tmp_path / "f", tmp_path / "eigen", tmp_path / "s.json"
+    assert main(["collect", "--model", str(m), "--data", str(w / "heldout.jsonl"), "--layers",
+                 "1", "--tokens", "64", "--seq-len", "16", "--batch-size", "4", "--out",
+                 str(factors), "--then", "eigen", "--factors", str(factors / "layer_1.nc"),
+                 "--out", str(eigen / "layer_1.nc")]) == 0
+    run = f"spectra --eigen {eigen} --layers 1 --modules mlp.gate_proj --out {out}"
+    args = build_parser().parse_args(["analyze", "batch", "--run", run])
+    assert [(p, flag) for p, flag, _ in outputs(args)] == [(str(out), "--run ... --out")]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "e").write_text("the user's file")
+    monkeypatch.chdir(cwd)
+    assert main(["analyze", "batch", "--run", run, "--then", "tokenizer", "--corpus",
+                 str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "t")]) == 2
+    assert not out.exists()  # the run's own output went with the chain
+    assert sorted(p.name for p in cwd.iterdir()) == ["e"]
+    assert (cwd / "e").read_text() == "the user's file"
