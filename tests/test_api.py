@@ -235,6 +235,19 @@ def test_bad_calls_raise_one_clear_error_and_change_nothing(disk, made, case):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
+def test_a_directory_of_eigen_files_is_checked_layer_by_layer(disk, made, tmp_path):
+    import shutil
+
+    model, _, _ = made
+    other = tiny_olmo2(vocab=model.get_input_embeddings().num_embeddings, seed=5)
+    curvmem.eigenbases(curvmem.collect(other, disk["ids"], layers=[1])).save(tmp_path)
+    for name in ("layer_2.nc", "layer_2.nc.sha256"):  # layer 2: this model's, from the CLI
+        shutil.copy(disk["root"] / "eigen" / name, tmp_path / name)
+    curvmem.make_edit(model, tmp_path, rho=0.5, layers=[2])  # layer 2 alone is this model's
+    with pytest.raises(ValueError, match="eigenbases of layer 1: computed on model"):
+        curvmem.make_edit(model, tmp_path, rho=0.5)
+
+
 def test_an_edit_refuses_a_model_changed_since(disk, made):
     model, _, bases = made
     edit = curvmem.make_edit(model, bases, rho=0.5, layers=[1])

@@ -32,7 +32,14 @@ from curvmem.edit.build import build_edit, parse_spec
 from curvmem.edit.kfac import check_rho, kfac_edit_weight, pair_mask, random_orthonormal
 from curvmem.eigen import eigh_descending
 from curvmem.evaluate import lm as evaluate
-from curvmem.factors import ClassificationTask, Factors, LMTask, batched, write_layer_files
+from curvmem.factors import (
+    ClassificationTask,
+    Factors,
+    LMTask,
+    batched,
+    layer_cost,
+    write_layer_files,
+)
 from curvmem.factors import collect as collect_means
 from curvmem.model import adapter_for, check_layer, mlp_modules, parse_int_list
 from curvmem.model import model_id as resolved_model_id
@@ -192,11 +199,14 @@ class Eigenbases:
         groups: {(layer, module name): {variable: ndarray}}.
         attrs: The root attributes an eigen file records (its factors', and eigh_dtype).
         seconds: Wall seconds of the factors and the eigendecomposition together.
+        layer_attrs: Attributes of single layers where they differ from `attrs` (eigen files
+            read from a directory: each layer's own).
     """
 
     groups: dict
     attrs: dict
     seconds: float = 0.0
+    layer_attrs: dict = field(default_factory=dict, repr=False)
 
     def __getitem__(self, key) -> dict:
         """The variables of one module, keyed (layer, module name)."""
@@ -228,7 +238,8 @@ class Eigenbases:
             The layer's groups {module: {variable: ndarray}} and attributes.
         """
         return schema.LayerFile("eigen", layer, {n: self.groups[(layer, n)]
-                                                 for n in self.modules(layer)}, dict(self.attrs))
+                                                 for n in self.modules(layer)},
+                                dict(self.layer_attrs.get(layer, self.attrs)))
 
     def save(self, directory) -> list[Path]:
         """Write DIR/layer_<L>.nc per layer, the files `curvmem eigen` writes.
@@ -273,12 +284,14 @@ class Eigenbases:
                             if p.stem.removeprefix("layer_").isdecimal())
             if not layers:
                 raise io.StoreError(f"{directory}: no layer_<L>.nc eigen files")
-        groups, attrs = {}, {}
+        groups, attrs, seconds = {}, {}, 0.0
         for layer in layers:
-            lf = schema.read_layer(schema.layer_path(directory, layer), "eigen")
+            path = schema.layer_path(directory, layer)
+            lf = schema.read_layer(path, "eigen")
             groups.update({(layer, name): g for name, g in lf.groups.items()})
-            attrs = {k: v for k, v in lf.attrs.items() if k not in _OWN_ATTRS}
-        return cls(groups, attrs)
+            attrs[layer] = {k: v for k, v in lf.attrs.items() if k not in _OWN_ATTRS}
+            seconds += layer_cost(path, lf.attrs)["seconds"]  # factors and eigh, as recorded
+        return cls(groups, attrs[layers[0]], seconds, attrs)
 
 
 def eigenbases(factors: CollectedFactors, *, dtype: torch.dtype = torch.float64,
@@ -453,8 +466,9 @@ def _kfac_weights(model, spec: dict, bases: Eigenbases, keep: str, seed: int):
                                      g["A_eigenvalues"], mask)
         tensors[m.param_name] = m.to_stored_layout(W_new.to(m.module.weight.dtype))
         stats[m.param_name] = {**st, "rho": rho, "keep": keep}
-    factors = {k: bases.attrs.get(k) for k in ("fisher", "n_tokens", "seq_len", "seed",
-                                               "corpus_fingerprint", "shard")}
+    first = bases.layer_file(next(iter(spec))).attrs  # as build_edit: the spec's first layer
+    factors = {k: first.get(k) for k in ("fisher", "n_tokens", "seq_len", "seed",
+                                         "corpus_fingerprint", "shard")}
     return tensors, {"method": "kfac" if keep == "top" else f"kfac-{keep}",
                      "spec": {str(k): v for k, v in spec.items()}, "keep": keep, "seed": seed,
                      "modules": stats, **identity_record(model), "factors": factors}
