@@ -7,7 +7,7 @@ ARTIFACTS = PLAN.artifacts()
 
 
 # Cheap and local: the index is the plan written out, and git holds it. It is written exactly
-# when its text is not the plan's (Plan.index_stale): no input, so no file time can rerun it
+# when its text is not the plan's (Plan.index_stale): no input file, so no file time reruns it
 # (a checkout gives files the times of its own order), and its text is no param, so neither can
 # Snakemake's metadata (a clone has none; a copy may hold another run's). A stale index adds a
 # second output named by the plan's digest, not there yet, which `all` (and the target `index`)
