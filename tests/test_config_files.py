@@ -169,6 +169,8 @@ def test_an_empty_root_or_escaping_outdir_fails_the_dry_run(repo, outdir, messag
      "config lm.data.corpus: '../../../train.jsonl' holds '/'"),
     (lambda c: c["lm"].update(factor_variants={"x{y}": {"seed": 2}}),
      "config lm.factor_variants.x{y}: 'x{y}' holds '{' '}'"),
+    (lambda c: c["vit"].update(data="digits{x}.safetensors"),
+     "config vit.data: 'digits{x}.safetensors' holds a brace"),
 ])
 def test_names_that_would_leave_the_outdir_are_refused(repo, change, message):
     cfg = smoke()
