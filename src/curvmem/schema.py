@@ -248,7 +248,8 @@ def write_edit(path, tensors: dict, meta: dict) -> None:
     edit_sidecar(path).unlink(missing_ok=True)
     with atomic_artifact(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-                  metadata={"curvmem": "edit", "method": str(meta.get("method", ""))})
+                  # one key: safetensors writes several in hash-map order (bytes would vary)
+                  metadata={"curvmem": "edit"})
     # the sidecar names its weights: a sidecar beside another edit's weights is refused
     write_json(edit_sidecar(path), {**meta, WEIGHTS_DIGEST: recorded_checksum(path)})
 

@@ -198,8 +198,10 @@ def save_dataset(path, tensors: dict, config: dict) -> None:
     stored = {k: (v.to(torch.uint8) if v.dtype == torch.bool else v).contiguous()
               for k, v in tensors.items()}
     with io.atomic_output(path) as tmp:
-        save_file(stored, str(tmp), metadata={"curvmem": "vision-data",
-                                               "config": json.dumps(config)})
+        # one metadata key: safetensors writes several in hash-map order, so the file's bytes
+        # (and its checksum) would differ between two runs of the same command
+        save_file(stored, str(tmp), metadata={"curvmem": json.dumps(
+            {"artifact": "vision-data", "config": config}, sort_keys=True)})
 
 
 def load_dataset(path) -> tuple[dict, dict]:
@@ -216,7 +218,8 @@ def load_dataset(path) -> tuple[dict, dict]:
     except Exception as e:  # noqa: BLE001 (safetensors raises several types for bad files)
         raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") \
             from None
-    if meta.get("curvmem") != "vision-data":
+    config = _dataset_config(meta)
+    if config is None:
         raise ValueError(f"{path}: not a curvmem vision dataset (make one with curvmem "
                          "vision-data)")
     missing = [k for k in DATA_KEYS if k not in tensors]
@@ -232,7 +235,21 @@ def load_dataset(path) -> tuple[dict, dict]:
                  or len({tensors[k].shape[0] for k in HELDOUT_KEYS}) > 1):
         raise ValueError(f"{path}: an incomplete held-out split (needs {list(HELDOUT_KEYS)} of "
                          "one length)")
-    return tensors, json.loads(meta["config"])
+    return tensors, config
+
+
+def _dataset_config(meta: dict) -> dict | None:
+    """The config a dataset file records; None for a file that is not a vision dataset. Older files
+    hold it under a second metadata key."""
+    try:
+        if meta.get("curvmem") == "vision-data":
+            return json.loads(meta["config"])
+        record = json.loads(meta.get("curvmem", ""))
+    except (KeyError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("artifact") != "vision-data":
+        return None
+    return record.get("config")
 
 
 # which images `curvmem collect --images` reads from a dataset (Fisher data for a ViT)
