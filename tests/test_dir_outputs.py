@@ -134,13 +134,15 @@ def test_artifacts_follow_the_umask(made, tmp_path, umask):
         assert main(["edit", "--model", str(made["model"]), "--method", "svd", "--svd-drop",
                      "0.5", "--layers", "1", "--modules", "mlp.gate_proj", "--out",
                      str(edit)]) == 0
-        model = tmp_path / "m"
+        model, exported = tmp_path / "m", tmp_path / "x"
         assert main(argv("train-lm", made, model)) == 0
+        assert main(argv("export", made, exported)) == 0
     finally:
         os.umask(old)
     want = 0o666 & ~umask
     files = [edit, io.checksum_path(edit), edit.with_suffix(".json"),
-             *[p for p in model.rglob("*") if p.is_file()]]
-    assert any(p.suffix == ".safetensors" for p in model.iterdir())
-    assert {p.name: oct(mode(p)) for p in files} == {p.name: oct(want) for p in files}
-    assert mode(model) == 0o777 & ~umask
+             *[p for d in (model, exported) for p in d.rglob("*") if p.is_file()]]
+    for d in (model, exported):
+        assert any(p.suffix == ".safetensors" for p in d.iterdir())
+        assert mode(d) == 0o777 & ~umask
+    assert {str(p): oct(mode(p)) for p in files} == {str(p): oct(want) for p in files}

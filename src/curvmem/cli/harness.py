@@ -51,5 +51,6 @@ def register(sub, evaluate_sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="tasks JSONL {category, prompt, answer}")
     p.add_argument("--tokenizer", required=True, help="the model's tokenizer (directory)")
-    p.add_argument("--out", required=True, help="directory to create")
+    p.add_argument("--out", required=True,
+                   help="directory to create (an existing one must be empty)")
     p.set_defaults(func=run_harness_tasks)

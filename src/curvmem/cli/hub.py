@@ -63,7 +63,8 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--cache-dir", default=None, help="hub cache (default: HF_HOME's)")
     p.add_argument("--copy", action="store_true",
                    help="copy the files instead of linking them (a cache compute nodes cannot see)")
-    p.add_argument("--out", required=True, help="directory to create")
+    p.add_argument("--out", required=True,
+                   help="directory to create (an existing one must be empty)")
     p.set_defaults(func=run_download)
 
     p = sub.add_parser(

@@ -383,7 +383,8 @@ def register(sub, evaluate_sub) -> None:
     p = sub.add_parser("world", help="generate the embedded synthetic world (JSONL files)",
                        description="Write train/heldout/retain/tasks/canary JSONL files and "
                        "world.json to DIR (layout: docs/lm.md).")
-    p.add_argument("--out", required=True, help="output directory (replaced)")
+    p.add_argument("--out", required=True,
+                   help="output directory to create (an existing one must be empty)")
     p.add_argument("--preset", default="default", help="default | adamw | smoke")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--config", default=None,
@@ -392,14 +393,18 @@ def register(sub, evaluate_sub) -> None:
 
     p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer on a JSONL corpus")
     p.add_argument("--corpus", required=True, help="JSONL with a 'text' field (train.jsonl)")
-    p.add_argument("--out", required=True, help="output directory (AutoTokenizer loads it)")
+    p.add_argument("--out", required=True,
+                   help="output directory to create (AutoTokenizer loads it; an existing one "
+                   "must be empty)")
     p.add_argument("--vocab-size", type=int, default=1024)
     p.set_defaults(func=cmd_tokenizer)
 
     p = sub.add_parser("train-lm", help="train the tiny OLMo-2 on the world (CPU)")
     p.add_argument("--world", required=True, help="world directory (reads train.jsonl)")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory")
-    p.add_argument("--out", required=True, help="model directory (model + tokenizer)")
+    p.add_argument("--out", required=True,
+                   help="model directory to create (model + tokenizer; an existing one must "
+                   "be empty)")
     p.add_argument("--preset", default="default", help="default | adamw | smoke")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the initial weights and batch order (default: the preset's, 0)")

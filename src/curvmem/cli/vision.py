@@ -30,7 +30,8 @@ def register(sub, evaluate_sub) -> None:
                        description="Train until it fits the noisy training labels; writes "
                        "DIR/model.safetensors and DIR/timm_config.json.")
     p.add_argument("--data", required=True, help="FILE.safetensors from vision-data")
-    p.add_argument("--out", required=True, help="model directory")
+    p.add_argument("--out", required=True,
+                   help="model directory to create (an existing one must be empty)")
     p.add_argument("--preset", default="default", choices=["default", "smoke"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
