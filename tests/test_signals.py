@@ -133,3 +133,17 @@ def test_a_directory_made_read_only_mid_run_is_named_as_the_write(tmp_path, caps
     assert len(errors) == 1 and "Traceback" not in err, err
     assert "Permission denied" in errors[0] and f"'{ro / 'w'}'" in errors[0], errors[0]
     assert ".lock" not in errors[0] and ".tmp" not in errors[0], errors[0]
+
+
+def test_the_previous_sigterm_handler_is_put_back(tmp_path):
+    """In-process callers (tests, notebooks) keep their own handler after a command."""
+    def mine(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert main(["world", "--preset", "smoke", "--out", str(tmp_path / "w")]) == 0
+        assert main(["world", "--preset", "smoke", "--out", str(tmp_path / "w")]) == 2
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -205,13 +205,17 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated
 
 
+_NOT_SET = object()  # where no handler can be set: a thread other than the main one
+
+
 def _catch_sigterm():
-    """Install the SIGTERM handler; returns the previous one (None where none can be set: a
-    thread other than the main one)."""
+    """Install the SIGTERM handler; returns the previous one (to put back: a handler set outside
+    Python reads as None, put back as the default)."""
     try:
-        return signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:
-        return None
+        return _NOT_SET
+    return signal.SIG_DFL if previous is None else previous
 
 
 def main(argv=None) -> int:
@@ -267,7 +271,7 @@ def main(argv=None) -> int:
               "removed", file=sys.stderr)
         return SIGNAL_EXIT[name]
     finally:
-        if previous is not None:
+        if previous is not _NOT_SET:
             signal.signal(signal.SIGTERM, previous)
     split = startup_split(command_age)
     if split is not None:  # benchmarks/bench_default.py reads this line from the job logs
