@@ -232,3 +232,25 @@ def test_your_own_model_dag_runs_offline_end_to_end(tmp_path):
         exported = list((out / "lm/export").iterdir())
         assert len(exported) == 1 and all((d / "config.json").is_file() for d in exported)
     assert dry_run_jobs(repo, "--configfile=own.yaml", *targets, env=env) == {}
+
+
+def test_a_seq_len_beyond_a_cached_hub_models_positions_is_refused(offline_home, tmp_path,
+                                                                    capsys):
+    """`--model OWNER/NAME`: its config.json is read from the hub cache, offline, before the
+    weights load (a model directory's own config.json likewise: tests/test_bad_inputs.py)."""
+    from conftest import tiny_olmo2
+    from curvmem.cli import main
+
+    src = tmp_path / "src"
+    tiny_olmo2().save_pretrained(src)  # 64 positions
+    hub_cache(offline_home, "someone/tiny-olmo2", src)
+    tokens = tmp_path / "tokens.npy"
+    np.save(tokens, np.arange(200) % 61)
+    out = tmp_path / "f"
+    capsys.readouterr()
+    assert main(["collect", "--model", "someone/tiny-olmo2", "--data", str(tokens), "--layers",
+                 "1", "--tokens", "130", "--seq-len", "65", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--seq-len 65: beyond the model's maximum positions (max_position_embeddings = 64" \
+        in err and "models--someone--tiny-olmo2" in err, err
+    assert not out.exists()

@@ -46,13 +46,30 @@ def check_name(name: str, flag: str) -> str:
 MAX_POSITIONS = ("max_position_embeddings", "n_positions", "n_ctx")
 
 
-def check_seq_len(model, seq_len: int, flag: str = "--seq-len") -> None:
-    """Refuse a sequence length beyond the model's maximum positions, read from its config.json
-    alone, before the weights load (a hub id, or a model without such a field, is not checked
-    here)."""
+def _config_file(model):
+    """A model's config.json: in its directory, or for a hub id the hub cache's copy (read
+    offline; None when it is not there yet)."""
     from pathlib import Path
 
-    config = Path(str(model)) / "config.json"
+    path = Path(str(model))
+    if path.exists() or str(model).count("/") != 1:
+        return path / "config.json"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(model), "config.json")
+    except Exception:  # noqa: BLE001  (not a valid hub id: the loader names it)
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def check_seq_len(model, seq_len: int, flag: str = "--seq-len") -> None:
+    """Refuse a sequence length beyond the model's maximum positions, read from its config.json
+    alone, before the weights load (a model without such a field, or a hub id not in the hub
+    cache, is not checked here)."""
+    config = _config_file(model)
+    if config is None:
+        return
     try:
         values = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
