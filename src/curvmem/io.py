@@ -88,10 +88,10 @@ def _umask() -> int:
 
 def follow_umask(path) -> None:
     """Give `path` (a file, or every file and directory under a directory) the mode a plain
-    `open()` or `mkdir` gives under the umask. Some writers create 0600 files (safetensors writes
-    through a private temp file): an artifact's sidecar was 0644, its weights 0600. Symbolic
-    links and hard-linked files (a downloaded snapshot shares the hub cache's files) are left as
-    they are: their mode is not ours to change."""
+    `open()` or `mkdir` gives under the umask. Some writers create 0600 files whatever the umask
+    (safetensors' save_file, hence save_pretrained): an artifact's sidecar was 0644, its weights
+    0600. Symbolic links and hard-linked files (a downloaded snapshot shares the hub cache's
+    files) are left as they are: their mode is not ours to change."""
     mask = _umask()
     path = Path(path)
     todo = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
