@@ -73,28 +73,31 @@ def result_files(work: Path) -> dict[str, bytes]:
     temp and lock files, and report.html (snakemake's report embeds each job's runtime).
 
     A safetensors file is its header as parsed JSON and its payload's bytes: the safetensors
-    library writes its header's metadata in a per-process hash order (a file with two metadata
-    keys can come out in either order); its checksum sidecar, which hashes those bytes, counts
-    as whether it matches the file."""
+    library writes its header's metadata map in a per-process hash order, so a file with two
+    metadata keys (an edit's) comes out in either order. Where such a file's sha256 is recorded
+    (its checksum, its edit's JSON sidecar, a ViT evaluation that copies the sidecar), a
+    placeholder naming the file stands for it: every other byte is compared."""
     import hashlib
     import struct
 
-    files = {}
-    for p in sorted((work / "results").rglob("*")):
+    files, digests = {}, {}
+    paths = sorted(p for p in (work / "results").rglob("*") if p.is_file())
+    for p in paths:
+        if p.suffix == ".safetensors":
+            digests[hashlib.sha256(p.read_bytes()).hexdigest().encode()] = \
+                f"<sha256 of {p.relative_to(work)}>".encode()
+    for p in paths:
         rel = p.relative_to(work)
-        if (not p.is_file() or is_cost_file(p) or p.name == "report.html"
+        if (is_cost_file(p) or p.name == "report.html"
                 or any(part.startswith(".") for part in rel.parts)
                 or "logs" in rel.parts or "benchmarks" in rel.parts):
             continue
         data = p.read_bytes()
         if p.suffix == ".safetensors":
             n = struct.unpack("<Q", data[:8])[0]
-            header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True).encode()
-            data = header + data[8 + n:]
-        elif p.name.endswith(".safetensors.sha256"):
-            payload = p.with_name(p.name.removesuffix(".sha256"))
-            data = (b"matches its file" if payload.is_file() and hashlib.sha256(
-                payload.read_bytes()).hexdigest() in p.read_text() else data)
+            data = json.dumps(json.loads(data[8:8 + n]), sort_keys=True).encode() + data[8 + n:]
+        for digest, name in digests.items():
+            data = data.replace(digest, name)
         files[str(rel)] = data
     return files
 
