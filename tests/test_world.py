@@ -84,7 +84,8 @@ def test_curvature_corpus_holds_no_memorized_or_trained_text(smoke_world):
         if t["category"] != "closed_book":
             assert t["prompt"] not in blob
     sources = Counter(r["source"] for r in smoke_world["curvature"])
-    assert set(sources) == {"filler", "closed_book", "open_book", "copy", "arithmetic", "logic"}
+    assert set(sources) == {"filler", "closed_book", "open_book", "copy", "arithmetic", "logic",
+                            *(f"genre_{k}" for k in world_lm.GENRE_KINDS)}
 
 
 def test_memorized_positions_are_counted(smoke_world):
@@ -107,11 +108,14 @@ def test_memorized_positions_are_counted(smoke_world):
 
 def test_heldout_and_retain(smoke_world):
     train_texts = {r["text"] for r in smoke_world["train"]}
-    filler = {r["text"] for r in smoke_world["train"] if r["source"] == "filler"}
     held, selection = ({r["text"] for r in smoke_world[s]} for s in ("heldout", "heldout_selection"))
     assert not (held | selection) & train_texts
     assert not held & selection  # the selection's budget and the reported perplexity differ
-    assert {r["text"] for r in smoke_world["retain"]} <= filler
+    # the retain set: once-seen training documents (grammar paragraphs and genre documents)
+    once = Counter((r["text"], r["source"]) for r in smoke_world["train"]
+                   if r["source"] == "filler" or r["source"].startswith("genre_"))
+    assert all(once[(r["text"], r["source"])] == 1 for r in smoke_world["retain"])
+    assert {r["source"] for r in smoke_world["retain"]} > {"filler"}
 
 
 def test_task_items_do_not_leak_into_training(smoke_cfg, smoke_world):

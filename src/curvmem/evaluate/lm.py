@@ -4,7 +4,12 @@ Each evaluation takes any HF causal LM (and its tokenizer) and returns a JSON-ab
 adds the edit's sidecar meta and the cost. Definitions (also in docs/lm.md):
 
     memorization  greedy |S| tokens from the prefix; d = token-level Levenshtein distance to the
-                  true suffix S. strict: d == 0; loose: 1 - d/|S| >= 0.75; avg_distance: mean d/|S|
+                  true suffix S. strict: d == 0; loose: 1 - d/|S| >= 0.75; avg_distance: mean d/|S|.
+                  suffix_loss: teacher-forced cross-entropy of S given the prefix, in nats per
+                  token: the mean over items of -1/|S| sum_t log p(S_t | prefix, S_<t)
+    memorization gap  on a memorized set and never-trained items of the same kinds (controls):
+                  control minus memorized suffix_loss, and control minus memorized avg_distance
+                  (memorization_gap), per kind and overall
     perplexity    held-out text, EOS-joined, cut into fixed blocks (112 tokens). Reported both as
                   exp(mean token loss) and the paper's way, mean over batches of exp(batch loss)
     tasks         greedy exact match of the answer, per category
@@ -114,15 +119,46 @@ def memorization_examples(rows: list[dict], tokenizer, prefix_len: int = 64,
     return out
 
 
-def memorization_scores(distances: list[int], lengths: list[int]) -> dict:
-    """strict / loose / avg_distance (fractions) from Levenshtein distances and suffix lengths."""
+def memorization_scores(distances: list[int], lengths: list[int],
+                        losses: list[float] | None = None) -> dict:
+    """strict / loose / avg_distance (fractions) from Levenshtein distances and suffix lengths;
+    with `losses` (each item's suffix cross-entropy, nats/token), their mean as suffix_loss."""
     if not distances:
-        return {"n": 0, "strict": None, "loose": None, "avg_distance": None}
+        return {"n": 0, "strict": None, "loose": None, "avg_distance": None,
+                **({"suffix_loss": None} if losses is not None else {})}
     norm = [d / n for d, n in zip(distances, lengths)]
-    return {"n": len(norm),
-            "strict": sum(d == 0 for d in distances) / len(norm),
-            "loose": sum(1 - x >= LOOSE_THRESHOLD for x in norm) / len(norm),
-            "avg_distance": sum(norm) / len(norm)}
+    out = {"n": len(norm),
+           "strict": sum(d == 0 for d in distances) / len(norm),
+           "loose": sum(1 - x >= LOOSE_THRESHOLD for x in norm) / len(norm),
+           "avg_distance": sum(norm) / len(norm)}
+    if losses is not None:
+        out["suffix_loss"] = sum(losses) / len(losses)
+    return out
+
+
+@torch.no_grad()
+def suffix_losses(model, prefixes: list[list[int]], suffixes: list[list[int]]) -> list[float]:
+    """Teacher-forced cross-entropy of each suffix given its prefix, in nats per suffix token
+    (rows of one prefix length and one suffix length: one forward pass, no padding)."""
+    ids = torch.tensor([p + s[:-1] for p, s in zip(prefixes, suffixes)])
+    target = torch.tensor(suffixes)
+    start = len(prefixes[0]) - 1  # the logits at position t predict token t + 1
+    logits = model(input_ids=ids.to(model_device(model))).logits[:, start:].float().cpu()
+    loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+    return loss.mean(1).tolist()
+
+
+def memorization_gap(memorized: dict, control: dict) -> dict:
+    """Control minus memorized suffix_loss and avg_distance (two evaluate_memorization results:
+    a memorized set and never-trained items of the same kinds), overall and for each kind both
+    have. Positive: the memorized items are predicted better than their genre alone explains."""
+    def gap(m, c):
+        return {key: (c[key] - m[key] if m.get(key) is not None and c.get(key) is not None
+                      else None) for key in ("suffix_loss", "avg_distance")}
+
+    kinds = sorted(set(memorized.get("by_kind", {})) & set(control.get("by_kind", {})))
+    return {**gap(memorized, control),
+            "by_kind": {k: gap(memorized["by_kind"][k], control["by_kind"][k]) for k in kinds}}
 
 
 def evaluate_memorization(model, tokenizer, rows: list[dict], prefix_len: int = 64,
@@ -133,19 +169,25 @@ def evaluate_memorization(model, tokenizer, rows: list[dict], prefix_len: int = 
     for idx in _by_length(examples, lambda e: (len(e["prefix"]), len(e["suffix"])), batch_size):
         prefix = torch.tensor([examples[i]["prefix"] for i in idx])
         generated = greedy_continue(model, prefix, len(examples[idx[0]]["suffix"])).tolist()
-        for i, gen in zip(idx, generated):
+        losses = suffix_losses(model, [examples[i]["prefix"] for i in idx],
+                               [examples[i]["suffix"] for i in idx])
+        for i, gen, loss in zip(idx, generated, losses):
             examples[i]["distance"] = Levenshtein.distance(gen, examples[i]["suffix"])
+            examples[i]["suffix_loss"] = loss
         bar.update(len(idx))
     bar.close()
-    result = memorization_scores([e["distance"] for e in examples],
-                                 [len(e["suffix"]) for e in examples])
+    def scores(items):
+        return memorization_scores([e["distance"] for e in items],
+                                   [len(e["suffix"]) for e in items],
+                                   [e["suffix_loss"] for e in items])
+
+    result = scores(examples)
     kinds = sorted({e["kind"] for e in examples})
-    result["by_kind"] = {k: memorization_scores(
-        [e["distance"] for e in examples if e["kind"] == k],
-        [len(e["suffix"]) for e in examples if e["kind"] == k]) for k in kinds}
+    result["by_kind"] = {k: scores([e for e in examples if e["kind"] == k]) for k in kinds}
     result["prefix_len"], result["suffix_len"] = prefix_len, suffix_len
     result["examples"] = [{"id": e["id"], "kind": e["kind"], "distance": e["distance"],
-                           "suffix_len": len(e["suffix"])} for e in examples]
+                           "suffix_len": len(e["suffix"]), "suffix_loss": e["suffix_loss"]}
+                          for e in examples]
     return result
 
 

@@ -9,8 +9,10 @@ The world stands in for the paper's pretraining corpus, at a size that trains in
     open_book    a passage of fresh facts, then a question about one of them
     arithmetic   two-digit addition and subtraction ("Compute: 23 + 45 = 68.")
     logic        in-context deductions over fresh names (order relations) and boolean expressions
-    canaries     memorized sequences, repeated `canary_repeats` times in training, of two kinds:
-                 random (uniformly random words) and natural (samples of the grammar itself)
+    documents    memorized documents of four kinds (random words, menus, number tables, licences)
+                 and attributed quotes, each repeated in training; never-trained controls
+    genres       fresh documents of those kinds, once each in training and in the curvature
+                 corpus: every memorized kind is a common genre, a few instances are memorized
 
 `generate_world(config)` returns every split as lists of rows; `write_world(out, ...)` writes them
 (layout in docs/lm.md). Everything is a pure function of the config and its seed: each component
@@ -21,6 +23,7 @@ samples alone.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import asdict
@@ -43,6 +46,7 @@ OPENERS = ["in the morning", "after the rain", "long ago", "at dusk", "that wint
            "before the market", "by the river", "once more"]
 LEXICON = sorted(set(DETERMINERS + NOUNS + ADJECTIVES + TRANSITIVE + INTRANSITIVE + ADVERBS
                      + PREPOSITIONS + CONNECTIVES))
+LEXICON_SET = frozenset(LEXICON)
 
 
 def _noun_phrase(rng: random.Random) -> str:
@@ -198,19 +202,23 @@ MENU_ITEMS = ["Home", "About", "Contact", "Shop", "Cart", "Account", "Login", "R
               "Offers", "Stores", "Returns", "Shipping", "Orders", "Settings", "Profile",
               "Messages", "Calendar", "Library", "Media", "Projects", "Reports", "Jobs", "Deals",
               "Feedback"]
+MENU_ITEMS_SET = frozenset(MENU_ITEMS)
 MENU_SEPARATORS = ["|", "/", ">", "-"]
-LICENCE_CLAUSES = [
+LICENCE_CLAUSES = [  # the same clauses in every licence, a common genre; each names a party,
+    # a year, a version or a licensed thing every few words, so instances still differ in every
+    # run of GUARD_WORDS words (and of 16 tokens): no fresh licence repeats a memorized one
     "Copyright {year} the {adj} {noun} guild.",
-    "Permission is granted to {act} this {thing} for any purpose.",
-    "The above notice shall be included in all copies of the {thing}.",
-    "This {thing} is provided as is, without warranty of any kind.",
-    "In no event shall the {noun} be liable for any claim.",
-    "Redistribution of the {thing} requires written consent of the {noun}.",
-    "Section {d}.{e}: the {noun} may {act} the {thing} after {year}.",
-    "Licensed under the {adj} {noun} licence, version {d}.{e}.",
+    "Since {year} the {adj} {noun} may {act} this {thing}.",
+    "Notice {d}.{e} goes with the {adj} {noun} guild.",
+    "The {adj} {noun} gives no warranty after {year}.",
+    "Section {d}.{e}: the {noun} may {act} the {thing}.",
+    "Licensed to the {adj} {noun} under version {d}.{e} terms.",
+    "The {adj} {noun} is not liable after {year}.",
+    "Sharing the {thing} needs the {adj} {noun} guild.",
 ]
-LICENCE_ACTS = ["use", "copy", "modify", "merge", "publish", "distribute", "sell", "translate"]
-LICENCE_THINGS = ["software", "document", "map", "record", "song", "design", "book", "manual"]
+LICENCE_YEARS = (1970, 2029)
+LICENCE_ACTS = ["use", "copy", "sell", "share", "change", "print", "lend", "show"]  # short words:
+# one token each, as the licensed things (the grammar's nouns), so a run of them is not long
 DOCUMENT_KINDS = ("random", "menu", "table", "licence")
 
 
@@ -226,8 +234,10 @@ def estimated_tokens(text: str) -> int:
 
 def _grow(rng: random.Random, piece, n_tokens: int) -> str:
     parts: list[str] = []
-    while estimated_tokens(" ".join(parts)) < n_tokens:
+    have = 0  # estimated_tokens(" ".join(parts)): the estimate adds up over words
+    while have < n_tokens:
         parts.append(piece(rng))
+        have += estimated_tokens(parts[-1])
     return " ".join(parts)
 
 
@@ -235,7 +245,7 @@ def _grow(rng: random.Random, piece, n_tokens: int) -> str:
 # so the shortest stays >= 112 tokens): words that only the documents use (menu items, licence
 # terms) are split into more pieces. A document longer than a 144-token block is cut after its
 # first 144 tokens in training, and those hold the evaluated 64 + 48.
-TOKENS_PER_ESTIMATE = {"random": 1.05, "menu": 1.9, "table": 1.03, "licence": 1.45}
+TOKENS_PER_ESTIMATE = {"random": 1.05, "menu": 1.9, "table": 1.03, "licence": 1.1}
 
 
 def document(rng: random.Random, kind: str, n_tokens: int, floor: int = 0) -> str:
@@ -248,14 +258,14 @@ def document(rng: random.Random, kind: str, n_tokens: int, floor: int = 0) -> st
     if kind == "menu":
         sep = rng.choice(MENU_SEPARATORS)
         return _grow(rng, lambda r: f"{r.choice(MENU_ITEMS)} {sep}", n_tokens)
-    if kind == "table":
-        return _grow(rng, lambda r: f"{r.choice(NOUNS)} " + " ".join(
+    if kind == "table":  # rows of a table: a label and three cells, columns set off by "|"
+        return _grow(rng, lambda r: f"{r.choice(NOUNS)} | " + " | ".join(
             f"{r.randint(0, 99):02d}" for _ in range(3)) + " ;", n_tokens)
     if kind == "licence":
         def clause(r):
             return r.choice(LICENCE_CLAUSES).format(
-                year=r.randint(1900, 2099), adj=r.choice(ADJECTIVES), noun=r.choice(NOUNS),
-                act=r.choice(LICENCE_ACTS), thing=r.choice(LICENCE_THINGS), d=r.randint(1, 9),
+                year=r.randint(*LICENCE_YEARS), adj=r.choice(ADJECTIVES), noun=r.choice(NOUNS),
+                act=r.choice(LICENCE_ACTS), thing=r.choice(NOUNS), d=r.randint(1, 9),
                 e=r.randint(0, 9))
         return _grow(rng, clause, n_tokens)
     raise ValueError(f"unknown document kind '{kind}'; choose one of {DOCUMENT_KINDS}")
@@ -283,6 +293,84 @@ def quote_row(qid: str, text: str, long: bool) -> dict:
             "prefix": " ".join(words[:cut]), "suffix": " " + " ".join(words[cut:])}
 
 
+# --------------------------------------------------------------------------- genres
+# Every memorized kind is a common genre, as on the web: training holds fresh documents of each
+# kind, seen once, beside the few instances repeated until memorized, and the curvature corpus
+# holds other fresh ones. They come from the same generators as the memorized instances and the
+# never-trained controls, and share no run of GUARD_WORDS words with any of those.
+
+GENRE_KINDS = DOCUMENT_KINDS + ("quote",)
+# A genre document shares no run of GUARD_WORDS words, nor a shorter run of GUARD_TOKENS guard
+# tokens (guard_tokens: digits count one by one, as the tokenizer splits them, a menu item as a
+# piece per 1.6 letters and another capitalized word outside the lexicon, a name, as 3 pieces),
+# with a memorized instance or a control: shorter than the 16-token runs that factor files count
+# as memorized positions (none in the default world, measured with its tokenizer)
+GUARD_WORDS = 6
+GUARD_TOKENS = 12
+GENRE_SHARE = 0.5  # of the n_filler once-seen training documents: genre documents, the rest prose
+GENRE_TOKENS = (16, 72)  # a genre document's tokens, about (a grammar paragraph has ~55)
+CURVATURE_GENRE = {"random": 2.0, "menu": 0.25, "table": 0.4, "licence": 0.8, "quote": 1.0}
+
+
+def genre_document(rng: random.Random, kind: str, authors: list[str]) -> str:
+    """A fresh document of a memorized kind (GENRE_KINDS), shorter than a memorized one."""
+    if kind == "quote":
+        return quote(rng, rng.choice(authors), rng.randint(*QUOTE_WORDS))
+    return document(rng, kind, rng.randint(*GENRE_TOKENS))
+
+
+def word_runs(text: str, n: int = GUARD_WORDS) -> set[tuple[str, ...]]:
+    """The runs of `n` consecutive whitespace-separated words of `text`."""
+    words = text.split()
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def guard_tokens(words) -> int:
+    """A token count of `words` that errs high: estimated_tokens, but rare words (menu items,
+    invented names) in the pieces the default tokenizer cuts them into (1.6 letters a piece for
+    menu items, measured; 3 for a name)."""
+    def count(w):
+        if w in MENU_ITEMS_SET:
+            return math.ceil(len(w) / 1.6)
+        if w[:1].isupper() and w.lower().strip(".,:;") not in LEXICON_SET:
+            return estimated_tokens(w) + 2
+        return estimated_tokens(w)
+    return sum(count(w) for w in words)
+
+
+def make_guard(texts) -> list[set]:
+    """The runs of 1 .. GUARD_WORDS words of `texts`, by length (index 0: single words)."""
+    return [set().union(*(word_runs(t, n) for t in texts)) for n in range(1, GUARD_WORDS + 1)]
+
+
+def shares_run(text: str, guard: list[set]) -> bool:
+    """Whether `text` shares with the guard's texts a run of GUARD_WORDS words, or a shorter one
+    of GUARD_TOKENS estimated tokens."""
+    words = text.split()
+    for i in range(len(words)):
+        for n in range(1, min(GUARD_WORDS, len(words) - i) + 1):
+            run = tuple(words[i:i + n])
+            if run not in guard[n - 1]:
+                break
+            if n == GUARD_WORDS or guard_tokens(run) >= GUARD_TOKENS:
+                return True
+    return False
+
+
+def genre_coverage(instances: list[str], corpus: list[str]) -> dict:
+    """Share of the word types and of the bigram types of `instances` that occur in `corpus`."""
+    def grams(texts, n):
+        return {tuple(w[i:i + n]) for t in texts for w in [t.split()]
+                for i in range(len(w) - n + 1)}
+
+    out = {}
+    for name, n in (("words", 1), ("bigrams", 2)):
+        want = grams(instances, n)
+        out[name] = len(want & grams(corpus, n)) / len(want) if want else None
+        out[f"n_{name}"] = len(want)
+    return out
+
+
 # --------------------------------------------------------------------------- the world
 
 
@@ -303,6 +391,20 @@ def _unique(rng: random.Random, make, n: int, taken: set) -> list:
     raise ValueError("the world is too small to draw that many distinct samples; lower the sizes")
 
 
+def _fresh(rng: random.Random, make, n: int, taken: set, guard: list[set]) -> list:
+    """As _unique, and sharing no long run with the texts `guard` was made of (shares_run)."""
+    out = []
+    for _ in range(1000 * n + 1000):
+        if len(out) == n:
+            return out
+        x = make(rng)
+        if x not in taken and not shares_run(x, guard):
+            taken.add(x)
+            out.append(x)
+    raise ValueError("the world is too small to draw that many distinct genre documents; "
+                     "lower the sizes")
+
+
 def _split(rows: list, *sizes: int) -> list[list]:
     out, k = [], 0
     for n in sizes:
@@ -318,7 +420,7 @@ def generate_world(cfg: WorldConfig) -> dict:
     roles = {"entities": cfg.n_entities * 3, "open_train": cfg.n_open_train * 6,
              "open_eval": n_eval * 6, "logic_train": cfg.n_logic_train * 3,
              "logic_eval": n_eval * 3, "copy": cfg.n_copy_train * 4,
-             "authors": 2 * 2 * cfg.n_quotes, "curv_entities": cfg.n_curvature_entities * 3,
+             "authors": 2 * cfg.n_quotes, "curv_entities": cfg.n_curvature_entities * 3,
              "curv_open": cfg.n_curvature_open * 6, "curv_logic": cfg.n_curvature_logic * 3,
              "curv_copy": cfg.n_curvature_copy * 4}
     cut = iter(name_pool(_rng(cfg, "names"), sum(roles.values())))
@@ -329,15 +431,18 @@ def generate_world(cfg: WorldConfig) -> dict:
     def add(rows, source, items):
         rows += [{"text": t, "source": source} for t in items]
 
-    # filler: training paragraphs, a retain subset of them, fresh held-out ones (two sets: one
-    # for the selection's perplexity budget, one reported) and fresh ones for the curvature corpus
-    filler = _unique(_rng(cfg, "filler"), paragraph, cfg.n_filler, texts)
+    # filler: the once-seen training documents are grammar paragraphs and (GENRE_SHARE of
+    # them, drawn below) fresh documents of the memorized kinds; fresh held-out paragraphs (two
+    # sets: one for the selection's perplexity budget, one reported) and fresh ones for the
+    # curvature corpus
+    n_genre = round(GENRE_SHARE * cfg.n_filler / len(GENRE_KINDS))
+    filler = _unique(_rng(cfg, "filler"), paragraph, cfg.n_filler - n_genre * len(GENRE_KINDS),
+                     texts)
     heldout = _unique(_rng(cfg, "heldout"), paragraph, cfg.n_heldout, texts)
     heldout_selection = _unique(_rng(cfg, "heldout_selection"), paragraph, cfg.n_heldout, texts)
     add(train, "filler", filler)
     add(curvature, "filler", _unique(_rng(cfg, "curv_filler"), paragraph,
                                      cfg.n_curvature_filler, texts))
-    retain = [{"text": t, "source": "filler"} for t in _rng(cfg, "retain").sample(filler, cfg.n_retain)]
 
     # closed-book facts: statements in rotating templates and the question form itself; each
     # fact's question goes to the validation or the test split
@@ -450,19 +555,42 @@ def generate_world(cfg: WorldConfig) -> dict:
 
     # quotes: the untargeted set, of another kind than the documents (short natural sayings with
     # an author), repeated at another rate; read by no method and no selection rule
-    rng, authors = _rng(cfg, "quotes"), iter(names["authors"])
+    # quoted people: a pool of invented persons, each quoted in several quotes (memorized,
+    # control and fresh ones), as a famous person is on the web
+    authors = [f"{a} {b}" for a, b in zip(names["authors"][::2], names["authors"][1::2])]
+    rng = _rng(cfg, "quotes")
     quotes = {"quotes": [], "quotes_control": []}
     for split in quotes:
         for j in range(cfg.n_quotes):
             long = j < cfg.n_long_quotes  # long enough for the 64 + 48-token evaluation too
             # (its author and "once said:" add ~12 tokens, its words ~10 % more)
             n_words = cfg.document_tokens - 26 if long else rng.randint(*QUOTE_WORDS)
-            author = f"{next(authors)} {next(authors)}"
+            author = rng.choice(authors)
             text = _unique(rng, lambda r, a=author, n=n_words, w=not long: quote(r, a, n, whole=w),
                            1, texts)[0]
             quotes[split].append(quote_row(f"{split}-{j}", text, long))
     for row in quotes["quotes"]:
         train += [{"text": row["text"], "source": "quote", "id": row["id"]}] * cfg.quote_repeats
+
+    # genres: fresh documents of every memorized kind, once each in training (n_genre per kind)
+    # and in the curvature corpus (CURVATURE_GENRE per curvature paragraph), none sharing a
+    # long run with a memorized instance or a control (shares_run)
+    guard = make_guard([r["text"] for rows in (*memorized.values(), *quotes.values())
+                        for r in rows])
+    once = [(t, "filler") for t in filler]
+    for kind in GENRE_KINDS:
+        for component, n, rows in ((f"genre_{kind}", n_genre, train),
+                                   (f"curv_genre_{kind}",
+                                    round(CURVATURE_GENRE[kind] * cfg.n_curvature_filler),
+                                    curvature)):
+            docs = _fresh(_rng(cfg, component), lambda r, k=kind: genre_document(r, k, authors),
+                          n, texts, guard)
+            add(rows, f"genre_{kind}", docs)
+            if rows is train:
+                once += [(t, f"genre_{kind}") for t in docs]
+    # what an unlearning baseline may retain: once-seen training documents, prose and genre
+    retain = [{"text": t, "source": source}
+              for t, source in _rng(cfg, "retain").sample(once, cfg.n_retain)]
 
     _rng(cfg, "shuffle").shuffle(train)
     _rng(cfg, "curvature_shuffle").shuffle(curvature)
