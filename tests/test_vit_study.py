@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from curvmem import io
 from curvmem.cli import main
 from curvmem.model import vit
 from curvmem.report import vit_study as report
@@ -131,6 +132,8 @@ def test_study_cell_matches_the_cli_path_and_reports(tmp_path):
                    "--svd-layers", "0,-1", "--svd-drop", 0.5) == 0
     result = json.loads(cell.read_text())
     assert result["settings"]["tokens"] == 4 and result["settings"]["decay"] == "matrices"
+    assert "train_seconds" not in result["settings"]  # measured: in the cell's cost file
+    assert io.read_cost(cell)["train_seconds"] > 0
     assert {k: v["n_images"] for k, v in result["kfac"].items()} == \
         {"train": 1258, "clean": 1132, "heldout": 180}
     assert set(result["kfac"]["clean"]["entries"]) == {"kfac-L0-rho0.6", "kfac-L0+5-rho0.6"}
@@ -138,7 +141,7 @@ def test_study_cell_matches_the_cli_path_and_reports(tmp_path):
     # the same edit made by the CLI, file by file, gives the same metrics
     factors, eigen = tmp_path / "F", tmp_path / "E"
     assert run_cli("collect", "--model", model, "--data", data, "--layers", "0,5",
-                   "--modules", "mlp.fc1,mlp.fc2", "--tokens", 5000, "--batch-size", 128,
+                   "--modules", "mlp.fc1,mlp.fc2", "--tokens", 1132, "--batch-size", 128,
                    "--images", "clean", "--out", factors) == 0
     eigen.mkdir()
     for layer in (0, 5):
@@ -160,6 +163,9 @@ def test_study_cell_matches_the_cli_path_and_reports(tmp_path):
                    tmp_path / "s.md", "--figure", tmp_path / "s.png") == 0
     summary = json.loads((tmp_path / "s.json").read_text())
     assert len(summary["settings"]) == 3
+    assert "seconds" not in (tmp_path / "s.json").read_text()
+    assert io.read_cost(tmp_path / "s.json")["cells"][0]["train_seconds"] == \
+        io.read_cost(cell)["train_seconds"]
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     assert "| 16 | 4 | matrices | 0.1 | heldout (180) | 0 |" in (tmp_path / "s.md").read_text()
 
@@ -227,6 +233,19 @@ def test_report_selects_on_training_images_and_checks_the_claim():
         "10.0 / 0.0 | 9.00 / 18.00 | +1.0 / -5.0 | gentle, all |" in table
     with pytest.raises(ValueError, match="two cells"):
         report.summarize(cells + [cells[0]])
+
+
+def test_study_costs_come_from_the_cells_cost_files_or_their_old_settings(tmp_path):
+    """A cell's model training seconds are a cost: in its cost file, or (a cell written before
+    costs moved out) in its settings; never in the study's summary."""
+    new, old = _cell(0, 0.3, 0.9, {"a": (0.1, 1.0, 0.9)}), _cell(1, 0.3, 0.9, {"a": (0.1, 1.0, 0.9)})
+    old["settings"]["train_seconds"] = 7.5
+    io.write_json(tmp_path / "new.json", new)
+    io.write_cost(tmp_path / "new.json", {"train_seconds": 3.25})
+    io.write_json(tmp_path / "old.json", old)
+    costs = report.study_costs([tmp_path / "new.json", tmp_path / "old.json"], [new, old])
+    assert [(c["seed"], c["train_seconds"]) for c in costs["cells"]] == [(0, 3.25), (1, 7.5)]
+    assert "train_seconds" not in json.dumps(report.summarize([new, old]))
 
 
 def test_study_figure_has_one_line_per_width(tmp_path, monkeypatch):
