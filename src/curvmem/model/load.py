@@ -31,9 +31,10 @@ def load_model(path_or_id, dtype: torch.dtype | str | None = None,
         if dtype == "auto":
             dtype = stored_dtype(path_or_id, trust_remote_code)
         try:
+            # safetensors only: a pytorch_model.bin is a pickle, and curvmem never unpickles
             model = AutoModelForCausalLM.from_pretrained(
                 str(path_or_id), dtype=dtype or torch.float32,
-                trust_remote_code=trust_remote_code)
+                trust_remote_code=trust_remote_code, use_safetensors=True)
         except Exception as e:  # noqa: BLE001 (transformers, the hub and safetensors raise many)
             where = "the directory" if local else "the hub id (offline, or no such model?)"
             raise StoreError(f"--model {path_or_id}: cannot load a causal LM from {where}: "
