@@ -8,12 +8,10 @@ negative one (a broken factor) is an error.
 from __future__ import annotations
 
 import hashlib
-import time
 
 import numpy as np
 import torch
 
-from curvmem.io import peak_rss_mb
 from curvmem.schema import read_layer, write_layer
 
 NEGATIVE_TOLERANCE = 1e-4  # relative to the largest eigenvalue
@@ -35,8 +33,8 @@ def eigh_descending(matrix, dtype=torch.float64, device=None) -> tuple[torch.Ten
 
 def eigen_layer(factors_path, out_path, dtype=torch.float64, store_dtype=np.float32,
                 device=None) -> None:
-    """Eigendecompose every module of one factors file into an eigen file (same layer)."""
-    t0 = time.perf_counter()
+    """Eigendecompose every module of one factors file into an eigen file (same layer). Its cost
+    is no part of it: `curvmem eigen` writes it to `<out_path>.cost.json`."""
     layer = read_layer(factors_path, "factors")
     cache: dict = {}  # gate_proj and up_proj share A: decompose it once
     groups = {}
@@ -49,10 +47,9 @@ def eigen_layer(factors_path, out_path, dtype=torch.float64, store_dtype=np.floa
                 cache[key] = (vals.cpu().numpy().astype(store_dtype),
                               vecs.cpu().numpy().astype(store_dtype))
             groups[name][f"{side}_eigenvalues"], groups[name][f"{side}_eigenvectors"] = cache[key]
+    # (cost_seconds, cost_peak_rss_mb: costs an older curvmem kept in its factor files)
     attrs = {k: v for k, v in layer.attrs.items()
-             if k not in ("kind", "schema_version", "layer", "curvmem_version")}
-    seconds = time.perf_counter() - t0
-    attrs["cost_seconds"] = float(layer.attrs.get("cost_seconds", 0)) + seconds
-    attrs["cost_peak_rss_mb"] = max(float(layer.attrs.get("cost_peak_rss_mb", 0)), peak_rss_mb())
+             if k not in ("kind", "schema_version", "layer", "curvmem_version", "cost_seconds",
+                          "cost_peak_rss_mb")}
     attrs["eigh_dtype"] = str(dtype).replace("torch.", "")
     write_layer(out_path, "eigen", layer.layer, groups, attrs)

@@ -315,15 +315,16 @@ def train_vit(data_path, out, preset: str = "default", seed: int = 0, epochs=Non
     t0 = time.perf_counter()
     history = train(model, tensors, seed=seed, progress=progress, **recipe)
     final = metrics(model, tensors)
+    seconds = round(time.perf_counter() - t0, 2)  # a cost: beside the model, not in it
     cfg.update({"preset": preset, "seed": seed, "train": recipe, "data": str(data_path),
-                "data_config": data_cfg, "train_seconds": round(time.perf_counter() - t0, 2),
-                "final_metrics": final, "history": history})
+                "data_config": data_cfg, "final_metrics": final, "history": history})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with io.atomic_artifact(out / WEIGHTS_FILE) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     io.write_json(out / CONFIG_FILE, cfg)  # last: its presence marks a complete model dir
-    return cfg
+    io.write_cost(out, {"seconds": seconds})
+    return {**cfg, "train_seconds": seconds}
 
 
 # --------------------------------------------------------------------------- metrics
