@@ -70,35 +70,17 @@ def finished_files(work: Path) -> dict[str, int]:
 def result_files(work: Path) -> dict[str, bytes]:
     """Every result file under the outdir, as its bytes: all but the measured costs (`*.cost.json`
     and cost tables, curvmem.report.costs.is_cost_file), the jobs' logs/ and benchmarks/, hidden
-    temp and lock files, and report.html (snakemake's report embeds each job's runtime).
-
-    A safetensors file is its header as parsed JSON and its payload's bytes: the safetensors
-    library writes its header's metadata map in a per-process hash order, so a file with two
-    metadata keys (an edit's) comes out in either order. Where such a file's sha256 is recorded
-    (its checksum, its edit's JSON sidecar, a ViT evaluation that copies the sidecar), a
-    placeholder naming the file stands for it: every other byte is compared."""
-    import hashlib
-    import struct
-
-    files, digests = {}, {}
-    paths = sorted(p for p in (work / "results").rglob("*") if p.is_file())
-    for p in paths:
-        if p.suffix == ".safetensors":
-            digests[hashlib.sha256(p.read_bytes()).hexdigest().encode()] = \
-                f"<sha256 of {p.relative_to(work)}>".encode()
-    for p in paths:
+    temp and lock files, and report.html (snakemake's report embeds each job's runtime). Every
+    other byte is compared: safetensors files included (each holds one metadata key, so its
+    header, and with it the sha256 its sidecars record, is the same in every run)."""
+    files = {}
+    for p in sorted(p for p in (work / "results").rglob("*") if p.is_file()):
         rel = p.relative_to(work)
         if (is_cost_file(p) or p.name == "report.html"
                 or any(part.startswith(".") for part in rel.parts)
                 or "logs" in rel.parts or "benchmarks" in rel.parts):
             continue
-        data = p.read_bytes()
-        if p.suffix == ".safetensors":
-            n = struct.unpack("<Q", data[:8])[0]
-            data = json.dumps(json.loads(data[8:8 + n]), sort_keys=True).encode() + data[8 + n:]
-        for digest, name in digests.items():
-            data = data.replace(digest, name)
-        files[str(rel)] = data
+        files[str(rel)] = p.read_bytes()
     return files
 
 

@@ -191,3 +191,17 @@ def test_edit_refusals_leave_no_file(tmp_path):
                                                                            "bad.safetensors")})
     with pytest.raises(io.StoreError, match="not a readable safetensors"):
         schema.read_edit(tmp_path / "bad.safetensors")
+
+
+def test_an_edit_file_is_the_same_bytes_every_time_it_is_written(tmp_path):
+    """safetensors writes a header's metadata in hash-map order: with two keys an edit's bytes,
+    and so the weights_sha256 its sidecar records, changed between writes (in 12 writes both
+    orders were all but sure to show)."""
+    w = {"transformer.h.1.mlp.c_fc.weight": torch.arange(12.0).reshape(3, 4)}
+    meta = {"method": "svd", "spec": {"drop": 0.5}, "model_fingerprint": "f" * 16}
+    digests = set()
+    for i in range(12):
+        path = tmp_path / f"e{i}.safetensors"
+        schema.write_edit(path, w, meta)
+        digests.add(io.sha256_file(path))
+    assert len(digests) == 1

@@ -337,3 +337,18 @@ def test_model_name_with_a_local_weights_file(tmp_path):
     assert cfg["kwargs"] == {"img_size": [32, 32], "in_chans": 3, "num_classes": 10}
     assert torch.equal(model.blocks[11].mlp.fc1.weight, src.blocks[11].mlp.fc1.weight)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_dataset_file_is_the_same_bytes_every_time_it_is_written(tmp_path):
+    """One metadata key (the config inside it): with two, safetensors' hash-map order made the
+    bytes differ between writes."""
+    import hashlib
+
+    tensors, cfg = vision_data.make_dataset()
+    digests = set()
+    for i in range(12):
+        path = tmp_path / f"d{i}.safetensors"
+        vision_data.save_dataset(path, tensors, cfg)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    assert vision_data.load_dataset(path)[1] == cfg
