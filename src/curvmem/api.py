@@ -37,7 +37,6 @@ from curvmem.factors import (
     Factors,
     LMTask,
     batched,
-    layer_cost,
     write_layer_files,
 )
 from curvmem.factors import collect as collect_means
@@ -290,7 +289,7 @@ class Eigenbases:
             lf = schema.read_layer(path, "eigen")
             groups.update({(layer, name): g for name, g in lf.groups.items()})
             attrs[layer] = {k: v for k, v in lf.attrs.items() if k not in _OWN_ATTRS}
-            seconds += layer_cost(path, lf.attrs)["seconds"]  # factors and eigh, as recorded
+            seconds += schema.layer_cost(path, lf.attrs)["seconds"]  # factors and eigh, as recorded
         return cls(groups, attrs[layers[0]], seconds, attrs)
 
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from curvmem import schema
-from curvmem.io import atomic_output, peak_rss_mb, read_cost, write_cost
+from curvmem.io import atomic_output, peak_rss_mb, write_cost
 from curvmem.model import vit
 from curvmem.model.adapters import (
     MLPModule,
@@ -555,19 +555,6 @@ def write_layer_files(out, means: Factors, modules: list[MLPModule], attrs: dict
 COST_ATTRS = ("cost_seconds", "cost_peak_rss_mb")
 
 
-def layer_cost(path, attrs: dict | None = None) -> dict:
-    """{"seconds", "peak_rss_mb"} that made a factor or eigen file: its cost file, else the
-    cost_seconds / cost_peak_rss_mb root attributes (`attrs`, as read) of a file an older
-    curvmem wrote, else zeros. Eigen files' costs include their factors'."""
-    measured = read_cost(path)
-    if measured is not None:
-        return {"seconds": float(measured.get("seconds") or 0.0),
-                "peak_rss_mb": float(measured.get("peak_rss_mb") or 0.0)}
-    attrs = attrs or {}
-    return {"seconds": float(attrs.get("cost_seconds", 0)),
-            "peak_rss_mb": float(attrs.get("cost_peak_rss_mb", 0))}
-
-
 @dataclass
 class CollectionData:
     """What `collect` cuts its shards from: the first `tokens` items of the data (packed token
@@ -648,6 +635,6 @@ def merge_layer_files(paths, out) -> None:
     attrs.update(n_tokens=total, shard="",
                  memorized_positions=-1 if min(counts) < 0 else sum(counts))
     schema.write_layer(out, "factors", int(first.layer), groups, attrs)
-    shard_costs = [layer_cost(p, f.attrs) for p, f in zip(paths, files)]  # merged: the shards'
+    shard_costs = [schema.layer_cost(p, f.attrs) for p, f in zip(paths, files)]  # merged: the shards'
     write_cost(out, {"seconds": round(sum(c["seconds"] for c in shard_costs), 3),
                      "peak_rss_mb": max(c["peak_rss_mb"] for c in shard_costs)})

@@ -43,6 +43,7 @@ from curvmem.io import (  # noqa: F401
     atomic_artifact,
     atomic_output,
     check_space,
+    read_cost,
     read_json,
     verify_checksum,
     write_json,
@@ -308,3 +309,16 @@ def read_edit(path) -> tuple[dict, dict]:
         raise StoreError(f"{path}: not a readable safetensors file: {e}") from None
     _check_finite(tensors, path, f"is not applied; delete it and rerun {PRODUCERS['edit']}")
     return tensors, meta
+
+
+def layer_cost(path, attrs: dict | None = None) -> dict:
+    """{"seconds", "peak_rss_mb"} that made a factor or eigen file: its cost file, else the
+    cost_seconds / cost_peak_rss_mb root attributes (`attrs`, as read) of a file an older
+    curvmem wrote, else zeros. Eigen files' costs include their factors'."""
+    measured = read_cost(path)
+    if measured is not None:
+        return {"seconds": float(measured.get("seconds") or 0.0),
+                "peak_rss_mb": float(measured.get("peak_rss_mb") or 0.0)}
+    attrs = attrs or {}
+    return {"seconds": float(attrs.get("cost_seconds", 0)),
+            "peak_rss_mb": float(attrs.get("cost_peak_rss_mb", 0))}

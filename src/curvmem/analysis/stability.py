@@ -35,12 +35,11 @@ from curvmem.factors import (
     batched,
     collect,
     collection_data,
-    layer_cost,
     write_layer_files,
 )
 from curvmem.io import cost, write_cost
-from curvmem.model import mlp_modules, model_fingerprint, model_id
-from curvmem.schema import layer_path, read_layer
+from curvmem.model import identity_record, mlp_modules, model_id
+from curvmem.schema import layer_cost, layer_path, read_layer
 from curvmem.world.corpus import parse_shard, shard_bounds
 
 DEFINITION = (
@@ -107,7 +106,7 @@ def collect_slices(model, model_path, data, slices: dict, layers, modules, *, se
                                            dtype=getattr(torch, dtype), first_index=a)
             seconds[(seed, a, b)] = time.perf_counter() - t
     setup = time.perf_counter() - t0 - sum(seconds.values())
-    fp, mid = model_fingerprint(model), model_id(model_path)
+    identity, mid = identity_record(model), model_id(model_path)
     written = {}
     with tempfile.TemporaryDirectory() as tmp:
         for k, (out, (n, shard, seed)) in enumerate(slices.items()):
@@ -123,7 +122,7 @@ def collect_slices(model, model_path, data, slices: dict, layers, modules, *, se
             means.G = {key: v.to(getattr(torch, dtype)) for key, v in means.G.items()}
             factor_dir = Path(tmp) / str(k)
             layers_written = write_layer_files(factor_dir, means, targets, {
-                "model_id": mid, "model_fingerprint": fp, "fisher": fisher, "n_tokens": total,
+                "model_id": mid, **identity, "fisher": fisher, "n_tokens": total,
                 "seq_len": whole.seq_len, "corpus_fingerprint": sources[n].fingerprint,
                 "seed": seed, "shard": shard, "task": whole.task.name, "data": str(data),
                 "dtype": dtype}, setup / len(slices) + sum(seconds[key] for key in mine))

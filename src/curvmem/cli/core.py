@@ -188,8 +188,8 @@ def run_eigen(args) -> None:
     import torch
 
     from curvmem.eigen import eigen_layer
-    from curvmem.factors import layer_cost
     from curvmem.model import default_device
+    from curvmem.schema import layer_cost
 
     device = default_device(args.device)
     with cost() as c:

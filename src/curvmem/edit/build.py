@@ -13,7 +13,7 @@ from curvmem.edit.svd import svd_truncate
 from curvmem.model.adapters import mlp_modules, parse_int_list
 from curvmem.model.identity import check_identity, identity_record
 from curvmem.model.load import read_layer
-from curvmem.schema import PRODUCERS, layer_path, read_edit
+from curvmem.schema import PRODUCERS, layer_cost, layer_path, read_edit
 
 
 def parse_spec(spec, layers=None, modules=None, value=None) -> dict:
@@ -129,8 +129,6 @@ def upstream_cost(spec: dict, eigen_dir=None) -> dict:
     """What an edit of `spec`'s layers builds on: the summed seconds (collection, merge,
     eigendecomposition) and the largest peak RSS of the eigen files it reads, from their cost
     files (zeros for an SVD edit, or files with no recorded cost). Not part of the edit."""
-    from curvmem.factors import layer_cost
-
     costs = [layer_cost(layer_path(eigen_dir, layer)) for layer in spec] if eigen_dir else []
     return {"seconds": sum(c["seconds"] for c in costs),
             "peak_rss_mb": max((c["peak_rss_mb"] for c in costs), default=0.0)}
