@@ -205,15 +205,16 @@ MENU_ITEMS = ["Home", "About", "Contact", "Shop", "Cart", "Account", "Login", "R
 MENU_ITEMS_SET = frozenset(MENU_ITEMS)
 MENU_SEPARATORS = ["|", "/", ">", "-"]
 LICENCE_CLAUSES = [  # the same clauses in every licence, a common genre; each names a party,
-    # a year, a version or a licensed thing every few words, so instances still differ in every
-    # run of GUARD_WORDS words (and of 16 tokens): no fresh licence repeats a memorized one
+    # a version or a licensed thing every few words, and a year only before a party (four digit
+    # tokens hold few bits), so instances still differ in every run of GUARD_WORDS words and of
+    # 16 tokens, whichever words the tokenizer cuts: no fresh licence repeats a memorized one
     "Copyright {year} the {adj} {noun} guild.",
     "Since {year} the {adj} {noun} may {act} this {thing}.",
     "Notice {d}.{e} goes with the {adj} {noun} guild.",
-    "The {adj} {noun} gives no warranty after {year}.",
+    "The {adj} {noun} gives the {thing} without warranty.",
     "Section {d}.{e}: the {noun} may {act} the {thing}.",
     "Licensed to the {adj} {noun} under version {d}.{e} terms.",
-    "The {adj} {noun} is not liable after {year}.",
+    "The {adj} {noun} is not liable to the {adj2} {noun2}.",
     "Sharing the {thing} needs the {adj} {noun} guild.",
 ]
 LICENCE_YEARS = (1970, 2029)
@@ -265,6 +266,7 @@ def document(rng: random.Random, kind: str, n_tokens: int, floor: int = 0) -> st
         def clause(r):
             return r.choice(LICENCE_CLAUSES).format(
                 year=r.randint(*LICENCE_YEARS), adj=r.choice(ADJECTIVES), noun=r.choice(NOUNS),
+                adj2=r.choice(ADJECTIVES), noun2=r.choice(NOUNS),
                 act=r.choice(LICENCE_ACTS), thing=r.choice(NOUNS), d=r.randint(1, 9),
                 e=r.randint(0, 9))
         return _grow(rng, clause, n_tokens)
