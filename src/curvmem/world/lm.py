@@ -299,7 +299,7 @@ def quote_row(qid: str, text: str, long: bool) -> dict:
 # Every memorized kind is a common genre, as on the web: training holds fresh documents of each
 # kind, seen once, beside the few instances repeated until memorized, and the curvature corpus
 # holds other fresh ones. They come from the same generators as the memorized instances and the
-# never-trained controls, and share no run of GUARD_WORDS words with any of those.
+# never-trained controls, and share no long run of words with any of those (shares_run).
 
 GENRE_KINDS = DOCUMENT_KINDS + ("quote",)
 # A genre document shares no run of GUARD_WORDS words, nor a shorter run of GUARD_TOKENS guard
@@ -347,7 +347,7 @@ def make_guard(texts) -> list[set]:
 
 def shares_run(text: str, guard: list[set]) -> bool:
     """Whether `text` shares with the guard's texts a run of GUARD_WORDS words, or a shorter one
-    of GUARD_TOKENS estimated tokens."""
+    of GUARD_TOKENS guard tokens."""
     words = text.split()
     for i in range(len(words)):
         for n in range(1, min(GUARD_WORDS, len(words) - i) + 1):
@@ -403,8 +403,8 @@ def _fresh(rng: random.Random, make, n: int, taken: set, guard: list[set]) -> li
         if x not in taken and not shares_run(x, guard):
             taken.add(x)
             out.append(x)
-    raise ValueError("the world is too small to draw that many distinct genre documents; "
-                     "lower the sizes")
+    raise ValueError("cannot draw that many distinct genre documents that share no long run "
+                     "with a memorized one; lower the sizes")
 
 
 def _split(rows: list, *sizes: int) -> list[list]:
