@@ -6,7 +6,6 @@ import argparse
 import json
 
 from curvmem.cli.common import add_model_args
-from curvmem.io import follow_umask
 
 
 def run_export(args) -> None:
@@ -14,7 +13,6 @@ def run_export(args) -> None:
 
     note = export_edited(args.model, args.edit, args.out, tokenizer=args.tokenizer,
                          dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    follow_umask(args.out)  # save_pretrained writes its weights 0600, like every safetensors
     print(json.dumps({"out": args.out, **note}))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from curvmem import __version__
+from curvmem.io import follow_umask
 from curvmem.io import sha256_file as file_sha256
 from curvmem.schema import edit_sidecar
 
@@ -85,6 +86,7 @@ def export_edited(model_path, edit_path, out, tokenizer=None, dtype: str = "auto
             tok.save_pretrained(str(tmp))
         if side.is_file():  # the edit's own record travels with the checkpoint
             (tmp / "curvmem_edit.json").write_text(side.read_text())
+        follow_umask(tmp)  # save_pretrained writes its weights 0600, like every safetensors
         _check_out(out)  # still free after the (long) save: never replace someone's directory
         os.replace(tmp, out)  # an empty directory is replaced; a non-empty one was refused
     finally:
