@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from curvmem.report.costs import is_cost_file
-from slurm_cluster import SMOKE, copy_repo, dry_run_jobs, snakemake
+from slurm_cluster import SMOKE, copy_repo, dry_run_jobs, smoke_run, snakemake
 
 KILL_POINTS = 10
 SEED = 20
@@ -84,17 +84,6 @@ def result_files(work: Path) -> dict[str, bytes]:
     return files
 
 
-def smoke_results(work: Path) -> dict[str, bytes]:
-    """An uninterrupted run of the smoke DAG in `work` (a fresh copy of the repository): its
-    result files. The faulted run must then happen at the same path, since factor files name
-    their model by its absolute path (model_id)."""
-    snakemake(work, "--cores", "2", f"--configfile={SMOKE}")
-    files = result_files(work)
-    shutil.rmtree(work)
-    copy_repo(work)
-    return files
-
-
 class Run:
     """One `snakemake` of the smoke DAG in its own process group; counts finished jobs."""
 
@@ -127,8 +116,10 @@ class Run:
 
 @pytest.mark.slow
 def test_sigkill_at_ten_job_counts_then_resume(tmp_path):
+    # the shared uninterrupted run, in another directory: results name paths relative to the
+    # repository, so they are the same bytes in any checkout
+    reference = result_files(smoke_run())
     work = copy_repo(tmp_path / "repo")
-    reference = smoke_results(work)
     total = sum(dry_run_jobs(work, f"--configfile={SMOKE}").values())
     rng = random.Random(SEED)
     points = sorted(rng.sample(range(1, total - 1), KILL_POINTS))  # `all` is the last job

@@ -8,7 +8,6 @@ name. GPT-2's Conv1D stores its weight as (d_in, d_out); that transpose is handl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -226,5 +225,7 @@ def model_device(model) -> torch.device:
 
 
 def model_id(path_or_id) -> str:
-    p = Path(str(path_or_id))
-    return str(p.resolve()) if p.exists() else str(path_or_id)
+    """The model as an artifact names it: the path or hub id as given (the workflow gives paths
+    relative to its root), so two checkouts that make the same file make the same bytes and a
+    shared file names no one's home directory. Which model it was is the fingerprint's to say."""
+    return str(path_or_id)
