@@ -27,9 +27,9 @@ TASK_CATEGORIES = ("closed_book", "open_book", "arithmetic", "logic")
 @dataclass(frozen=True)
 class WorldConfig:
     seed: int = 0
-    n_filler: int = 800  # training paragraphs of grammar text
+    n_filler: int = 800  # once-seen training documents: half grammar paragraphs, half genre (world.lm)
     n_heldout: int = 560  # fresh paragraphs in EACH held-out set (selection, reported): ~32k tokens
-    n_retain: int = 128  # training paragraphs an unlearning baseline may use as its retain set
+    n_retain: int = 128  # once-seen training documents an unlearning baseline may retain
     n_entities: int = 100  # closed-book entities, 4 attributes each (half validation, half test)
     fact_repeats: int = 24  # times each closed-book fact appears in training
     n_open_train: int = 6000
@@ -50,8 +50,9 @@ class WorldConfig:
     n_quotes: int = 50  # trained quotes (the untargeted set), and as many control quotes
     n_long_quotes: int = 10  # of them, long enough for the 64 + 48-token evaluation
     quote_repeats: int = 28
-    # the curvature corpus (curvature.jsonl): fresh samples of every non-memorized source, ~240k
-    # tokens: two disjoint 100k-position slices (the main factors and the other-slice control)
+    # the curvature corpus (curvature.jsonl): fresh samples of every non-memorized source, and
+    # genre documents of each memorized kind (world.lm.CURVATURE_GENRE x n_curvature_filler),
+    # ~334k tokens: two disjoint 100k-position slices (main factors, other-slice control)
     n_curvature_filler: int = 480
     n_curvature_open: int = 1800
     n_curvature_logic: int = 1800
