@@ -84,18 +84,27 @@ def test_sigterm_to_the_installed_command_mid_training(tmp_path):
     """The `curvmem` executable itself, training for long: stopped once it holds its lock."""
     w, tok, _ = smoke_lm(tmp_path / "in", steps=1)
     out = tmp_path / "run" / "model"
-    proc = subprocess.Popen(["curvmem", "train-lm", "--world", str(w), "--tokenizer", str(tok),
-                             "--preset", "smoke", "--steps", "100000", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # its output to files, not pipes: a long run's progress bars would fill a pipe nobody reads
+    # while the test waits, and block the command in a write
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err_file:
+        proc = subprocess.Popen(["curvmem", "train-lm", "--world", str(w), "--tokenizer",
+                                 str(tok), "--preset", "smoke", "--steps", "100000", "--out",
+                                 str(out)], stdout=subprocess.DEVNULL, stderr=err_file)
     lock = out.with_name(f".{out.name}.lock")
     deadline = time.monotonic() + 120
     while not lock.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1.0)  # into the training steps
-    assert proc.poll() is None, proc.communicate()
+    assert proc.poll() is None, log.read_text()[-2000:]
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
+    try:
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = log.read_text()
+    assert proc.returncode == 143, err[-2000:]
     one_line(err, "train-lm")
     assert not (tmp_path / "run").exists() or left_behind(tmp_path / "run") == []
     assert not out.exists()
