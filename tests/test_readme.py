@@ -126,6 +126,8 @@ def test_the_committed_study_has_three_seeds_equal_budgets_and_validation_only_s
     # which the snapshot does not keep)
     recomputed = aggregate({int(d.name.removeprefix("seed-")): load_run(d) for d in _seed_dirs()})
     assert recomputed["claims"] == summary["claims"]
+    # judged by the rules its runs were made under, and the summary says which
+    assert recomputed["claims_version"] == summary["claims_version"]
     assert recomputed["selected"] == summary["selected"]
 
 

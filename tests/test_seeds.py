@@ -14,13 +14,13 @@ import yaml
 from snakemake.utils import validate
 
 from curvmem.plan import Plan, PlanError, seed_outdirs, seeded_config
+from curvmem.report.claims import claims_v1 as seed_claims
 from curvmem.report.seeds import (
     aggregate,
     aggregate_costs,
     cost_tables,
     interval,
     load_run,
-    seed_claims,
     t975,
     tables,
 )
@@ -246,3 +246,34 @@ def test_band_claims_read_the_module_means():
     agg = aggregate({0: run, 1: run})
     assert agg["analyses"]["activation_ratio"]["kfac_pairs"][0]["mean"] == pytest.approx(-0.05)
     assert "ViT activation ratio" in tables(agg)
+
+
+def test_a_study_under_the_current_rules_reports_genre_wilson_and_log_ratios():
+    """Version-2 summaries: the seeds' Wilson spans beside the t-intervals, perplexity as log
+    ratios (an interval never below −100 %), the genre table, the paper-depth row, the
+    bootstrap verdicts with their intervals."""
+    from curvmem.report.claims import CLAIMS_VERSION
+    from curvmem.report.lm import wilson
+    from curvmem.report.seeds import ratio_cell
+    from test_claims import summary_v2
+
+    runs = {}
+    for seed, shift in ((0, 0.0), (1, 2.0)):
+        s = summary_v2()
+        s["models"]["kfac-L2+3-rho0.7"]["perplexity"] += shift
+        runs[seed] = {"lm": s}
+    agg = aggregate(runs)
+    assert agg["claims_version"] == CLAIMS_VERSION and "bootstrap" in agg["claims_rules"]
+    kfac = agg["methods"]["kfac"]
+    assert kfac["wilson"]["forget_validation"] == wilson(0, 120)
+    assert kfac["log_ppl_ratio"]["values"] == pytest.approx([math.log(21 / 20), math.log(23 / 20)])
+    assert agg["paper_depth"]["0"]["name"] == "kfac-L2+3-rho0.7"
+    assert agg["base"]["gap_forget_validation"]["mean"] == pytest.approx(3.9)
+    text = tables(agg)
+    assert "| **K-FAC**: kfac-L2+3-rho0.7 (2) | 0.0 ± 0.0 [0.0–3.1] |" in text
+    assert "K-FAC nearest the paper's depth: kfac-L2+3-rho0.7 (2)" in text
+    assert "Memorization against genre" in text and "per seed: estimate" in text
+    assert "| selected K-FAC removes memorization of forget-validation" in text
+    wide = interval([math.log(0.5), math.log(2.0), math.log(5.0)])  # a +442 ± 843 % spread
+    lo = float(ratio_cell(wide).split("(")[1].split(" to ")[0])
+    assert -100 < lo < 0

@@ -1,8 +1,17 @@
 """The LM report: evaluation JSONs of base and edits -> summary, Markdown table, retention.
 
-`curvmem report-lm` reads one directory of evaluation files per entry (docs/lm.md), selects the
-edit to show (largest forget-set reduction within a perplexity budget) and sets it beside the
-paper's numbers (curvmem.report.paper).
+`curvmem report-lm` reads one directory of evaluation files per entry (docs/lm.md), selects each
+method's edit by the paper's rule (lowest forget recitation within a perplexity budget on the
+selection's held-out text: validation data only) and, as a reported variant, by that rule with
+validation-task retention added; sets them beside the paper's numbers (curvmem.report.paper).
+
+Beside recitation the summary separates memorization from genre: for every model, teacher-forced
+suffix loss and greedy distance on the memorized sets and on never-trained items of the same
+kinds (control, control_quotes), the memorization gap (control minus memorized, before and after
+an edit), genre competence (the control's suffix loss relative to base), and the verdict of the
+rule that says whether an edit removes memorization (curvmem.report.claims.removes_memorization).
+Per-item records (matched by id across base and edits) go into the summary for the claim rules'
+bootstraps.
 """
 
 from __future__ import annotations
@@ -52,11 +61,34 @@ def parse_entries(entries: list[str]) -> dict:
     return out
 
 
+def wilson(successes: float, n: int, z: float = 1.96) -> list[float] | None:
+    """The 95 % Wilson score interval [lo, hi] of a rate of `successes` in `n` (None for n = 0):
+    0 of 52 gives [0, 0.069], not the [0, 0] a normal interval would."""
+    if not n:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
 def _split_summary(mem: dict) -> dict:
-    pick = ("n", "strict", "loose", "avg_distance")
-    return {**{k: mem.get(k) for k in pick},
-            "by_kind": {kind: {k: v.get(k) for k in pick}
-                        for kind, v in sorted(mem.get("by_kind", {}).items())}}
+    pick = ("n", "strict", "loose", "avg_distance", "suffix_loss")
+    out = {**{k: mem.get(k) for k in pick},
+           "by_kind": {kind: {k: v.get(k) for k in pick}
+                       for kind, v in sorted(mem.get("by_kind", {}).items())}}
+    if out["n"] and out["strict"] is not None:
+        out["wilson"] = wilson(round(out["strict"] * out["n"]), out["n"])
+    return out
+
+
+def _task_key(item: dict, seen: dict) -> str:
+    """A task item's id, or (older files) its category, prompt, answer and occurrence."""
+    if item.get("id") is not None:
+        return str(item["id"])
+    key = f"{item.get('category')}|{item.get('prompt')}|{item.get('answer')}"
+    seen[key] = seen.get(key, 0) + 1
+    return f"{key}|{seen[key]}"
 
 
 def _tasks_summary(tasks: dict) -> dict:
@@ -76,16 +108,25 @@ def model_summary(directory) -> dict:
     if missing:
         raise ValueError(f"{directory}: missing evaluation file(s) {missing}")
     have = {key for key, p in files.items() if p.is_file()}
-    record = {split: _split_summary(read_json(files[split])) if split in have else None
-              for split in SPLITS}
+    raw = {split: read_json(files[split]) for split in SPLITS if split in have}
+    record = {split: _split_summary(raw[split]) if split in raw else None for split in SPLITS}
+    # per-item records, aligned across models by build_summary (then dropped from here)
+    record["_examples"] = {split: mem["examples"] for split, mem in raw.items()
+                           if mem.get("examples")}
     ppl = read_json(files["perplexity"])
     record["perplexity"] = ppl["perplexity_batch_mean"]
     record["perplexity_token_mean"] = ppl["perplexity"]
     record["perplexity_selection"] = (read_json(files["perplexity_selection"])
                                       ["perplexity_batch_mean"]
                                       if "perplexity_selection" in have else None)
-    record.update(_tasks_summary(read_json(files["tasks"]) if "tasks" in have
-                                 else {"accuracy": {}}))
+    if ppl.get("block_losses") is not None:
+        record["perplexity_blocks"] = [round(x, 6) for x in ppl["block_losses"]]
+    record["_model"] = ppl.get("model")
+    tasks = read_json(files["tasks"]) if "tasks" in have else {"accuracy": {}}
+    record.update(_tasks_summary(tasks))
+    seen = {}
+    record["_task_items"] = [(_task_key(it, seen), it.get("category"), it.get("subcategory"),
+                              bool(it.get("correct"))) for it in tasks.get("items") or []]
     record["validation"] = (_tasks_summary(read_json(files["tasks_validation"]))
                             if "tasks_validation" in have else None)
     record["ndcg10"] = read_json(files["coherence"])["ndcg10"] if "coherence" in have else None
@@ -131,14 +172,15 @@ def cost_text(summary: dict, costs: dict) -> str:
         "and eigendecomposition it builds on); measured, so they differ between runs.")
 
 
-def selection_reads(models: dict) -> list[str]:
+def selection_reads(models: dict, task_weight: float = 0.5) -> list[str]:
     """The evaluations the selection rule reads for these models (SELECTION_READS, less those the
-    config does not have: then the reported held-out perplexity stands in for the budget)."""
+    config does not have: then the reported held-out perplexity stands in for the budget). The
+    validation tasks only where the rule weighs them (task_weight > 0)."""
     base = models["base"]
     reads = ["memorization_forget"]
     reads.append("perplexity_selection" if base.get("perplexity_selection") is not None
                  else "perplexity")
-    if base.get("validation") is not None:
+    if base.get("validation") is not None and task_weight:
         reads.append("tasks_validation")
     return reads
 
@@ -161,10 +203,12 @@ def select_edits(models: dict, max_ppl_rise: float = 0.10, task_weight: float = 
 
     Among a method's edits whose selection perplexity (held-out text kept apart from the reported
     one) is at most (1 + max_ppl_rise) x base: the lowest forget strict + task_weight x (1 - mean
-    validation-task retention); ties go to the lower selection perplexity. The forget-validation,
-    untargeted, control and test sets are never read. {method: {"selected", "reads", "n"}}.
+    validation-task retention); ties go to the lower selection perplexity. task_weight 0 is the
+    paper's rule (forget recitation within the perplexity budget: the summary's primary
+    selection). The forget-validation, untargeted, control and test sets are never read.
+    {method: {"selected", "reads", "n", "max_ppl_rise", "task_weight"}}.
     """
-    reads = selection_reads(models)
+    reads = selection_reads(models, task_weight)
     ppl_key = "perplexity_selection" if "perplexity_selection" in reads else "perplexity"
     budget = (1 + max_ppl_rise) * models["base"][ppl_key]
     out = {}
@@ -202,17 +246,121 @@ def parse_labels(labels: list[str] | None, paper_dolma: str = "forget_validation
     return {"labels": out, "paper_dolma": paper_dolma}
 
 
+# (memorized set, its never-trained control of the same kinds) whose gap the summary reports
+GAP_PAIRS = (("forget", "control"), ("forget_validation", "control"),
+             ("untargeted", "control_quotes"))
+CONTROL_SPLITS = ("control", "control_quotes")
+# the summary's item records: distances are integers, losses kept to 1e-5 nats
+LOSS_DIGITS = 5
+
+
+def _align_items(models: dict) -> dict:
+    """Move each model's per-item records into one order per set (the base's), matched by id:
+    summary["items"][split] = {"id", "kind", "suffix_len"}, models[name][split]["items"] =
+    {"distance", "suffix_loss"}; tasks likewise ("task_items": {"correct"}). A set some model
+    lacks records of gets none; an edit scored on other items than the base is refused."""
+    items = {}
+    examples = {name: m.pop("_examples") for name, m in models.items()}
+    for split in SPLITS:
+        if not all(split in ex for ex in examples.values()):
+            continue
+        base = examples["base"][split]
+        ids = [e["id"] for e in base]
+        if len(set(map(str, ids))) != len(ids):
+            raise ValueError(f"base memorization_{split}.json: item ids repeat; the claim rules "
+                             "match items by id")
+        items[split] = {"id": ids, "kind": [e["kind"] for e in base],
+                        "suffix_len": [e["suffix_len"] for e in base]}
+        for name, ex in examples.items():
+            by_id = {str(e["id"]): e for e in ex[split]}
+            if set(by_id) != set(map(str, ids)):
+                raise ValueError(f"entry '{name}': memorization_{split}.json scores other items "
+                                 "than the base's; evaluate every model on the same file")
+            ordered = [by_id[str(i)] for i in ids]
+            models[name][split]["items"] = {
+                "distance": [e["distance"] for e in ordered],
+                "suffix_loss": [round(e["suffix_loss"], LOSS_DIGITS)
+                                if e.get("suffix_loss") is not None else None for e in ordered]}
+    tasks = {name: m.pop("_task_items") for name, m in models.items()}
+    if all(tasks.values()):
+        keys = [k for k, *_ in tasks["base"]]
+        items["tasks"] = {"id": keys, "category": [c for _, c, _, _ in tasks["base"]],
+                          "subcategory": [s for _, _, s, _ in tasks["base"]]}
+        for name, rows in tasks.items():
+            by_key = {k: ok for k, _, _, ok in rows}
+            if set(by_key) != set(keys):
+                raise ValueError(f"entry '{name}': tasks.json scores other items than the base's")
+            models[name]["task_items"] = {"correct": [int(by_key[k]) for k in keys]}
+    return items
+
+
+def memorization_gaps(model: dict) -> dict:
+    """{memorized set: control minus memorized suffix_loss and avg_distance} of one model
+    (curvmem.evaluate.lm.memorization_gap), for the sets and controls it has."""
+    from curvmem.evaluate.lm import memorization_gap  # torch-free callers never reach here
+
+    return {mem: memorization_gap(model[mem], model[ctl]) for mem, ctl in GAP_PAIRS
+            if model.get(mem) and model.get(ctl)}
+
+
+def genre_competence(model: dict, base: dict) -> dict:
+    """{control set: edit minus base suffix_loss (nats/token: the log of the suffix perplexity's
+    ratio) and avg_distance}: how much of the memorized kinds' genre an edit keeps."""
+    out = {}
+    for ctl in CONTROL_SPLITS:
+        m, b = model.get(ctl), base.get(ctl)
+        if m and b:
+            out[ctl] = {k: (m[k] - b[k] if m.get(k) is not None and b.get(k) is not None
+                            else None) for k in ("suffix_loss", "avg_distance")}
+    return out
+
+
+def _model_layers(model_path) -> int | None:
+    """The number of transformer layers of the base model, from its config.json, if readable."""
+    from pathlib import Path
+
+    cfg = Path(str(model_path)) / "config.json" if model_path else None
+    if cfg is None or not cfg.is_file():
+        return None
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return None
+    n = data.get("num_hidden_layers")
+    return n if isinstance(n, int) else None
+
+
 def build_summary(entries: dict, max_ppl_rise: float = 0.10, task_weight: float = 0.5,
                   columns: dict | None = None) -> dict:
+    """The summary of report-lm: every model's record, the paper's selection (primary) and the
+    task-weighted variant (`task_weight`), the item records, and the claim rules' version."""
+    from curvmem.report import claims  # it reads this module's selection rule
+
     models = {name: model_summary(path) for name, path in entries.items()}
     for name, m in models.items():
         if name != "base" and not m.get("method"):
             raise ValueError(f"entry '{name}' has no edit meta in its perplexity.json; only "
                              "'base' may be unedited")
-    selection = select_edits(models, max_ppl_rise, task_weight)
-    return {"models": models, "selection": selection,
-            "selected": selection.get("kfac", {}).get("selected"),
-            "columns": columns or parse_labels(None)}
+    model_path = models["base"].get("_model")
+    for m in models.values():
+        m.pop("_model", None)
+    items = _align_items(models)
+    for m in models.values():
+        m["gap"] = memorization_gaps(m)
+        m["genre"] = genre_competence(m, models["base"])
+    selection = select_edits(models, max_ppl_rise, 0.0)
+    summary = {"models": models, "selection": selection,
+               "selected": selection.get("kfac", {}).get("selected"),
+               "selection_variants": {"task_weighted": select_edits(models, max_ppl_rise,
+                                                                    task_weight)},
+               "columns": columns or parse_labels(None),
+               "claims_version": claims.CLAIMS_VERSION,
+               "model_layers": _model_layers(model_path), "items": items}
+    for name, m in models.items():
+        if name != "base":
+            m["removes_memorization"] = {
+                s: claims.removes_memorization(summary, name, s) for s in claims.MEMORIZED_SETS}
+    return summary
 
 
 def _ratio(edited: float | None, base: float | None) -> float | None:
@@ -353,8 +501,62 @@ def report_text(summary: dict, max_ppl_rise: float = 0.10) -> str:
                          f"{_pct((m.get('forget_validation') or {}).get('strict'))} | "
                          f"{_pct(m['untargeted']['strict'])} | {_f(sel_rise, '{:+.1f}')} | "
                          f"{_pct(validation_retention(summary, name))} | {rise:+.1f} |")
+    lines += genre_lines(summary)
     lines += ["", selection_text(summary), ""]
     return "\n".join(lines)
+
+
+def _wilson_cell(split: dict | None) -> str:
+    """'3.8 [1.1–12.9]': strict recitation in % and its 95 % Wilson interval."""
+    if not split or split.get("strict") is None:
+        return "–"
+    w = split.get("wilson")
+    return _pct(split["strict"]) + (f" [{100 * w[0]:.1f}–{100 * w[1]:.1f}]" if w else "")
+
+
+def _verdict_cell(v: dict | None) -> str:
+    if not v:
+        return "–"
+    return {True: "yes", False: "no", None: "not tested"}[v["holds"]]
+
+
+def genre_lines(summary: dict) -> list[str]:
+    """Memorization against genre: recitation, suffix loss and the gap on the memorized sets and
+    their never-trained same-kind controls, genre competence, and the removal rule's verdict."""
+    models = summary["models"]
+    if not any(m.get("genre") for m in models.values()):
+        return []
+    from curvmem.report.claims import GENRE_MARGIN, RECITATION_SHARE
+
+    lines = ["", "## Memorization against genre (never-trained controls of the same kinds)", "",
+             ("Strict recitation in % [95 % Wilson interval]; loss = teacher-forced suffix "
+              "cross-entropy in nats/token; gap = control − memorized loss (positive: the "
+              "memorized items are predicted better than their genre explains); Δ control = "
+              "the control's loss minus the base's (genre competence lost); removes = the rule "
+              f"(recitation < {RECITATION_SHARE:g} x base and Δ control < log 1.10 = "
+              f"{GENRE_MARGIN:.3f}, both by a paired item bootstrap: curvmem.report.claims)."),
+             "",
+             ("| model | forget-validation strict | loss | gap | quotes strict | loss | gap | "
+              "control loss | Δ control | control Avg Lev | control-quotes loss | "
+              "Δ control-quotes | removes: forget-validation | quotes |"),
+             "|---|" + "---|" * 13]
+    for name, m in models.items():
+        gap, genre = m.get("gap") or {}, m.get("genre") or {}
+        fv, q = m.get("forget_validation") or {}, m.get("untargeted") or {}
+        c, cq = m.get("control") or {}, m.get("control_quotes") or {}
+        rm = m.get("removes_memorization") or {}
+        lines.append(
+            f"| {name} | {_wilson_cell(fv)} | {_f(fv.get('suffix_loss'))} | "
+            f"{_f((gap.get('forget_validation') or {}).get('suffix_loss'))} | "
+            f"{_wilson_cell(q)} | {_f(q.get('suffix_loss'))} | "
+            f"{_f((gap.get('untargeted') or {}).get('suffix_loss'))} | "
+            f"{_f(c.get('suffix_loss'))} | "
+            f"{_f((genre.get('control') or {}).get('suffix_loss'), '{:+.3f}')} | "
+            f"{_f(c.get('avg_distance'))} | {_f(cq.get('suffix_loss'))} | "
+            f"{_f((genre.get('control_quotes') or {}).get('suffix_loss'), '{:+.3f}')} | "
+            f"{_verdict_cell(rm.get('forget_validation')) if name != 'base' else '–'} | "
+            f"{_verdict_cell(rm.get('quotes')) if name != 'base' else '–'} |")
+    return lines
 
 
 def validation_retention(summary: dict, name: str) -> float | None:
@@ -368,15 +570,24 @@ def validation_retention(summary: dict, name: str) -> float | None:
     return sum(ratios) / len(ratios) if ratios else None
 
 
+def _rule_text(selection: dict) -> str:
+    any_rule = next(iter(selection.values()))
+    weight = any_rule.get("task_weight", 0.5)
+    score = ("the lowest forget strict" if not weight else
+             f"the lowest forget strict + {weight} x (1 - mean validation-task retention)")
+    picks = "; ".join(f"{method}: {s['selected'] or 'none qualifies'} (of {s['n']})"
+                      for method, s in selection.items())
+    return (f"among its edits whose selection perplexity rises at most "
+            f"{100 * any_rule['max_ppl_rise']:.0f} % over base, {score}; ties: lower selection "
+            f"perplexity. It reads {', '.join(any_rule['reads'])} only. Selected: {picks}.")
+
+
 def selection_text(summary: dict) -> str:
     selection = summary.get("selection") or {}
     if not selection:
         return "Selection: no K-FAC, SVD or BSN edit in this run."
-    any_rule = next(iter(selection.values()))
-    picks = "; ".join(f"{method}: {s['selected'] or 'none qualifies'} (of {s['n']})"
-                      for method, s in selection.items())
-    return (f"Selection rule, the same for every method: among its edits whose selection "
-            f"perplexity rises at most {100 * any_rule['max_ppl_rise']:.0f} % over base, the "
-            f"lowest forget strict + {any_rule['task_weight']} x (1 - mean validation-task "
-            f"retention); ties: lower selection perplexity. It reads "
-            f"{', '.join(any_rule['reads'])} only. Selected: {picks}.")
+    text = f"Selection rule, the same for every method: {_rule_text(selection)}"
+    variant = (summary.get("selection_variants") or {}).get("task_weighted")
+    if variant:
+        text += f" Variant (reported, not used by the claims): {_rule_text(variant)}"
+    return text

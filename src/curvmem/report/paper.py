@@ -20,6 +20,10 @@ PAPER_TABLE1 = {
     "1B K-FAC": {"forget": (0.028, 0.072, 0.761), "untargeted": (0.277, 0.399, 0.470), "ppl": 26.53},
 }
 PAPER_NDCG10 = {"7B base": 1.00, "7B BSN": 0.97, "7B K-FAC": 0.91, "7B SVD": 0.91}
+# The paper's final 7B edit: layers 23, 24 and 25 of 32 (gate_proj and up_proj, ρ 0.6); its
+# relative depth is what curvmem.report.claims.paper_depth_edit matches in a smaller model
+PAPER_EDIT_LAYERS = (23, 24, 25)
+PAPER_N_LAYERS = 32
 # Figure 3: K-FAC-edited 7B as a fraction of base, per category (our category -> paper range)
 PAPER_RETENTION = {"logic": (0.95, 1.06), "open_book": (0.93, 0.99),
                    "closed_book": (0.74, 0.86), "arithmetic": (0.66, 0.74),

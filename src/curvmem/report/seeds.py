@@ -3,33 +3,16 @@
 Every seed's run (`seeds` in the config; curvmem.plan.seeded_config) has its own world, model,
 factors and edits, and its own selection (validation data only). Across seeds this module reports,
 for each number the README shows, the mean and the half-width of a 95 % Student-t interval
-(mean ± t(0.975, n−1)·s/√n; with one seed, no interval). Rows are fixed by rule, as in
-curvmem.report.readme: each method's selected edit (which may differ between seeds: the labels
-are listed), the controls (the same edit in every seed), the paper's rows.
+(mean ± t(0.975, n−1)·s/√n; with one seed, no interval); beside each recitation rate, the seeds'
+own 95 % Wilson intervals (from the lowest lower bound to the highest upper bound: what one seed
+can resolve, e.g. 0 of 52 items is [0–6.9 %]); perplexity changes as log ratios, shown as
+exp(mean ± half-width) − 1, so an interval never runs below −100 %. Rows are fixed by rule, as
+in curvmem.report.readme: each method's selected edit (which may differ between seeds: the
+labels are listed), the K-FAC edit nearest the paper's depth, the task-weighted selection's
+variant, the controls (the same edits in every seed), the paper's rows.
 
-The claims are fixed here, before any seed is seen, each a yes/no per seed, and reported as "holds
-in k of n seeds". They are the paper's claims as our world can test them:
-
-- `kfac_beats_bsn_quotes`: the selected K-FAC edit recites fewer quotes (untargeted, read by no
-  method and no selection) than the selected BalancedSubnet edit (the paper's Table 1).
-- `kfac_front_below_bsn_quotes` / `_forget_validation`: K-FAC's Pareto front of recitation against
-  perplexity lies below BSN's on average over the perplexities both reach (curvmem.report.compare).
-- `kfac_front_below_svd_quotes`: the same against SVD.
-- `kfac_suppresses_forget_validation`: the selected K-FAC edit recites at most half of the
-  forget-validation documents the base model recites (the held-out half of what is forgotten).
-- `skill_split`: under the selected K-FAC edit, open-book and logic keep more of their accuracy than
-  closed-book and arithmetic (the paper's Figure 3).
-- `top_beats_random_mass`: the top-curvature edit of the controls' setting recites fewer
-  forget-validation documents than random pairs of the same curvature mass (kfac-random-mass):
-  the curvature order, not the amount kept, does the work.
-- `ablate_top_hurts_most`: removing the top band of pairs raises perplexity more than removing an
-  equal-count middle or bottom band (kfac-ablate-*).
-- `bottom_band_memorized`: memorized inputs activate the bottom-50 % K-FAC band more than clean
-  text does, and the top-10 % band less (the paper's Figure 2; the analyses' first module mean).
-- `vit_bottom_band_memorized`: the same for the ViT: its noisy-label (memorized) training images
-  against its clean training images, at the CLS position (curvmem.analysis.vit).
-- `vit_table2`: the selected K-FAC ViT edit leaves ≤ 1/5 of the base model's memorized labels with
-  validation accuracy no lower (the paper's Table 2).
+The claims and their rules live in curvmem.report.claims (versioned; each study is judged by the
+rules its runs were made under, and the summary records which).
 """
 
 from __future__ import annotations
@@ -38,19 +21,28 @@ import math
 import statistics
 from collections.abc import Callable
 
+from curvmem.report.claims import (
+    METHOD_NAMES,
+    METHODS,
+    VIT_COMPARISON,
+    band_means,
+    control_names,
+    control_reference,
+    edit_numbers,
+    judge,
+    paper_depth_edit,
+    ppl_rise,
+    rules_label,
+    selected,
+)
 from curvmem.report.compare import comparison_rows, front_verdicts
 from curvmem.report.costs import is_cost_file, markdown_table, model_costs
-from curvmem.report.lm import retention
+from curvmem.report.lm import wilson
 from curvmem.report.paper import PAPER_RETENTION, PAPER_TABLE1, PAPER_TABLE2, TASK_CATEGORIES
-from curvmem.report.readme import PAPER_ACTIVATION, PAPER_STRESS, is_control, selected_names
+from curvmem.report.readme import PAPER_ACTIVATION, PAPER_STRESS
 
-METHODS = ("kfac", "svd", "bsn")
-# the ViT's activation ratio compared here: memorized (noisy-label) ÷ clean training images
-VIT_COMPARISON = "noisy_train/clean_train"
-METHOD_NAMES = {"kfac": "K-FAC", "svd": "SVD", "bsn": "BSN"}
-# the top-curvature edit the controls are cut from (workflow/config/paper.yaml): the controls'
-# rows are read beside it
-CONTROL_REFERENCE_SUFFIX = "-L1+2-rho0.7"
+# the recitation rates a row shows, each with its seeds' Wilson intervals
+RATES = ("forget_validation", "untargeted", "forget", "control", "control_quotes")
 
 # Student-t 0.975 quantiles by degrees of freedom (no scipy needed for a dozen numbers)
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -96,127 +88,87 @@ def cell(iv: dict, scale: float = 1.0, digits: int = 1, sign: bool = False) -> s
 # --------------------------------------------------------------------------- one seed's numbers
 
 
-def _ppl_rise(models: dict, name: str) -> float | None:
-    m, base = models.get(name), models["base"]
-    if m is None or m.get("perplexity") is None:
+def ratio_cell(iv: dict, digits: int = 1) -> str:
+    """A log ratio's interval as a change in %: '+47.0 % (+30.1 to +65.9)'; '–' with none."""
+    if iv["mean"] is None:
+        return "–"
+    text = f"{100 * math.expm1(iv['mean']):+.{digits}f} %"
+    if iv["half_width"] is not None:
+        lo, hi = (100 * math.expm1(iv["mean"] + s * iv["half_width"]) for s in (-1, 1))
+        text += f" ({lo:+.{digits}f} to {hi:+.{digits}f})"
+    return text
+
+
+def rate_cell(iv: dict, span: list | None, digits: int = 1) -> str:
+    """'3.8 ± 2.1 [0.0–12.9]': a rate in % across seeds, then its seeds' Wilson span."""
+    text = cell(iv, 100, digits)
+    if span and iv["mean"] is not None:
+        text += f" [{100 * span[0]:.{digits}f}–{100 * span[1]:.{digits}f}]"
+    return text
+
+
+def _split_wilson(split: dict | None) -> list | None:
+    if not split or not split.get("n") or split.get("strict") is None:
         return None
-    return m["perplexity"] / base["perplexity"] - 1
+    return split.get("wilson") or wilson(round(split["strict"] * split["n"]), split["n"])
 
 
-def edit_numbers(summary: dict, name: str) -> dict:
-    """The numbers one row shows for one edit of one seed (fractions; None where absent)."""
-    models = summary["models"]
-    m = models.get(name)
-    if m is None:
+def edit_record(summary: dict, name: str) -> dict:
+    """edit_numbers plus what separates memorization from genre (curvmem.report.lm): suffix
+    losses, gaps, genre competence, the log perplexity ratio and each rate's Wilson interval."""
+    nums = edit_numbers(summary, name)
+    if not nums:
         return {}
-    r = retention(summary, name)
-    return {"forget_validation": (m.get("forget_validation") or {}).get("strict"),
-            "untargeted": m["untargeted"]["strict"], "forget": m["forget"]["strict"],
-            "control": m["control"]["strict"], "ppl_rise": _ppl_rise(models, name),
-            **{c: r[c] for c in TASK_CATEGORIES}}
+    models = summary["models"]
+    m, base = models[name], models["base"]
+
+    def get(*path):
+        x = m
+        for key in path:
+            x = (x or {}).get(key)
+        return x
+
+    nums["control_quotes"] = get("control_quotes", "strict")
+    for split in ("forget_validation", "untargeted", "control", "control_quotes"):
+        nums[f"{split}_loss"] = get(split, "suffix_loss")
+    nums["control_distance"] = get("control", "avg_distance")
+    nums["gap_forget_validation"] = get("gap", "forget_validation", "suffix_loss")
+    nums["gap_untargeted"] = get("gap", "untargeted", "suffix_loss")
+    nums["genre_control"] = get("genre", "control", "suffix_loss")
+    nums["genre_control_quotes"] = get("genre", "control_quotes", "suffix_loss")
+    nums["log_ppl_ratio"] = (math.log(m["perplexity"] / base["perplexity"])
+                             if m.get("perplexity") and base.get("perplexity") else None)
+    nums["wilson"] = {f: _split_wilson(m.get(f)) for f in RATES}
+    return nums
 
 
-def selected(summary: dict) -> dict:
-    """{method: the selection rule's pick} (validation data only; None where nothing passed)."""
-    picks = {m: n for n, m in selected_names(summary).items()}
-    return {m: picks.get(m) for m in METHODS}
+FIELDS = ("forget_validation", "untargeted", "forget", "control", "control_quotes", "ppl_rise",
+          "log_ppl_ratio", "forget_validation_loss", "untargeted_loss", "control_loss",
+          "control_quotes_loss", "control_distance", "gap_forget_validation", "gap_untargeted",
+          "genre_control", "genre_control_quotes", *TASK_CATEGORIES)
 
 
-def control_names(summary: dict) -> list[str]:
-    return [n for n, m in summary["models"].items() if is_control(m.get("method"))]
+def _span(intervals: list) -> list | None:
+    """The seeds' Wilson intervals as one span: lowest lower bound, highest upper bound."""
+    have = [w for w in intervals if w]
+    return [min(w[0] for w in have), max(w[1] for w in have)] if have else None
 
 
-def control_reference(summary: dict) -> str | None:
-    """The kfac-sweep edit at the controls' setting (L1+2, ρ 0.7), if the sweep has it."""
-    return next((n for n, m in summary["models"].items()
-                 if m.get("method") == "kfac" and n.endswith(CONTROL_REFERENCE_SUFFIX)), None)
+def row(runs: dict, seeds: list, pick: Callable[[int], str | None]) -> dict:
+    """{field: interval over the seeds} of the edit `pick(seed)` of each seed (None: absent),
+    with "wilson": {rate: the seeds' span}."""
+    recs = {s: edit_record(runs[s]["lm"], pick(s)) if pick(s) else {} for s in seeds}
+    out = {f: interval([recs[s].get(f) for s in seeds]) for f in FIELDS}
+    out["wilson"] = {f: _span([(recs[s].get("wilson") or {}).get(f) for s in seeds])
+                     for f in RATES}
+    return out
 
 
-def band_means(activation: dict | None, comparison: str = "all") -> dict | None:
-    """{family: [ratio per band]} averaged over the analysed modules: the LM's memorized ÷ clean
-    positions (`all`), or a ViT comparison such as noisy-label ÷ clean training images."""
-    if not activation:
-        return None
-    mods = activation["modules"]
-    return {fam: [statistics.fmean(m["ratio"][comparison][fam][b] for m in mods)
-                  for b in range(len(activation["band_labels"]))]
-            for fam in ("kfac_pairs", "kfac_mass", "svd")}
-
-
-def seed_claims(run: dict) -> dict:
-    """{claim: True/False/None (not testable in this run)} for one seed (module docstring)."""
-    s, models = run["lm"], run["lm"]["models"]
-    pick = selected(s)
-    nums = {m: edit_numbers(s, n) if n else {} for m, n in pick.items()}
-    claims = {}
-    k, b = nums["kfac"], nums["bsn"]
-    claims["kfac_beats_bsn_quotes"] = (k["untargeted"] < b["untargeted"]) if k and b else None
-    verdicts = front_verdicts(comparison_rows(s))
-    for other, metric, name in (("bsn", "untargeted_strict", "kfac_front_below_bsn_quotes"),
-                                ("bsn", "forget_validation_strict",
-                                 "kfac_front_below_bsn_forget_validation"),
-                                ("svd", "untargeted_strict", "kfac_front_below_svd_quotes")):
-        gap = verdicts[f"kfac_vs_{other}_{metric}"]["gap"]
-        claims[name] = None if gap is None else gap < 0
-    base_fv = (models["base"].get("forget_validation") or {}).get("strict")
-    claims["kfac_suppresses_forget_validation"] = (
-        k["forget_validation"] <= 0.5 * base_fv if k and k["forget_validation"] is not None
-        and base_fv else None)
-    if k and None not in (k["open_book"], k["logic"], k["closed_book"], k["arithmetic"]):
-        claims["skill_split"] = min(k["open_book"], k["logic"]) > max(k["closed_book"],
-                                                                     k["arithmetic"])
-    else:
-        claims["skill_split"] = None
-    ref = control_reference(s)
-    rm = next((n for n in control_names(s) if n.startswith("kfac-random-mass-")), None)
-    if ref and rm:
-        claims["top_beats_random_mass"] = (models[ref]["forget_validation"]["strict"]
-                                           < models[rm]["forget_validation"]["strict"])
-    else:
-        claims["top_beats_random_mass"] = None
-    ablate = {band: next((n for n in control_names(s) if n.startswith(f"kfac-ablate-{band}-")),
-                         None) for band in ("top", "middle", "bottom")}
-    if all(ablate.values()):
-        rises = {band: _ppl_rise(models, n) for band, n in ablate.items()}
-        claims["ablate_top_hurts_most"] = rises["top"] > max(rises["middle"], rises["bottom"])
-    else:
-        claims["ablate_top_hurts_most"] = None
-    bands = band_means((run.get("analyses") or {}).get("activation_ratio"))
-    claims["bottom_band_memorized"] = (bands["kfac_pairs"][-1] > 1 and bands["kfac_pairs"][0] < 1
-                                       if bands else None)
-    vbands = band_means((run.get("analyses") or {}).get("vit_activation_ratio"), VIT_COMPARISON)
-    claims["vit_bottom_band_memorized"] = (vbands["kfac_pairs"][-1] > 1
-                                           and vbands["kfac_pairs"][0] < 1 if vbands else None)
-    vit = run.get("vit")
-    if vit and (vit.get("selected") or {}).get("kfac"):
-        base, edit = vit["models"]["base"], vit["models"][vit["selected"]["kfac"]]
-        claims["vit_table2"] = (edit["memorized"] <= base["memorized"] / 5
-                                and edit["val_acc"] >= base["val_acc"])
-    else:
-        claims["vit_table2"] = None
-    return claims
-
-
-CLAIM_TEXT = {
-    "kfac_beats_bsn_quotes": "selected K-FAC recites fewer quotes than selected BSN (Table 1)",
-    "kfac_front_below_bsn_quotes": "K-FAC's front below BSN's on quotes (recitation vs PPL)",
-    "kfac_front_below_bsn_forget_validation": "K-FAC's front below BSN's on forget-validation",
-    "kfac_front_below_svd_quotes": "K-FAC's front below SVD's on quotes",
-    "kfac_suppresses_forget_validation": "selected K-FAC recites ≤ half the base's "
-                                         "forget-validation documents",
-    "skill_split": "selected K-FAC spares open-book and logic more than closed-book and "
-                   "arithmetic (Figure 3)",
-    "top_beats_random_mass": "top-curvature pairs recite less forget-validation than random "
-                             "pairs of equal mass",
-    "ablate_top_hurts_most": "removing the top band costs more perplexity than an equal middle "
-                             "or bottom band",
-    "bottom_band_memorized": "memorized inputs activate the bottom-50 % band more, the top-10 % "
-                             "less (Figure 2)",
-    "vit_bottom_band_memorized": "ViT: noisy-label images activate the bottom-50 % band more "
-                                 "than clean ones, the top-10 % less",
-    "vit_table2": "ViT: selected K-FAC edit ≤ 1/5 of memorized labels, validation no lower "
-                  "(Table 2)",
-}
+def variant_picks(summary: dict) -> dict:
+    """{method: pick} of the task-weighted selection (a reported variant; none in older
+    summaries, whose primary selection was that rule)."""
+    variant = (summary.get("selection_variants") or {}).get("task_weighted") or {}
+    return {m: (variant.get(m) or {}).get("selected") for m in METHODS}
 
 
 # --------------------------------------------------------------------------- across seeds
@@ -247,43 +199,40 @@ def aggregate(runs: dict[int, dict]) -> dict:
         raise ValueError("no seed's run to aggregate")
     seeds = sorted(runs)
     out = {"seeds": seeds, "interval": "mean ± t(0.975, n-1)·s/√n over seeds"}
+    version, claims = judge(runs)
+    out["claims_version"], out["claims_rules"] = version, rules_label(version)
     picks = {s: selected(runs[s]["lm"]) for s in seeds}
     out["selected"] = {m: {str(s): picks[s][m] for s in seeds} for m in METHODS}
     out["selection_reads"] = sorted({r for s in seeds for v in
                                      (runs[s]["lm"].get("selection") or {}).values()
                                      for r in v.get("reads", [])})
+    variants = {s: variant_picks(runs[s]["lm"]) for s in seeds}
+    out["selected_variant"] = {m: {str(s): variants[s][m] for s in seeds} for m in METHODS}
+    depth = {s: paper_depth_edit(runs[s]["lm"]) for s in seeds}
+    out["paper_depth"] = {str(s): depth[s] for s in seeds}
 
     def over(fn: Callable[[int], float | None]) -> dict:
         return interval([fn(s) for s in seeds])
 
-    base = {key: over(lambda s, k=key: edit_numbers(runs[s]["lm"], "base").get(k))
-            for key in ("forget_validation", "untargeted", "forget", "control")}
+    base = row(runs, seeds, lambda s: "base")
     base["perplexity"] = over(lambda s: runs[s]["lm"]["models"]["base"]["perplexity"])
     for c in TASK_CATEGORIES:
         base[c] = over(lambda s, c=c: runs[s]["lm"]["models"]["base"]["tasks"].get(c))
     out["base"] = base
-    fields = ("forget_validation", "untargeted", "forget", "control", "ppl_rise",
-              *TASK_CATEGORIES)
-    out["methods"] = {
-        m: {f: over(lambda s, m=m, f=f: edit_numbers(runs[s]["lm"], picks[s][m]).get(f)
-                    if picks[s][m] else None) for f in fields}
-        for m in METHODS}
+    out["methods"] = {m: row(runs, seeds, lambda s, m=m: picks[s][m]) for m in METHODS}
     for m in METHODS:
         out["methods"][m]["edits"] = max(
             sum(x.get("method") == m for x in runs[s]["lm"]["models"].values()) for s in seeds)
+    out["paper_depth_row"] = row(runs, seeds, lambda s: depth[s]["name"] if depth[s] else None)
+    out["variant_rows"] = {m: row(runs, seeds, lambda s, m=m: variants[s][m]) for m in METHODS}
     common = [n for n in control_names(runs[seeds[0]]["lm"])
               if all(n in runs[s]["lm"]["models"] for s in seeds)]
     ref = control_reference(runs[seeds[0]]["lm"])
-    rows = ([ref] if ref else []) + common
-    out["controls"] = {n: {f: over(lambda s, n=n, f=f: edit_numbers(runs[s]["lm"], n).get(f))
-                           for f in fields} for n in rows}
+    names = ([ref] if ref else []) + common
+    out["controls"] = {n: row(runs, seeds, lambda s, n=n: n) for n in names}
     verdicts = {s: front_verdicts(comparison_rows(runs[s]["lm"])) for s in seeds}
     out["fronts"] = {k: over(lambda s, k=k: verdicts[s][k]["gap"]) for k in verdicts[seeds[0]]}
-    claims = {s: seed_claims(runs[s]) for s in seeds}
-    out["claims"] = {c: {"text": CLAIM_TEXT[c], "per_seed": {str(s): claims[s][c] for s in seeds},
-                         "holds": sum(bool(claims[s][c]) for s in seeds),
-                         "tested": sum(claims[s][c] is not None for s in seeds)}
-                     for c in CLAIM_TEXT}
+    out["claims"] = claims
     out["analyses"] = _aggregate_analyses(runs, seeds, picks)
     out["vit"] = _aggregate_vit(runs, seeds)
     return out
@@ -316,6 +265,21 @@ def cost_tables(costs: dict) -> str:
         "between runs and machines.")
 
 
+def _module_mean(analysis: dict, get) -> float | None:
+    """The mean over the analysed modules of get(module); None where a module lacks it."""
+    vals = [get(m) for m in analysis["modules"]]
+    return None if not vals or any(v is None for v in vals) else statistics.fmean(vals)
+
+
+def _same_kind(module: dict, contrast: str = "documents") -> dict | None:
+    return (module.get("same_kind") or {}).get(contrast)
+
+
+def _has_same_kind(analysis: dict | None) -> bool:
+    """Whether an analysis compares memorized with never-trained items of the same kinds."""
+    return bool(analysis) and all(_same_kind(m) for m in analysis["modules"])
+
+
 def _aggregate_analyses(runs, seeds, picks) -> dict:
     out = {}
     for name, comparison in (("activation_ratio", "all"), ("vit_activation_ratio", VIT_COMPARISON)):
@@ -325,6 +289,21 @@ def _aggregate_analyses(runs, seeds, picks) -> dict:
             labels = runs[have[0]]["analyses"][name]["band_labels"]
             out[name] = {"band_labels": labels, **{
                 fam: [interval([bands[s][fam][b] - 1 for s in have]) for b in range(len(labels))]
+                for fam in ("kfac_pairs", "kfac_mass", "svd")}}
+    have = [s for s in seeds if _has_same_kind((runs[s].get("analyses") or {})
+                                               .get("activation_ratio"))]
+    if have:
+        ar = {s: runs[s]["analyses"]["activation_ratio"] for s in have}
+        labels = ar[have[0]]["band_labels"]
+
+        def same(s, fam, b=None):
+            if b is None:
+                return _module_mean(ar[s], lambda m: _same_kind(m)["full"]) - 1
+            return _module_mean(ar[s], lambda m: _same_kind(m)[fam][b]) - 1
+
+        out["activation_same_kind"] = {"band_labels": labels, "full": interval(
+            [same(s, None) for s in have]), **{
+                fam: [interval([same(s, fam, b) for s in have]) for b in range(len(labels))]
                 for fam in ("kfac_pairs", "kfac_mass", "svd")}}
     have = [s for s in seeds if (runs[s].get("analyses") or {}).get("stress")]
     if have:
@@ -337,19 +316,28 @@ def _aggregate_analyses(runs, seeds, picks) -> dict:
         stress["base"] = {when: interval([runs[s]["analyses"]["stress"]["summary"]["base"][when]
                                           ["mean"] for s in have])
                           for when in ("original", "perturbed")}
+        stress["n"] = sorted({runs[s]["analyses"]["stress"]["summary"]["base"].get("n")
+                              or runs[s]["analyses"]["stress"]["params"].get("n_items")
+                              for s in have} - {None})
         out["stress"] = stress
     have = [s for s in seeds if (runs[s].get("analyses") or {}).get("per_example")]
     if have:
         def per_example(s, group, what):
             mods = runs[s]["analyses"]["per_example"]["modules"]
+            if any(group not in m for m in mods):
+                return None
             if what == "kappa":
                 return statistics.fmean(m[group]["kappa_median"] for m in mods)
             return statistics.fmean(m[group]["band_share_median"][-1] for m in mods)
 
+        groups = ("memorized", "control", "clean")
         out["per_example"] = {f"{what}_{group}": interval([per_example(s, group, what)
                                                            for s in have])
-                              for what in ("kappa", "bottom_share")
-                              for group in ("memorized", "clean")}
+                              for what in ("kappa", "bottom_share") for group in groups}
+        pe = {s: runs[s]["analyses"]["per_example"] for s in have}
+        out["per_example"]["kappa_ratio_same_kind"] = interval(
+            [_module_mean(pe[s], lambda m: (_same_kind(m) or {}).get("kappa_median_ratio"))
+             for s in have])
     have = [s for s in seeds if (runs[s].get("analyses") or {}).get("spectra")]
     if have:
         out["spectra"] = {f: interval([statistics.fmean(
@@ -357,12 +345,15 @@ def _aggregate_analyses(runs, seeds, picks) -> dict:
             for s in have]) for f in ("A", "G")}
     have = [s for s in seeds if (runs[s].get("analyses") or {}).get("task_interaction")]
     if have:
-        labels = runs[have[0]]["analyses"]["task_interaction"]["band_labels"]
+        ti = {s: runs[s]["analyses"]["task_interaction"] for s in have}
+        labels = ti[have[0]]["band_labels"]
         out["task_interaction"] = {
             "band_labels": labels,
-            "kfac_pairs": [interval([runs[s]["analyses"]["task_interaction"]["spearman"]
-                                     ["kfac_pairs"][b] for s in have])
-                           for b in range(len(labels))]}
+            "kfac_pairs": [interval([ti[s]["spearman"]["kfac_pairs"][b] for s in have])
+                           for b in range(len(labels))],
+            "groups": sorted({ti[s].get("spearman_n") for s in have} - {None}),
+            # fewer groups than the analysis needs for inference: a description, not a test
+            "descriptive": any(ti[s].get("descriptive") for s in have)}
     have = [s for s in seeds if (runs[s].get("analyses") or {}).get("stability")]
     if have:
         kinds = {}
@@ -415,29 +406,94 @@ def _band_table(ar: dict) -> list[str]:
     return rows
 
 
+def _verdict_text(v: dict) -> str:
+    """One seed's verdict: estimate [95 % interval] against its threshold, or why untested."""
+    if v.get("holds") is None:
+        return f"not tested ({v.get('why', 'no data')})"
+    if "estimate" in v:
+        sign = ">" if v["side"] == "above" else "<"
+        lo, hi = v["ci95"]
+        return f"{v['estimate']:+.3f} [{lo:+.3f}, {hi:+.3f}] {sign} {v['threshold']:+.3f}"
+    parts = [k for k, p in v.items() if isinstance(p, dict) and "holds" in p]
+    return ", ".join(f"{k.replace('_', ' ')} {_verdict_text(v[k])}" for k in parts)
+
+
+def _claims_lines(agg: dict) -> list[str]:
+    version = agg.get("claims_version", 1)
+    o = ["", f"Claims, each tested in every seed by a rule fixed before the runs (rules "
+         f"{rules_label(version)}):", ""]
+    if version == 1:
+        o += ["| claim | holds in |", "|---|---|"]
+        o += [f"| {c['text']} | {c['holds']} of {c['tested']} seeds |"
+              for c in agg["claims"].values()]
+        return o
+    o += ["| claim | holds in | per seed: estimate [95 % bootstrap interval] vs threshold |",
+          "|---|---|---|"]
+    for c in agg["claims"].values():
+        per = "; ".join(f"{s}: {_verdict_text(v)}" for s, v in c["detail"].items())
+        o.append(f"| {c['text']} | {c['holds']} of {c['tested']} seeds | {per} |")
+    return o
+
+
+def _main_row(label: str, r: dict) -> str:
+    w = r["wilson"]
+    return (f"| {label} | " + " | ".join(rate_cell(r[f], w[f]) for f in
+                                         ("forget_validation", "untargeted", "forget", "control"))
+            + f" | {ratio_cell(r['log_ppl_ratio'])} | "
+            + " | ".join(cell(r[c], 100) for c in TASK_CATEGORIES) + " |")
+
+
+def _genre_row(label: str, r: dict) -> str:
+    return (f"| {label} | {cell(r['forget_validation_loss'], digits=3)} | "
+            f"{cell(r['gap_forget_validation'], digits=3, sign=True)} | "
+            f"{cell(r['untargeted_loss'], digits=3)} | "
+            f"{cell(r['gap_untargeted'], digits=3, sign=True)} | "
+            f"{cell(r['control_loss'], digits=3)} | "
+            f"{cell(r['genre_control'], digits=3, sign=True)} | "
+            f"{cell(r['control_distance'], digits=3)} | "
+            f"{cell(r['control_quotes_loss'], digits=3)} | "
+            f"{cell(r['genre_control_quotes'], digits=3, sign=True)} | "
+            f"{rate_cell(r['control_quotes'], r['wilson']['control_quotes'])} |")
+
+
+def _edit_rows(agg: dict) -> list[tuple[str, dict]]:
+    """(label, row) of every edit row the main and genre tables show, in order."""
+    rows = [(f"**{METHOD_NAMES[m]}**: {_labels(agg['selected'][m])}", agg["methods"][m])
+            for m in METHODS]
+    depth = [d for d in agg.get("paper_depth", {}).values() if d]
+    if depth:
+        budget = "" if all(d["within_budget"] for d in depth) else (
+            f"; over the budget in {sum(not d['within_budget'] for d in depth)} seeds")
+        rows.append((f"K-FAC nearest the paper's depth: "
+                     f"{_labels({s: d and d['name'] for s, d in agg['paper_depth'].items()})}"
+                     f"{budget}", agg["paper_depth_row"]))
+    variant = agg.get("selected_variant", {}).get("kfac", {})
+    if any(variant.values()):
+        rows.append((f"K-FAC, task-weighted selection (variant): {_labels(variant)}",
+                     agg["variant_rows"]["kfac"]))
+    return rows
+
+
 def tables(agg: dict) -> str:
     """The README's results tables: every number a mean ± 95 % interval over the seeds."""
     n = len(agg["seeds"])
     o = [f"Seeds {', '.join(map(str, agg['seeds']))} (n = {n}): mean ± 95 % interval "
-         "(t, n − 1) across seeds. Recitation in % of items recited exactly (strict); PPL rise "
-         "over each seed's base; skills: edited ÷ base accuracy in %. Each method's row is its "
-         "selected edit (validation data only: "
-         f"{', '.join(agg['selection_reads'])}); how often each setting was picked in brackets.",
-         "", "| model | forget-validation | quotes | forget | control | PPL rise % | "
+         "(t, n − 1) across seeds; in brackets, the seeds' own 95 % Wilson intervals (lowest "
+         "lower to highest upper bound). Recitation in % of items recited exactly (strict); "
+         "PPL change over each seed's base as a log ratio, shown as a change in % (interval in "
+         "brackets); skills: edited ÷ base accuracy in %. Each method's row is its selected edit "
+         f"(validation data only: {', '.join(agg['selection_reads'])}); how often each setting "
+         "was picked in brackets.",
+         "", "| model | forget-validation | quotes | forget | control | PPL change | "
          "closed-book | open-book | arithmetic | logic |",
          "|---|---|---|---|---|---|---|---|---|---|"]
     b = agg["base"]
-    o.append(f"| base (PPL {cell(b['perplexity'], digits=2)}) | {cell(b['forget_validation'], 100)}"
-             f" | {cell(b['untargeted'], 100)} | {cell(b['forget'], 100)} | "
-             f"{cell(b['control'], 100)} | – | " + " | ".join(
-                 f"acc {cell(b[c], digits=3)}" for c in TASK_CATEGORIES) + " |")
-    for m in METHODS:
-        r = agg["methods"][m]
-        o.append(f"| **{METHOD_NAMES[m]}**: {_labels(agg['selected'][m])} | "
-                 f"{cell(r['forget_validation'], 100)} | {cell(r['untargeted'], 100)} | "
-                 f"{cell(r['forget'], 100)} | {cell(r['control'], 100)} | "
-                 f"{cell(r['ppl_rise'], 100, sign=True)} | "
-                 + " | ".join(cell(r[c], 100) for c in TASK_CATEGORIES) + " |")
+    w = b["wilson"]
+    o.append(f"| base (PPL {cell(b['perplexity'], digits=2)}) | " + " | ".join(
+        rate_cell(b[f], w[f]) for f in ("forget_validation", "untargeted", "forget", "control"))
+        + " | – | " + " | ".join(f"acc {cell(b[c], digits=3)}" for c in TASK_CATEGORIES) + " |")
+    edit_rows = _edit_rows(agg)
+    o += [_main_row(label, r) for label, r in edit_rows]
     base_ppl = PAPER_TABLE1["7B base"]["ppl"]
     for name in ("7B K-FAC", "7B BSN", "7B SVD"):
         p = PAPER_TABLE1[name]
@@ -445,29 +501,54 @@ def tables(agg: dict) -> str:
                           for c in TASK_CATEGORIES) if name == "7B K-FAC"
                else " | ".join("" for _ in TASK_CATEGORIES))
         o.append(f"| *paper {name}* | {100 * p['forget'][0]:.1f} | {100 * p['untargeted'][0]:.1f}"
-                 f" | – | – | {100 * (p['ppl'] / base_ppl - 1):+.1f} | {ret} |")
+                 f" | – | – | {100 * (p['ppl'] / base_ppl - 1):+.1f} % | {ret} |")
+    if b["control_loss"]["mean"] is not None:
+        o += ["", "Memorization against genre: teacher-forced suffix loss (nats/token) on the "
+              "memorized sets; gap = loss on never-trained items of the same kinds minus it "
+              "(positive: memorized beyond the genre); Δ = the control's loss minus the base's "
+              "(genre competence lost; < log 1.10 = 0.095 is the removal rule's margin); control "
+              "Avg Lev = greedy distance on the never-trained documents:", "",
+              "| model | forget-validation loss | gap | quotes loss | gap | control loss | "
+              "Δ control | control Avg Lev | control-quotes loss | Δ control-quotes | "
+              "control-quotes recited |", "|---|" + "---|" * 10,
+              _genre_row("base", b)]
+        o += [_genre_row(label, r) for label, r in edit_rows]
     o += ["", "Controls (the same edits in every seed; the first row is the top-curvature edit "
           "they are cut from):", "",
-          "| edit | forget-validation | quotes | PPL rise % | closed-book | open-book | "
-          "arithmetic | logic |", "|---|---|---|---|---|---|---|---|"]
+          "| edit | forget-validation | quotes | PPL change | Δ control loss | closed-book | "
+          "open-book | arithmetic | logic |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in agg["controls"].items():
-        o.append(f"| {name} | {cell(r['forget_validation'], 100)} | {cell(r['untargeted'], 100)}"
-                 f" | {cell(r['ppl_rise'], 100, sign=True)} | "
+        o.append(f"| {name} | {rate_cell(r['forget_validation'], r['wilson']['forget_validation'])}"
+                 f" | {rate_cell(r['untargeted'], r['wilson']['untargeted'])}"
+                 f" | {ratio_cell(r['log_ppl_ratio'])} | "
+                 f"{cell(r['genre_control'], digits=3, sign=True)} | "
                  + " | ".join(cell(r[c], 100) for c in TASK_CATEGORIES) + " |")
     o += ["", "Pareto fronts: mean gap of K-FAC's front to the other method's (recitation in "
           "points at equal perplexity, over the range both reach; negative = K-FAC lower):", "",
           "| fronts | gap |", "|---|---|"]
     for key, iv in agg["fronts"].items():
         o.append(f"| {key.replace('_', ' ')} | {cell(iv, 100, sign=True)} |")
-    o += ["", "Claims, each tested in every seed by a rule fixed before the runs "
-          "(curvmem.report.seeds):", "", "| claim | holds in |", "|---|---|"]
-    for c in agg["claims"].values():
-        o.append(f"| {c['text']} | {c['holds']} of {c['tested']} seeds |")
-    an = agg["analyses"]
+    o += _claims_lines(agg)
+    o += _analysis_lines(agg["analyses"])
+    o += _vit_lines(agg.get("vit"))
+    return "\n".join(o).rstrip() + "\n"
+
+
+def _analysis_lines(an: dict) -> list[str]:
+    o = []
+    if "activation_same_kind" in an:
+        ar = an["activation_same_kind"]
+        o += ["", "Activation ratio, memorized ÷ never-trained documents of the same kinds − 1 in "
+              "% (the primary contrast: kind-balanced, mean over the analysed modules; the "
+              "paper's Fig. 2 compares against clean text):", ""] + _band_table(ar)
+        o.append(f"| full output (norm ratio) | {cell(ar['full'], 100, sign=True)} |"
+                 + " |" * (len(ar["band_labels"]) - 1))
     if "activation_ratio" in an:
         ar = an["activation_ratio"]
-        o += ["", "Activation ratio, memorized ÷ clean − 1 in % (mean over the analysed modules; "
-              "the paper's Fig. 2):", ""] + _band_table(ar)
+        what = ("memorized ÷ held-out text − 1 in % (secondary: genre and memorization together)"
+                if "activation_same_kind" in an else "memorized ÷ clean − 1 in %")
+        o += ["", f"Activation ratio, {what} (mean over the analysed modules; the paper's "
+              "Fig. 2):", ""] + _band_table(ar)
         o.append("| *paper 7B K-FAC* | " + " | ".join(
             f"{100 * PAPER_ACTIVATION[b]:+.1f}" if b in PAPER_ACTIVATION else ""
             for b in ar["band_labels"]) + " |")
@@ -477,8 +558,9 @@ def tables(agg: dict) -> str:
               "training images − 1 in %:", ""] + _band_table(ar)
     if "stress" in an:
         st = an["stress"]
+        items = f" ({', '.join(map(str, st['n']))} items per seed)" if st.get("n") else ""
         o += ["", "Stress test (the paper's Table 6): mean exact-match length in tokens of the "
-              "selected edits, original → shifted prompts:", "",
+              f"selected edits, original → shifted prompts{items}:", "",
               "| model | original | perturbed |", "|---|---|---|"]
         o.append(f"| base | {cell(st['base']['original'], digits=2)} | "
                  f"{cell(st['base']['perturbed'], digits=2)} |")
@@ -493,9 +575,14 @@ def tables(agg: dict) -> str:
               "κ = Σ λμ·P² / Σ P² along a sequence's own gradient, and the share of its squared "
               "gradient in the bottom-50 % band:", "",
               "| sequences | κ | bottom-band share % |", "|---|---|---|"]
-        for group in ("memorized", "clean"):
-            o.append(f"| {group} | {cell(pe[f'kappa_{group}'], digits=5)} | "
-                     f"{cell(pe[f'bottom_share_{group}'], 100)} |")
+        for group, what in (("memorized", "memorized"),
+                            ("control", "never-trained, same kinds"), ("clean", "held-out text")):
+            if pe[f"kappa_{group}"]["mean"] is not None:
+                o.append(f"| {what} | {cell(pe[f'kappa_{group}'], digits=5)} | "
+                         f"{cell(pe[f'bottom_share_{group}'], 100)} |")
+        if pe["kappa_ratio_same_kind"]["mean"] is not None:
+            o += ["", "Median κ, memorized ÷ same-kind control (mean over modules): "
+                  f"{cell(pe['kappa_ratio_same_kind'], digits=3)}."]
     if "spectra" in an:
         sp = an["spectra"]
         o += ["", "Spectra: effective rank (exp of the entropy of the normalized eigenvalues) as a "
@@ -503,9 +590,12 @@ def tables(agg: dict) -> str:
               f"G {cell(sp['G'], 100)} %."]
     if "task_interaction" in an:
         ti = an["task_interaction"]
+        groups = f" over {', '.join(map(str, ti['groups']))} groups" if ti.get("groups") else ""
+        label = (" Descriptive only: too few groups for inference." if ti.get("descriptive")
+                 else "")
         o += ["", "Task interaction (the paper's Fig. 4): Spearman correlation across task "
               "categories between each category's activation ratio in a K-FAC band and its "
-              "retention under the selected edit:", "",
+              f"retention under the selected edit{groups}.{label}", "",
               "| band | " + " | ".join(ti["band_labels"]) + " |",
               "|---|" + "---|" * len(ti["band_labels"]),
               "| Spearman ρ | " + " | ".join(cell(iv, digits=2) for iv in ti["kfac_pairs"])
@@ -516,24 +606,27 @@ def tables(agg: dict) -> str:
               "cosine) between factor sets:", "", "| compared | kept-set overlap |", "|---|---|"]
         for kind, iv in an["stability"].items():
             o.append(f"| {names.get(kind, kind)} | {cell(iv, digits=3)} |")
-    v = agg.get("vit")
-    if v:
-        t2 = PAPER_TABLE2
-        o += ["", "Vision (the paper's Table 2), % of training images:", "",
-              "| model | memorized noisy labels | true label of noisy images | validation acc |",
-              "|---|---|---|---|"]
-        for row, what in (("base", "base"), ("kfac", "K-FAC: " + _labels(v["selected"]["kfac"])),
-                          ("svd", "SVD: " + _labels(v["selected"]["svd"]))):
-            r = v[row]
-            o.append(f"| {what} | {cell(r['memorized'], 100)} | {cell(r['train_gt_acc'], 100)}"
-                     f" | {cell(r['val_acc'], 100)} |")
-        for name in ("Baseline", "K-FAC", "SVD"):
-            o.append(f"| *paper {name}* | {t2[name]['memorized']} | {t2[name]['train_gt_acc']} | "
-                     f"{t2[name]['val_acc']} |")
-        o.append("")
-        o.append(f"K-FAC's reduction of memorized labels: {cell(v['kfac']['reduction'], digits=2)}×"
-                 " (the paper: 81.6 / 3.5 = 23×).")
-    return "\n".join(o).rstrip() + "\n"
+    return o
+
+
+def _vit_lines(v: dict | None) -> list[str]:
+    if not v:
+        return []
+    t2 = PAPER_TABLE2
+    o = ["", "Vision (the paper's Table 2), % of training images:", "",
+         "| model | memorized noisy labels | true label of noisy images | validation acc |",
+         "|---|---|---|---|"]
+    for key, what in (("base", "base"), ("kfac", "K-FAC: " + _labels(v["selected"]["kfac"])),
+                      ("svd", "SVD: " + _labels(v["selected"]["svd"]))):
+        r = v[key]
+        o.append(f"| {what} | {cell(r['memorized'], 100)} | {cell(r['train_gt_acc'], 100)}"
+                 f" | {cell(r['val_acc'], 100)} |")
+    for name in ("Baseline", "K-FAC", "SVD"):
+        o.append(f"| *paper {name}* | {t2[name]['memorized']} | {t2[name]['train_gt_acc']} | "
+                 f"{t2[name]['val_acc']} |")
+    o += ["", f"K-FAC's reduction of memorized labels: {cell(v['kfac']['reduction'], digits=2)}×"
+          " (the paper: 81.6 / 3.5 = 23×)."]
+    return o
 
 
 # --------------------------------------------------------------------------- the fronts' figure
@@ -567,7 +660,7 @@ def fronts_figure(runs: dict[int, dict], path) -> None:
                 for label, m in lm["models"].items():
                     if m.get("method") != method:
                         continue
-                    x = _ppl_rise(lm["models"], label)
+                    x = ppl_rise(lm["models"], label)
                     y = edit_numbers(lm, label).get(metric)
                     if x is not None and y is not None:
                         pts.append((100 * x, 100 * y))
