@@ -152,21 +152,33 @@ def test_mass_matched_random_pairs_reach_the_mass_by_brute_force():
     assert kept.sum() > edit.pair_mask(lam, mu, 0.6, "top").sum()
 
 
-@pytest.mark.parametrize("band", ["ablate-top", "ablate-middle", "ablate-bottom"])
-def test_band_ablations_remove_as_many_pairs_as_the_edit_keeps(band):
+@pytest.mark.parametrize("band", ["ablate-mass-top", "ablate-mass-middle"])
+def test_band_ablations_remove_equal_mass(band):
+    """Each ablation removes the band holding 1 - ρ of the curvature mass (at the top, or centred
+    on the middle of the order) and keeps the rest; by brute force over the sorted pairs."""
     lam, mu = spectra("random", np.random.default_rng(6))
-    top = edit.pair_mask(lam, mu, 0.6, "top")
-    k = int(top.sum())
-    # brute force: every pair sorted by descending curvature, ties by flat index
-    ranked = sorted(range(lam.size * mu.size),
-                    key=lambda f: (-lam[f // mu.size] * mu[f % mu.size], f))
-    start = {"ablate-top": 0, "ablate-middle": (len(ranked) - k) // 2,
-             "ablate-bottom": len(ranked) - k}[band]
-    want = np.ones(top.size, bool)
-    want[ranked[start:start + k]] = False
-    assert np.array_equal(edit.pair_mask(lam, mu, 0.6, band).ravel(), want)
-    if band == "ablate-top":  # removing the top band removes exactly the edit's kept set
-        assert np.array_equal(edit.pair_mask(lam, mu, 0.6, band), ~top)
+    rho = 0.6
+    mass = np.outer(lam, mu).ravel()
+    ranked = sorted(range(mass.size), key=lambda f: (-mass[f], f))
+    cum = np.cumsum(mass[ranked]) / mass.sum()
+
+    def prefix(x):  # the fewest top pairs that hold x of the mass
+        return 0 if x == 0 else int(np.argmax(cum >= x)) + 1
+
+    lo, hi = {"ablate-mass-top": (0.0, 0.4), "ablate-mass-middle": (0.3, 0.7)}[band]
+    want = np.ones(mass.size, bool)
+    want[ranked[prefix(lo):prefix(hi)]] = False
+    kept = edit.pair_mask(lam, mu, rho, band)
+    assert np.array_equal(kept.ravel(), want)
+    removed = mass[~kept.ravel()].sum() / mass.sum()
+    assert removed == pytest.approx(1 - rho, abs=mass.max() / mass.sum() * 2)
+    # neither is another mode's mask: no duplicate rows among the controls
+    for other in ("top", "bottom"):
+        assert not np.array_equal(kept, edit.pair_mask(lam, mu, rho, other))
+    # the bottom 1 - ρ band, removed, leaves the top-ρ set: the edit itself (so no mode)
+    assert np.array_equal(~edit.band_mask(lam, mu, rho, 1.0), edit.pair_mask(lam, mu, rho, "top"))
+    with pytest.raises(ValueError, match="removes no mass"):
+        edit.pair_mask(lam, mu, 1.0, band)
 
 
 def test_random_basis_control_is_the_edit_in_a_random_orthonormal_basis(tmp_path):

@@ -10,11 +10,12 @@ from dataclasses import dataclass, fields, replace
 
 # What a K-FAC edit keeps (curvmem.edit.kfac.pair_mask; docs/baselines.md). "top" is the edit;
 # the others are controls: the complement (bottom); random pairs matched in count (random) or in
-# curvature mass (random-mass); removing a band of as many pairs as the edit keeps at the top, the
-# middle or the bottom of the curvature order (ablate-*); the edit's mask in a random orthonormal
-# basis with the same spectra (random-basis).
-KEEP_MODES = ("top", "bottom", "random", "random-mass", "ablate-top", "ablate-middle",
-              "ablate-bottom", "random-basis")
+# curvature mass (random-mass); removing the band of pairs that holds the top 1 - ρ of the
+# curvature mass, or an equal-mass band from the middle of the order (ablate-mass-top,
+# ablate-mass-middle; removing the bottom 1 - ρ is the edit itself); the edit's mask in a random
+# orthonormal basis with the same spectra (random-basis).
+KEEP_MODES = ("top", "bottom", "random", "random-mass", "ablate-mass-top", "ablate-mass-middle",
+              "random-basis")
 
 # --------------------------------------------------------------------------- language model
 

@@ -110,16 +110,12 @@ def band_mask(lam, mu, lo: float, hi: float) -> np.ndarray:
     return upper if lo == 0.0 else upper & ~select_pairs(lam, mu, lo)
 
 
-def curvature_order(lam, mu) -> np.ndarray:
-    """Flat pair indices by descending λᵢμⱼ (ties by flat index, as select_pairs)."""
-    values = (np.asarray(lam, np.float64)[:, None] * np.asarray(mu, np.float64)[None, :]).ravel()
-    return np.lexsort((np.arange(values.size), -values))
-
-
 def pair_mask(lam, mu, rho, keep: str = "top", seed: int = 0) -> np.ndarray:
     """The kept-pair mask of `keep` (KEEP_MODES); the random ones are seeded."""
     if keep not in KEEP_MODES:
         raise ValueError(f"--keep must be one of {', '.join(KEEP_MODES)}, got '{keep}'")
+    if keep.startswith("ablate-mass-"):  # remove a band holding 1 - ρ of the mass, keep ρ
+        return ~band_mask(lam, mu, *ablation_band(keep, check_rho(rho)))
     top = select_pairs(lam, mu, rho)
     if keep in ("top", "random-basis"):
         return top
@@ -135,13 +131,19 @@ def pair_mask(lam, mu, rho, keep: str = "top", seed: int = 0) -> np.ndarray:
         cum = np.cumsum(mass[order])
         k = min(int(np.searchsorted(cum, check_rho(rho) * mass.sum(), side="left")) + 1, top.size)
         flat[order[:k]] = True
-    else:  # remove a band of as many pairs as the edit keeps, keep the rest
-        order, k = curvature_order(lam, mu), int(top.sum())
-        start = {"ablate-top": 0, "ablate-middle": (top.size - k) // 2,
-                 "ablate-bottom": top.size - k}[keep]
-        flat[:] = True
-        flat[order[start:start + k]] = False
     return flat.reshape(top.shape)
+
+
+def ablation_band(keep: str, rho: float) -> tuple[float, float]:
+    """The cumulative-mass band (lo, hi] an equal-mass ablation removes: the top 1 - ρ of the
+    curvature mass, or as much centred on the middle of the mass; the bottom 1 - ρ would be
+    (ρ, 1], whose removal keeps the top-ρ set: the edit itself, so it is no mode of its own."""
+    width = 1.0 - rho
+    if width <= 0.0:
+        raise ValueError(f"--keep {keep} at rho {rho} removes no mass; give rho < 1")
+    if keep == "ablate-mass-top":
+        return 0.0, width
+    return 0.5 - width / 2, 0.5 + width / 2
 
 
 def random_orthonormal(n: int, seed: int) -> np.ndarray:
