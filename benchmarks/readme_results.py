@@ -18,7 +18,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from curvmem.report.seeds import cell
+from curvmem.report.seeds import cell, rate_cell, ratio_cell, verdict_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = ROOT / "docs" / "results" / "paper"
@@ -73,19 +73,45 @@ def weight_decay_bullet() -> str:
   (`docs/results/lm-weight-decay/`, [docs/lm.md](docs/lm.md)); the default stays undecayed."""
 
 
-def readme_tables() -> str:
+def readme_tables(snapshot: Path = SNAPSHOT) -> str:
     """The snapshot's tables as report-seeds wrote them, then its cost table (readme_costs.md)
     where it has one: an older report-seeds wrote the costs as a column of the tables."""
-    tables = (SNAPSHOT / "readme_tables.md").read_text()
-    costs = SNAPSHOT / "readme_costs.md"
+    tables = (snapshot / "readme_tables.md").read_text()
+    costs = snapshot / "readme_costs.md"
     return tables + "\n" + costs.read_text() if costs.is_file() else tables
 
 
-def section() -> str:
-    agg = json.loads((SNAPSHOT / "seeds_summary.json").read_text())
-    tables = readme_tables()
-    runs = {s: json.loads((SNAPSHOT / f"seed-{s}" / "run.json").read_text())
+def section(snapshot: Path = SNAPSHOT) -> str:
+    """The results section from a committed study: its sentences by the claim rules' version
+    that judged it (seeds_summary.json's `claims_version`; none: version 1)."""
+    agg = json.loads((snapshot / "seeds_summary.json").read_text())
+    tables = readme_tables(snapshot)
+    runs = {s: json.loads((snapshot / f"seed-{s}" / "run.json").read_text())
             for s in agg["seeds"]}
+    write = _sentences_v1 if agg.get("claims_version", 1) == 1 else _sentences_v2
+    out = write(agg, tables, runs)
+    head, prose = out[:3], out[4:]
+
+    def flowed(parts):
+        return "\n".join(reflow(block) for block in "\n".join(parts).split("\n\n"))
+
+    # the tables exactly as report-seeds wrote them; the sentences around them at 100 columns
+    return flowed(head) + "\n" + tables + "\n" + flowed(prose)
+
+
+def _runs_sentence(runs: dict) -> str:
+    first = next(iter(runs.values()))
+    walls = ", ".join(f"seed {s}: {r['wall_seconds']} s wall, {r['jobs']} jobs, LM training "
+                      f"{r['lm_training_seconds']} s" for s, r in runs.items())
+    commits = sorted({r["commit"] for r in runs.values()})
+    return (f"The runs, at commit {', '.join(commits)} on this project's machine "
+            f"({first['machine']}; {first['cpu']}; Muon's iterations in "
+            f"{first['lm_muon_ns_dtype']}), one after another: {walls}.")
+
+
+def _sentences_v1(agg: dict, tables: str, runs: dict) -> list[str]:
+    """The sentences of a study judged by the version-1 rules (the point-estimate rules of the
+    study made before the covered world), as they were, labelled so."""
     n = len(agg["seeds"])
     m, ctl, an, vit = agg["methods"], agg["controls"], agg["analyses"], agg["vit"]
     first = runs[agg["seeds"][0]]
@@ -108,7 +134,12 @@ sentences are written by `benchmarks/readme_results.py` from `seeds_summary.json
 `tests/test_readme.py` fails on any number here that the snapshot does not hold. Each seed has
 its own world, model, factors, BSN and random draws (docs/workflow.md, "A multi-seed study"), and
 its own selection. Every cell is a mean ± 95 % Student-t interval across the seeds; every claim
-says in how many seeds it holds, by a rule fixed in `curvmem.report.seeds` before the runs.
+says in how many seeds it holds, by the rules of version {agg.get('claims_version', 1)}: the
+point-estimate rules then in `curvmem.report.seeds`, fixed before the runs (kept unchanged in
+`curvmem.report.claims` to report this study as it was judged; `seeds_summary.json` records the
+version). This study was made before the covered world and before the rules that test each claim
+by a paired item bootstrap against a margin and against never-trained controls of the same kinds;
+a study under those rules replaces it.
 
 The world ([docs/lm.md](docs/lm.md#the-world)): memorized documents of four kinds (menus, number
 tables, licences, random words), trained as **forget** (what BSN trains on and the selection
@@ -201,13 +232,87 @@ Measured beside the claims:
   seeds {cell(an['stability']['seed'], digits=3)}. The same edit in a random orthonormal basis
   with the same spectra wrecks the model ({cell(basis['ppl_rise'], 100, sign=True)} %).
 """]
-    head, prose = out[:3], out[4:]
+    return out
 
-    def flowed(parts):
-        return "\n".join(reflow(block) for block in "\n".join(parts).split("\n\n"))
 
-    # the tables exactly as report-seeds wrote them; the sentences around them at 100 columns
-    return flowed(head) + "\n" + tables + "\n" + flowed(prose)
+def _sentences_v2(agg: dict, tables: str, runs: dict) -> list[str]:
+    """The sentences of a study judged by the current rules (curvmem.report.claims): each claim
+    with its k of n seeds and the tables' own cells, each seed's verdict as the claims table
+    writes it."""
+    n = len(agg["seeds"])
+    m, an, c = agg["methods"], agg["analyses"], agg["claims"]
+
+    def holds(name):
+        return f"{c[name]['holds']} of {c[name]['tested']} seeds"
+
+    def per_seed(name):
+        return "; ".join(f"seed {s}: {verdict_text(v)}" for s, v in c[name]["detail"].items())
+
+    def rates(r):
+        return (f"{rate_cell(r['forget_validation'], r['wilson']['forget_validation'])} % of "
+                f"forget-validation and {rate_cell(r['untargeted'], r['wilson']['untargeted'])} % "
+                f"of the quotes at {ratio_cell(r['log_ppl_ratio'])} perplexity, the never-trained "
+                f"documents' suffix loss {cell(r['genre_control'], digits=3, sign=True)} nats/token")
+
+    depth = agg["paper_depth_row"]
+    bullets = [f"""- **Removing memorization, not the genre** (an edit removes a set only if it recites
+  under half of what the base recites while the suffix loss of never-trained items of the same
+  kinds rises less than log 1.10): the selected K-FAC edit does so for forget-validation in
+  {holds('removes_memorization_forget_validation_kfac')} and for the quotes in
+  {holds('removes_memorization_quotes_kfac')}; SVD in
+  {holds('removes_memorization_forget_validation_svd')} and
+  {holds('removes_memorization_quotes_svd')}; BSN in
+  {holds('removes_memorization_forget_validation_bsn')} and
+  {holds('removes_memorization_quotes_bsn')}. K-FAC recites {rates(m['kfac'])}; BSN
+  {rates(m['bsn'])}.""",
+               f"""- **K-FAC beats BSN on untargeted memorization** (Table 1; by more than 5 points:
+  {holds('kfac_beats_bsn_quotes')}; K-FAC's front more than 5 points below BSN's on quotes in
+  {holds('kfac_front_below_bsn_quotes')}, on forget-validation in
+  {holds('kfac_front_below_bsn_forget_validation')}, below SVD's on quotes in
+  {holds('kfac_front_below_svd_quotes')}).""",
+               f"""- **The edit spares open-book and logic, hurts closed-book and arithmetic**
+  (Figure 3, by more than 5 points of retention): for the selected K-FAC edit in
+  {holds('skill_split')} ({per_seed('skill_split')}); for the edit nearest the paper's depth in
+  {holds('skill_split_paper_depth')}, which keeps {cell(depth['open_book'], 100)} % of
+  open-book, {cell(depth['logic'], 100)} % of logic, {cell(depth['closed_book'], 100)} % of
+  closed-book and {cell(depth['arithmetic'], 100)} % of arithmetic (paper 93–99, 95–106, 74–86
+  and 66–74 %).""",
+               f"""- **Which pairs are kept matters, not how much curvature** (the top-curvature
+  edit recites more than 5 points less forget-validation than the front of random pairs of equal
+  mass at its perplexity): {holds('top_beats_random_mass')}
+  ({per_seed('top_beats_random_mass')}).""",
+               f"""- **The top of the curvature order carries the shared mechanisms** (removing
+  the top band of the mass costs more than 5 % more perplexity than an equal-mass middle or
+  bottom band): {holds('ablate_top_hurts_most')} ({per_seed('ablate_top_hurts_most')}).""",
+               f"""- **Memorized documents lean on the low-curvature bands** (Figure 2, against
+  never-trained documents of the same kinds, by more than 5 %): {holds('bottom_band_memorized')};
+  beyond the full output's norm ratio {holds('bottom_band_beyond_norm')}. Their median κ along
+  their own gradient lies more than 10 % below the same-kind controls' in
+  {holds('memorized_low_kappa')}.""",
+               f"""- **Vision**: noisy-label images lean on the bottom band in
+  {holds('vit_bottom_band_memorized')}; Table 2 (under 1/5 of the memorized labels, validation
+  at most 1 point lower) in {holds('vit_table2')}."""]
+    if "activation_same_kind" in an:
+        ar = an["activation_same_kind"]
+        bullets.append(f"""- Measured beside them: memorized ÷ same-kind documents, the bottom-50 %
+  K-FAC band {cell(ar['kfac_pairs'][-1], 100, sign=True)} %, the top-10 %
+  {cell(ar['kfac_pairs'][0], 100, sign=True)} %, the full output
+  {cell(ar['full'], 100, sign=True)} % (paper, against clean text: +23.1 % and −26.0 %).""")
+    return [HEADING, "", f"""Every number in this section is generated, not typed: the tables are
+`docs/results/paper/readme_tables.md` as `curvmem report-seeds` wrote them from {n} seeds' runs
+of `workflow/config/paper.yaml` committed under `docs/results/paper/seed-N/`, and the sentences
+are written by `benchmarks/readme_results.py` from `seeds_summary.json`; `tests/test_readme.py`
+fails on any number here that the snapshot does not hold. Each seed has its own world, model,
+factors, BSN and random draws, and its own selection (the paper's rule: forget recitation within
++10 % of the selection held-out text's perplexity; validation data only). Cells are a mean ± 95 %
+Student-t interval across the seeds, with the seeds' own Wilson intervals in brackets. Every
+claim was tested in each seed by the rules of {agg['claims_rules']}; each is a paired item
+bootstrap with a stated margin, reported as the number of seeds it holds in (a claim with too few
+items to be sure does not hold; one whose inputs are missing is not tested).
+{_runs_sentence(runs)}
+""", tables, "![Each seed's Pareto fronts](docs/results/paper/fronts.png)\n\n"
+            "The paper's claims, each with the number of seeds it holds in:\n"
+            + "\n".join(bullets) + "\n"]
 
 
 def _minutes(seconds: float) -> str:

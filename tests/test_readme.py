@@ -137,3 +137,42 @@ def test_the_results_prose_is_what_the_generator_writes():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_results.py"),
                            "--check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def _readme_generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_results",
+                                                  ROOT / "benchmarks" / "readme_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_study_under_the_current_rules_gets_sentences_from_its_own_cells(tmp_path):
+    """A synthetic version-2 snapshot: the section quotes the claims' k of n and the tables'
+    cells, so every number of its prose is in the snapshot."""
+    from curvmem.report.seeds import tables
+    from test_claims import summary_v2
+
+    runs = {s: {"lm": summary_v2()} for s in (0, 1, 2)}
+    agg = aggregate(runs)
+    (tmp_path / "seeds_summary.json").write_text(json.dumps(agg))
+    (tmp_path / "readme_tables.md").write_text(tables(agg))
+    for s in runs:
+        (tmp_path / f"seed-{s}").mkdir()
+        (tmp_path / f"seed-{s}" / "run.json").write_text(json.dumps(
+            {"commit": "abc1234", "machine": "2 CPU cores", "cpu": "x86", "wall_seconds": 60.5,
+             "jobs": 9, "lm_training_seconds": 30.25, "lm_muon_ns_dtype": "bfloat16"}))
+    text = _readme_generator().section(tmp_path)
+    assert (tmp_path / "readme_tables.md").read_text() in text
+    assert "version 2: curvmem.report.claims" in text
+    c = agg["claims"]["removes_memorization_forget_validation_kfac"]
+    assert c["holds"] == 3 and "for forget-validation in 3 of 3 seeds" in " ".join(text.split())
+    known = _numbers(text.split("The paper's claims")[0]) | _numbers(
+        (tmp_path / "readme_tables.md").read_text()) | _numbers(json.dumps(agg))
+    prose = re.sub(r"\]\([^)]*\)|`[^`]*`|\bL\d[\d+]*\b|\b(?:Fig\.|Figure|Table|issue) \d+", "",
+                   text.split("The paper's claims")[1])
+    # the paper's own numbers and the rules' stated margins are quoted, not measured
+    stated = {"5", "10", "1", "1.10", "23.1", "26.0", "93", "99", "95", "106", "74", "86", "66"}
+    assert not sorted(_numbers(prose) - known - stated)

@@ -155,14 +155,24 @@ def analysis_tables(analyses: dict) -> list[str]:
                      for b in range(len(labels))]
             out.append(f"| {what} | " + " | ".join(
                 "–" if c is None else f"{100 * (c - 1):+.1f}" for c in cells) + " |")
+        same = [(m.get("same_kind") or {}).get("documents") for m in ar["modules"]]
+        if all(same):  # the primary contrast: never-trained documents of the same kinds
+            for family, what in (("kfac_pairs", "K-FAC pairs, ÷ same-kind controls"),
+                                 ("svd", "SVD, ÷ same-kind controls")):
+                cells = [_mean([s[family][b] for s in same]) for b in range(len(labels))]
+                out.append(f"| {what} | " + " | ".join(
+                    "–" if c is None else f"{100 * (c - 1):+.1f}" for c in cells) + " |")
         out.append("| *paper 7B K-FAC* | " + " | ".join(
             f"{100 * PAPER_ACTIVATION[b]:+.1f}" if b in PAPER_ACTIVATION else ""
             for b in labels) + " |")
     st = analyses.get("stress")
     if st:
-        out += ["", f"Stress test (t = {st['params']['t']}, {st['params']['n_items']} forget "
-                "items): mean ± std exact-match length in tokens, original → perturbed (the "
-                "paper's Table 6):", "", "| model | original | perturbed |", "|---|---|---|"]
+        params = st["params"]
+        n_items = (params.get("n_items") or sum((params.get("n_by_kind") or {}).values())
+                   or st["summary"]["base"].get("n"))
+        out += ["", f"Stress test (t = {params['t']}, {n_items} items): mean ± std exact-match "
+                "length in tokens, original → perturbed (the paper's Table 6):", "",
+                "| model | original | perturbed |", "|---|---|---|"]
         for name, s in st["summary"].items():
             out.append(f"| {name} | {s['original']['mean']:.2f} ± {s['original']['std']:.2f} | "
                        f"{s['perturbed']['mean']:.2f} ± {s['perturbed']['std']:.2f} |")

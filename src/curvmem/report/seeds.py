@@ -406,7 +406,7 @@ def _band_table(ar: dict) -> list[str]:
     return rows
 
 
-def _verdict_text(v: dict) -> str:
+def verdict_text(v: dict) -> str:
     """One seed's verdict: estimate [95 % interval] against its threshold, or why untested."""
     if v.get("holds") is None:
         return f"not tested ({v.get('why', 'no data')})"
@@ -415,7 +415,7 @@ def _verdict_text(v: dict) -> str:
         lo, hi = v["ci95"]
         return f"{v['estimate']:+.3f} [{lo:+.3f}, {hi:+.3f}] {sign} {v['threshold']:+.3f}"
     parts = [k for k, p in v.items() if isinstance(p, dict) and "holds" in p]
-    return ", ".join(f"{k.replace('_', ' ')} {_verdict_text(v[k])}" for k in parts)
+    return ", ".join(f"{k.replace('_', ' ')} {verdict_text(v[k])}" for k in parts)
 
 
 def _claims_lines(agg: dict) -> list[str]:
@@ -430,7 +430,7 @@ def _claims_lines(agg: dict) -> list[str]:
     o += ["| claim | holds in | per seed: estimate [95 % bootstrap interval] vs threshold |",
           "|---|---|---|"]
     for c in agg["claims"].values():
-        per = "; ".join(f"{s}: {_verdict_text(v)}" for s, v in c["detail"].items())
+        per = "; ".join(f"{s}: {verdict_text(v)}" for s, v in c["detail"].items())
         o.append(f"| {c['text']} | {c['holds']} of {c['tested']} seeds | {per} |")
     return o
 
