@@ -406,3 +406,18 @@ def test_tokenize_forget_per_text_and_retain_packed():
     assert retain[retain != PAD].tolist() == stream and retain.shape == (3, 4)
     with pytest.raises(ValueError, match="seq-len"):
         bsn.tokenize_texts(["abc"], tok, seq_len=1)
+
+
+def test_compare_shows_genre_competence_and_the_removal_verdict(tmp_path):
+    summary = _summary()
+    summary["models"]["kfac-0.7"]["genre"] = {"control": {"suffix_loss": 0.22,
+                                                          "avg_distance": 0.1}}
+    summary["models"]["kfac-0.7"]["removes_memorization"] = {
+        "forget_validation": {"holds": False}, "quotes": {"holds": None}}
+    path = tmp_path / "lm_summary.json"
+    io.write_json(path, summary)
+    text = compare.compare(path)["table"]
+    row = next(line for line in text.splitlines() if line.startswith("| kfac-0.7 (selected)"))
+    assert row.endswith("| +0.220 | no, – |")
+    row = next(line for line in text.splitlines() if line.startswith("| kfac-0.9 "))
+    assert row.endswith("| – | – |")  # an older summary: no genre, no verdict

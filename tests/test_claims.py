@@ -18,6 +18,7 @@ from curvmem.report.lm import (
     genre_competence,
     memorization_gaps,
     parse_entries,
+    report_text,
     wilson,
 )
 
@@ -378,6 +379,9 @@ def test_report_lm_keeps_item_records_gaps_and_both_selections(tmp_path):
     # 8 items: nothing recited, yet genre lost (0.5 nats/token) -> not "removed"
     assert k1["removes_memorization"]["forget_validation"]["holds"] is False
     assert k1["removes_memorization"]["forget_validation"]["genre"]["holds"] is False
+    text = report_text(s)
+    assert "| k1 | 0.0 [0.0–32.4] | 0.100 | +4.400 |" in text  # Wilson: 0 of 8 items
+    assert "| k2 (task-weighted pick) | kfac |" in text and "Variant (reported" in text
 
 
 # --------------------------------------------------------------------------- rules before runs

@@ -97,6 +97,11 @@ def comparison_rows(summary: dict) -> list[dict]:
             metrics = m.get(split) or {}
             for key in ("strict", "loose", "avg_distance"):
                 row[f"{split}_{key}"] = _number(metrics.get(key))
+        # genre competence (never-trained items of the memorized kinds) and the removal rule
+        row["genre_control"] = _number(((m.get("genre") or {}).get("control") or {})
+                                       .get("suffix_loss"))
+        row["removes"] = {s: (v or {}).get("holds")
+                          for s, v in (m.get("removes_memorization") or {}).items()}
         row["perplexity"] = _number(m.get("perplexity"))
         row["ndcg10"] = _number(m.get("ndcg10"))
         for cat in TASK_CATEGORIES:
@@ -176,15 +181,19 @@ def comparison_table(rows: list[dict], verdicts: dict, source: str = "") -> str:
     pct = _pct_scale(rows)
     head = ("| entry | method | knob | forget strict % | forget-validation strict % | loose % | "
             "Avg Lev | quotes strict % | loose % | Avg Lev | PPL | nDCG@10 | closed-book | "
-            "open-book | arithmetic | logic |")
+            "open-book | arithmetic | logic | Δ control loss | removes (forget-validation, "
+            "quotes) |")
     lines = [f"## This run{f' ({source})' if source else ''}", "",
              ("Forget = the memorized documents given to the methods and read by the selection; "
              "forget-validation = their held-out half (the paper's Dolma validation column); "
              "quotes = the untargeted set, never given to any method (the paper's Quotes "
-             "column). Task columns: test score as % of the base model's. (selected) = the "
+             "column). Task columns: test score as % of the base model's. Δ control loss: the "
+             "suffix loss (nats/token) on never-trained documents of the memorized kinds minus "
+             "the base's (genre competence lost); removes: the rule of "
+             "curvmem.report.claims.removes_memorization. (selected) = the "
              "selection rule's pick for its method (validation data only). The cost of "
              "producing each edit is in the cost table beside this one."), "", head,
-             "|" + "---|" * 16]
+             "|" + "---|" * 18]
     for r in rows:
         k = "" if r["knob"] is None else f"{r['knob_name']}={r['knob']:g}"
         cells = [r["name"] + (" (selected)" if r["selected"] else ""), r["method"], k,
@@ -195,6 +204,9 @@ def comparison_table(rows: list[dict], verdicts: dict, source: str = "") -> str:
                  _fmt(r["untargeted_avg_distance"], 3), _fmt(r["perplexity"], 2),
                  _fmt(r["ndcg10"], 3)]
         cells += [_fmt(r[f"{c}_retention"], 1) for c in TASK_CATEGORIES]
+        cells += ["–" if r["genre_control"] is None else f"{r['genre_control']:+.3f}",
+                  ", ".join({True: "yes", False: "no", None: "–"}[r["removes"].get(s)]
+                            for s in ("forget_validation", "quotes")) if r["removes"] else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "**Pareto fronts** (lowest recitation reachable at or below each perplexity, "
               "averaged over the perplexity range both fronts reach; negative = K-FAC lower):", ""]

@@ -490,13 +490,17 @@ def report_text(summary: dict, max_ppl_rise: float = 0.10) -> str:
                    "strict | selection PPL rise % | mean validation retention % | PPL rise % |"),
                   "|---|---|---|---|---|---|---|---|---|"]
         base_sel = models["base"].get("perplexity_selection")
+        variant = {s["selected"] for s in ((summary.get("selection_variants") or {})
+                                           .get("task_weighted") or {}).values()}
         for name in edits:
             m = models[name]
             spec = json.dumps(m.get("spec"), separators=(",", ":"))
             rise = 100 * (m["perplexity"] / base_ppl - 1)
             sel_rise = (100 * (m["perplexity_selection"] / base_sel - 1)
                         if base_sel and m.get("perplexity_selection") is not None else None)
-            lines.append(f"| {name}{' **selected**' if name in chosen else ''} | "
+            tags = (" **selected**" if name in chosen else "") + (
+                " (task-weighted pick)" if name in variant else "")
+            lines.append(f"| {name}{tags} | "
                          f"{m.get('method')} | `{spec}` | {_pct(m['forget']['strict'])} | "
                          f"{_pct((m.get('forget_validation') or {}).get('strict'))} | "
                          f"{_pct(m['untargeted']['strict'])} | {_f(sel_rise, '{:+.1f}')} | "
@@ -547,9 +551,9 @@ def genre_lines(summary: dict) -> list[str]:
         rm = m.get("removes_memorization") or {}
         lines.append(
             f"| {name} | {_wilson_cell(fv)} | {_f(fv.get('suffix_loss'))} | "
-            f"{_f((gap.get('forget_validation') or {}).get('suffix_loss'))} | "
+            f"{_f((gap.get('forget_validation') or {}).get('suffix_loss'), '{:+.3f}')} | "
             f"{_wilson_cell(q)} | {_f(q.get('suffix_loss'))} | "
-            f"{_f((gap.get('untargeted') or {}).get('suffix_loss'))} | "
+            f"{_f((gap.get('untargeted') or {}).get('suffix_loss'), '{:+.3f}')} | "
             f"{_f(c.get('suffix_loss'))} | "
             f"{_f((genre.get('control') or {}).get('suffix_loss'), '{:+.3f}')} | "
             f"{_f(c.get('avg_distance'))} | {_f(cq.get('suffix_loss'))} | "
