@@ -266,6 +266,17 @@ def test_figure_2_against_same_kind_controls_and_beyond_the_norm():
     assert claims.band_contrast(mods, ("memorized", "control"), False)["holds"] is False
     v = claims.band_contrast(mods, ("memorized", "control"), True)
     assert v["holds"] is True and v["top_band"]["estimate"] == pytest.approx(1 / 1.2)
+    # quotes in the same records ("set": quotes) are another contrast: left out of this one
+    mods = _activation(1.3, 0.8, 1.0)["modules"]
+    for m in mods:
+        for side, scale in (("memorized", 1.0), ("control", 3.0)):
+            for it in m["items"][side]:
+                it["set"] = "documents"
+            m["items"][side] += [{"id": f"{side}-q{i}", "kind": "quote", "set": "quotes", "n": 48,
+                                  "mean_norm": {"kfac_pairs": [scale] * 4, "full": scale}}
+                                 for i in range(20)]
+    v = claims.band_contrast(mods, ("memorized", "control"), False)
+    assert v["holds"] is True and v["bottom_band"]["estimate"] == pytest.approx(1.3)
     old = [{"ratio": {"all": {}}}]  # an analysis against held-out text only
     assert claims.band_contrast(old, ("memorized", "control"), False)["holds"] is None
 

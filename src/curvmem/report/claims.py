@@ -512,12 +512,16 @@ def _items_by_id(module_items: list[dict], order: list) -> list[dict] | None:
     return [by_id[i] for i in order] if set(by_id) == set(order) else None
 
 
-def _group_arrays(records: list[dict], group: str):
+def _group_arrays(records: list[dict], group: str, subset: str):
     """(kinds, n, band norms, full norm) of one item group over the modules, items in the first
     module's order: n (modules, items), band norms (modules, items, bands), full (modules, items);
-    None when the modules hold different items."""
-    order = [it["id"] for it in records[0][group]]
-    mods = [_items_by_id(r[group], order) for r in records]
+    only the items of `subset` (their "set", e.g. documents, not quotes; items without one are
+    kept); None when the modules hold different items."""
+    def chosen(items):
+        return [it for it in items if it.get("set", subset) == subset]
+
+    order = [it["id"] for it in chosen(records[0][group])]
+    mods = [_items_by_id(chosen(r[group]), order) for r in records]
     if any(x is None for x in mods):
         return None
     kinds = np.asarray([str(it.get("kind", "all")) for it in mods[0]])
@@ -539,16 +543,20 @@ def _kind_balanced(kinds: np.ndarray, n: np.ndarray, x: np.ndarray, idx: np.ndar
     return np.mean(per_kind, axis=0)
 
 
-def band_contrast(modules: list[dict], groups: tuple[str, str], relative_to_full: bool) -> dict:
+def band_contrast(modules: list[dict], groups: tuple[str, str], relative_to_full: bool,
+                  subset: str = "documents") -> dict:
     """Figure 2's rule on per-item records: memorized ÷ control band ratios (kind-balanced over the
     kinds both hold, mean over modules), the bottom band above 1 + ACTIVATION_MARGIN and the top
-    band below 1 − ACTIVATION_MARGIN; with `relative_to_full` each band ratio ÷ the full output's."""
+    band below 1 − ACTIVATION_MARGIN; with `relative_to_full` each band ratio ÷ the full output's.
+    Items of `subset` only (the documents: the quotes are another contrast)."""
     records = [m.get("items") for m in modules]
     if not modules or any(not r or not all(r.get(g) for g in groups) for r in records):
         return untested("no per-item records of the memorized and same-kind control items")
-    sides = [_group_arrays(records, g) for g in groups]
+    sides = [_group_arrays(records, g, subset) for g in groups]
     if any(s is None for s in sides):
         return untested("the modules hold different items")
+    if any(s[0].size == 0 for s in sides):
+        return untested(f"no {subset} among the items")
     shared = sorted(set(sides[0][0].tolist()) & set(sides[1][0].tolist()))
     if not shared:
         return untested("no kind is in both the memorized and the control items")
