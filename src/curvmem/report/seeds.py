@@ -131,7 +131,8 @@ def edit_record(summary: dict, name: str) -> dict:
     nums["control_quotes"] = get("control_quotes", "strict")
     for split in ("forget_validation", "untargeted", "control", "control_quotes"):
         nums[f"{split}_loss"] = get(split, "suffix_loss")
-    nums["control_distance"] = get("control", "avg_distance")
+    for split in ("forget_validation", "untargeted", "control", "control_quotes"):
+        nums[f"{split}_distance"] = get(split, "avg_distance")
     nums["gap_forget_validation"] = get("gap", "forget_validation", "suffix_loss")
     nums["gap_untargeted"] = get("gap", "untargeted", "suffix_loss")
     nums["genre_control"] = get("genre", "control", "suffix_loss")
@@ -144,7 +145,8 @@ def edit_record(summary: dict, name: str) -> dict:
 
 FIELDS = ("forget_validation", "untargeted", "forget", "control", "control_quotes", "ppl_rise",
           "log_ppl_ratio", "forget_validation_loss", "untargeted_loss", "control_loss",
-          "control_quotes_loss", "control_distance", "gap_forget_validation", "gap_untargeted",
+          "control_quotes_loss", "forget_validation_distance", "untargeted_distance",
+          "control_distance", "control_quotes_distance", "gap_forget_validation", "gap_untargeted",
           "genre_control", "genre_control_quotes", *TASK_CATEGORIES)
 
 
@@ -445,13 +447,16 @@ def _main_row(label: str, r: dict) -> str:
 
 def _genre_row(label: str, r: dict) -> str:
     return (f"| {label} | {cell(r['forget_validation_loss'], digits=3)} | "
+            f"{cell(r['forget_validation_distance'], digits=3)} | "
             f"{cell(r['gap_forget_validation'], digits=3, sign=True)} | "
             f"{cell(r['untargeted_loss'], digits=3)} | "
+            f"{cell(r['untargeted_distance'], digits=3)} | "
             f"{cell(r['gap_untargeted'], digits=3, sign=True)} | "
             f"{cell(r['control_loss'], digits=3)} | "
-            f"{cell(r['genre_control'], digits=3, sign=True)} | "
             f"{cell(r['control_distance'], digits=3)} | "
+            f"{cell(r['genre_control'], digits=3, sign=True)} | "
             f"{cell(r['control_quotes_loss'], digits=3)} | "
+            f"{cell(r['control_quotes_distance'], digits=3)} | "
             f"{cell(r['genre_control_quotes'], digits=3, sign=True)} | "
             f"{rate_cell(r['control_quotes'], r['wilson']['control_quotes'])} |")
 
@@ -506,11 +511,11 @@ def tables(agg: dict) -> str:
         o += ["", "Memorization against genre: teacher-forced suffix loss (nats/token) on the "
               "memorized sets; gap = loss on never-trained items of the same kinds minus it "
               "(positive: memorized beyond the genre); Δ = the control's loss minus the base's "
-              "(genre competence lost; < log 1.10 = 0.095 is the removal rule's margin); control "
-              "Avg Lev = greedy distance on the never-trained documents:", "",
-              "| model | forget-validation loss | gap | quotes loss | gap | control loss | "
-              "Δ control | control Avg Lev | control-quotes loss | Δ control-quotes | "
-              "control-quotes recited |", "|---|" + "---|" * 10,
+              "(genre competence lost; < log 1.10 = 0.095 is the removal rule's margin); Avg Lev "
+              "= greedy continuation's normalized distance to the suffix:", "",
+              "| model | forget-validation loss | Avg Lev | gap | quotes loss | Avg Lev | gap | "
+              "control loss | Avg Lev | Δ control | control-quotes loss | Avg Lev | "
+              "Δ control-quotes | control-quotes recited |", "|---|" + "---|" * 13,
               _genre_row("base", b)]
         o += [_genre_row(label, r) for label, r in edit_rows]
     o += ["", "Controls (the same edits in every seed; the first row is the top-curvature edit "
