@@ -277,3 +277,36 @@ def test_a_study_under_the_current_rules_reports_genre_wilson_and_log_ratios():
     wide = interval([math.log(0.5), math.log(2.0), math.log(5.0)])  # a +442 ± 843 % spread
     lo = float(ratio_cell(wide).split("(")[1].split(" to ")[0])
     assert -100 < lo < 0
+
+
+def test_the_study_edits_at_the_papers_depth_with_equal_budgets_and_every_control():
+    """paper.yaml: K-FAC and SVD each edit L2, L3 and L2+3 (the paper's relative depth in four
+    layers), the same number of settings per method; random-mass spans a front of >= 4 rho at the
+    controls' setting; the band ablations are of equal mass; the controls' reference is an edit
+    of the K-FAC sweep."""
+    from curvmem.plan import method_tag
+    from curvmem.report.claims import MIN_FRONT_POINTS, PAPER_RELATIVE_DEPTH, relative_depth
+
+    plan = Plan(config("paper"))
+    edits = list(plan.edits["lm"].values())
+    counts = {}
+    for s in edits:
+        counts[method_tag(s)] = counts.get(method_tag(s), 0) + 1
+    assert counts["kfac"] == counts["svd"] == counts["bsn"] >= 8
+    for method in ("kfac", "svd"):
+        layer_sets = {tuple(s["layers"]) for s in edits if method_tag(s) == method}
+        assert {(2,), (3,), (2, 3)} <= layer_sets, method
+    assert abs(relative_depth((2, 3), 4) - PAPER_RELATIVE_DEPTH) < 0.05
+    controls = [s for s in edits if method_tag(s).startswith("kfac-")]
+    def setting(s):
+        return json.dumps([s["layers"], s["modules"], s["rho"]])
+
+    ref_settings = {setting(s) for s in edits if method_tag(s) == "kfac"}
+    rm = [s for s in controls if method_tag(s) == "kfac-random-mass"]
+    assert len({s["rho"] for s in rm}) >= MIN_FRONT_POINTS
+    assert len({json.dumps([s["layers"], s["modules"]]) for s in rm}) == 1
+    others = [s for s in controls if method_tag(s) != "kfac-random-mass"]
+    assert len({setting(s) for s in others}) == 1 and {setting(s) for s in others} <= ref_settings
+    tags = {method_tag(s) for s in controls}
+    assert {"kfac-ablate-mass-top", "kfac-ablate-mass-middle"} <= tags
+    assert not any(t.startswith("kfac-ablate-") and "mass" not in t for t in tags)
