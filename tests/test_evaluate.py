@@ -125,6 +125,17 @@ def test_perplexity_of_a_confident_copier_is_near_one():
     # the first 4 of a block's 39 predictions cannot copy yet (uniform: log V), the rest are ~0
     assert r["mean_loss"] == pytest.approx(4 / 39 * math.log(V), rel=1e-6)
     assert r["perplexity"] == pytest.approx(V ** (4 / 39), rel=1e-6)
+    # each block's own mean loss, in block order (blocks pair across models)
+    assert len(r["block_losses"]) == r["n_blocks"] == 5
+    assert r["block_losses"] == pytest.approx([4 / 39 * math.log(V)] * 5, rel=1e-5)
+
+
+def test_block_losses_average_to_the_mean_loss():
+    texts = [" ".join(map(str, periodic(5, 30, k))) + " 3 3 2 9" * k for k in range(6)]
+    r = evaluate_lm.evaluate_perplexity(CopyModel(5), DigitTokenizer(), texts, block_len=12,
+                                        batch_size=4)
+    assert len(set(r["block_losses"])) > 1  # blocks differ: the copier fails where runs break
+    assert sum(r["block_losses"]) / r["n_blocks"] == pytest.approx(r["mean_loss"], abs=1e-5)
 
 
 def test_perplexity_needs_a_block():
@@ -167,6 +178,13 @@ def test_task_accuracy_per_subcategory():
     # rows without a subcategory count only in their category
     assert r["accuracy_by_subcategory"] == {"logic/boolean": 1.0, "logic/order": 0.5}
     assert r["n_by_subcategory"] == {"logic/boolean": 1, "logic/order": 2}
+    # item by item, in file order: the row's id (else its index) and subcategory (else None)
+    assert [(it["id"], it["category"], it["subcategory"], it["correct"]) for it in r["items"]] \
+        == [(0, "logic", "order", True), (1, "logic", "order", False),
+            (2, "logic", "boolean", True), (3, "arithmetic", None, True)]
+    with_ids = [{**row, "id": f"t{i}"} for i, row in enumerate(rows)]
+    assert [it["id"] for it in evaluate_lm.evaluate_tasks(
+        CopyModel(5), DigitTokenizer(), with_ids)["items"]] == ["t0", "t1", "t2", "t3"]
 
 
 def test_ndcg():
@@ -230,9 +248,10 @@ def _validation_files(tmp_path, name, forget_validation, ppl_selection, val_accu
 
 
 def test_selection_reads_validation_data_only(tmp_path):
-    """Every method's pick depends on forget, the selection held-out text and the validation
-    tasks alone: changing any reported set (forget-validation, quotes, controls, test tasks,
-    reported perplexity) changes no selection, and `reads` names only those three."""
+    """Every method's pick depends on forget and the selection held-out text alone (the task-
+    weighted variant also on the validation tasks): changing any reported set (forget-
+    validation, quotes, controls, test tasks, reported perplexity) changes no selection, and
+    `reads` names only what each rule reads."""
     from curvmem.report import lm as report
 
     def build(report_noise):
@@ -249,11 +268,17 @@ def test_selection_reads_validation_data_only(tmp_path):
         return report.build_summary(report.parse_entries(entries))
 
     first, second = build((0.0, 1.0, 0.5)), build((1.0, 0.0, 0.25, 0.75))
-    # k1: forget 0 but validation tasks at 60 %: score 0.2; k2: 0.1 + 0.025; k3: over budget
-    expected = {"kfac": "k2", "svd": "s2", "bsn": "b1"}
+    # the paper's rule: k1 (forget 0 at +5 % selection perplexity; k3 is over the budget); the
+    # task-weighted variant: k1 scores 0 + 0.5 x 0.4 = 0.2, k2 0.1 + 0.5 x 0.05 = 0.125
+    expected = {"kfac": "k1", "svd": "s2", "bsn": "b1"}
+    variant = {"kfac": "k2", "svd": "s2", "bsn": "b1"}
     for summary in (first, second):
         assert {m: s["selected"] for m, s in summary["selection"].items()} == expected
+        assert {m: s["selected"] for m, s in
+                summary["selection_variants"]["task_weighted"].items()} == variant
         for s in summary["selection"].values():
+            assert s["reads"] == ["memorization_forget", "perplexity_selection"]
+        for s in summary["selection_variants"]["task_weighted"].values():
             assert set(s["reads"]) <= set(report.SELECTION_READS)
             assert s["reads"] == ["memorization_forget", "perplexity_selection",
                                   "tasks_validation"]

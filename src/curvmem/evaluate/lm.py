@@ -11,8 +11,9 @@ adds the edit's sidecar meta and the cost. Definitions (also in docs/lm.md):
                   control minus memorized suffix_loss, and control minus memorized avg_distance
                   (memorization_gap), per kind and overall
     perplexity    held-out text, EOS-joined, cut into fixed blocks (112 tokens). Reported both as
-                  exp(mean token loss) and the paper's way, mean over batches of exp(batch loss)
-    tasks         greedy exact match of the answer, per category
+                  exp(mean token loss) and the paper's way, mean over batches of exp(batch loss);
+                  and each block's mean token loss
+    tasks         greedy exact match of the answer, per category and subcategory, and per item
     coherence     nDCG@10 of the edited model's top-10 next tokens, graded by the unedited model's
                   ranking: the base model's rank-r token (r = 1..10) has relevance 11 - r, others 0
 """
@@ -219,24 +220,28 @@ def evaluate_perplexity(model, tokenizer, texts: list[str], block_len: int = 112
                         batch_size: int = 8, max_tokens: int | None = None,
                         progress: bool = False, where: str = "data") -> dict:
     blocks = token_blocks(texts, tokenizer, block_len, max_tokens, where)
-    total_loss, total_tokens, batch_ppl = 0.0, 0, []
+    total_loss, total_tokens, batch_ppl, block_losses = 0.0, 0, [], []
     bar = _progress(len(blocks), "perplexity", progress)
     device = model_device(model)
     for k in range(0, len(blocks), batch_size):
         batch = blocks[k:k + batch_size].to(device)
         logits = model(input_ids=batch).logits[:, :-1].float()
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                 batch[:, 1:].reshape(-1), reduction="sum")
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:],
+                                                   reduction="none").double()
+        loss = losses.sum().item()
         n = batch[:, 1:].numel()
-        total_loss += loss.item()
+        total_loss += loss
         total_tokens += n
-        batch_ppl.append(math.exp(loss.item() / n))
+        batch_ppl.append(math.exp(loss / n))
+        block_losses += losses.mean(1).tolist()
         bar.update(len(batch))
     bar.close()
     return {"perplexity": math.exp(total_loss / total_tokens),
             "perplexity_batch_mean": sum(batch_ppl) / len(batch_ppl),
             "mean_loss": total_loss / total_tokens, "n_tokens": total_tokens,
-            "n_blocks": len(blocks), "block_len": block_len, "batch_size": batch_size}
+            "n_blocks": len(blocks), "block_len": block_len, "batch_size": batch_size,
+            # each block's mean token loss (nats), in block order: blocks pair across models
+            "block_losses": [round(x, 6) for x in block_losses]}
 
 
 # --------------------------------------------------------------------------- tasks
@@ -281,10 +286,14 @@ def evaluate_tasks(model, tokenizer, rows: list[dict], batch_size: int = 32,
             "accuracy_by_subcategory": {c: sum(v) / len(v) for c, v in sorted(by_sub.items())},
             "n_by_subcategory": {c: len(v) for c, v in sorted(by_sub.items())},
             "overall": sum(it["correct"] for it in items) / len(items),
-            # what the model said, item by item, to see how it fails (not only how often)
-            "items": [{"category": it["row"]["category"], "prompt": it["row"]["prompt"],
-                       "answer": str(it["row"]["answer"]), "output": it["output"],
-                       "correct": it["correct"]} for it in items]}
+            # what the model said, item by item, to see how it fails (not only how often), in
+            # the task file's order: "id" is the row's own id, else its index in the file, so
+            # two evaluations of one file pair item by item (paired bootstraps)
+            "items": [{"id": it["row"].get("id", i), "category": it["row"]["category"],
+                       "subcategory": it["row"].get("subcategory"),
+                       "prompt": it["row"]["prompt"], "answer": str(it["row"]["answer"]),
+                       "output": it["output"], "correct": it["correct"]}
+                      for i, it in enumerate(items)]}
 
 
 # --------------------------------------------------------------------------- coherence
