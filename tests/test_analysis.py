@@ -29,6 +29,7 @@ from curvmem.analysis.common import (
     mass_share_masks,
     pair_share_masks,
     parse_bands,
+    resample_within,
 )
 from curvmem.edit import kfac_edit_weight, select_pairs
 from curvmem.eigen import eigh_descending
@@ -121,30 +122,32 @@ def test_band_outputs_sum_to_w_a_and_equal_the_edit_of_each_band():
     assert torch.allclose(ops["svd"][0], S[0] * torch.outer(U[:, 0], Vh[0]), atol=1e-10)
 
 
+def inputs_at(model, mods, ids, positions):
+    """Brute force: one sequence, hooks of our own; {name: (inputs, outputs)} at the positions."""
+    got = {}
+    hs = [m.module.register_forward_hook(
+        lambda mod, a, o, k=m.name: got.__setitem__(k, (a[0][0, positions].double(),
+                                                        o[0, positions].double())))
+          for m in mods]
+    with torch.no_grad():
+        model(input_ids=torch.tensor([ids]))
+    for h in hs:
+        h.remove()
+    return got
+
+
 def test_activation_ratio_equals_a_one_item_at_a_time_computation():
     model, tok = tiny_olmo2(), CharTokenizer()
     eigen, rows = model_eigen(model), mem_rows()
-    res = ar.activation_ratio(model, tok, eigen, [1], MODS, rows, CLEAN, max_items=6,
-                              max_clean_blocks=5, batch_size=4)
+    res = ar.activation_ratio(model, tok, eigen, [1], MODS, rows, CLEAN, max_clean_blocks=5,
+                              batch_size=4)
     mods = mlp_modules(model, [1], MODS)
-
-    def inputs_of(ids, positions):  # brute force: one sequence, a hook of our own
-        got = {}
-        hs = [m.module.register_forward_hook(
-            lambda mod, a, o, k=m.name: got.__setitem__(k, (a[0][0, positions].double(),
-                                                            o[0, positions].double())))
-              for m in mods]
-        with torch.no_grad():
-            model(input_ids=torch.tensor([ids]))
-        for h in hs:
-            h.remove()
-        return got
 
     from curvmem.evaluate.lm import token_blocks
     blocks = token_blocks(CLEAN, tok, 16, 16 * 5)
     positions = list(range(9, 15))
-    mem_in = [inputs_of(r["prefix_ids"] + r["suffix_ids"], positions) for r in rows]
-    clean_in = [inputs_of(b.tolist(), positions) for b in blocks]
+    mem_in = [inputs_at(model, mods, r["prefix_ids"] + r["suffix_ids"], positions) for r in rows]
+    clean_in = [inputs_at(model, mods, b.tolist(), positions) for b in blocks]
     for m, record in zip(mods, res["modules"]):
         e, W = eigen[(1, m.name)], m.weight().detach().double()
         a_mem = torch.cat([x[m.name][0] for x in mem_in])
@@ -155,8 +158,116 @@ def test_activation_ratio_equals_a_one_item_at_a_time_computation():
             want = (a_mem @ Wb.T).norm(dim=1).mean() / (a_clean @ Wb.T).norm(dim=1).mean()
             assert record["ratio"]["all"]["kfac_pairs"][b] == pytest.approx(
                 float(want), rel=FLOAT32_FORWARD_REL)
-        assert record["n_positions"] == {"all": 36, "clean": 30, "natural": 18, "random": 18}
+        assert record["n_positions"] == {"all": 36, "documents": 36, "clean": 30, "natural": 18,
+                                         "random": 18}
+        assert record["same_kind"] == {}  # no control given: the held-out column only
     assert "definition" in res and res["params"]["bands"][0] == [0.0, 0.1]
+
+
+def kind_rows(kinds, seed, p=(10, 10), s=(6, 6)):
+    """Memorized-format rows of the given kinds; prefix and suffix lengths drawn from p and s."""
+    rng = random.Random(seed)
+    return [{"prefix_ids": [rng.randrange(2, 61) for _ in range(rng.randint(*p))],
+             "suffix_ids": [rng.randrange(2, 61) for _ in range(rng.randint(*s))],
+             "kind": k, "id": f"{seed}-{i}"} for i, k in enumerate(kinds)]
+
+
+def test_same_kind_contrast_equals_a_brute_force_over_positions():
+    """Memorized ÷ control of the same kinds, every kind weighing the same (unequal counts
+    here), a kind without a control left out; quotes of several lengths; the held-out twins read
+    at each item's own shape; the full output's ratio; against per-sequence forwards."""
+    model, tok = tiny_olmo2(), CharTokenizer()
+    eigen = model_eigen(model)
+    mem = kind_rows(["menu", "table", "menu", "table", "orphan", "menu"], 0)
+    ctl = kind_rows(["menu", "table", "table", "table"], 1)
+    quotes = kind_rows(["quote"] * 4, 2, p=(5, 9), s=(2, 4))
+    cquotes = kind_rows(["quote"] * 3, 3, p=(5, 9), s=(2, 4))
+    res = ar.activation_ratio(model, tok, eigen, [1], MODS, mem, CLEAN, control_rows=ctl,
+                              quote_rows=quotes, control_quote_rows=cquotes, max_clean_blocks=3,
+                              batch_size=3, n_resamples=50)
+    assert res["contrasts"] == ["documents", "menu", "table", "quotes", "quote"]
+    assert res["kinds"] == {"documents": ["menu", "table", "orphan"], "quotes": ["quote"]}
+    mods = mlp_modules(model, [1], MODS)
+    from curvmem.evaluate.lm import token_blocks
+    longest = max(len(r["prefix_ids"]) + len(r["suffix_ids"]) for r in mem + ctl + quotes + cquotes)
+    blocks = [b.tolist() for b in token_blocks(CLEAN, tok, longest, longest * 3)]
+
+    def positions(r):
+        p = len(r["prefix_ids"])
+        return list(range(p - 1, p + len(r["suffix_ids"]) - 1))
+
+    for m, record in zip(mods, res["modules"]):
+        e, W = eigen[(1, m.name)], m.weight().detach().double()
+        masks = pair_share_masks(e["lam"], e["mu"])
+        ops = [kfac_edit_weight(W, e["UG"], e["lam"], e["UA"], e["mu"], M)[0] for M in masks]
+        ops.append(W)  # the full output
+
+        def norms(ids, pos, m=m, ops=ops):  # [positions, bands + full]
+            a = inputs_at(model, [m], ids, pos)[m.name][0]
+            return torch.stack([(a @ op.T).norm(dim=1) for op in ops], 1)
+
+        def pooled(rows, kinds):  # per kind the mean over its positions, then over kinds
+            return torch.stack([torch.cat([norms(r["prefix_ids"] + r["suffix_ids"],
+                                                 positions(r)) for r in rows
+                                           if r["kind"] == k]).mean(0) for k in kinds]).mean(0)
+
+        def twins(rows, kinds):  # each item's held-out twin: every block at its shape, averaged
+            per_kind = []
+            for k in kinds:
+                vals = []
+                for r in (r for r in rows if r["kind"] == k):
+                    n = len(r["prefix_ids"]) + len(r["suffix_ids"])
+                    vals.append(torch.stack([norms(b[:n], positions(r)) for b in blocks]).mean(0))
+                # every position of a kind weighs the same: items weighted by their positions
+                w = torch.tensor([len(positions(r)) for r in rows if r["kind"] == k],
+                                 dtype=torch.float64)
+                per_kind.append((torch.stack([v.mean(0) for v in vals]) * w[:, None]).sum(0)
+                                / w.sum())
+            return torch.stack(per_kind).mean(0)
+
+        for contrast, (num, den, kinds) in {
+                "documents": (mem, ctl, ["menu", "table"]), "menu": (mem, ctl, ["menu"]),
+                "table": (mem, ctl, ["table"]), "quotes": (quotes, cquotes, ["quote"])}.items():
+            want = pooled(num, kinds) / pooled(den, kinds)
+            got = record["same_kind"][contrast]
+            assert got["kfac_pairs"] == pytest.approx(want[:-1].tolist(), rel=FLOAT32_FORWARD_REL)
+            assert got["full"] == pytest.approx(float(want[-1]), rel=FLOAT32_FORWARD_REL)
+            assert got["vs_full"]["kfac_pairs"] == pytest.approx(
+                (want[:-1] / want[-1]).tolist(), rel=4 * FLOAT32_FORWARD_REL)
+            lo, hi = got["ci95"]["full"]
+            assert lo <= hi and all(len(c) == 2 for c in got["ci95"]["svd"])
+        assert record["same_kind"]["documents"]["n_items"] == {"memorized": 5, "control": 4}
+        for side, rows, group, kinds in (("memorized", mem, "documents", ["menu", "table",
+                                                                          "orphan"]),
+                                         ("control", cquotes, "quotes", ["quote"])):
+            want = pooled(rows, kinds) / twins(rows, kinds)
+            got = record["heldout"][side][group]
+            assert got["kfac_pairs"] == pytest.approx(want[:-1].tolist(), rel=FLOAT32_FORWARD_REL)
+            assert got["full"] == pytest.approx(float(want[-1]), rel=FLOAT32_FORWARD_REL)
+        assert record["ratio"]["all"] == record["heldout"]["memorized"]["documents"]
+        assert len(record["items"]["memorized"]) == 10 and len(record["items"]["control"]) == 7
+    mean = res["mean_over_modules"]["same_kind"]["menu"]["svd"]
+    assert mean == pytest.approx([np.mean([r["same_kind"]["menu"]["svd"][b]
+                                           for r in res["modules"]]) for b in range(4)])
+
+
+def test_bootstrap_resamples_within_kinds_and_collapses_on_identical_items():
+    rng = np.random.default_rng(1)
+    kinds = ["a", "b", "a", "c", "b", "a"]
+    idx = resample_within(kinds, 200, rng)
+    assert idx.shape == (200, 6)
+    assert (np.asarray(kinds, dtype=object)[idx] == np.asarray(kinds, dtype=object)).all()
+    assert set(idx[:, 0]) == {0, 2, 5}  # every item of the kind is drawn somewhere
+    # the kind-balanced mean: per kind weighted by positions, then the plain mean over kinds
+    vals, n = np.arange(12.0).reshape(6, 2), np.array([1, 2, 3, 1, 1, 1])
+    want = np.mean([(vals[[0, 2, 5]] * n[[0, 2, 5], None]).sum(0) / 5,
+                    (vals[[1, 4]] * n[[1, 4], None]).sum(0) / 3, vals[3]], axis=0)
+    assert ar.kind_balanced_mean(vals, n, kinds) == pytest.approx(want)
+    # identical items in each group: every resample gives the point, so the interval is it
+    same = ar.same_kind_contrast(np.ones((4, 7)) * 3, np.ones(4), ["a", "a", "b", "b"],
+                                 np.ones((3, 7)) * 2, np.ones(3), ["a", "b", "b"], 2, rng, 30)
+    assert same["full"] == 1.5 and same["ci95"]["full"] == [1.5, 1.5]
+    assert same["ci95"]["kfac_pairs"] == [[1.5, 1.5]] * 2 and same["vs_full"]["svd"] == [1, 1]
 
 
 def test_capture_keeps_item_order_across_length_groups():
@@ -213,13 +324,87 @@ def test_per_example_gradients_leave_the_model_as_they_found_it():
 def test_per_example_band_shares_sum_to_one():
     model, tok = tiny_olmo2(), CharTokenizer()
     res = pe.per_example_curvature(model, tok, model_eigen(model), [1], MODS, mem_rows(), CLEAN,
-                                   max_items=4, batch_size=3)
+                                   max_per_kind=2, batch_size=3)
     for mod in res["modules"]:
-        assert mod["memorized"]["n"] == 4 and mod["clean"]["n"] == 4
+        assert mod["memorized"]["n"] == 4 and mod["clean"]["n"] == 4  # 2 random, 2 natural
+        assert mod["memorized"]["by_kind"]["natural"]["n"] == 2
         for group in ("memorized", "clean"):
             for ex in mod[group]["examples"]:
                 assert sum(ex["band_share"]) == pytest.approx(1.0)
                 assert ex["grad_sq"] > 0 and ex["kappa"] > 0
+        assert mod["same_kind"] == {} and set(mod["heldout"]["memorized"]) == {
+            "documents", "random", "natural"}
+
+
+def test_per_example_same_kind_contrast_equals_its_examples_and_twins():
+    """The same-kind statistics are kind-balanced medians of the examples the result lists;
+    a held-out twin is the held-out block cut to its item's length, read at its positions."""
+    model, tok = tiny_olmo2(), CharTokenizer()
+    eigen = model_eigen(model)
+    mem = kind_rows(["menu", "table", "menu", "orphan", "menu"], 0)
+    ctl = kind_rows(["menu", "table", "table"], 1)
+    quotes = kind_rows(["quote"] * 3, 2, p=(5, 9), s=(2, 4))
+    cquotes = kind_rows(["quote"] * 2, 3, p=(5, 9), s=(2, 4))
+    res = pe.per_example_curvature(model, tok, eigen, [1], MODS, mem, CLEAN * 4,
+                                   control_rows=ctl, quote_rows=quotes, control_quote_rows=cquotes,
+                                   batch_size=2, n_resamples=40)
+    assert res["groups"] == ["memorized", "control", "clean", "memorized_quotes",
+                             "control_quotes", "clean_quotes"]
+    assert res["contrasts"] == ["documents", "menu", "table", "quotes", "quote"]
+
+    def balanced(examples, kinds, stat):
+        return np.mean([np.median([stat(e) for e in examples if e["kind"] == k]) for k in kinds])
+
+    def kappa(e):
+        return e["kappa"]
+
+    def bottom(e):
+        return e["band_share"][-1]
+
+    for mod in res["modules"]:
+        m_ex, c_ex = mod["memorized"]["examples"], mod["control"]["examples"]
+        for contrast, kinds in (("documents", ["menu", "table"]), ("menu", ["menu"]),
+                                ("table", ["table"])):
+            got = mod["same_kind"][contrast]
+            assert got["kappa_median_ratio"] == pytest.approx(
+                balanced(m_ex, kinds, kappa) / balanced(c_ex, kinds, kappa))
+            assert got["bottom_share_median_diff"] == pytest.approx(
+                balanced(m_ex, kinds, bottom) - balanced(c_ex, kinds, bottom))
+            lo, hi = got["ci95"]["kappa_median_ratio"]
+            assert lo <= hi
+        q = mod["same_kind"]["quotes"]
+        assert q["n"] == {"memorized": 3, "control": 2}
+        assert q["kappa_median"]["memorized"] == pytest.approx(
+            np.median([e["kappa"] for e in mod["memorized_quotes"]["examples"]]))
+        held = mod["heldout"]["memorized"]["documents"]  # all three kinds, against the twins
+        assert held["kappa_median_ratio"] == pytest.approx(
+            balanced(m_ex, ["menu", "table", "orphan"], kappa)
+            / np.median([e["kappa"] for e in mod["clean"]["examples"]]))
+    # a twin, by hand: block 1 of held-out text cut to quote 1's length, at its positions
+    from curvmem.evaluate.lm import token_blocks
+    longest = max(len(r["prefix_ids"]) + len(r["suffix_ids"]) for r in quotes)
+    block = token_blocks(CLEAN * 4, tok, longest, longest * 3)[1].tolist()
+    r = quotes[1]
+    p, n = len(r["prefix_ids"]), len(r["prefix_ids"]) + len(r["suffix_ids"])
+    twin = {"ids": block[:n], "positions": list(range(p - 1, n - 1))}
+    targets = mlp_modules(model, [1], MODS)
+    _, grads = next(pe.example_gradients(model, targets, [twin]))
+    masks, curv = pe.band_masks_and_curvature(eigen, [(1, MODS[0])], BANDS)
+    want = pe.band_record(pe.project(grads[(1, MODS[0])], eigen[(1, MODS[0])]) ** 2,
+                          masks[(1, MODS[0])], curv[(1, MODS[0])])
+    got = res["modules"][0]["clean_quotes"]["examples"][1]
+    assert got["kappa"] == pytest.approx(want["kappa"], rel=1e-5)
+    assert got["grad_sq"] == pytest.approx(want["grad_sq"], rel=1e-4)
+
+
+def test_median_contrast_collapses_on_identical_items():
+    rec = {"band_share": [0.5, 0.2, 0.2, 0.1], "grad_sq": 2.0, "kappa": 3.0}
+    other = {"band_share": [0.1, 0.2, 0.3, 0.4], "grad_sq": 1.0, "kappa": 6.0}
+    got = pe.median_contrast([rec] * 3, ["a", "a", "b"], [other] * 2, ["a", "b"],
+                             np.random.default_rng(0), 20)
+    assert got["kappa_median_ratio"] == 0.5 and got["grad_sq_median_ratio"] == 2.0
+    assert got["bottom_share_median_diff"] == pytest.approx(-0.3)
+    assert got["ci95"]["kappa_median_ratio"] == [0.5, 0.5]
 
 
 # --------------------------------------------------------------------------- spectra, stability
@@ -315,17 +500,32 @@ def test_stress_test_restores_the_weights_and_reports_mean_and_std(tmp_path):
 
     model, tok = tiny_olmo2(), CharTokenizer()
     rows = [{"prefix_ids": r["prefix_ids"] * 3, "suffix_ids": r["suffix_ids"], "kind": r["kind"]}
-            for r in mem_rows(4)]
+            for r in mem_rows(6)]
     tensors, meta = build_edit(model, {1: {"mlp.up_proj": 0.5}}, method="svd")
     write_edit(tmp_path / "svd.safetensors", tensors, meta)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     res = ss.stress_test(model, tok, rows, {"svd": tmp_path / "svd.safetensors"}, t=5,
-                         max_items=4, batch_size=16)
+                         max_per_kind=2, batch_size=16)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert set(res["summary"]) == {"base", "svd"}
     for sc in res["items"].values():
         assert all(s["n_variants"] == 5 + 30 - 5 - 1 and s["perturbed"] >= 0 for s in sc)
     assert "none of the items" in res["params"]["preceding_text"]
+    # two of each kind (the file alternates random, natural), each kind summarized on its own
+    assert res["params"]["n_by_kind"] == {"random": 2, "natural": 2}
+    for name, sc in res["items"].items():
+        assert [s["kind"] for s in sc] == ["random", "natural"] * 2
+        for kind in ("random", "natural"):
+            lengths = [s["perturbed"] for s in sc if s["kind"] == kind]
+            got = res["summary"][name]["by_kind"][kind]
+            assert got["n"] == 2 and got["perturbed"]["mean"] == pytest.approx(np.mean(lengths))
+            assert got["perturbed"]["std"] == pytest.approx(np.std(lengths))
+        assert res["summary"][name]["n"] == 4
+    # every item unless asked: a kind-ordered file keeps all its kinds
+    ordered = sorted(rows, key=lambda r: r["kind"])
+    assert len(ss.stress_items(ordered, tok)) == 6
+    assert [it["kind"] for it in ss.stress_items(ordered, tok, max_per_kind=1)] == [
+        "natural", "random"]
 
 
 # --------------------------------------------------------------------------- task interaction
@@ -337,20 +537,55 @@ def test_spearman_and_task_interaction():
     assert ti.spearman([1, 2], [1, 2]) is None
     model, tok = tiny_olmo2(), CharTokenizer()
     tasks = [{"category": c, "prompt": f"q{i} {c}?", "answer": str(i)}
-             for c in ("arithmetic", "logic", "open_book") for i in range(3)]
+             for c in ("arithmetic", "open_book") for i in range(3)]
+    tasks += [{"category": "logic", "subcategory": sub, "prompt": f"q{i} {sub}?",
+               "answer": str(i)} for sub in ("order", "boolean") for i in range(3)]
     summary = {"selected": "k",
                "models": {"base": {"tasks": {"arithmetic": .5, "logic": .5, "open_book": .5,
-                                             "closed_book": .5}, "untargeted": {"strict": 1.0}},
+                                             "closed_book": .5}, "untargeted": {"strict": 1.0},
+                                   "subtasks": {"logic/order": .8, "logic/boolean": .5}},
                           "k": {"tasks": {"arithmetic": .2, "logic": .5, "open_book": .4,
-                                          "closed_book": .3}, "untargeted": {"strict": 0.1}}}}
+                                          "closed_book": .3}, "untargeted": {"strict": 0.1},
+                                "subtasks": {"logic/order": .6, "logic/boolean": .45}}}}
     from curvmem.report.lm import retention
 
+    kept = {**retention(summary, "k"), **ti.subcategory_retention(summary, "k")}
+    assert kept["logic/order"] == pytest.approx(0.75)
     res = ti.task_interaction(model, tok, model_eigen(model), [1], MODS, tasks, CLEAN,
-                              retention(summary, "k"), "k", memorized_rows=mem_rows(),
-                              block_len=16, max_clean_blocks=4)
-    assert res["categories"] == ["arithmetic", "logic", "open_book", "memorization"]
+                              kept, "k", memorized_rows=mem_rows(), block_len=16,
+                              max_clean_blocks=4)
+    assert res["categories"] == ["arithmetic", "logic/boolean", "logic/order", "open_book",
+                                 "memorization"]
+    assert res["tested_groups"] == res["categories"][:4]  # memorization: drawn, not counted
     assert res["retention"]["arithmetic"] == pytest.approx(0.4)
     assert res["spearman_n"] == 4 and len(res["spearman"]["kfac_pairs"]) == 4
+    assert res["descriptive"] and res["min_groups_for_inference"] == 8
+    for b in range(4):
+        x = [res["mean_ratio"][c]["kfac_pairs"][b] for c in res["tested_groups"]]
+        y = [kept[c] for c in res["tested_groups"]]
+        assert res["spearman"]["kfac_pairs"][b] == pytest.approx(ti.spearman(x, y))
+        assert res["spearman_p"]["kfac_pairs"][b] == pytest.approx(
+            ti.spearman_permutation_p(x, y))
+
+
+def test_spearman_permutation_p_equals_an_enumeration_with_scipy():
+    from itertools import permutations
+
+    from scipy.stats import spearmanr
+
+    rng = random.Random(4)
+    for n in (4, 6, 7):
+        x = [rng.random() for _ in range(n)]
+        y = [rng.choice([0.1, 0.2, 0.3, rng.random()]) for _ in range(n)]  # ties too
+        rho = spearmanr(x, y).statistic
+        assert ti.spearman(x, y) == pytest.approx(rho)
+        want = np.mean([abs(spearmanr(x, [y[i] for i in p]).statistic) >= abs(rho) - 1e-12
+                        for p in permutations(range(n))])
+        assert ti.spearman_permutation_p(x, y) == pytest.approx(want)
+    # more groups than the enumeration: random permutations; a perfect order of 12 is rare
+    x = list(range(12))
+    assert ti.spearman_permutation_p(x, x) < 1e-3
+    assert ti.spearman_permutation_p(x, [5.0] * 12) is None
 
 
 # --------------------------------------------------------------------------- CLI
@@ -386,9 +621,14 @@ def disk(tmp_path_factory):
                               for _ in range(40)))
     train_tokenizer(corpus, d / "model", vocab_size=300)
     tiny_olmo2(vocab=len(load_tokenizer(d / "model"))).save_pretrained(d / "model")
-    mem = d / "mem.jsonl"
-    mem.write_text("".join(json.dumps({"text": world.natural_text(rng, 40), "kind": k}) + "\n"
-                           for k in ("random", "natural") * 2))
+    for name in ("mem", "ctl"):  # memorized documents and never-trained ones of the same kinds
+        (d / f"{name}.jsonl").write_text("".join(
+            json.dumps({"text": world.natural_text(rng, 40), "kind": k, "id": f"{name}{i}"})
+            + "\n" for i, k in enumerate(("random", "natural") * 2)))
+    for name in ("quotes", "quotes_ctl"):
+        (d / f"{name}.jsonl").write_text("".join(
+            json.dumps({"prefix": world.natural_text(rng, 8), "suffix": " the end",
+                        "kind": "quote", "id": f"{name}{i}"}) + "\n" for i in range(3)))
     tasks = d / "tasks.jsonl"
     tasks.write_text("".join(json.dumps({"category": c, "prompt": f"Compute: {i} + 1 =",
                                          "answer": str(i + 1)}) + "\n"
@@ -418,14 +658,16 @@ def test_every_subcommand_writes_json_and_figure(disk, tmp_path):
     model = ["--model", str(d / "model"), "--threads", "1", "--device", "cpu"]
     eig = ["--eigen", str(d / "eigen" / "main"), "--layers", "1"]
     mem = ["--memorized", str(d / "mem.jsonl"), "--prefix-len", "24", "--suffix-len", "12"]
+    same = ["--control", str(d / "ctl.jsonl"), "--quotes", str(d / "quotes.jsonl"),
+            "--control-quotes", str(d / "quotes_ctl.jsonl"), "--resamples", "50"]
     clean = ["--clean", str(d / "corpus.jsonl")]
     runs = {
-        "activation-ratio": [*model, *eig, *mem, *clean, "--max-clean-blocks", "4"],
+        "activation-ratio": [*model, *eig, *mem, *same, *clean, "--max-clean-blocks", "4"],
         "task-interaction": [*model, *eig, *mem, *clean, "--tasks", str(d / "tasks.jsonl"),
                              "--summary", str(d / "summary.json"), "--block-len", "16",
                              "--max-clean-blocks", "4"],
         "spectra": [*eig, "--rhos", "0.5,0.6"],
-        "per-example": [*model, *eig, *mem, *clean, "--max-items", "3"],
+        "per-example": [*model, *eig, *mem, *same, *clean, "--max-per-kind", "1"],
         "stability": ["--layers", "1", *[f"--set={n}={d / 'eigen' / n}"
                                          for n in ("s0", "s1", "seed1")], "--top-k", "4"],
         "stress": [*model, *mem, "--edit", f"kfac={d / 'kfac.safetensors'}", "--t", "4"],
@@ -437,6 +679,13 @@ def test_every_subcommand_writes_json_and_figure(disk, tmp_path):
         assert result["definition"] and result["params"] and "cost" not in result
         assert read_cost(out)["seconds"] >= 0  # measured: in the cost file beside the result
         assert fig.stat().st_size > 10_000, name
+    ratio = json.loads((tmp_path / "activation-ratio.json").read_text())
+    assert ratio["contrasts"] == ["documents", "random", "natural", "quotes", "quote"]
+    assert ratio["params"]["n_items"]["control"] == {"documents": 4, "quotes": 3}
+    assert ratio["inputs"]["control"] == str(d / "ctl.jsonl")
+    per = json.loads((tmp_path / "per-example.json").read_text())
+    assert per["params"]["n_items"]["control"] == 2 and per["params"]["max_per_kind"] == 1
+    assert set(per["modules"][0]["same_kind"]) == set(ratio["contrasts"])
     # --summary keeps only the selected K-FAC edit ('k' here, so 'kfac' is dropped)
     out = tmp_path / "stress_selected.json"
     assert analyze(["stress", *runs["stress"], "--summary", str(d / "summary.json"),
@@ -465,6 +714,16 @@ def test_bad_inputs_are_refused_before_any_output(disk, tmp_path, capsys):
         (["activation-ratio", "--model", str(d / "model"), "--eigen", str(d / "eigen" / "main"),
           "--layers", "1", "--memorized", str(d / "mem.jsonl"), "--clean",
           str(d / "corpus.jsonl"), "--bands", "0.5,0.2", "--out", str(out)], "tile"),
+        (["activation-ratio", "--model", str(d / "model"), "--eigen", str(d / "eigen" / "main"),
+          "--layers", "1", "--memorized", str(d / "mem.jsonl"), "--clean",
+          str(d / "corpus.jsonl"), "--control-quotes", str(d / "quotes_ctl.jsonl"),
+          "--out", str(out)], "--control-quotes needs --quotes"),
+        (["per-example", "--model", str(d / "model"), "--eigen", str(d / "eigen" / "main"),
+          "--layers", "1", "--memorized", str(d / "mem.jsonl"), "--clean",
+          str(d / "corpus.jsonl"), "--control", str(d / "nope.jsonl"), "--out", str(out)],
+         "--control"),
+        (["stress", "--model", str(d / "model"), "--memorized", str(d / "mem.jsonl"),
+          "--max-per-kind", "0", "--out", str(out)], "--max-per-kind must be >= 1"),
         (["task-interaction", "--model", str(d / "model"), "--eigen",
           str(d / "eigen" / "main"), "--layers", "1", "--tasks", str(d / "tasks.jsonl"),
           "--clean", str(d / "corpus.jsonl"), "--summary", str(d / "summary.json"),

@@ -20,6 +20,7 @@ from snakemake.utils import validate
 
 from curvmem.plan import (
     ANALYSES,
+    ANALYSIS_DATA,
     ANALYSIS_JOBS,
     VIT_ANALYSES,
     Plan,
@@ -185,9 +186,9 @@ def test_factor_variants_and_the_curvature_corpus():
         ["canaries_forget.jsonl", "canaries_forget_validation.jsonl", "quotes.jsonl",
          "quotes_long.jsonl", "canaries_control.jsonl", "quotes_control.jsonl"])
     tags = {s["label"]: method_tag(s) for s in plan.edits["lm"].values()}
-    assert tags["kfac-other-slice-L1+2-rho0.7"] == "kfac-other-slice"
-    assert tags["kfac-ablate-middle-L1+2-rho0.7"] == "kfac-ablate-middle"
-    assert tags["kfac-shard-L1+2-rho0.7"] == "kfac-shard"
+    for tag in ("kfac-other-slice", "kfac-ablate-mass-middle", "kfac-shard"):  # any depth
+        named = [label for label in tags if label.startswith(f"{tag}-L")]
+        assert named and all(tags[label] == tag for label in named), tag
     cfg = config("paper")
     cfg["lm"]["edits"]["kfac-shard"]["factors"] = "nope"
     with pytest.raises(PlanError, match="not main, control or a key of lm.factor_variants"):
@@ -282,8 +283,8 @@ def test_analysis_plan_slices_and_checks():
     assert set(Plan(other_model).stability_sets()).isdisjoint(sets)
     stress = shlex.split(plan.stress_flags())
     labels = {stress[i + 1].split("=")[0] for i, a_ in enumerate(stress) if a_ == "--edit"}
-    assert {"svd-L1+2-dropgate0.5-up0.005-down0.005"} <= labels and not any(
-        "bottom" in x or "random" in x for x in labels)
+    assert {e["label"] for e in plan.edits["lm"].values() if e["method"] in ("svd", "bsn")} \
+        <= labels and not any("bottom" in x or "random" in x for x in labels)
     assert all(lb.startswith(("kfac-", "svd-", "bsn")) for lb in labels)
     assert Plan(config("smoke")).analysis() is None and not Plan(config("smoke")).analysis_targets()
     # the jobs: each analysis in exactly one, every batch run writes its own outputs
@@ -295,6 +296,31 @@ def test_analysis_plan_slices_and_checks():
         outs = [r[r.index("--out") + 1] for r in runs]
         assert outs == [plan.analysis_outputs(n)["json"] for n in ANALYSIS_JOBS[job]]
         assert set(outs) <= set(plan.analysis_job_outputs(job))
+    # the same-kind contrast: memorized documents and quotes beside never-trained ones of the
+    # same kinds, content-keyed world files, inputs of the job that reads them
+    world = {k: plan.lm_data(k) for k in ANALYSIS_DATA}
+    assert all(f.startswith(f"{plan.model_dir('lm')}/world/") for f in world.values())
+    for name in ("activation_ratio", "per_example"):
+        run = shlex.split(plan.analysis_run(name))
+        got = {flag: run[run.index(flag) + 1] for flag in
+               ("--memorized", "--control", "--quotes", "--control-quotes", "--clean")}
+        assert got == {"--memorized": world["forget"], "--control": world["control"],
+                       "--quotes": world["untargeted"],
+                       "--control-quotes": world["control_quotes"], "--clean": world["heldout"]}
+    inputs = plan.analysis_job_inputs("lm_model")
+    assert {inputs[k] for k in ("memorized", "control", "quotes", "control_quotes", "clean")} == {
+        world[k] for k in ("forget", "control", "untargeted", "control_quotes", "heldout")}
+    # stress: every forget-validation item (never the forget set the selection reads)
+    stress_run = shlex.split(plan.analysis_run("stress"))
+    assert stress_run[stress_run.index("--memorized") + 1] == world["forget_validation"]
+    assert "--max-items" not in stress_run and "--max-per-kind" not in stress_run
+    assert plan.analysis_job_inputs("lm_sweep")["memorized"] == world["forget_validation"]
+    capped = config("default")
+    capped["lm"]["analysis"]["stress"] = {"t": 20, "max_per_kind": 7}
+    assert "--max-per-kind 7" in Plan(capped).stress_flags()
+    # task interaction: quotes as the memorized reference (their retention: untargeted)
+    ti_run = shlex.split(plan.analysis_run("task_interaction"))
+    assert ti_run[ti_run.index("--memorized") + 1] == world["untargeted"]
     vit = plan.analysis_run("vit_stability")
     assert "--seq-len" not in vit and "--slice" in vit and plan.vit_data() in vit
     assert plan.stability_eigen_files("vit")[0].startswith("results/vit/analysis/stability/")
@@ -302,10 +328,19 @@ def test_analysis_plan_slices_and_checks():
                                             for x in ("json", "png")]
 
 
+def test_analyses_without_same_kind_controls_are_refused():
+    cfg = config("default")
+    del cfg["lm"]["data"]["control_quotes"]
+    with pytest.raises(PlanError, match=r"needs lm.data entries \['control_quotes'\]"):
+        Plan(cfg)
+    del cfg["lm"]["analysis"]  # no analyses: nothing needs the controls
+    Plan(cfg)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"layers": [0, 9]}, r"\[9\] have no eigenbasis"),
     ({"modules": ["mlp.o_proj"]}, "not in lm.factors.modules"),
-    ({"stability": {"layer": 3, "sizes": [100], "rho": 0.6}}, "stability.layer 3 is not"),
+    ({"stability": {"layer": 1, "sizes": [100], "rho": 0.6}}, "stability.layer 1 is not"),
 ])
 def test_bad_analysis_configs_are_refused(change, message):
     cfg = config("default")

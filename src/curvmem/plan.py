@@ -45,6 +45,12 @@ ANALYSES = ("activation_ratio", "task_interaction", "spectra", "per_example", "s
             "stress")
 # ... and when it has `vit.analysis` (outputs OUTDIR/analysis/vit_*.json)
 VIT_ANALYSES = ("vit_activation_ratio", "vit_per_example", "vit_spectra", "vit_stability")
+# lm.data entries the LM analyses read: memorized documents (forget) against never-trained ones
+# of the same kinds (control), memorized quotes (untargeted) against never-trained quotes
+# (control_quotes), held-out text (the secondary column), the stress test's forget-validation
+# (never the set a selection reads) and the tasks
+ANALYSIS_DATA = ("forget", "control", "untargeted", "control_quotes", "heldout",
+                 "forget_validation", "tasks")
 # The analysis jobs: each runs its analyses in one process (`curvmem analyze batch`), since
 # start-up (torch, transformers, the model) costs more than most analyses of the tiny models.
 # lm_model needs only the model and the eigenbases, lm_sweep the sweep's summary and edits.
@@ -834,6 +840,12 @@ class Plan:
         if a["stability"]["layer"] not in a["layers"]:
             raise PlanError(f"config {domain}.analysis.stability.layer {a['stability']['layer']} "
                             f"is not one of {domain}.analysis.layers {a['layers']}")
+        if domain == "lm":
+            missing = [k for k in ANALYSIS_DATA if k not in (self.config["lm"].get("data") or {})]
+            if missing:
+                raise PlanError(f"config lm.analysis needs lm.data entries {missing}: the "
+                                "analyses compare memorized text with never-trained text of the "
+                                "same kinds (control, control_quotes) and stress forget_validation")
 
     def analysis_eigen_dir(self, domain="lm"):
         """The main factor set's eigenbases, which the analyses read."""
@@ -905,11 +917,21 @@ class Plan:
                 or (s["method"] == "kfac" and s["keep"] == "top" and s["fkey"] == main)]
 
     def stress_flags(self):
+        """The scored edits and t; every forget-validation item unless the config caps each kind
+        (`lm.analysis.stress.max_per_kind`)."""
         a = self.analysis()
         edits = flags(*(("--edit", f"{self.edits['lm'][k]['label']}={self.edit_path('lm', k)}")
                         for k in self.stress_edits()))
-        return f"{edits} " + flags(("--max-items", a["stress"]["max_items"]),
+        return f"{edits} " + flags(("--max-per-kind", a["stress"].get("max_per_kind")),
                                    ("--t", a["stress"]["t"]))
+
+    def same_kind_inputs(self):
+        """{flag name: file}: memorized documents and quotes and their never-trained controls of
+        the same kinds, and the held-out text (activation ratio, per-example)."""
+        return {"memorized": self.lm_data("forget"), "control": self.lm_data("control"),
+                "quotes": self.lm_data("untargeted"),
+                "control_quotes": self.lm_data("control_quotes"),
+                "clean": self.lm_data("heldout")}
 
     def analysis_jobs(self):
         """The analysis jobs this config runs (ANALYSIS_JOBS names)."""
@@ -922,10 +944,12 @@ class Plan:
         inputs = {"model": self.model_input(domain)}
         if job != "lm_stability":
             inputs["eigen"] = self.analysis_eigen_files(domain)
-        if job in ("lm_model", "lm_sweep"):
-            inputs.update(memorized=self.lm_data("forget"), clean=self.lm_data("heldout"))
-        if job == "lm_sweep":
-            inputs.update(tasks=self.lm_data("tasks"), summary=f"{self.out}/lm_summary.json",
+        if job == "lm_model":
+            inputs.update(self.same_kind_inputs())
+        if job == "lm_sweep":  # stress: forget-validation; task interaction: quotes, tasks
+            inputs.update(memorized=self.lm_data("forget_validation"),
+                          quotes=self.lm_data("untargeted"), clean=self.lm_data("heldout"),
+                          tasks=self.lm_data("tasks"), summary=f"{self.out}/lm_summary.json",
                           edits=[self.edit_path("lm", k) for k in self.stress_edits()])
         if job in ("lm_stability", "vit"):
             inputs["data"] = self.domain_data(domain)
@@ -953,14 +977,17 @@ class Plan:
                 args += f" {self.analysis_flags(domain)}"
             if domain == "vit":
                 args += " " + flags(("--data", self.domain_data(domain)))
-            else:
-                args += " " + flags(("--memorized", self.lm_data("forget")))
-            if command in ("activation_ratio", "per_example", "task_interaction"):
-                args += " " + flags(("--clean", self.lm_data("heldout")))
+            elif command in ("activation_ratio", "per_example"):
+                args += " " + flags(*((f"--{k.replace('_', '-')}", v)
+                                      for k, v in self.same_kind_inputs().items()))
+            elif command == "task_interaction":  # quotes: their retention is the untargeted one
+                args += " " + flags(("--memorized", self.lm_data("untargeted")),
+                                    ("--clean", self.lm_data("heldout")),
+                                    ("--tasks", self.lm_data("tasks")))
+            else:  # stress: never the forget set the selection reads
+                args += " " + flags(("--memorized", self.lm_data("forget_validation")))
             if command in ("task_interaction", "stress"):
                 args += " " + flags(("--summary", f"{self.out}/lm_summary.json"))
-            if command == "task_interaction":
-                args += " " + flags(("--tasks", self.lm_data("tasks")))
             if command == "stress":
                 args += f" {self.stress_flags()}"
         o = self.analysis_outputs(name)
@@ -1000,6 +1027,12 @@ class Plan:
 
     # ----------------------------------------------------------------------- the ViT study
 
+    # the experiments that decide Table 2 (vit_study.decide; curvmem vit-study-experiment)
+    STUDY_EXPERIMENTS = ("oracle", "knockout", "probe")
+
+    # the experiments that decide Table 2 (vit_study.decide; curvmem vit-study-experiment)
+    STUDY_EXPERIMENTS = ("oracle", "knockout", "probe", "plant")
+
     def study(self) -> dict | None:
         """The `vit_study` section (docs/vision.md, "The study"), or None."""
         return self.config.get("vit_study")
@@ -1007,20 +1040,34 @@ class Plan:
     def study_dir(self):
         return f"{self.out}/vit_study"
 
-    def study_data(self):
-        return f"{self.study_dir()}/data.safetensors"
+    def study_datasets(self) -> dict:
+        """{name: vision-data settings}: `main` (the section's `data`) and each of `datasets`
+        (the main settings with its keys replaced; a grid group picks one with `data`)."""
+        st = self.study()
+        extra = st.get("datasets", {})
+        if "main" in extra:
+            raise PlanError("config vit_study.datasets: 'main' names the `data` dataset")
+        return {"main": dict(st["data"]), **{n: {**st["data"], **d} for n, d in extra.items()}}
 
-    def study_data_flags(self):
-        d = self.study()["data"]
+    def study_data(self, name: str = "main"):
+        if name == "main":
+            return f"{self.study_dir()}/data.safetensors"
+        return f"{self.study_dir()}/data-{name}.safetensors"
+
+    def study_data_flags(self, name: str = "main"):
+        d = self.study_datasets()[name]
         return flags(("--seed", d.get("seed")), ("--noise", d.get("noise")),
                      ("--val-fraction", d.get("val_fraction")),
-                     ("--heldout-fraction", d.get("heldout_fraction")))
+                     ("--heldout-fraction", d.get("heldout_fraction")),
+                     ("--watermark", d.get("watermark")), ("--source", d.get("source")))
 
     def study_models(self) -> dict:
         """{model key: settings} for every trained model of the study: each `grid` group is
         the product of its lists, over the `train` settings; a setting two groups share is
-        trained once. A key reads as the setting, plus a hash of it, the data and the preset."""
+        trained once. A key reads as the setting (and its dataset, where not the main one),
+        plus a hash of it, the data and the preset."""
         st = self.study()
+        datasets = self.study_datasets()
         models = {}
         for name, group in st["grid"].items():
             keys = list(group)
@@ -1029,11 +1076,16 @@ class Plan:
                 preset = settings.get("preset", "default")
                 if preset not in presets.VISION_PRESETS:
                     raise PlanError(f"config vit_study.grid.{name}: unknown preset '{preset}'")
+                data = settings.get("data", "main")
+                if data not in datasets:
+                    raise PlanError(f"config vit_study.grid.{name}: no dataset '{data}' (the "
+                                    f"datasets: {sorted(datasets)})")
                 size = {**presets.VISION_PRESETS[preset]["model"], **settings}
                 tag = (f"w{size['embed_dim']}-d{size['depth']}-p{size['patch_size']}-"
                        f"wd{settings.get('weight_decay', 'preset')}-"
-                       f"{settings.get('decay', 'all')}-s{settings.get('seed', 0)}")
-                key = f"{tag}-" + digest({"settings": settings, "data": st["data"],
+                       f"{settings.get('decay', 'all')}-s{settings.get('seed', 0)}"
+                       + ("" if data == "main" else f"-{data}"))
+                key = f"{tag}-" + digest({"settings": settings, "data": datasets[data],
                                           "preset": presets.VISION_PRESETS[preset]})
                 models[key] = settings
         return models
@@ -1041,12 +1093,21 @@ class Plan:
     def study_model_dir(self, key):
         return f"{self.study_dir()}/models/{key}"
 
+    def study_model_data(self, key):
+        """The dataset file a study model trains on and is measured with."""
+        return self.study_data(self.study_models()[key].get("data", "main"))
+
     def study_train_flags(self, key):
-        s = self.study_models()[key]
+        s = {k: v for k, v in self.study_models()[key].items() if k != "data"}
         return flags(*((f"--{k.replace('_', '-')}", s[k]) for k in sorted(s)))
 
     def study_cell(self, key):
         return f"{self.study_dir()}/cells/{key}.json"
+
+    def _study_selection_flags(self):
+        c = self.study()["cell"]
+        return (("--selection-fraction", c.get("selection_fraction")),
+                ("--selection-seed", c.get("selection_seed")))
 
     def study_cell_flags(self):
         c = self.study()["cell"]
@@ -1058,11 +1119,64 @@ class Plan:
                      ("--rho", c["rho"]), ("--svd-layers", sets(c["svd_layers"])),
                      ("--svd-drop", c["svd_drop"]), ("--modules", c["modules"]),
                      ("--fisher", c.get("fisher")), ("--seed", c.get("seed")),
-                     ("--batch-size", c.get("batch_size")))
+                     ("--batch-size", c.get("batch_size")), ("--positions", c.get("positions")),
+                     *self._study_selection_flags())
+
+    def study_decide(self) -> dict | None:
+        """The `vit_study.decide` section (docs/vision.md, "Deciding Table 2"), or None."""
+        return self.study().get("decide")
+
+    def study_experiments(self) -> dict:
+        """{experiment: [model keys]}: each experiment of `decide` on the models whose dataset
+        is one of its `datasets`."""
+        decide, models = self.study_decide() or {}, self.study_models()
+        return {exp: [k for k, s in models.items()
+                      if s.get("data", "main") in decide[exp].get("datasets", ["main"])]
+                for exp in self.STUDY_EXPERIMENTS if exp in decide}
+
+    def study_experiment(self, experiment, key):
+        return f"{self.study_dir()}/experiments/{experiment}/{key}.json"
+
+    def study_experiment_data(self, experiment, key):
+        """The dataset an experiment reads: the model's own, or for `plant` (the positive
+        control planted in the edited weights) the dataset named by `plant.data`."""
+        if experiment == "plant":
+            name = self.study_decide()["plant"]["data"]
+            if name not in self.study_datasets():
+                raise PlanError(f"config vit_study.decide.plant.data: no dataset '{name}'")
+            return self.study_data(name)
+        return self.study_model_data(key)
+
+    def study_experiment_command(self, experiment):
+        """The curvmem command and flags of an experiment (without --model, --data, --out):
+        `plant` is a study cell whose model first gets the labels planted."""
+        e = (self.study_decide() or {}).get(experiment, {})
+        if experiment == "plant":
+            return "vit-study-cell " + self.study_cell_flags() + " " + flags(
+                ("--plant-epochs", e.get("epochs", 20)), ("--plant-layers", e.get("layers")),
+                ("--plant-modules", e.get("modules")), ("--plant-lr", e.get("lr")))
+        return "vit-study-experiment " + flags(
+            ("--experiment", experiment), ("--layers", e.get("layers")),
+            ("--modules", e.get("modules")), ("--epochs", e.get("epochs")), ("--lr", e.get("lr")),
+            ("--seed", e.get("seed")), *self._study_selection_flags())
+
+    def study_report_inputs(self) -> list[str]:
+        """The cells, and with `decide` every experiment's result."""
+        cells = [self.study_cell(k) for k in self.study_models()]
+        return cells + [self.study_experiment(e, k)
+                        for e, keys in self.study_experiments().items() for k in keys]
+
+    def study_report_command(self) -> str:
+        """The curvmem command (and its flags) that reports the study."""
+        decide = self.study_decide()
+        if decide is None:
+            return "report-vit-study"
+        return "report-vit-decide " + flags(("--control-images", decide.get("control_images")))
 
     def study_outputs(self) -> dict:
-        return {"summary": f"{self.out}/vit_study.json", "table": f"{self.out}/vit_study.md",
-                "figure": f"{self.out}/vit_study.png"}
+        name = "vit_decide" if self.study_decide() is not None else "vit_study"
+        return {"summary": f"{self.out}/{name}.json", "table": f"{self.out}/{name}.md",
+                "figure": f"{self.out}/{name}.png"}
 
     def summaries(self):
         """Tables and figures (all report()-ed) that the HTML report shows."""

@@ -11,7 +11,7 @@ Each family partitions its components, so its band outputs sum to W a.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -111,12 +111,28 @@ def load_eigen(eigen_dir, model, layers, modules) -> dict:
 # --------------------------------------------------------------------------- token positions
 
 
-def memorized_items(rows, tokenizer, prefix_len=64, suffix_len=48, max_items=None,
+def memorized_items(rows, tokenizer, prefix_len=64, suffix_len=48, max_per_kind=None,
                     where="memorized data") -> list[dict]:
     """Prefix + suffix of each memorized row; positions = those that predict a suffix token
-    (P-1 .. P+S-2), the positions where recitation happens."""
-    items = []
-    for e in memorization_examples(rows, tokenizer, prefix_len, suffix_len, where)[:max_items]:
+    (P-1 .. P+S-2), the positions where recitation happens.
+
+    Args:
+        rows: memorized rows (any format `memorization_examples` reads), with a `kind` each.
+        tokenizer: the model's tokenizer.
+        prefix_len: prefix tokens of a row given as text.
+        suffix_len: suffix tokens of a row given as text.
+        max_per_kind: at most this many items of each kind, in file order (None: every item):
+            a cap per kind, since memorized files are ordered by kind.
+        where: the file's name in errors.
+
+    Returns:
+        One dict per item: ids, positions, kind, id, prefix, suffix.
+    """
+    items, taken = [], Counter()
+    for e in memorization_examples(rows, tokenizer, prefix_len, suffix_len, where):
+        if max_per_kind is not None and taken[e["kind"]] >= max_per_kind:
+            continue
+        taken[e["kind"]] += 1
         p, s = len(e["prefix"]), len(e["suffix"])
         items.append({"ids": e["prefix"] + e["suffix"], "positions": list(range(p - 1, p + s - 1)),
                       "kind": e["kind"], "id": e["id"], "prefix": e["prefix"],
@@ -133,6 +149,130 @@ def clean_items(texts, tokenizer, block_len: int, positions, max_blocks: int,
     blocks = token_blocks(texts, tokenizer, block_len, block_len * max_blocks, where)
     return [{"ids": b.tolist(), "positions": list(positions), "kind": "clean", "id": i}
             for i, b in enumerate(blocks)]
+
+
+def shape(item: dict) -> tuple:
+    """(length, positions): what a held-out twin of an item must share with it."""
+    return len(item["ids"]), tuple(item["positions"])
+
+
+def heldout_twins(items: list[dict], texts, tokenizer, n_blocks: int, per_item: bool = False,
+                  where="held-out data") -> list[dict]:
+    """Held-out text at the items' shapes: blocks of the longest item's length, each cut to an
+    item's length and scored at its positions.
+
+    Args:
+        items: the items to mirror.
+        texts: held-out texts.
+        tokenizer: the model's tokenizer.
+        n_blocks: blocks of held-out text to cut.
+        per_item: one twin per item (block i for item i; n_blocks must be >= len(items)), instead
+            of every block at each distinct shape of the items.
+        where: the file's name in errors.
+
+    Returns:
+        Items (kind "clean", id = block index) with their `shape`.
+    """
+    longest = max(len(it["ids"]) for it in items)
+    blocks = token_blocks(texts, tokenizer, longest, longest * n_blocks, where)
+    if per_item:
+        if len(blocks) < len(items):
+            raise ValueError(f"{where}: {len(blocks)} blocks of {longest} tokens, fewer than the "
+                             f"{len(items)} items to mirror; give more held-out text")
+        pairs = [(j, shape(it)) for j, it in enumerate(items)]
+    else:
+        pairs = [(j, s) for s in sorted({shape(it) for it in items}) for j in range(len(blocks))]
+    return [{"ids": blocks[j][:length].tolist(), "positions": list(pos), "kind": "clean",
+             "id": j, "shape": (length, pos)} for j, (length, pos) in pairs]
+
+
+def resample_within(kinds, n_resamples: int, rng) -> np.ndarray:
+    """Bootstrap indices that keep each kind's count: row r resamples, with replacement, the
+    items of each kind among themselves, in place (column i stays of item i's kind).
+
+    Args:
+        kinds: each item's kind.
+        n_resamples: rows.
+        rng: a numpy Generator.
+
+    Returns:
+        [n_resamples, len(kinds)] int64 indices into the items.
+    """
+    kinds = np.asarray(kinds, dtype=object)
+    out = np.empty((n_resamples, kinds.size), np.int64)
+    for kind in sorted(set(kinds.tolist())):
+        idx = np.flatnonzero(kinds == kind)
+        out[:, idx] = idx[rng.integers(0, idx.size, (n_resamples, idx.size))]
+    return out
+
+
+def interval(samples, lo: float = 2.5, hi: float = 97.5) -> list:
+    """[lo, hi] percentiles of bootstrap samples along axis 0 (NaNs ignored), as lists."""
+    qs = np.nanpercentile(np.asarray(samples, np.float64), [lo, hi], axis=0)
+    return np.stack([qs[0], qs[1]], axis=-1).tolist()
+
+
+# the pooled contrasts, each over its kinds: documents (--memorized vs --control) and quotes
+# (--quotes vs --control-quotes)
+SETS = ("documents", "quotes")
+N_RESAMPLES = 2000  # bootstrap resamples of the same-kind intervals
+
+
+def _check_kinds(items: list[dict], where: str) -> None:
+    bad = sorted({it["kind"] for it in items} & set(SETS) | {it["kind"] for it in items} & {"all"})
+    if bad:
+        raise ValueError(f"{where}: kind {bad[0]!r} is the name of a pooled group; rename it")
+
+
+def load_sets(tokenizer, memorized_rows, control_rows, quote_rows, control_quote_rows,
+               prefix_len, suffix_len, max_per_kind) -> dict:
+    """The memorized and control items of the documents and the quotes.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        memorized_rows: memorized documents (--memorized).
+        control_rows: never-trained documents of the same kinds (--control), or None.
+        quote_rows: memorized quotes (--quotes), or None.
+        control_quote_rows: never-trained quotes (--control-quotes), or None.
+        prefix_len: prefix tokens of rows given as text.
+        suffix_len: suffix tokens of rows given as text.
+        max_per_kind: items of each kind per file (None: every item).
+
+    Returns:
+        {side: {set: items}}, side memorized / control, set documents / quotes; a file not
+        given has no entry.
+    """
+    files = {("memorized", "documents"): (memorized_rows, "--memorized"),
+             ("control", "documents"): (control_rows, "--control"),
+             ("memorized", "quotes"): (quote_rows, "--quotes"),
+             ("control", "quotes"): (control_quote_rows, "--control-quotes")}
+    sides = {"memorized": {}, "control": {}}
+    for (side, name), (rows, flag) in files.items():
+        if rows is None:
+            continue
+        items = memorized_items(rows, tokenizer, prefix_len, suffix_len, max_per_kind, flag)
+        _check_kinds(items, flag)
+        sides[side][name] = items
+    return sides
+
+
+def contrast_kinds(sides: dict) -> dict:
+    """{set: [kinds of both the memorized and the control items]}, in the memorized file's order;
+    a set without a control file has none."""
+    out = {}
+    for name, items in sides["memorized"].items():
+        ctl = {it["kind"] for it in sides["control"].get(name, [])}
+        out[name] = list(dict.fromkeys(it["kind"] for it in items if it["kind"] in ctl))
+    return out
+
+
+def nan_to_none(x):
+    """NaN -> None, so the JSON says 'not defined' rather than a float NaN."""
+    if isinstance(x, dict):
+        return {k: nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [nan_to_none(v) for v in x]
+    return None if isinstance(x, float) and np.isnan(x) else x
 
 
 def by_length(items: list[dict], batch_size: int):

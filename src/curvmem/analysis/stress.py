@@ -22,7 +22,9 @@ prompt's continuation starts after pad tokens: an artefact we do not reproduce.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
+import numpy as np
 import torch
 
 from curvmem.analysis.common import save_figure
@@ -39,7 +41,7 @@ DEFINITION = (
     "excluded; duplicates dropped. Greedy decoding (up to the remaining gold length), left-padded "
     "batches with attention mask and position ids. score = longest exact-match prefix of the generation vs the remaining gold; "
     "original = score of the unperturbed prompt; perturbed = max over variants; mean and "
-    "population std over items.")
+    "population std over items, pooled and per kind (summary[name].by_kind).")
 
 
 def variants(prefix: list[int], suffix: list[int], t: int = 20,
@@ -148,8 +150,22 @@ def score_items(model, items: list[dict], t: int, pad_id: int, batch_size: int) 
     return scores
 
 
-def stress_items(rows, tokenizer, prefix_len=64, suffix_len=48, max_items=None,
+def stress_items(rows, tokenizer, prefix_len=64, suffix_len=48, max_per_kind=None,
                  where="memorized data") -> list[dict]:
+    """The items the stress test perturbs: every row, or the first `max_per_kind` of each kind
+    (a memorized file is ordered by kind: a cut of the file would keep its first kinds only).
+
+    Args:
+        rows: memorized rows (any format `memorization_examples` reads).
+        tokenizer: the model's tokenizer.
+        prefix_len: prefix tokens of rows given as text.
+        suffix_len: suffix tokens of rows given as text.
+        max_per_kind: items of each kind (None: every item).
+        where: the file's name in errors.
+
+    Returns:
+        One dict per item (prefix, suffix, kind, id, and preceding where the row gives it).
+    """
     items = memorization_examples(rows, tokenizer, prefix_len, suffix_len, where)
     for it, row in zip(items, rows):
         if "preceding_ids" in row:
@@ -159,16 +175,49 @@ def stress_items(rows, tokenizer, prefix_len=64, suffix_len=48, max_items=None,
     if len({len(it["suffix"]) for it in items}) > 1:
         raise ValueError(f"{where}: the stress test needs suffixes of one length "
                          f"(got {sorted({len(it['suffix']) for it in items})})")
-    return items[:max_items]
+    taken, kept = Counter(), []
+    for it in items:
+        if max_per_kind is None or taken[it["kind"]] < max_per_kind:
+            taken[it["kind"]] += 1
+            kept.append(it)
+    return kept
+
+
+def summarize(scores: list[dict], suffix_len: int) -> dict:
+    """Mean and std of the original and perturbed lengths, the share of items a variant
+    lengthens and of full matches of the original prompt, and the count."""
+    return {"original": _mean_std([s["original"] for s in scores]),
+            "perturbed": _mean_std([s["perturbed"] for s in scores]),
+            "improved_rate": sum(s["perturbed"] > s["original"] for s in scores) / len(scores),
+            "full_match_rate_original": sum(s["original"] == suffix_len
+                                            for s in scores) / len(scores),
+            "n": len(scores)}
 
 
 def stress_test(model, tokenizer, rows, edits: dict, t: int = 20, prefix_len: int = 64,
-                suffix_len: int = 48, max_items: int = 20, batch_size: int = 64) -> dict:
-    """`edits`: {name: edit file}; the unedited model is always scored as 'base'. Each edit is
-    applied in place and its weights are restored afterwards."""
+                suffix_len: int = 48, max_per_kind: int | None = None,
+                batch_size: int = 64) -> dict:
+    """Positional perturbations of every memorized item, for the base model and each edit,
+    summarized over all items and per kind.
+
+    Args:
+        model: the language model (edits are applied in place and restored after).
+        tokenizer: its tokenizer.
+        rows: memorized rows (the workflow passes forget-validation: never the set a selection
+            reads).
+        edits: {name: edit file}; the unedited model is always scored as 'base'.
+        t: perturbation size.
+        prefix_len: prefix tokens of rows given as text.
+        suffix_len: suffix tokens of rows given as text.
+        max_per_kind: items of each kind (None: every item).
+        batch_size: prompts per decoding batch.
+
+    Returns:
+        The JSON-able result; `summary[name]` pooled and `summary[name]["by_kind"]`.
+    """
     if t < 0:
         raise ValueError(f"--t must be >= 0, got {t}")
-    items = stress_items(rows, tokenizer, prefix_len, suffix_len, max_items)
+    items = stress_items(rows, tokenizer, prefix_len, suffix_len, max_per_kind)
     if not items:
         raise ValueError("no memorized items")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -177,16 +226,18 @@ def stress_test(model, tokenizer, rows, edits: dict, t: int = 20, prefix_len: in
         with restored_after(model, path):
             apply(model, path)
             results[name] = score_items(model, items, t, pad_id, batch_size)
-    summary = {name: {"original": _mean_std([s["original"] for s in sc]),
-                      "perturbed": _mean_std([s["perturbed"] for s in sc]),
-                      "improved_rate": sum(s["perturbed"] > s["original"] for s in sc) / len(sc),
-                      "full_match_rate_original": sum(s["original"] == len(items[0]["suffix"])
-                                                      for s in sc) / len(sc)}
+    k = len(items[0]["suffix"])
+    kinds = list(dict.fromkeys(it["kind"] for it in items))
+    summary = {name: {**summarize(sc, k),
+                      "by_kind": {kind: summarize([s for s in sc if s["kind"] == kind], k)
+                                  for kind in kinds}}
                for name, sc in results.items()}
     has_preceding = sum("preceding" in it for it in items)
     return {"analysis": "stress", "definition": DEFINITION,
             "params": {"t": t, "prefix_len": prefix_len, "suffix_len": suffix_len,
-                       "max_items": max_items, "n_items": len(items),
+                       "max_per_kind": max_per_kind, "n_items": len(items), "gold_len": k,
+                       "n_by_kind": {kind: sum(it["kind"] == kind for it in items)
+                                     for kind in kinds},
                        "items_with_preceding_text": has_preceding,
                        "edits": {k: str(v) for k, v in edits.items()},
                        "padding": "left, with attention mask and position ids (the paper's code "
@@ -194,32 +245,42 @@ def stress_test(model, tokenizer, rows, edits: dict, t: int = 20, prefix_len: in
                        "preceding_text": "used for the items that give it" if has_preceding
                        else "none of the items gives preceding text: only extend and shift "
                             "variants apply"},
-            "summary": summary, "items": results}
+            "kinds": kinds, "summary": summary, "items": results}
 
 
 def stress_figure(result: dict, path) -> None:
+    """One panel for every item pooled, then one per kind: the original and the best perturbed
+    prompt's mean exact-match length (± std) for the base model and each edit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(result["summary"])
-    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.8))
-    x = torch.arange(len(names)).numpy()
-    for k, (which, colour) in enumerate((("original", "tab:grey"), ("perturbed", "tab:red"))):
-        means = [result["summary"][n][which]["mean"] for n in names]
-        stds = [result["summary"][n][which]["std"] for n in names]
-        pos = x + (k - 0.5) * 0.38
-        ax.bar(pos, means, 0.36, yerr=stds, capsize=3, color=colour,
-               label={"original": "original prompt", "perturbed": "best positional variant"}[which])
-        for xi, m, sd in zip(pos, means, stds):  # the numbers, since bars may be near zero
-            ax.annotate(f"{m:.1f}±{sd:.1f}", (xi, m + sd), ha="center", fontsize=7,
-                        xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(x, names, fontsize=8, rotation=15)
-    ax.set_ylabel("exact-match length (tokens), mean ± std")
-    ax.set_ylim(0, result["params"]["suffix_len"] * 1.05)
-    ax.set_title(f"Positional stress test (t = {result['params']['t']}, "
-                 f"{result['params']['n_items']} items)", fontsize=10)
-    ax.legend(fontsize=8)
+    kinds = result.get("kinds", [])
+    panels = [("all items", {n: result["summary"][n] for n in names})] + [
+        (kind, {n: result["summary"][n]["by_kind"][kind] for n in names}) for kind in kinds]
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True,
+                             figsize=((1.0 * len(names) + 1.2) * len(panels) + 1, 4.0))
+    x = np.arange(len(names))
+    for ax, (title, summary) in zip(axes[0], panels):
+        for k, (which, colour) in enumerate((("original", "tab:grey"), ("perturbed", "tab:red"))):
+            means = [summary[n][which]["mean"] for n in names]
+            stds = [summary[n][which]["std"] for n in names]
+            pos = x + (k - 0.5) * 0.38
+            ax.bar(pos, means, 0.36, yerr=stds, capsize=2, color=colour,
+                   label={"original": "original prompt",
+                          "perturbed": "best positional variant"}[which])
+            for xi, m, sd in zip(pos, means, stds):  # the numbers, since bars may be near zero
+                ax.annotate(f"{m:.1f}", (xi, m + sd), ha="center", fontsize=6,
+                            xytext=(0, 2), textcoords="offset points")
+        ax.set_xticks(x, names, fontsize=7, rotation=30, ha="right")
+        n = next(iter(summary.values()))["n"]
+        ax.set_title(f"{title} (n = {n})", fontsize=9)
+    axes[0, 0].set_ylabel("exact-match length (tokens), mean ± std")
+    axes[0, 0].set_ylim(0, result["params"].get("gold_len", result["params"]["suffix_len"]) * 1.1)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"Positional stress test (t = {result['params']['t']}), every item, by kind",
+                 fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)

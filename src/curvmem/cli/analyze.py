@@ -42,12 +42,24 @@ def _named(entries, flag: str, optional=()) -> dict:
     return out
 
 
-def _memorized(args) -> list[dict]:
-    """--memorized's rows, one id never given to two texts."""
+def _memorized(args, flag: str = "memorized") -> list[dict] | None:
+    """The rows of --memorized (or another memorized-format flag), one id never given to two
+    texts; None for a flag not given."""
     from curvmem.cli.common import check_ids
     from curvmem.evaluate.lm import read_rows
 
-    return check_ids(read_rows(args.memorized), args.memorized)
+    path = getattr(args, flag)
+    return None if path is None else check_ids(read_rows(path), path)
+
+
+def _same_kind_sets(args) -> dict:
+    """The memorized and control files of a same-kind analysis, read and checked: documents
+    (--memorized, --control) and quotes (--quotes, --control-quotes)."""
+    if args.control_quotes is not None and args.quotes is None:
+        raise ValueError("--control-quotes needs --quotes (the memorized quotes it controls)")
+    return {"memorized_rows": _memorized(args), "control_rows": _memorized(args, "control"),
+            "quote_rows": _memorized(args, "quotes"),
+            "control_quote_rows": _memorized(args, "control_quotes")}
 
 
 def _modules(text) -> list[str]:
@@ -129,7 +141,8 @@ def _prepare(args, need_model: bool = True) -> None:
     args.layer_list, args.module_list = _layers(args.layers), _modules(args.modules)
     if need_model:
         _files(model=args.model)
-    for flag in ("eigen", "memorized", "clean", "tasks", "summary", "data"):
+    for flag in ("eigen", "memorized", "control", "quotes", "control_quotes", "clean", "tasks",
+                 "summary", "data"):
         if hasattr(args, flag):
             _files(**{flag: getattr(args, flag)})
 
@@ -144,22 +157,31 @@ def _bands(args):
 # Each _plan_X(args) checks everything it can without computing and returns the computation.
 
 
+def _max_per_kind(args) -> int | None:
+    if args.max_per_kind is not None:
+        _check_counts(args, "max_per_kind")
+    return args.max_per_kind
+
+
 def _plan_activation_ratio(args):
     from curvmem.analysis import activation_ratio as ar
     from curvmem.analysis.common import load_eigen
     from curvmem.evaluate.lm import read_texts
 
     _prepare(args)
-    _check_counts(args, "max_items", "max_clean_blocks", "batch_size")
-    bands, rows, texts = _bands(args), _memorized(args), read_texts(args.clean)
+    _check_counts(args, "max_clean_blocks", "batch_size", "resamples")
+    bands, sets, texts = _bands(args), _same_kind_sets(args), read_texts(args.clean)
+    max_per_kind = _max_per_kind(args)
 
     def run():
         with cost() as c:
             model, tok = _load_model(args)
             eigen = load_eigen(args.eigen, model, args.layer_list, args.module_list)
-            result = ar.activation_ratio(model, tok, eigen, args.layer_list, args.module_list,
-                                         rows, texts, bands, args.prefix_len, args.suffix_len,
-                                         args.max_items, args.max_clean_blocks, args.batch_size)
+            result = ar.activation_ratio(
+                model, tok, eigen, args.layer_list, args.module_list, clean_texts=texts, **sets,
+                bands=bands, prefix_len=args.prefix_len, suffix_len=args.suffix_len,
+                max_per_kind=max_per_kind, max_clean_blocks=args.max_clean_blocks,
+                batch_size=args.batch_size, n_resamples=args.resamples)
         _finish(args, result, ar.activation_ratio_figure, c)
     return run
 
@@ -182,7 +204,8 @@ def _plan_task_interaction(args):
     if selected not in summary.get("models", {}):
         raise ValueError(f"--summary has no edit '{selected}'; pass --selected NAME "
                          f"(one of {sorted(summary.get('models', {}))})")
-    kept = retention(summary, selected)  # edited / base per category (the report's rule)
+    # edited / base per category (the report's rule) and per category/subcategory
+    kept = {**retention(summary, selected), **ti.subcategory_retention(summary, selected)}
 
     def run():
         with cost() as c:
@@ -217,18 +240,20 @@ def _plan_per_example(args):
     from curvmem.evaluate.lm import read_texts
 
     _prepare(args)
-    _check_counts(args, "max_items", "batch_size")
-    bands, rows, texts = _bands(args), _memorized(args), read_texts(args.clean)
+    _check_counts(args, "batch_size", "resamples")
+    bands, sets, texts = _bands(args), _same_kind_sets(args), read_texts(args.clean)
+    max_per_kind = _max_per_kind(args)
 
     def run():
         with cost() as c:
             model, tok = _load_model(args)
             eigen = load_eigen(args.eigen, model, args.layer_list, args.module_list)
-            result = pe.per_example_curvature(model, tok, eigen, args.layer_list,
-                                              args.module_list, rows, texts, bands,
-                                              args.prefix_len, args.suffix_len, args.max_items,
-                                              args.batch_size)
-        _finish(args, result, pe.per_example_figure, c)
+            result = pe.per_example_curvature(
+                model, tok, eigen, args.layer_list, args.module_list, clean_texts=texts, **sets,
+                bands=bands, prefix_len=args.prefix_len, suffix_len=args.suffix_len,
+                max_per_kind=max_per_kind, batch_size=args.batch_size,
+                n_resamples=args.resamples)
+        _finish(args, result, pe.lm_per_example_figure, c)
     return run
 
 
@@ -306,7 +331,8 @@ def _plan_stress(args):
     edits = _named(args.edit, "--edit")
     if args.summary is not None:
         edits = _selected_only(edits, args.summary)
-    _check_counts(args, "max_items", "batch_size")
+    _check_counts(args, "batch_size")
+    max_per_kind = _max_per_kind(args)
     if args.t < 0:
         raise ValueError(f"--t must be >= 0, got {args.t}")
     rows = _memorized(args)
@@ -315,7 +341,7 @@ def _plan_stress(args):
         with cost() as c:
             model, tok = _load_model(args)
             result = ss.stress_test(model, tok, rows, edits, args.t, args.prefix_len,
-                                    args.suffix_len, args.max_items, args.batch_size)
+                                    args.suffix_len, max_per_kind, args.batch_size)
         _finish(args, result, ss.stress_figure, c)
     return run
 
@@ -440,12 +466,29 @@ def _common(p, model: bool = True, eigen: bool = True) -> None:
     p.add_argument("--figure", default=None, help="figure PNG file")
 
 
-def _positions(p, max_items: int, memorized_required: bool = True) -> None:
-    p.add_argument("--memorized", required=memorized_required,
-                   help="memorized items, JSONL (e.g. canaries_forget.jsonl)")
+def _positions(p, memorized_required: bool = True,
+               what: str = "memorized items, JSONL (e.g. canaries_forget.jsonl)") -> None:
+    p.add_argument("--memorized", required=memorized_required, help=what)
     p.add_argument("--prefix-len", type=int, default=64)
     p.add_argument("--suffix-len", type=int, default=48)
-    p.add_argument("--max-items", type=int, default=max_items, help="memorized items used")
+
+
+def _per_kind(p) -> None:
+    p.add_argument("--max-per-kind", type=int, default=None,
+                   help="items of each kind per file, in file order (default: every item)")
+
+
+def _same_kind_args(p) -> None:
+    """The never-trained controls of the same kinds (the primary contrast) and the quotes."""
+    p.add_argument("--control", default=None,
+                   help="never-trained documents of the memorized kinds, JSONL (e.g. "
+                   "canaries_control.jsonl): the primary, same-kind contrast")
+    p.add_argument("--quotes", default=None, help="memorized quotes, JSONL (e.g. quotes.jsonl)")
+    p.add_argument("--control-quotes", default=None,
+                   help="never-trained quotes, JSONL (e.g. quotes_control.jsonl)")
+    p.add_argument("--resamples", type=int, default=2000,
+                   help="bootstrap resamples of the same-kind intervals")
+    _per_kind(p)
 
 
 def _band_arg(p) -> None:
@@ -482,24 +525,31 @@ def _register_analyses(sub) -> None:
         return p
 
     p = add("activation-ratio", _plan_activation_ratio,
-            "memorized ÷ clean output norm per curvature band (Fig. 2)")
+            "memorized ÷ same-kind control output norm per curvature band (Fig. 2)")
     _common(p)
-    _positions(p, 40)
-    p.add_argument("--clean", required=True, help="held-out text, JSONL with 'text'")
-    p.add_argument("--max-clean-blocks", type=int, default=40)
+    _positions(p)
+    _same_kind_args(p)
+    p.add_argument("--clean", required=True,
+                   help="held-out text, JSONL with 'text' (the secondary column)")
+    p.add_argument("--max-clean-blocks", type=int, default=40,
+                   help="held-out blocks read at each item shape")
     p.add_argument("--batch-size", type=int, default=16)
     _band_arg(p)
 
     p = add("task-interaction", _plan_task_interaction,
             "per task category: activation ratio vs retention (Fig. 4)")
     _common(p)
-    _positions(p, 40, memorized_required=False)
-    p.add_argument("--tasks", required=True, help="tasks JSONL (category, prompt, answer)")
+    _positions(p, memorized_required=False,
+               what="memorized items drawn as a reference point, never in the correlation "
+               "(the workflow: quotes.jsonl, whose retention is the untargeted one)")
+    p.add_argument("--tasks", required=True,
+                   help="tasks JSONL (category, prompt, answer; optional subcategory)")
     p.add_argument("--clean", required=True, help="held-out text, JSONL with 'text'")
     p.add_argument("--summary", required=True, help="lm_summary.json from report-lm")
     p.add_argument("--selected", default=None,
                    help="edit name in the summary (default: the summary's selected edit)")
-    p.add_argument("--max-per-category", type=int, default=40)
+    p.add_argument("--max-per-category", type=int, default=40,
+                   help="items per task group (and memorized items per kind)")
     p.add_argument("--max-clean-blocks", type=int, default=40)
     p.add_argument("--block-len", type=int, default=64, help="tokens per clean block")
     p.add_argument("--batch-size", type=int, default=16)
@@ -510,10 +560,12 @@ def _register_analyses(sub) -> None:
     p.add_argument("--rhos", default=None, help="ρ values of the sweep to mark, e.g. 0.5,0.6")
 
     p = add("per-example", _plan_per_example,
-            "per-sequence gradients in the K-FAC eigenbasis, by band")
+            "per-sequence gradients in the K-FAC eigenbasis, by band, against the same kind")
     _common(p)
-    _positions(p, 20)
-    p.add_argument("--clean", required=True, help="held-out text, JSONL with 'text'")
+    _positions(p)
+    _same_kind_args(p)
+    p.add_argument("--clean", required=True,
+                   help="held-out text, JSONL with 'text' (a twin block per memorized item)")
     p.add_argument("--batch-size", type=int, default=8)
     _band_arg(p)
 
@@ -544,7 +596,9 @@ def _register_analyses(sub) -> None:
 
     p = add("stress", _plan_stress, "positional perturbations of memorized prompts (Table 6)")
     _common(p, eigen=False)
-    _positions(p, 20)
+    _positions(p, what="memorized items, JSONL (e.g. canaries_forget_validation.jsonl: never "
+               "the set a selection reads)")
+    _per_kind(p)
     p.add_argument("--edit", action="append", default=[], metavar="NAME=FILE",
                    help="an edit to score beside the base model (repeat)")
     p.add_argument("--summary", default=None,
