@@ -261,3 +261,244 @@ def test_study_figure_has_one_line_per_width(tmp_path, monkeypatch):
                                                                    "width 192, 4 tokens"]
     assert [t.get_text() for t in figures[0].axes[1].get_xticklabels()] == ["0", "0.1", "0.3"]
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------- deciding Table 2
+
+
+@pytest.fixture(scope="module")
+def smoke_vit(tmp_path_factory):
+    """A watermarked dataset, its unmarked twin and a smoke ViT trained on the marked one."""
+    root = tmp_path_factory.mktemp("decide")
+    marked, plain, model = root / "w.safetensors", root / "p.safetensors", root / "vit"
+    assert run_cli("vision-data", "--out", marked, "--heldout-fraction", 0.1,
+                   "--watermark", 0.5) == 0
+    assert run_cli("vision-data", "--out", plain, "--heldout-fraction", 0.1) == 0
+    assert run_cli("train-vit", "--data", marked, "--out", model, "--preset", "smoke") == 0
+    return root, marked, plain, model
+
+
+def test_watermarks_mark_only_the_noisy_images_with_their_noisy_label(smoke_vit):
+    _, marked, plain, _ = smoke_vit
+    (w, wcfg), (p, pcfg) = vision_data.load_dataset(marked), vision_data.load_dataset(plain)
+    assert wcfg["watermark"] == 0.5 and "watermark" not in pcfg
+    for k in ("train_labels", "train_noisy", "train_index", "val_images", "heldout_images"):
+        assert torch.equal(w[k], p[k]), k  # the same split, noise and unmarked images
+    noisy = w["train_noisy"]
+    assert torch.equal(w["train_images"][~noisy], p["train_images"][~noisy])
+    diff = w["train_images"][noisy] - p["train_images"][noisy]
+    want = 0.5 * w[vision_data.WATERMARK_KEY][w["train_labels"][noisy]]
+    assert torch.allclose(diff, want, atol=1e-5)
+    assert set(w[vision_data.WATERMARK_KEY].unique().tolist()) == {-1.0, 1.0}
+    assert torch.allclose(vision_data.unmarked_train_images(w, wcfg), p["train_images"],
+                          atol=1e-5)
+    # the Fisher sets without marks: clean training and held-out images are unmarked
+    clean, _ = vision_data.load_images(marked, "clean")
+    assert torch.equal(clean, p["train_images"][~noisy])
+    with pytest.raises(ValueError, match="watermark"):
+        vision_data.make_dataset(watermark=-1)
+
+
+def test_cls_only_edits_change_the_cls_token_only(smoke_vit):
+    from curvmem.analysis import vit_study as study
+
+    _, marked, _, model_dir = smoke_vit
+    model = vit.load_model(model_dir)
+    tensors, _ = vision_data.load_dataset(marked)
+    x = tensors["val_images"][:16]
+    gen = torch.Generator().manual_seed(0)
+    weights = {f"blocks.{b}.mlp.{m}.weight":
+               torch.randn(dict(model.named_parameters())[f"blocks.{b}.mlp.{m}.weight"].shape,
+                           generator=gen) for b in (0, 5) for m in ("fc1", "fc2")}
+    first = {k: v for k, v in weights.items() if k.startswith("blocks.0.")}
+    last = {k: v for k, v in weights.items() if k.startswith("blocks.5.")}
+    with torch.no_grad():
+        before = model(x)
+        with study.edited(model, last, "cls"):
+            last_cls = model(x)
+        with study.edited(model, last, "all"):
+            last_all = model(x)
+        # after the last block only the CLS token is read: both positions agree there
+        assert torch.allclose(last_cls, last_all, atol=1e-5)
+        seen = {}
+        handle = model.blocks[0].mlp.fc2.register_forward_hook(
+            lambda mod, args, out: seen.__setitem__("out", out))
+        with study.edited(model, first, "cls"):
+            model(x)
+        cls_out = seen["out"].clone()
+        with study.edited(model, first, "all"):
+            model(x)
+        all_out = seen["out"].clone()
+        model(x)
+        handle.remove()
+        plain_out = seen["out"]
+        # block 0: the CLS token gets the edited output, the patch tokens keep W's
+        assert torch.allclose(cls_out[:, 1:], plain_out[:, 1:], atol=1e-6)
+        assert not torch.allclose(cls_out[:, 0], plain_out[:, 0], atol=1e-3)
+        assert not torch.allclose(all_out[:, 1:], plain_out[:, 1:], atol=1e-3)
+        assert torch.equal(model(x), before)  # hooks and weights are put back
+    with pytest.raises(ValueError, match="position"):
+        with study.edited(model, first, "patches"):
+            pass
+
+
+def test_selection_halves_split_the_noisy_images(smoke_vit):
+    from curvmem.analysis import vit_study as study
+
+    _, marked, _, model_dir = smoke_vit
+    tensors, _ = vision_data.load_dataset(marked)
+    noisy = tensors["train_noisy"]
+    select = study.selection_mask(noisy, 0.5, seed=3)
+    assert not (select & ~noisy).any() and int(select.sum()) == round(0.5 * int(noisy.sum()))
+    assert torch.equal(select, study.selection_mask(noisy, 0.5, seed=3))
+    assert not torch.equal(select, study.selection_mask(noisy, 0.5, seed=4))
+    m = study.split_metrics(vit.load_model(model_dir), tensors, select)
+    assert m["n_select"] + m["n_report"] == m["n_noisy"]
+    pooled = (m["memorized_select"] * m["n_select"] + m["memorized_report"] * m["n_report"])
+    assert pooled / m["n_noisy"] == pytest.approx(m["memorized"], abs=1e-6)
+    with pytest.raises(ValueError, match="selection-fraction"):
+        study.selection_mask(noisy, 1.0)
+
+
+def test_oracle_tunes_only_its_weights_and_knockouts_are_undone(smoke_vit):
+    from curvmem.analysis import vit_study as study
+
+    _, marked, _, model_dir = smoke_vit
+    model = vit.load_model(model_dir)
+    tensors, _ = vision_data.load_dataset(marked)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tuned, history = study.tune_weights(model, tensors, [0, 5], ["mlp.fc1"], epochs=2, lr=1e-2)
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    changed = {n for n, p in tuned.named_parameters() if not torch.equal(p, start[n])}
+    assert changed == {"blocks.0.mlp.fc1.weight", "blocks.5.mlp.fc1.weight"}
+    assert all(torch.equal(p, start[n]) for n, p in model.named_parameters())  # a copy
+    x = tensors["val_images"][:8]
+    with torch.no_grad():
+        before = model(x)
+        with study.knocked_out(model, 2, "attn"):
+            knocked = model(x)
+        assert not torch.allclose(before, knocked) and torch.equal(model(x), before)
+
+
+def test_experiments_and_the_planted_cell_on_the_smoke_preset(smoke_vit):
+    root, marked, plain, model_dir = smoke_vit
+    out = {}
+    for exp in ("oracle", "knockout", "probe"):
+        out[exp] = root / f"{exp}.json"
+        assert run_cli("vit-study-experiment", "--experiment", exp, "--model", model_dir,
+                       "--data", marked, "--out", out[exp], "--epochs", 2,
+                       "--selection-fraction", 0.5) == 0
+    oracle = json.loads(out["oracle"].read_text())
+    assert oracle["layers"] == [0, 5] and len(oracle["history"]) == 3
+    assert oracle["history"][0]["memorized"] == oracle["base"]["memorized"]
+    knock = json.loads(out["knockout"].read_text())["knockouts"]
+    assert [(k["block"], k["part"]) for k in knock[:3]] == [(0, "attn"), (0, "mlp"), (1, "attn")]
+    probes = json.loads(out["probe"].read_text())["probes"]
+    assert set(probes) == {f"block_{i}" for i in range(6)} | {"head_input"}
+    assert all(0 <= v <= 1 for p in probes.values() for v in p.values())
+    cell = root / "planted.json"
+    assert run_cli("vit-study-cell", "--model", model_dir, "--data", marked, "--out", cell,
+                   "--images", "clean", "--kfac-layers", "0,-1", "--rho", 0.5, "--svd-drop", 0.5,
+                   "--positions", "all,cls", "--selection-fraction", 0.5,
+                   "--plant-epochs", 1) == 0
+    planted = json.loads(cell.read_text())
+    assert planted["model_dir"] == str(model_dir) and planted["planted"]["layers"] == [0, 5]
+    assert set(planted["kfac"]["clean"]["entries"]) == {"kfac-L0+5-rho0.5",
+                                                        "kfac-L0+5-rho0.5-cls"}
+    assert "base_unmarked" in planted and planted["data_config"]["watermark"] == 0.5
+    assert run_cli("report-vit-decide", cell, *out.values(), "--out", root / "d.json",
+                   "--table", root / "d.md", "--figure", root / "d.png") == 0
+    assert (root / "d.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _entry(mem_select, mem_report, clean, val, **extra):
+    return dict(memorized=(mem_select + mem_report) / 2, memorized_select=mem_select,
+                memorized_report=mem_report, train_gt_acc=0.0, train_gt_acc_report=0.0,
+                clean_train_acc=clean, val_acc=val, n_noisy=40, n_select=20, n_report=20,
+                n_clean_train=360, n_val=100, **extra)
+
+
+def _doc(seed, data, **parts):
+    settings = {"embed_dim": 64, "depth": 6, "num_heads": 4, "patch_size": 4, "tokens": 4,
+                "weight_decay": 0.05, "decay": "all", "epochs": 40, "lr": 1e-3, "seed": seed}
+    return dict({"settings": settings, "data_config": dict({"source": "digits", "noise": 0.1,
+                                                            "watermark": 0.0}, **data)}, **parts)
+
+
+def test_decide_rules_and_verdicts():
+    base = _entry(0.9, 0.9, 1.0, 0.90)
+    kfac = {"train": {"n_images": 400, "entries": {
+        # best on the selection half (1.0 - 0.1) but the reported half keeps most: 0.9/0.6
+        "kfac-L0+5-rho0.5": _entry(0.1, 0.6, 1.0, 0.91, layers=[0, 5], rho=0.5),
+        # best on the reported half; the rule never looks there
+        "kfac-L0+5-rho0.3": _entry(0.5, 0.0, 1.0, 0.92, layers=[0, 5], rho=0.3)}}}
+    cell = _doc(0, {}, base=base, kfac=kfac, svd={})
+    ceiling = _doc(0, {"noise": 0.0, "n_noisy": 0}, base=dict(base, val_acc=0.95), kfac={},
+                   svd={})
+    oracle = _doc(0, {}, experiment="oracle", base=base, layers=[0, 5], modules=["mlp.fc1"],
+                  epochs=2, history=[dict(base, epoch=0),
+                                     dict(_entry(0.0, 0.0, 1.0, 0.85), epoch=1),   # val < base
+                                     dict(_entry(0.1, 0.15, 1.0, 0.93), epoch=2)])
+    control_entries = {"clean": {"n_images": 360, "entries": {
+        "kfac-L0+5-rho0.5": _entry(0.0, 0.0, 1.0, 0.895, layers=[0, 5], rho=0.5)}}}
+    planted = _doc(0, {"watermark": 0.5}, planted={"layers": [0, 5]}, base=base,
+                   base_unmarked=_entry(0.05, 0.05, 1.0, 0.9), kfac=control_entries, svd={})
+    summary = report.decide_summary([cell, ceiling, oracle, planted])
+    (row,) = summary["rows"]
+    (t,) = row["table2"]
+    assert t["selected"]["edit"] == "kfac-L0+5-rho0.5"  # chosen on the selection half
+    assert t["selected"]["reduction"] == pytest.approx(1.5) and not t["holds"]
+    assert t["bound_validation_no_worse"] == pytest.approx(18.0)  # 0.9 / (1/20)
+    assert row["ceiling"]["headroom"] == pytest.approx(0.05)
+    assert row["oracle"]["best_epoch"] == 2 and row["oracle"]["reaches"]  # 0.9/0.15 = 6x
+    assert row["planted"]["valid"] and row["planted"]["positions"]["all"]["removed"]
+    d = row["decision"]
+    assert d["control_judged"] == "planted" and d["oracle_reaches"]
+    assert summary["verdict"].startswith("setting")
+    # a control that costs 1.5 points is not removed; an oracle at 1/4 does not reach
+    planted["kfac"]["clean"]["entries"]["kfac-L0+5-rho0.5"]["val_acc"] = 0.885
+    assert report.decide_summary([cell, oracle, planted])["verdict"].startswith("bug")
+    planted["kfac"]["clean"]["entries"]["kfac-L0+5-rho0.5"]["val_acc"] = 0.9
+    oracle["history"][2] = dict(_entry(0.2, 0.225, 1.0, 0.93), epoch=2)
+    assert report.decide_summary([cell, oracle, planted])["verdict"].startswith("unreachable")
+    # marks that carry no memorization make the control undecided
+    planted["base_unmarked"] = _entry(0.9, 0.9, 1.0, 0.9)
+    assert report.decide_summary([cell, oracle, planted])["verdict"].startswith("undecided")
+    with pytest.raises(ValueError, match="two base cell"):
+        report.decide_summary([cell, cell])
+    assert "Verdict" in report.decide_markdown(summary)
+
+
+def test_plan_of_the_decide_config():
+    import yaml
+
+    from curvmem.plan import Plan, PlanError
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "workflow/config/vit-decide.yaml").read_text())
+    plan = Plan(cfg)
+    models = plan.study_models()
+    by_data = {}
+    for key, s in models.items():
+        by_data.setdefault(s.get("data", "main"), []).append(key)
+    assert {k: len(v) for k, v in by_data.items()} == {"main": 2, "noise_free": 2, "watermark": 2}
+    assert all(k.split("-")[-2] == "watermark" for k in by_data["watermark"])
+    key = by_data["watermark"][0]
+    assert plan.study_model_data(key).endswith("/data-watermark.safetensors")
+    assert "--data" not in plan.study_train_flags(key)
+    assert "--watermark 0.5" in plan.study_data_flags("watermark")
+    assert "--noise 0 " in plan.study_data_flags("noise_free") + " "
+    exps = plan.study_experiments()
+    assert exps["oracle"] == by_data["main"] and exps["plant"] == by_data["noise_free"]
+    assert set(exps["knockout"]) == set(by_data["main"] + by_data["watermark"])
+    assert plan.study_experiment_data("plant", by_data["noise_free"][0]) == \
+        plan.study_data("watermark")
+    assert plan.study_experiment_command("plant").startswith("vit-study-cell --images ")
+    assert "--plant-epochs 20" in plan.study_experiment_command("plant")
+    assert "--positions all,cls --selection-fraction 0.5" in plan.study_cell_flags()
+    assert plan.study_report_command() == "report-vit-decide --control-images clean"
+    assert plan.study_outputs()["summary"].endswith("/vit_decide.json")
+    assert len(plan.study_report_inputs()) == 6 + 2 + 4 + 2 + 2
+    cfg["vit_study"]["grid"]["bad"] = {"data": ["nope"]}
+    with pytest.raises(PlanError, match="no dataset 'nope'"):
+        Plan(cfg).study_models()

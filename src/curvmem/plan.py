@@ -1028,9 +1028,6 @@ class Plan:
     # ----------------------------------------------------------------------- the ViT study
 
     # the experiments that decide Table 2 (vit_study.decide; curvmem vit-study-experiment)
-    STUDY_EXPERIMENTS = ("oracle", "knockout", "probe")
-
-    # the experiments that decide Table 2 (vit_study.decide; curvmem vit-study-experiment)
     STUDY_EXPERIMENTS = ("oracle", "knockout", "probe", "plant")
 
     def study(self) -> dict | None:

@@ -1,5 +1,7 @@
-"""The ViT study (docs/vision.md, "The study"): one dataset with a held-out split, one embedded
-ViT per grid setting, one in-process cell per model (every Fisher image set and edit), a report."""
+"""The ViT study (docs/vision.md, "The study"): one dataset with a held-out split (and the
+named `datasets` beside it), one embedded ViT per grid setting, one in-process cell per model
+(every Fisher image set and edit), with `decide` the experiments deciding Table 2 (oracle,
+knockout, probe, plant; docs/vision.md, "Deciding Table 2"), a report."""
 
 if PLAN.study():
 
@@ -7,6 +9,8 @@ if PLAN.study():
 
     wildcard_constraints:
         study_model=one_of(list(PLAN.study_models())),
+        study_dataset=one_of([n for n in PLAN.study_datasets() if n != "main"]),
+        study_experiment=one_of(list(PLAN.study_experiments())),
 
     rule vit_study_data:
         output:
@@ -25,9 +29,26 @@ if PLAN.study():
         shell:
             "curvmem vision-data --out {output:q} {params.args} > {log:q} 2>&1"
 
+    rule vit_study_dataset:
+        output:
+            f"{STUDY}/data-{{study_dataset}}.safetensors",
+        params:
+            args=lambda wc: PLAN.study_data_flags(wc.study_dataset),
+        log:
+            f"{OUT}/logs/vit_study/data-{{study_dataset}}.log",
+        benchmark:
+            bench("vit_study/data-{study_dataset}")
+        conda:
+            "../envs/curvmem.yaml"
+        threads: res("vision_data")["threads"]
+        resources:
+            **resources_of("vision_data"),
+        shell:
+            "curvmem vision-data --out {output:q} {params.args} > {log:q} 2>&1"
+
     rule vit_study_train:
         input:
-            PLAN.study_data(),
+            lambda wc: PLAN.study_model_data(wc.study_model),
         output:
             directory(f"{STUDY}/models/{{study_model}}"),
         params:
@@ -46,7 +67,7 @@ if PLAN.study():
 
     rule vit_study_cell:
         input:
-            data=PLAN.study_data(),
+            data=lambda wc: PLAN.study_model_data(wc.study_model),
             model=f"{STUDY}/models/{{study_model}}",
         output:
             f"{STUDY}/cells/{{study_model}}.json",
@@ -65,9 +86,30 @@ if PLAN.study():
             "curvmem vit-study-cell --model {input.model:q} --data {input.data:q} --out {output:q}"
             " {params.args} > {log:q} 2>&1"
 
+    rule vit_study_experiment:
+        input:
+            data=lambda wc: PLAN.study_experiment_data(wc.study_experiment, wc.study_model),
+            model=f"{STUDY}/models/{{study_model}}",
+        output:
+            f"{STUDY}/experiments/{{study_experiment}}/{{study_model}}.json",
+        params:
+            command=lambda wc: PLAN.study_experiment_command(wc.study_experiment),
+        log:
+            f"{OUT}/logs/vit_study/{{study_experiment}}/{{study_model}}.log",
+        benchmark:
+            bench("vit_study/{study_experiment}/{study_model}")
+        conda:
+            "../envs/curvmem.yaml"
+        threads: res("evaluate")["threads"]
+        resources:
+            **resources_of("evaluate"),
+        shell:
+            "curvmem {params.command} --model {input.model:q} --data {input.data:q}"
+            " --out {output:q} > {log:q} 2>&1"
+
     rule report_vit_study:
         input:
-            [PLAN.study_cell(k) for k in PLAN.study_models()],
+            PLAN.study_report_inputs(),
             owner=outdir_owned,
         output:
             summary=report(PLAN.study_outputs()["summary"], caption="../report/vit_study.rst",
@@ -84,6 +126,8 @@ if PLAN.study():
             "../envs/curvmem.yaml"
         resources:
             **resources_of("report"),
+        params:
+            command=PLAN.study_report_command(),
         shell:
-            "curvmem report-vit-study {input:q} --out {output.summary:q}"
+            "curvmem {params.command} {input:q} --out {output.summary:q}"
             " --table {output.table:q} --figure {output.figure:q} > {log:q} 2>&1"

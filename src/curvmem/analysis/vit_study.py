@@ -160,13 +160,24 @@ def run_cell(model_dir, data_path, *, image_sets=("train",), kfac_layers=((0,), 
              rhos=(0.6, 0.75, 0.9), svd_layers=((0, -1),), svd_drops=(0.1, 0.25, 0.5),
              modules=("mlp.fc1", "mlp.fc2"), fisher: str = "sampled", seed: int = 0,
              batch_size: int = 128, positions=("all",), selection_fraction=None,
-             selection_seed: int = 0) -> dict:
+             selection_seed: int = 0, plant=None) -> dict:
     """Base metrics, SVD edits (layers x drop) and, per Fisher image set (IMAGE_SETS), K-FAC
     edits (layers x rho x position) with factors from all images of that set, at the CLS
     position. With `selection_fraction` every entry also has the selection and reported halves'
     metrics (`split_metrics`). A dataset without noisy images (a noise-free model: the
     validation ceiling) gets its base metrics only; a watermarked one also the base metrics
-    with the marks taken off (`base_unmarked`: how much of the memorization the marks carry)."""
+    with the marks taken off (`base_unmarked`: how much of the memorization the marks carry).
+
+    With `plant` {layers, modules, epochs, lr[, seed]} the model (e.g. a noise-free one) first
+    gets the dataset's training labels (noisy, and marked on a watermarked dataset) fitted
+    into those weights alone (`tune_weights`), and the cell measures the tuned model: a
+    memorization planted in exactly the weights the edits change (`planted` in the result)."""
+    if plant is not None:
+        return _planted_cell(model_dir, data_path, plant, dict(
+            image_sets=image_sets, kfac_layers=kfac_layers, rhos=rhos, svd_layers=svd_layers,
+            svd_drops=svd_drops, modules=modules, fisher=fisher, seed=seed,
+            batch_size=batch_size, positions=positions, selection_fraction=selection_fraction,
+            selection_seed=selection_seed))
     bad = [s for s in image_sets if s not in IMAGE_SETS]
     if bad or not image_sets:
         raise ValueError(f"Fisher image sets must be some of {IMAGE_SETS}, got {list(image_sets)}")
@@ -238,6 +249,39 @@ def run_cell(model_dir, data_path, *, image_sets=("train",), kfac_layers=((0,), 
     return result
 
 
+def _planted_cell(model_dir, data_path, plant: dict, cell_options: dict) -> dict:
+    """`run_cell` on a copy of the model whose `plant` weights were tuned to the data's labels."""
+    from safetensors.torch import save_file
+
+    unknown = sorted(set(plant) - {"layers", "modules", "epochs", "lr", "seed"})
+    if unknown:
+        raise ValueError(f"unknown plant settings {unknown}")
+    tensors, data_cfg = load_dataset(data_path)
+    if not tensors["train_noisy"].any():
+        raise ValueError(f"{data_path}: no noisy training labels to plant")
+    model = vit.load_model(model_dir)
+    check_compatible(model, tensors, data_cfg, str(data_path))
+    layers = resolve_layers([plant.get("layers", (0, -1))], len(model.blocks))[0]
+    modules = list(plant.get("modules", ("mlp.fc1", "mlp.fc2")))
+    with vit._threads(1):
+        torch.manual_seed(plant.get("seed", 0))
+        tuned, history = tune_weights(model, tensors, layers, modules,
+                                      epochs=int(plant.get("epochs", 20)),
+                                      lr=float(plant.get("lr", 1e-3)), labels="train_labels",
+                                      seed=int(plant.get("seed", 0)))
+    with tempfile.TemporaryDirectory(prefix="vit-planted-") as scratch:
+        with torch.no_grad():
+            save_file({k: v.contiguous() for k, v in tuned.state_dict().items()},
+                      str(Path(scratch) / vit.WEIGHTS_FILE))
+        io.write_json(Path(scratch) / vit.CONFIG_FILE,
+                      io.read_json(Path(model_dir) / vit.CONFIG_FILE))
+        result = run_cell(scratch, data_path, **cell_options)
+    result["model_dir"] = str(model_dir)
+    result["planted"] = {"layers": layers, "modules": modules, "from_model": str(model_dir),
+                         "last": history[-1], "first": history[0]}
+    return result
+
+
 # --------------------------------------------------------------------------- deciding Table 2
 
 
@@ -256,15 +300,16 @@ def _setup(model_dir, data_path, selection_fraction, selection_seed):
     return model, tensors, select, head
 
 
-def oracle_finetune(model, tensors: dict, layers, modules, *, epochs: int, lr: float,
-                    batch_size: int = 64, seed: int = 0, select=None) -> list[dict]:
+def tune_weights(model, tensors: dict, layers, modules, *, epochs: int, lr: float,
+                 labels: str = "train_true_labels", batch_size: int = 64, seed: int = 0,
+                 select=None) -> tuple[torch.nn.Module, list[dict]]:
     """Fine-tune only the weights of `modules` in `layers` of a copy of `model` on every
-    training image with its TRUE label (the noisy images' true labels, the clean images'
-    ordinary loss): AdamW at a constant `lr`, no weight decay. Returns the metrics before
-    (epoch 0) and after every epoch: how low memorization can go by changing these weights
-    alone, and at what validation (an oracle: it reads the true labels)."""
+    training image with its `labels` (`train_true_labels`: the oracle, the noisy images' true
+    labels and the clean images' ordinary loss; `train_labels`: the labels as trained, which
+    plants the noisy labels in these weights alone): AdamW at a constant `lr`, no weight decay.
+    Returns the tuned copy and the metrics before (epoch 0) and after every epoch."""
     if epochs < 1 or lr <= 0:
-        raise ValueError(f"the oracle needs epochs >= 1 and lr > 0, got {epochs}, {lr}")
+        raise ValueError(f"tuning needs epochs >= 1 and lr > 0, got {epochs}, {lr}")
     tuned = copy.deepcopy(model)
     for p in tuned.parameters():
         p.requires_grad_(False)
@@ -275,7 +320,7 @@ def oracle_finetune(model, tensors: dict, layers, modules, *, epochs: int, lr: f
             p.requires_grad_(True)
             params.append(p)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    x, y = tensors["train_images"], tensors["train_true_labels"]
+    x, y = tensors["train_images"], tensors[labels]
     g = torch.Generator().manual_seed(seed)
     history = [dict(split_metrics(tuned, tensors, select), epoch=0)]
     for epoch in range(1, epochs + 1):
@@ -292,7 +337,7 @@ def oracle_finetune(model, tensors: dict, layers, modules, *, epochs: int, lr: f
         tuned.eval()
         history.append(dict(split_metrics(tuned, tensors, select), epoch=epoch,
                             loss=total / x.shape[0]))
-    return history
+    return tuned, history
 
 
 @contextmanager
@@ -367,7 +412,7 @@ def run_experiment(name: str, model_dir, data_path, *, layers=(0, -1),
                    modules=("mlp.fc1", "mlp.fc2"), epochs: int = 20, lr: float = 1e-3,
                    batch_size: int = 64, seed: int = 0, selection_fraction=None,
                    selection_seed: int = 0) -> dict:
-    """One experiment of "Deciding Table 2" on a trained model: `oracle` (`oracle_finetune` of
+    """One experiment of "Deciding Table 2" on a trained model: `oracle` (`tune_weights` of
     `modules` in `layers`), `knockout` (each block's attention and MLP zeroed in turn) or
     `probe` (`linear_probes`). The result holds the base metrics beside the experiment's."""
     if name not in EXPERIMENTS:
@@ -379,10 +424,10 @@ def run_experiment(name: str, model_dir, data_path, *, layers=(0, -1),
         if name == "oracle":
             resolved = resolve_layers([layers], len(model.blocks))[0]
             torch.manual_seed(seed)
+            _, history = tune_weights(model, tensors, resolved, list(modules), epochs=epochs,
+                                      lr=lr, batch_size=batch_size, seed=seed, select=select)
             result.update(layers=resolved, modules=list(modules), epochs=epochs, lr=lr,
-                          history=oracle_finetune(model, tensors, resolved, list(modules),
-                                                  epochs=epochs, lr=lr, batch_size=batch_size,
-                                                  seed=seed, select=select))
+                          history=history)
         elif name == "knockout":
             rows = []
             for block in range(len(model.blocks)):

@@ -80,6 +80,13 @@ def register(sub, evaluate_sub) -> None:
                    help="comma-separated: where K-FAC edits apply, all (every token) and/or cls "
                    "(the CLS token only; the patch tokens keep W)")
     _selection_flags(p)
+    plant = p.add_argument_group("planting (the positive control): first tune only these "
+                                 "weights to the data's training labels, then measure")
+    plant.add_argument("--plant-epochs", type=int, default=None,
+                       help="plant for this many epochs (off without it)")
+    plant.add_argument("--plant-layers", default="0,-1", help="blocks tuned (-1: the last)")
+    plant.add_argument("--plant-modules", default="mlp.fc1,mlp.fc2", help="weights tuned")
+    plant.add_argument("--plant-lr", type=float, default=1e-3)
     p.set_defaults(func=run_study_cell)
 
     p = sub.add_parser("vit-study-experiment", help="one experiment deciding Table 2 on a "
@@ -109,6 +116,20 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--table", required=True, help="Markdown table file")
     p.add_argument("--figure", required=True, help="PNG file")
     p.set_defaults(func=run_study_report)
+
+    p = sub.add_parser("report-vit-decide", help="deciding Table 2: the study's cells and "
+                       "experiments against the rules fixed in curvmem.report.vit_study",
+                       description="Group cells (base, noise-free, watermarked datasets) and "
+                       "experiments per setting and seed; Table 2 per Fisher set and position, "
+                       "oracle, positive control, probes, knockouts; the verdict.")
+    p.add_argument("results", nargs="+", metavar="RESULT.json",
+                   help="vit-study-cell and vit-study-experiment outputs")
+    p.add_argument("--control-images", default="clean",
+                   help="the Fisher image set the positive control is judged with")
+    p.add_argument("--out", required=True, help="summary JSON")
+    p.add_argument("--table", required=True, help="Markdown file")
+    p.add_argument("--figure", required=True, help="PNG file")
+    p.set_defaults(func=run_decide_report)
 
     p = evaluate_sub.add_parser("vit", help="memorized %%, train ground-truth, clean-train and "
                                 "validation accuracy of a ViT (optionally edited)")
@@ -181,11 +202,22 @@ def _layer_sets(text: str, flag: str) -> list[list[int]]:
     return [unique(layers, flag, "layer") for layers in sets]
 
 
+def _blocks(text: str, flag: str) -> list[int]:
+    try:
+        return unique([int(x) for x in text.split(",")], flag, "layer")
+    except ValueError:
+        raise ValueError(f"{flag} {text}: expected comma-separated blocks") from None
+
+
 def run_study_cell(args) -> None:
     from curvmem.analysis.vit_study import model_train_seconds, run_cell
     from curvmem.io import write_cost, write_json
 
     _check_out(args.out, ".json")
+    plant = None if args.plant_epochs is None else {
+        "layers": _blocks(args.plant_layers, "--plant-layers"),
+        "modules": unique(args.plant_modules.split(","), "--plant-modules", "module"),
+        "epochs": args.plant_epochs, "lr": args.plant_lr}
     result = run_cell(args.model, args.data, image_sets=args.images.split(","),
                       kfac_layers=_layer_sets(args.kfac_layers, "--kfac-layers"),
                       rhos=_floats(args.rho, "--rho"),
@@ -196,7 +228,7 @@ def run_study_cell(args) -> None:
                       batch_size=args.batch_size,
                       positions=unique(args.positions.split(","), "--positions", "position"),
                       selection_fraction=args.selection_fraction,
-                      selection_seed=args.selection_seed)
+                      selection_seed=args.selection_seed, plant=plant)
     write_json(args.out, result)
     write_cost(args.out, {"train_seconds": model_train_seconds(args.model)})  # not a result
     n = len(result["svd"]) + sum(len(v["entries"]) for v in result["kfac"].values())
@@ -208,12 +240,8 @@ def run_study_experiment(args) -> None:
     from curvmem.io import write_json
 
     _check_out(args.out, ".json")
-    try:
-        layers = [int(x) for x in args.layers.split(",")]
-    except ValueError:
-        raise ValueError(f"--layers {args.layers}: expected comma-separated blocks") from None
     result = run_experiment(args.experiment, args.model, args.data,
-                            layers=unique(layers, "--layers", "layer"),
+                            layers=_blocks(args.layers, "--layers"),
                             modules=unique(args.modules.split(","), "--modules", "module"),
                             epochs=args.epochs, lr=args.lr, seed=args.seed,
                             selection_fraction=args.selection_fraction,
@@ -239,6 +267,26 @@ def run_study_report(args) -> None:
     c = summary["claim"]
     print(f"{len(summary['settings'])} settings; claim holds for every seed in "
           f"{len(c['holds_every_seed'])} -> {args.out}")
+
+
+def run_decide_report(args) -> None:
+    from curvmem import io
+    from curvmem.report import vit_study
+    from curvmem.world.images import IMAGE_SETS
+
+    _check_out(args.out, ".json")
+    _check_out(args.table, ".md", "--table")
+    _check_out(args.figure, ".png", "--figure")
+    if args.control_images not in IMAGE_SETS:
+        raise ValueError(f"--control-images must be one of {IMAGE_SETS}, got "
+                         f"'{args.control_images}'")
+    summary = vit_study.decide_summary([io.read_json(p) for p in args.results],
+                                       args.control_images)
+    io.write_json(args.out, summary)
+    with io.atomic_output(args.table) as tmp:
+        tmp.write_text(vit_study.decide_markdown(summary))
+    vit_study.plot_decide(summary, args.figure)
+    print(f"verdict: {summary['verdict']} -> {args.out}")
 
 
 def run_evaluate(args) -> None:

@@ -278,3 +278,440 @@ def plot_study(summary: dict, path) -> None:
     with io.atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- deciding Table 2
+# docs/vision.md, "Deciding Table 2". The rules below were fixed before the runs they judge.
+
+ORACLE_FRACTION = 0.2      # the oracle must take memorized to <= 1/5 of base at val >= base
+CONTROL_REDUCTION = 5.0    # the positive control is removed: >= 5x fewer memorized ...
+CONTROL_VAL_DROP = 0.01    # ... at no more than 1 point of validation accuracy lost
+CONTROL_MARK_SHARE = 0.5   # the control is valid if the marks carry memorization: without them
+                           # the model memorizes <= half of what it does with them
+KNOCKOUT_REDUCTION = 2.0   # a branch holds the noisy labels selectively: its knockout halves
+KNOCKOUT_VAL_DROP = 0.05   # memorization while validation falls by <= 5 points
+PROBE_KNOWS = 0.5          # the CLS features carry the true class of most memorized images
+PAPER_POSITION, PAPER_IMAGES = "all", "train"  # the paper's edit: every token, training Fisher
+DECIDE_RULES = {
+    "table2": f"selected K-FAC edit (max clean_train_acc - memorized on the selection half): "
+              f"reported-half memorized reduction >= {CLAIM_REDUCTION:g}x and validation no "
+              "worse",
+    "oracle": f"fine-tuning only the edited weights on true labels reaches memorized <= "
+              f"{ORACLE_FRACTION:g} x base (reported half) at some epoch with validation >= "
+              "base; otherwise no edit of those weights can give Table 2",
+    "control": f"on a watermarked model, the selected K-FAC edit at every token (Fisher on "
+               f"images without marks) removes >= {CONTROL_REDUCTION:g}x of the memorized labels "
+               f"at <= {100 * CONTROL_VAL_DROP:g} validation points lost; valid only if removing "
+               f"the marks alone leaves <= {CONTROL_MARK_SHARE:g} of the memorization. The "
+               "planted control (the noise-free model with the marked noisy labels tuned into "
+               "the edited weights alone) decides whether the pipeline works; the trained one "
+               "(a model trained on the marked data) whether training puts them where it edits",
+    "knockout": f"a branch (a block's attention or MLP) holds the noisy labels selectively if "
+                f"zeroing it cuts memorized >= {KNOCKOUT_REDUCTION:g}x at <= "
+                f"{100 * KNOCKOUT_VAL_DROP:g} validation points lost",
+    "probe": f"the model knows the true class of its memorized images if a linear probe on the "
+             f"head's input, fitted on clean training images, gets >= {PROBE_KNOWS:g} of the "
+             "noisy images' true labels (reported half)",
+}
+
+
+def _role(doc: dict) -> str:
+    d = doc.get("data_config", {})
+    if "planted" in doc:
+        return "planted"
+    if d.get("noise") == 0 or d.get("n_noisy") == 0:
+        return "noise_free"
+    return "control" if d.get("watermark") else "base"
+
+
+def _mem(row: dict) -> float:
+    """The reported memorized fraction: the reported half's where the noisy images are split."""
+    return row["memorized_report"] if "memorized_report" in row else row["memorized"]
+
+
+def _n_reported(row: dict) -> int:
+    return row["n_report"] if "n_report" in row else row["n_noisy"]
+
+
+def decide_score(row: dict) -> float:
+    """The selection rule on training images only, with the selection half's memorized."""
+    mem = row["memorized_select"] if "memorized_select" in row else row["memorized"]
+    return (row["clean_train_acc"] or 0.0) - (mem or 0.0)
+
+
+def _selected(base: dict, entries: dict) -> dict | None:
+    """The entry `decide_score` picks (ties: the first given), its reported-half reduction and
+    validation change."""
+    if not entries:
+        return None
+    name = max(entries, key=lambda n: decide_score(entries[n]))
+    e = entries[name]
+    red = reduction(_mem(base), _mem(e), _n_reported(base))
+    return {"edit": name, "memorized": _mem(e), "val_acc": e["val_acc"],
+            "clean_train_acc": e["clean_train_acc"], "reduction": red,
+            "val_change": e["val_acc"] - base["val_acc"]}
+
+
+def _by_position(kfac: dict, images: str) -> dict:
+    out: dict[str, dict] = {}
+    for name, e in kfac.get(images, {}).get("entries", {}).items():
+        out.setdefault(e.get("position", "all"), {})[name] = e
+    return out
+
+
+def table2_rows(cell: dict) -> list[dict]:
+    """Per Fisher image set and edit position: the selected K-FAC edit and the Table 2 rule;
+    and a bound (validation used, so no result of the method): the largest reported-half
+    reduction of any edit there with validation no worse."""
+    base, rows = cell["base"], []
+    for images in cell["kfac"]:
+        for position, entries in _by_position(cell["kfac"], images).items():
+            sel = _selected(base, entries)
+            fair = [reduction(_mem(base), _mem(e), _n_reported(base))
+                    for e in entries.values() if e["val_acc"] >= base["val_acc"]]
+            rows.append({"images": images, "position": position, "selected": sel,
+                         "holds": bool(sel["reduction"] >= CLAIM_REDUCTION
+                                       and sel["val_change"] >= 0),
+                         "bound_validation_no_worse": max(fair) if fair else None})
+    return rows
+
+
+def oracle_result(doc: dict) -> dict:
+    """The oracle's best epoch: the lowest reported memorized with validation >= base."""
+    base, history = doc["base"], doc["history"]
+    fair = [h for h in history if h["val_acc"] >= base["val_acc"]]
+    best = min(fair, key=lambda h: (_mem(h), h["epoch"]))  # epoch 0 (the base) is always fair
+    red = reduction(_mem(base), _mem(best), _n_reported(base))
+    last = history[-1]
+    return {"best_epoch": best["epoch"], "memorized": _mem(best), "val_acc": best["val_acc"],
+            "reduction": red, "last": {"epoch": last["epoch"], "memorized": _mem(last),
+                                       "val_acc": last["val_acc"],
+                                       "train_gt_acc": last["train_gt_acc"]},
+            "layers": doc["layers"], "modules": doc["modules"], "epochs": doc["epochs"],
+            "reaches": bool(_mem(best) <= ORACLE_FRACTION * _mem(base)
+                            or red >= 1.0 / ORACLE_FRACTION)}
+
+
+def knockout_result(doc: dict) -> dict:
+    base, rows = doc["base"], []
+    for r in doc["knockouts"]:
+        red = reduction(_mem(base), _mem(r), _n_reported(base))
+        rows.append({"block": r["block"], "part": r["part"], "memorized": _mem(r),
+                     "val_acc": r["val_acc"], "clean_train_acc": r["clean_train_acc"],
+                     "reduction": red,
+                     "selective": bool(red >= KNOCKOUT_REDUCTION and
+                                       base["val_acc"] - r["val_acc"] <= KNOCKOUT_VAL_DROP)})
+    return {"rows": rows, "selective": [f"block {r['block']} {r['part']}" for r in rows
+                                        if r["selective"]]}
+
+
+def probe_result(doc: dict) -> dict:
+    probes, base = doc["probes"], doc["base"]
+    head = probes["head_input"]
+    acc = head.get("noisy_true_acc_report", head["noisy_true_acc"])
+    return {"sites": probes, "head_noisy_true_acc": acc,
+            "model_train_gt_acc": base.get("train_gt_acc_report", base["train_gt_acc"]),
+            "knows_true_class": bool(acc >= PROBE_KNOWS)}
+
+
+def control_result(cell: dict, images: str) -> dict:
+    base = cell["base"]
+    if images not in cell["kfac"]:
+        raise ValueError(f"the control's cell has no K-FAC edits with the Fisher on '{images}' "
+                         f"images (it has {sorted(cell['kfac'])})")
+    unmarked = cell.get("base_unmarked")
+    share = None if unmarked is None or not _mem(base) else _mem(unmarked) / _mem(base)
+    out = {"images": images, "base_memorized": _mem(base), "base_val_acc": base["val_acc"],
+           "unmarked_memorized": None if unmarked is None else _mem(unmarked),
+           "mark_share_left": share,
+           "valid": bool(share is not None and share <= CONTROL_MARK_SHARE), "positions": {}}
+    for position, entries in _by_position(cell["kfac"], images).items():
+        sel = _selected(base, entries)
+        out["positions"][position] = dict(sel, removed=bool(
+            sel["reduction"] >= CONTROL_REDUCTION and sel["val_change"] >= -CONTROL_VAL_DROP))
+    return out
+
+
+def _points(group: dict, control_images: str) -> dict:
+    """What the figure draws: [memorized % (reported), val %] of every K-FAC edit (the base
+    model's with the paper's Fisher images, the control's with its own) and oracle epoch."""
+    out = {}
+    for role, images in (("base", PAPER_IMAGES), ("control", control_images),
+                         ("planted", control_images)):
+        cell = group.get(f"{role}_cell")
+        if cell is None:
+            continue
+        for position, entries in _by_position(cell["kfac"], images).items():
+            out[f"{role}_{position}"] = [[100 * _mem(e), 100 * e["val_acc"]]
+                                         for e in entries.values()]
+    if "base_oracle" in group:
+        out["oracle"] = [[100 * _mem(h), 100 * h["val_acc"]]
+                         for h in group["base_oracle"]["history"]]
+    return out
+
+
+def _verdict(control_ok, control_valid, reachable, claim_paper, claim_any) -> str:
+    if claim_paper:
+        return "holds: the paper's edit gives Table 2"
+    if control_valid is False:
+        return "undecided: the watermark did not carry the planted memorization"
+    if control_ok is False:
+        return "bug suspected: the pipeline does not remove the planted low-curvature memorization"
+    if reachable is False:
+        return "unreachable by construction: no change of the edited weights removes it"
+    if claim_any:
+        return "holds only off the paper's protocol (another Fisher set or position)"
+    if control_ok and reachable:
+        return ("setting: the pipeline removes planted low-curvature memorization and the edited "
+                "weights can hold the fix, but these noisy labels are not stored where the "
+                "curvature edit removes them")
+    return "undecided: an experiment is missing"
+
+
+def decide_summary(docs: list[dict], control_images: str = "clean") -> dict:
+    """Cells and experiments (`vit-study-cell`, `vit-study-experiment` outputs) of one study,
+    grouped per setting and seed (datasets told apart by their role: base, noise_free (the
+    validation ceiling) and control (watermarked)); every rule of DECIDE_RULES per seed; the
+    verdict per seed and over all seeds."""
+    if not docs:
+        raise ValueError("report-vit-decide needs at least one cell or experiment")
+    groups: dict[tuple, dict] = {}
+    for doc in docs:
+        s = doc["settings"]
+        key = tuple(s[k] for k in SETTING_KEYS) + (s["seed"],
+                                                   doc.get("data_config", {}).get("source"))
+        slot = groups.setdefault(key, {"setting": {k: s[k] for k in SETTING_KEYS},
+                                       "seed": s["seed"],
+                                       "source": doc.get("data_config", {}).get("source")})
+        role = _role(doc)
+        name = f"{role}_{doc['experiment']}" if "experiment" in doc else f"{role}_cell"
+        if name in slot:
+            raise ValueError(f"two {name.replace('_', ' ')} results for {slot['setting']}, "
+                             f"seed {s['seed']}")
+        slot[name] = doc
+    out = []
+    for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
+        g = groups[key]
+        row = {"setting": g["setting"], "seed": g["seed"], "source": g["source"]}
+        cell = g.get("base_cell")
+        if cell is not None:
+            base = cell["base"]
+            row["base"] = {"memorized": _mem(base), "val_acc": base["val_acc"],
+                           "clean_train_acc": base["clean_train_acc"],
+                           "train_gt_acc": base.get("train_gt_acc_report", base["train_gt_acc"]),
+                           "n_reported": _n_reported(base)}
+            row["table2"] = table2_rows(cell)
+        if "noise_free_cell" in g:
+            ceiling = g["noise_free_cell"]["base"]["val_acc"]
+            row["ceiling"] = {"val_acc": ceiling, "headroom": None if cell is None else
+                              ceiling - cell["base"]["val_acc"]}
+        if "base_oracle" in g:
+            row["oracle"] = oracle_result(g["base_oracle"])
+        for role in ("base", "control"):
+            if f"{role}_knockout" in g:
+                row[f"{role}_knockout"] = knockout_result(g[f"{role}_knockout"])
+            if f"{role}_probe" in g:
+                row[f"{role}_probe"] = probe_result(g[f"{role}_probe"])
+        for role in ("control", "planted"):
+            if f"{role}_cell" in g:
+                row[role] = control_result(g[f"{role}_cell"], control_images)
+        row["points"] = _points(g, control_images)
+        paper = [r for r in row.get("table2", []) if r["images"] == PAPER_IMAGES
+                 and r["position"] == PAPER_POSITION]
+        control = row.get("planted", row.get("control"))  # the planted one decides
+        row["decision"] = {
+            "claim_paper_protocol": bool(paper and paper[0]["holds"]) if paper else None,
+            "claim_any_fisher_or_position": any(r["holds"] for r in row.get("table2", []))
+            if "table2" in row else None,
+            "oracle_reaches": row["oracle"]["reaches"] if "oracle" in row else None,
+            "control_judged": None if not control else
+            ("planted" if "planted" in row else "trained"),
+            "control_valid": control["valid"] if control else None,
+            "control_removed": control["positions"][PAPER_POSITION]["removed"]
+            if control and PAPER_POSITION in control["positions"] else None,
+            "knows_true_class": row["base_probe"]["knows_true_class"]
+            if "base_probe" in row else None}
+        d = row["decision"]
+        row["decision"]["verdict"] = _verdict(d["control_removed"], d["control_valid"],
+                                              d["oracle_reaches"], d["claim_paper_protocol"],
+                                              d["claim_any_fisher_or_position"])
+        out.append(row)
+    verdicts = sorted({r["decision"]["verdict"] for r in out if "table2" in r})
+    return {"rows": out, "rules": DECIDE_RULES, "control_images": control_images,
+            "verdict": verdicts[0] if len(verdicts) == 1 else
+            ("seeds disagree: " + " | ".join(verdicts) if verdicts else "no base model"),
+            "selection_rule": "per Fisher image set and edit position: max(clean_train_acc - "
+                              "memorized of the selection half) over training images; the "
+                              "reported half and validation are never used to choose",
+            "paper_table2_percent": PAPER_TABLE2}
+
+
+def _p(x, fmt=".1f") -> str:
+    return "–" if x is None else format(100 * x, fmt)
+
+
+def decide_markdown(summary: dict) -> str:
+    """The decision's tables: per seed, base and ceiling, Table 2 per Fisher set and position,
+    the oracle, the positive control, the probes and the knockouts; the rules; the verdict."""
+    rows = summary["rows"]
+
+    def label(r):
+        return f"seed {r['seed']}" + ("" if r["source"] in (None, "digits") else
+                                      f" ({r['source']})")
+
+    lines = [f"**Verdict**: {summary['verdict']}.", "",
+             "| model | base memorized % (reported half) | base val % | noise-free val % "
+             "(ceiling) | headroom (pts) | oracle memorized % at val ≥ base (epoch) | oracle × "
+             "| oracle ≥ 5× | probe: true class of noisy % | model's train gt % | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "base" not in r:
+            continue
+        o, c, pr = r.get("oracle"), r.get("ceiling"), r.get("base_probe")
+        oracle_at = "–" if not o else f"{_p(o['memorized'])} ({o['best_epoch']})"
+        lines.append(
+            f"| {label(r)} | {_p(r['base']['memorized'])} ({r['base']['n_reported']}) | "
+            f"{_p(r['base']['val_acc'])} | {_p(c and c['val_acc'])} | "
+            f"{'–' if not c or c['headroom'] is None else format(100 * c['headroom'], '+.1f')}"
+            " | "
+            f"{oracle_at} | "
+            f"{'–' if not o else format(o['reduction'], '.2f')} | "
+            f"{'–' if not o else ('yes' if o['reaches'] else 'no')} | "
+            f"{_p(pr and pr['head_noisy_true_acc'])} | {_p(r['base']['train_gt_acc'])} | "
+            f"{r['decision']['verdict'].split(':')[0]} |")
+    lines += ["", "Table 2 (selected K-FAC edit per Fisher set and position):", "",
+              "| model | Fisher images | position | edit selected | memorized % (reported) | "
+              "reduction × | val change (pts) | holds | bound: max × at val no worse |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for t in r.get("table2", []):
+            s = t["selected"]
+            b = t["bound_validation_no_worse"]
+            lines.append(f"| {label(r)} | {t['images']} | {t['position']} | {s['edit']} | "
+                         f"{_p(s['memorized'])} | {s['reduction']:.2f} | "
+                         f"{100 * s['val_change']:+.1f} | {'yes' if t['holds'] else 'no'} | "
+                         f"{'–' if b is None else format(b, '.2f')} |")
+    controls = [(r, role) for role in ("planted", "control") for r in rows if role in r]
+    if controls:
+        lines += ["", f"Positive controls (Fisher on {summary['control_images']} images; planted: "
+                  "the noise-free model with the marked noisy labels tuned into the edited "
+                  "weights alone; trained: a model trained on the marked data):", "",
+                  "| model | control | base memorized % | without marks % | valid | position | "
+                  "edit selected | memorized % | reduction × | val change (pts) | removed |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r, role in controls:
+            c = r[role]
+            kind = "planted" if role == "planted" else "trained"
+            for position, s in c["positions"].items():
+                lines.append(f"| {label(r)} | {kind} | {_p(c['base_memorized'])} | "
+                             f"{_p(c['unmarked_memorized'])} | {'yes' if c['valid'] else 'no'} |"
+                             f" {position} | {s['edit']} | {_p(s['memorized'])} | "
+                             f"{s['reduction']:.2f} | {100 * s['val_change']:+.1f} | "
+                             f"{'yes' if s['removed'] else 'no'} |")
+    for role, title in (("base", "base model"), ("control", "watermarked model")):
+        knock = [r for r in rows if f"{role}_knockout" in r]
+        if not knock:
+            continue
+        parts = [(k["block"], k["part"]) for k in knock[0][f"{role}_knockout"]["rows"]]
+        lines += ["", f"Knockouts, {title} (memorized % / val %, one column per seed):", "",
+                  "| branch | " + " | ".join(label(r) for r in knock) + " |",
+                  "|---|" + "---|" * len(knock)]
+        for i, (block, part) in enumerate(parts):
+            cells = [r[f"{role}_knockout"]["rows"][i] for r in knock]
+            lines.append(f"| block {block} {part} | " + " | ".join(
+                f"{_p(k['memorized'])} / {_p(k['val_acc'])}" + (" (selective)" if k["selective"]
+                                                              else "") for k in cells) + " |")
+    probes = [r for r in rows if "base_probe" in r]
+    if probes:
+        sites = list(probes[0]["base_probe"]["sites"])
+        lines += ["", "Linear probes on the base model's CLS features (fitted on clean training "
+                  "images): noisy images' true class % / noisy label % / val %:", "",
+                  "| site | " + " | ".join(label(r) for r in probes) + " |",
+                  "|---|" + "---|" * len(probes)]
+        for site in sites:
+            lines.append(f"| {site} | " + " | ".join(
+                f"{_p(p.get('noisy_true_acc_report', p['noisy_true_acc']))} / "
+                f"{_p(p['noisy_label_rate'])} / {_p(p['val_acc'])}"
+                for p in (r["base_probe"]["sites"][site] for r in probes)) + " |")
+    lines += ["", "Rules (fixed before the runs):", ""]
+    lines += [f"- **{k}**: {v}" for k, v in summary["rules"].items()]
+    lines += ["", "Selection: " + summary["selection_rule"] + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_decide(summary: dict, path) -> None:
+    """Per seed (rows): memorized (reported half) against validation for the base model's K-FAC
+    edits (Fisher on training images; every token / CLS only), the oracle's epochs, the base
+    and the noise-free ceiling; the watermarked control's edits; the knockouts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["rows"] if "base" in r or "control" in r or "planted" in r]
+    fig, axes = plt.subplots(max(1, len(rows)), 3, figsize=(14, 3.8 * max(1, len(rows))),
+                             squeeze=False)
+    for i, r in enumerate(rows):
+        ax, axc, axk = axes[i]
+        for t in r.get("table2", []):
+            if t["images"] != PAPER_IMAGES:
+                continue
+            s = t["selected"]
+            ax.scatter([100 * s["memorized"]], [100 * s["val_acc"]], s=90, facecolors="none",
+                       edgecolors="black", zorder=4)
+        points = {}
+        points = r.get("points", {})
+        for position, colour, marker in (("all", "tab:blue", "o"), ("cls", "tab:orange", "s")):
+            if points.get(f"base_{position}"):
+                ax.scatter(*zip(*points[f"base_{position}"]), s=14, color=colour, marker=marker,
+                           label=f"K-FAC edits ({position} tokens)")
+        if points.get("oracle"):
+            xs, ys = zip(*points["oracle"])
+            ax.plot(xs, ys, "-", color="tab:green", marker=".", label="oracle epochs")
+        if "base" in r:
+            ax.scatter([100 * r["base"]["memorized"]], [100 * r["base"]["val_acc"]], marker="*",
+                       s=160, color="red", zorder=5, label="base")
+        if r.get("ceiling"):
+            ax.axhline(100 * r["ceiling"]["val_acc"], color="gray", ls="--",
+                       label="noise-free model (ceiling)")
+        ax.set_title(f"seed {r['seed']}: base model, Fisher on training images")
+        ax.set_xlabel("memorized % (reported half)")
+        ax.set_ylabel("validation %")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        for role, colours in (("planted", ("tab:blue", "tab:orange")),
+                              ("control", ("tab:cyan", "gold"))):
+            c = r.get(role)
+            if not c:
+                continue
+            kind = "planted" if role == "planted" else "trained"
+            for position, colour, marker in (("all", colours[0], "o"), ("cls", colours[1], "s")):
+                if points.get(f"{role}_{position}"):
+                    axc.scatter(*zip(*points[f"{role}_{position}"]), s=14, color=colour,
+                                marker=marker, label=f"{kind}: K-FAC edits ({position} tokens)")
+            axc.scatter([100 * c["base_memorized"]], [100 * c["base_val_acc"]], marker="*",
+                        s=160, color="red" if role == "planted" else "darkred", zorder=5,
+                        label=f"{kind}: before the edit")
+            axc.axvline(100 * c["base_memorized"] / CONTROL_REDUCTION, color="red", ls=":",
+                        lw=0.8)
+        if r.get("planted") or r.get("control"):
+            axc.legend(fontsize=6)
+        axc.set_title(f"positive controls, Fisher on {summary['control_images']} images "
+                      "(dotted: 5x)")
+        axc.set_xlabel("memorized % (reported half)")
+        k = r.get("base_knockout")
+        if k:
+            names = [f"{x['block']}{x['part'][0]}" for x in k["rows"]]
+            axk.bar(range(len(names)), [100 * x["memorized"] for x in k["rows"]],
+                    color=["tab:purple" if x["part"] == "attn" else "tab:olive"
+                           for x in k["rows"]])
+            axk.plot(range(len(names)), [100 * x["val_acc"] for x in k["rows"]], "k.",
+                     label="validation %")
+            axk.axhline(100 * r["base"]["memorized"], color="red", ls=":", label="base memorized")
+            axk.set_xticks(range(len(names)), names, fontsize=7)
+            axk.legend(fontsize=7)
+        axk.set_title("knockouts (block, a: attention, m: MLP): memorized %")
+    fig.tight_layout()
+    with io.atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
