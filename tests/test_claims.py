@@ -21,6 +21,7 @@ from curvmem.report.lm import (
     report_text,
     wilson,
 )
+from test_analysis import disk as analysis_disk  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_KINDS = ("licence", "menu", "random", "table")
@@ -455,3 +456,33 @@ def test_every_study_judged_by_the_current_rules_was_run_after_them():
             else:
                 assert not after, (f"{snap}/seed-{seed}: run after the current rules yet "
                                    "judged by version 1")
+
+
+def test_the_rules_read_the_analyses_as_written(analysis_disk, tmp_path):  # noqa: F811 (fixture)
+    """On the analyses' own JSON (a tiny model): the Figure 2 and κ rules' point estimates are
+    the analyses' same-kind documents contrasts, mean over modules."""
+    from test_analysis import analyze
+
+    d = analysis_disk
+    common = ["--model", str(d / "model"), "--threads", "1", "--device", "cpu",
+              "--eigen", str(d / "eigen" / "main"), "--layers", "1",
+              "--memorized", str(d / "mem.jsonl"), "--prefix-len", "24", "--suffix-len", "12",
+              "--control", str(d / "ctl.jsonl"), "--quotes", str(d / "quotes.jsonl"),
+              "--control-quotes", str(d / "quotes_ctl.jsonl"), "--resamples", "50",
+              "--clean", str(d / "corpus.jsonl")]
+    out = {}
+    for name, extra in (("activation-ratio", ["--max-clean-blocks", "4"]), ("per-example", [])):
+        path = tmp_path / f"{name}.json"
+        assert analyze([name, *common, *extra, "--out", str(path)]) == 0
+        out[name] = json.loads(path.read_text())
+    mods = out["activation-ratio"]["modules"]
+    for relative in (False, True):
+        v = claims.band_contrast(mods, ("memorized", "control"), relative)
+        for band, key in ((-1, "bottom_band"), (0, "top_band")):
+            own = [m["same_kind"]["documents"]["kfac_pairs"][band]
+                   / (m["same_kind"]["documents"]["full"] if relative else 1.0) for m in mods]
+            assert v[key]["estimate"] == pytest.approx(float(np.mean(own)))
+    k = claims.memorized_low_kappa(out["per-example"])
+    own = [m["same_kind"]["documents"]["kappa_median_ratio"] for m in out["per-example"]["modules"]]
+    assert k["estimate"] == pytest.approx(float(np.mean(own)))
+    assert k["holds"] in (True, False) and len(k["ci95"]) == 2

@@ -59,8 +59,9 @@ Statements (name: rule; margin; the comparison):
   and the top-10 % band's below 1 - ACTIVATION_MARGIN.
 - `bottom_band_beyond_norm`: the same on each band's ratio divided by the full output's ratio
   (a band profile that the overall norm does not explain).
-- `memorized_low_kappa`: per-example curvature along a sequence's own gradient: median κ of the
-  memorized documents ÷ median κ of the same-kind controls (mean over modules) is below
+- `memorized_low_kappa`: per-example curvature along a sequence's own gradient: the kind-balanced
+  median κ (median within each kind, mean over kinds) of the memorized documents ÷ that of the
+  same-kind controls (mean over modules, as curvmem.analysis.per_example) is below
   1 - KAPPA_MARGIN.
 - `vit_bottom_band_memorized`: the ViT's noisy-label training images against its clean training
   images (the same distribution): the band rule of `bottom_band_memorized`. Needs per-image
@@ -583,9 +584,16 @@ def band_contrast(modules: list[dict], groups: tuple[str, str], relative_to_full
     return both("bottom_band", bottom, "top_band", top)
 
 
+def _kind_balanced_median(values: np.ndarray, kinds: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per resample, the median within each kind (NaN ignored) and then the plain mean over kinds
+    (curvmem.analysis.per_example's kind-balanced median): (resamples,)."""
+    return np.mean([np.nanmedian(values[idx[:, kinds == k]], axis=1)
+                    for k in sorted(set(kinds.tolist()))], axis=0)
+
+
 def memorized_low_kappa(per_example: dict | None) -> dict:
-    """Median κ memorized ÷ median κ same-kind control (pooled over shared kinds, mean over
-    modules) below 1 − KAPPA_MARGIN; items resampled within kind."""
+    """Kind-balanced median κ of the memorized documents ÷ that of the same-kind controls (the
+    kinds both hold; mean over modules) below 1 − KAPPA_MARGIN; items resampled within kind."""
     mods = (per_example or {}).get("modules") or []
     if not mods or not all((m.get("control") or {}).get("examples") for m in mods):
         return untested("no same-kind control in the per-example analysis")
@@ -601,17 +609,23 @@ def memorized_low_kappa(per_example: dict | None) -> dict:
     if not shared:
         return untested("no kind is in both the memorized and the control items")
     rng = _rng()
-    arrays, draws = {}, {}
+    arrays, kinds, draws = {}, {}, {}
     for g, per_mod in sides.items():
         keep = [i for i, e in enumerate(per_mod[0]) if e["kind"] in shared]
-        arrays[g] = np.asarray([[per_mod[j][i]["kappa"] for i in keep]
+        arrays[g] = np.asarray([[np.nan if per_mod[j][i]["kappa"] is None
+                                 else per_mod[j][i]["kappa"] for i in keep]
                                 for j in range(len(per_mod))], dtype=np.float64)
-        draws[g] = resample([per_mod[0][i]["kind"] for i in keep], rng)
-    est = np.mean(np.median(arrays["memorized"], 1) / np.median(arrays["control"], 1))
-    ratio = np.mean([np.median(arrays["memorized"][j][draws["memorized"]], 1)
-                     / np.median(arrays["control"][j][draws["control"]], 1)
-                     for j in range(len(mods))], axis=0)
-    return verdict(float(est), ratio, "below", 1 - KAPPA_MARGIN, modules=len(mods))
+        kinds[g] = np.asarray([per_mod[0][i]["kind"] for i in keep])
+        draws[g] = resample(kinds[g], rng)
+
+    def ratio(j, idx):
+        return (_kind_balanced_median(arrays["memorized"][j], kinds["memorized"], idx["memorized"])
+                / _kind_balanced_median(arrays["control"][j], kinds["control"], idx["control"]))
+
+    whole = {g: np.arange(kinds[g].size)[None, :] for g in sides}
+    est = float(np.mean([ratio(j, whole)[0] for j in range(len(mods))]))
+    values = np.mean([ratio(j, draws) for j in range(len(mods))], axis=0)
+    return verdict(est, values, "below", 1 - KAPPA_MARGIN, modules=len(mods))
 
 
 def vit_table2(vit: dict | None) -> dict:
