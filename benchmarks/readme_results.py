@@ -73,9 +73,10 @@ def weight_decay_bullet() -> str:
   (`docs/results/lm-weight-decay/`, [docs/lm.md](docs/lm.md)); the default stays undecayed."""
 
 
-def readme_tables(snapshot: Path = SNAPSHOT) -> str:
+def readme_tables(snapshot: Path | None = None) -> str:
     """The snapshot's tables as report-seeds wrote them, then its cost table (readme_costs.md)
     where it has one: an older report-seeds wrote the costs as a column of the tables."""
+    snapshot = SNAPSHOT if snapshot is None else snapshot
     tables = (snapshot / "readme_tables.md").read_text()
     costs = snapshot / "readme_costs.md"
     return tables + "\n" + costs.read_text() if costs.is_file() else tables

@@ -99,7 +99,7 @@ def test_bad_inputs_get_clear_errors_and_no_output(tmp_path, capsys):
     for argv, msg in [
         (["--noise", "1.5"], "--noise"),
         (["--val-fraction", "0"], "--val-fraction"),
-        (["--source", "mnist"], "unknown --source"),
+        (["--source", "cifar"], "unknown --source"),
         (["--source", f"imagefolder:{tmp_path / 'none'}"], "no such directory"),
         (["--source", f"cifar10:{tmp_path}"], "data_batch"),
     ]:

@@ -105,7 +105,7 @@ def test_embedded_dag_runs_every_stage_and_its_sweeps(repo, name):
     assert re.search(rf"curvmem train-lm .*--preset {name}\b", shell)
     n_layers = {"default": 4, "adamw": 8}[name]
     lm_layers = {layer for domain, _, layer in layers if domain == "lm"}
-    assert max(lm_layers) < n_layers and (name != "default" or lm_layers == {0, 1, 2})
+    assert max(lm_layers) < n_layers and (name != "default" or lm_layers == {0, 2, 3})  # L0, and the paper's depth
 
 
 def test_edit_outputs_are_keyed_by_content(repo):

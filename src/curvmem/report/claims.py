@@ -86,9 +86,8 @@ import statistics
 import numpy as np
 
 from curvmem.report.compare import comparison_rows, front_gap, front_verdicts, pareto_front
-from curvmem.report.lm import retention, select_edits
 from curvmem.report.paper import PAPER_EDIT_LAYERS, PAPER_N_LAYERS, TASK_CATEGORIES
-from curvmem.report.readme import is_control, selected_names
+from curvmem.report.selection import is_control, retention, select_edits, selected_names
 
 CLAIMS_VERSION = 2
 BOOTSTRAP_SEED = 29

@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from curvmem.io import atomic_output
-from curvmem.report.lm import retention
 from curvmem.report.paper import PAPER_RETENTION, TASK_CATEGORIES
+from curvmem.report.selection import retention
 
 CATEGORY_LABELS = {"closed_book": "closed-book\nfacts", "open_book": "open-book\nfacts",
                    "arithmetic": "arithmetic\n(paper: math)", "logic": "logic",

@@ -22,6 +22,16 @@ import math
 from curvmem.io import read_cost, read_json
 from curvmem.report.costs import EDIT_COSTS, markdown_table
 from curvmem.report.paper import PAPER_NDCG10, PAPER_RETENTION, PAPER_TABLE1, TASK_CATEGORIES
+from curvmem.report.selection import (  # noqa: F401  (re-exported: callers read them here)
+    SELECTED_METHODS,
+    SELECTION_READS,
+    _ratio,
+    retention,
+    select_edit,
+    select_edits,
+    selection_reads,
+    selection_score,
+)
 
 # memorized sets: forget (read by BSN and by the selection rule), forget_validation (the paper's
 # held-out half, reported only), untargeted (the paper's quotes: read by nothing), untargeted_long
@@ -38,8 +48,6 @@ OPTIONAL_FILES = ("forget_validation", "untargeted_long", "control", "control_qu
                   "perplexity_selection", "tasks", "tasks_validation", "coherence")
 # What each selection rule may read, by evaluation: never an untargeted, forget-validation,
 # control or test file (tests/test_report.py checks this)
-SELECTION_READS = ("memorization_forget", "perplexity_selection", "tasks_validation")
-SELECTED_METHODS = ("kfac", "svd", "bsn")  # the controls (kfac-bottom, ...) are never selected
 
 
 def parse_entries(entries: list[str]) -> dict:
@@ -170,62 +178,6 @@ def cost_text(summary: dict, costs: dict) -> str:
         "Cost of each edit", ["edit", "method", "spec", "seconds", "peak RSS MB"], rows,
         "Wall seconds and peak RSS of producing each edit (for K-FAC including the collection "
         "and eigendecomposition it builds on); measured, so they differ between runs.")
-
-
-def selection_reads(models: dict, task_weight: float = 0.5) -> list[str]:
-    """The evaluations the selection rule reads for these models (SELECTION_READS, less those the
-    config does not have: then the reported held-out perplexity stands in for the budget). The
-    validation tasks only where the rule weighs them (task_weight > 0)."""
-    base = models["base"]
-    reads = ["memorization_forget"]
-    reads.append("perplexity_selection" if base.get("perplexity_selection") is not None
-                 else "perplexity")
-    if base.get("validation") is not None and task_weight:
-        reads.append("tasks_validation")
-    return reads
-
-
-def selection_score(models: dict, name: str, task_weight: float) -> float:
-    """forget strict + task_weight x (1 - mean validation retention over task categories)."""
-    m, base = models[name], models["base"]
-    score = m["forget"]["strict"]
-    if base.get("validation") is not None and task_weight:
-        ratios = [_ratio(m["validation"]["tasks"].get(c), base["validation"]["tasks"].get(c))
-                  for c in TASK_CATEGORIES]
-        ratios = [r for r in ratios if r is not None]
-        if ratios:
-            score += task_weight * (1 - sum(ratios) / len(ratios))
-    return score
-
-
-def select_edits(models: dict, max_ppl_rise: float = 0.10, task_weight: float = 0.5) -> dict:
-    """One rule for every method, on validation data only (decided before any result was seen).
-
-    Among a method's edits whose selection perplexity (held-out text kept apart from the reported
-    one) is at most (1 + max_ppl_rise) x base: the lowest forget strict + task_weight x (1 - mean
-    validation-task retention); ties go to the lower selection perplexity. task_weight 0 is the
-    paper's rule (forget recitation within the perplexity budget: the summary's primary
-    selection). The forget-validation, untargeted, control and test sets are never read.
-    {method: {"selected", "reads", "n", "max_ppl_rise", "task_weight"}}.
-    """
-    reads = selection_reads(models, task_weight)
-    ppl_key = "perplexity_selection" if "perplexity_selection" in reads else "perplexity"
-    budget = (1 + max_ppl_rise) * models["base"][ppl_key]
-    out = {}
-    for method in SELECTED_METHODS:
-        names = [n for n, m in models.items() if n != "base" and m.get("method") == method]
-        if not names:
-            continue
-        ok = [(selection_score(models, n, task_weight), models[n][ppl_key], n)
-              for n in names if models[n][ppl_key] <= budget]
-        out[method] = {"selected": min(ok)[2] if ok else None, "reads": reads, "n": len(names),
-                       "max_ppl_rise": max_ppl_rise, "task_weight": task_weight}
-    return out
-
-
-def select_edit(models: dict, max_ppl_rise: float = 0.10, task_weight: float = 0.5) -> str | None:
-    """The selected K-FAC edit (select_edits' rule), or None."""
-    return select_edits(models, max_ppl_rise, task_weight).get("kfac", {}).get("selected")
 
 
 def parse_labels(labels: list[str] | None, paper_dolma: str = "forget_validation") -> dict:
@@ -361,22 +313,6 @@ def build_summary(entries: dict, max_ppl_rise: float = 0.10, task_weight: float 
             m["removes_memorization"] = {
                 s: claims.removes_memorization(summary, name, s) for s in claims.MEMORIZED_SETS}
     return summary
-
-
-def _ratio(edited: float | None, base: float | None) -> float | None:
-    """edited ÷ base; None when either is missing or the base is 0."""
-    return edited / base if base and edited is not None else None
-
-
-def retention(summary: dict, name: str) -> dict:
-    """Edited / base per task category, and for memorization (untargeted strict)."""
-    base, edited = summary["models"]["base"], summary["models"][name]
-    out = {}
-    for c in TASK_CATEGORIES:
-        out[c] = _ratio(edited["tasks"].get(c), base["tasks"].get(c))
-    b, e = base["untargeted"]["strict"], edited["untargeted"]["strict"]
-    out["memorization"] = e / b if b else None
-    return out
 
 
 def _f(x, fmt="{:.3f}"):

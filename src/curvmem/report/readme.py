@@ -12,25 +12,13 @@ from __future__ import annotations
 
 from curvmem.report.lm import _accuracy_cell, _f, _pct, retention, select_edit
 from curvmem.report.paper import PAPER_NDCG10, PAPER_RETENTION, PAPER_TABLE1, TASK_CATEGORIES
+from curvmem.report.selection import is_control, selected_names  # noqa: F401  (re-exported)
 from curvmem.report.vit import table_markdown as vit_table
-
-
-def is_control(method: str | None) -> bool:
-    """kfac-KEEP and kfac-FACTORS edits: the controls (curvmem.presets.KEEP_MODES, variants)."""
-    return bool(method) and method.startswith("kfac-")
 
 # the paper's Fig. 2 (7B, layer 22) and Table 6 (original -> perturbed mean exact-match length)
 PAPER_ACTIVATION = {"top 10 %": -0.26, "bottom 50 %": +0.231}
 PAPER_STRESS = {"BSN": ((4.6, 10.45), (9.79, 14.36)), "K-FAC": ((6.64, 8.6), (13.27, 9.34)),
                 "SVD": ((6.33, 8.93), (12.78, 9.19))}
-
-
-def selected_names(summary: dict) -> dict:
-    """{edit name: method} of the selection rule's picks (older summaries: the K-FAC pick)."""
-    selection = summary.get("selection")
-    if selection is None:
-        return {summary["selected"]: "kfac"} if summary.get("selected") else {}
-    return {s["selected"]: method for method, s in selection.items() if s["selected"]}
 
 
 def table_rows(summary: dict) -> list[str]:
