@@ -25,7 +25,8 @@ from slurm_cluster import REPO, SMOKE, copy_repo, dry_run_jobs, snakemake
 
 # the flag strings a rule may put in its command unquoted: each is built by curvmem.plan.flags
 PRE_RENDERED = {"params.args", "params.runs", "params.edit", "params.load", "params.entries",
-                "params.columns", "params.config"}
+                "params.columns", "params.config",
+                "params.command"}  # a curvmem command name and its plan-quoted flags (ViT study)
 
 
 def hostile(tag: str) -> str:
@@ -106,7 +107,7 @@ def hostile_config(root: Path) -> dict:
     lm["harness"] = {"tasks": [hostile("task")], "local_tasks": "tasks", "edits": [label]}
     lm["analysis"] = {"layers": [2], "modules": [module],
                       "stability": {"layer": 2, "sizes": [8], "rho": 0.5},
-                      "stress": {"max_items": 2, "t": 2}}
+                      "stress": {"max_per_kind": 1, "t": 2}}
     vit = cfg["vit"]
     vit["model"] = {"source": "pretrained", "id": f"someone/{hostile('hubid')}",
                     "revision": hostile("revision")}
