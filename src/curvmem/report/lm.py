@@ -22,15 +22,11 @@ import math
 from curvmem.io import read_cost, read_json
 from curvmem.report.costs import EDIT_COSTS, markdown_table
 from curvmem.report.paper import PAPER_NDCG10, PAPER_RETENTION, PAPER_TABLE1, TASK_CATEGORIES
-from curvmem.report.selection import (  # noqa: F401  (re-exported: callers read them here)
-    SELECTED_METHODS,
-    SELECTION_READS,
+from curvmem.report.selection import (
+    SELECTION_READS,  # noqa: F401  (callers read it here)
     _ratio,
     retention,
-    select_edit,
     select_edits,
-    selection_reads,
-    selection_score,
 )
 
 # memorized sets: forget (read by BSN and by the selection rule), forget_validation (the paper's

@@ -10,9 +10,9 @@ number of the README's results section is in it.
 
 from __future__ import annotations
 
-from curvmem.report.lm import _accuracy_cell, _f, _pct, retention, select_edit
+from curvmem.report.lm import _accuracy_cell, _f, _pct
 from curvmem.report.paper import PAPER_NDCG10, PAPER_RETENTION, PAPER_TABLE1, TASK_CATEGORIES
-from curvmem.report.selection import is_control, selected_names  # noqa: F401  (re-exported)
+from curvmem.report.selection import is_control, retention, select_edit, selected_names
 from curvmem.report.vit import table_markdown as vit_table
 
 # the paper's Fig. 2 (7B, layer 22) and Table 6 (original -> perturbed mean exact-match length)
