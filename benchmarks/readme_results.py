@@ -82,9 +82,10 @@ def readme_tables(snapshot: Path | None = None) -> str:
     return tables + "\n" + costs.read_text() if costs.is_file() else tables
 
 
-def section(snapshot: Path = SNAPSHOT) -> str:
+def section(snapshot: Path | None = None) -> str:
     """The results section from a committed study: its sentences by the claim rules' version
     that judged it (seeds_summary.json's `claims_version`; none: version 1)."""
+    snapshot = SNAPSHOT if snapshot is None else snapshot
     agg = json.loads((snapshot / "seeds_summary.json").read_text())
     tables = readme_tables(snapshot)
     runs = {s: json.loads((snapshot / f"seed-{s}" / "run.json").read_text())
