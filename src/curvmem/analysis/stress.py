@@ -61,15 +61,6 @@ def variants(prefix: list[int], suffix: list[int], t: int = 20,
     return unique
 
 
-def match_length(generated: list[int], gold: list[int]) -> int:
-    n = 0
-    for a, b in zip(generated, gold):
-        if a != b:
-            break
-        n += 1
-    return n
-
-
 @torch.no_grad()
 def exact_match_lengths(model, prompts: list[list[int]], golds: list[list[int]], pad_id: int = 0,
                         batch_size: int = 64) -> list[int]:

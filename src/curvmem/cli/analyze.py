@@ -14,7 +14,6 @@ import json
 import shlex
 from pathlib import Path
 
-# Existing curvmem names used here (the lead rewrites these imports after the layout refactor):
 from curvmem.cli.common import add_model_args, check_name, check_seed, check_seq_len, unique
 from curvmem.io import cost
 

@@ -31,8 +31,6 @@ KNOBS = {
     "bsn": ("ratio", ("ratio",)),
 }
 METHOD_ORDER = ("base", "kfac", "svd", "bsn", "kfac-bottom", "kfac-random", "kfac-shard")
-CONTROLS = ("kfac-bottom", "kfac-random", "kfac-shard")
-MATCH_TOLERANCE = 0.05  # perplexities "match" when the larger is within 5 % of the smaller
 
 
 def _number(x, keys=("value", "mean", "accuracy", "score", "perplexity")):

@@ -34,16 +34,12 @@ from curvmem.report.selection import (
 # (the quotes scored on a 48-token suffix), control and control_quotes (never trained)
 SPLITS = ("forget", "forget_validation", "untargeted", "untargeted_long", "control",
           "control_quotes")
-REQUIRED_SPLITS = ("forget", "untargeted")
-KINDS = ("random", "natural")  # the canary kinds of earlier worlds; others are read from the files
 EVAL_FILES = {**{s: f"memorization_{s}.json" for s in SPLITS}, "perplexity": "perplexity.json",
               "perplexity_selection": "perplexity_selection.json", "tasks": "tasks.json",
               "tasks_validation": "tasks_validation.json", "coherence": "coherence.json"}
 # tasks: a config may score skills with lm-evaluation-harness only (docs/lm.md)
 OPTIONAL_FILES = ("forget_validation", "untargeted_long", "control", "control_quotes",
                   "perplexity_selection", "tasks", "tasks_validation", "coherence")
-# What each selection rule may read, by evaluation: never an untargeted, forget-validation,
-# control or test file (tests/test_report.py checks this)
 
 
 def parse_entries(entries: list[str]) -> dict:
