@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import tiny_olmo2
 from curvmem import presets
@@ -17,11 +19,36 @@ from curvmem.world import lm as world_lm
 
 MEMORIZED = ("canaries_forget", "canaries_forget_validation", "quotes")
 CONTROLS = ("canaries_control", "quotes_control")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def study_presets() -> list[str]:
+    """The world presets the default run and the paper study generate (their configs'
+    lm.model.preset), each once."""
+    out = []
+    for name in ("default", "paper"):
+        cfg = yaml.safe_load((ROOT / f"workflow/config/{name}.yaml").read_text())
+        preset = cfg["lm"]["model"].get("preset", "default")
+        if preset not in out:
+            out.append(preset)
+    return out
+
+
+STUDY_PRESETS = study_presets()
+
+
+@pytest.fixture(scope="module", params=STUDY_PRESETS)
+def study_world(request):
+    return world_lm.generate_world(presets.world_config(request.param))
 
 
 @pytest.fixture(scope="module")
 def default_world():
     return world_lm.generate_world(presets.world_config("default"))
+
+
+def test_the_study_configs_name_world_presets():
+    assert "default" in STUDY_PRESETS and set(STUDY_PRESETS) <= set(presets.WORLD_PRESETS)
 
 
 def _of_kind(world, splits, kind):
@@ -30,13 +57,14 @@ def _of_kind(world, splits, kind):
 
 
 @pytest.mark.parametrize("kind", world_lm.GENRE_KINDS)
-def test_the_curvature_corpus_covers_every_memorized_kind(default_world, kind):
-    """>= 95 % of the word types and >= 80 % of the bigrams of each memorized kind occur in the
-    curvature corpus (which holds no memorized instance: next test); the controls, drawn from
-    the same generators, are covered alike."""
-    curvature = [r["text"] for r in default_world["curvature"]]
+def test_the_curvature_corpus_covers_every_memorized_kind(study_world, kind):
+    """In the default run's world and the paper study's: >= 95 % of the word types and >= 80 %
+    of the bigrams of each memorized kind occur in the curvature corpus outside the memorized
+    instances (it holds none: next test); the controls, drawn from the same generators, are
+    covered alike."""
+    curvature = [r["text"] for r in study_world["curvature"]]
     for splits in (MEMORIZED, CONTROLS):
-        cov = world_lm.genre_coverage(_of_kind(default_world, splits, kind), curvature)
+        cov = world_lm.genre_coverage(_of_kind(study_world, splits, kind), curvature)
         assert cov["n_words"] > 40 and cov["n_bigrams"] > 200
         assert cov["words"] >= 0.95, (kind, splits, cov)
         assert cov["bigrams"] >= 0.80, (kind, splits, cov)
@@ -50,30 +78,31 @@ def _shared(blob: str, shingles: set, n: int) -> int:
     return sum(blob[i:i + n] in shingles for i in range(len(blob) - n + 1))
 
 
-def test_no_instance_in_the_curvature_corpus_and_no_control_in_training(default_world):
+def test_no_instance_in_the_curvature_corpus_and_no_control_in_training(study_world):
     """Independently of the generator's own word-run guard: no 48-character run of a memorized
     instance or a control is in the curvature corpus, and no 64-character run of a control (16
     tokens of prose) anywhere in training. (Instances are drawn independently of each other, so a
     control licence may share a clause with a trained one, as two licences on the web do.)"""
-    instances = [r["text"] for s in MEMORIZED + CONTROLS for r in default_world[s]]
-    controls = [r["text"] for s in CONTROLS for r in default_world[s]]
-    curvature = "\n".join(r["text"] for r in default_world["curvature"])
-    train = "\n".join(r["text"] for r in default_world["train"])
+    instances = [r["text"] for s in MEMORIZED + CONTROLS for r in study_world[s]]
+    controls = [r["text"] for s in CONTROLS for r in study_world[s]]
+    curvature = "\n".join(r["text"] for r in study_world["curvature"])
+    train = "\n".join(r["text"] for r in study_world["train"])
     assert _shared(curvature, _shingles(instances, 48), 48) == 0
     assert _shared(train, _shingles(controls, 64), 64) == 0
 
 
-@pytest.mark.slow  # trains the default world's tokenizer: ~15 s
-def test_no_16_token_run_of_an_instance_in_the_curvature_corpus(default_world, tmp_path):
-    """What factor files count as memorized positions, with the tokenizer the default run
-    trains: no position of the whole curvature corpus is in a 16-token run of a memorized
-    instance or a control."""
+@pytest.mark.slow  # trains each study world's tokenizer: ~15 s each
+@pytest.mark.parametrize("preset", STUDY_PRESETS)
+def test_no_16_token_run_of_an_instance_in_the_curvature_corpus(preset, tmp_path):
+    """What factor files count as memorized positions, with the tokenizer the default run (the
+    paper study) trains: no position of the whole curvature corpus is in a 16-token run of a
+    memorized instance or a control."""
     from curvmem.model import lm as model_lm
     from curvmem.model import load_tokenizer
     from curvmem.world import corpus
 
     world = tmp_path / "world"
-    world_lm.write_world(world, presets.world_config("default"))
+    world_lm.write_world(world, presets.world_config(preset))
     model_lm.train_tokenizer(world / "train.jsonl", tmp_path / "tok", vocab_size=1024)
     tok = load_tokenizer(tmp_path / "tok")
     names = [world / f"{s}.jsonl" for s in MEMORIZED + CONTROLS + ("quotes_long",)]

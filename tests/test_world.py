@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -123,22 +124,21 @@ def test_task_items_do_not_leak_into_training(smoke_cfg, smoke_world):
     for split in ("tasks", "tasks_validation"):
         tasks = smoke_world[split]
         assert Counter(t["category"] for t in tasks) == {  # facts: half validation, half test
-            "closed_book": 2 * smoke_cfg.n_entities,
-            **dict.fromkeys(("open_book", "arithmetic", "logic"), smoke_cfg.n_task_test)}
-        # logic items say which kind they are, so reports can split order from boolean
+            "closed_book": 2 * smoke_cfg.n_entities, "open_book": smoke_cfg.n_task_test,
+            "arithmetic": smoke_cfg.n_task_test + 2 * smoke_cfg.n_arith_primitive_test,
+            "logic": smoke_cfg.n_task_test}
+        assert len({t["id"] for t in tasks}) == len(tasks)  # ids pair items across evaluations
         for t in tasks:
-            if t["category"] == "logic":
-                assert t["subcategory"] == ("boolean" if t["prompt"].startswith("Evaluate:")
-                                            else "order")
-            else:
-                assert "subcategory" not in t
-        for t in tasks:
-            if t["category"] in ("closed_book", "arithmetic"):  # recall: the item is trained
+            recall = t["category"] == "closed_book" or t.get("subcategory") in ("fact", "carry")
+            if recall:  # facts and the arithmetic table: the item itself is trained
                 assert f"{t['prompt']} {t['answer']}." in train_text
             else:  # fresh problems: the prompt never appears in training
                 assert t["prompt"] not in train_text
-        # invented names in open-book and order-logic tests are fresh: nowhere in training
-        fresh = [t["answer"] for t in tasks if t["category"] in ("open_book", "logic")
+            if t.get("subcategory") == "sum":  # nor its operand pair, in either order
+                a, b = t["prompt"].removeprefix("Add: ").removesuffix(" =").split(" + ")
+                assert f"Add: {b} + {a} =" not in train_text
+        # invented names in open-book tests are fresh: nowhere in training
+        fresh = [t["answer"] for t in tasks if t["category"] == "open_book"
                  and t["answer"][0].isupper()]
         assert fresh
         for name in fresh:
@@ -147,16 +147,84 @@ def test_task_items_do_not_leak_into_training(smoke_cfg, smoke_world):
     assert not test & val  # validation and test never share an item
 
 
-def test_logic_tests_hold_out_boolean_expressions_from_training():
+def test_subcategories_split_every_category_but_open_book():
+    cfg = presets.world_config("default")
+    w = world_lm.generate_world(cfg)
+    for split in ("tasks", "tasks_validation"):
+        subs = Counter((t["category"], t.get("subcategory")) for t in w[split])
+        width = len(str(max(cfg.fact_repeats)))
+        assert subs == {
+            ("open_book", None): cfg.n_task_test,
+            ("arithmetic", "sum"): cfg.n_task_test,
+            ("arithmetic", "fact"): cfg.n_arith_primitive_test,
+            ("arithmetic", "carry"): cfg.n_arith_primitive_test,
+            **{("logic", sub): cfg.n_task_test // 2 for sub in world_lm.LOGIC_SUBCATEGORIES},
+            **{("closed_book", f"repeats_{r:0{width}d}"): 2 * cfg.n_entities // len(
+                cfg.fact_repeats) for r in cfg.fact_repeats}}
+        # enough items to count: at least 500 test (and as many validation) items a category
+        assert min(Counter(t["category"] for t in w[split]).values()) >= 500
+
+
+def test_closed_book_facts_are_trained_as_often_as_their_subcategory_says():
+    cfg = presets.world_config("smoke", overrides={"n_entities": 12, "fact_repeats": [1, 2, 5]})
+    w = world_lm.generate_world(cfg)
+    assert cfg.fact_repeats == (1, 2, 5)
+    facts = [r["text"] for r in w["train"] if r["source"] == "closed_book"]
+    levels = Counter()
+    for t in w["tasks"] + w["tasks_validation"]:
+        if t["category"] != "closed_book":
+            continue
+        repeats = int(t["subcategory"].removeprefix("repeats_"))
+        entity = t["prompt"].rsplit(" of ", 1)[1].removesuffix(" is")
+        # every statement of the fact names its entity and its value
+        lines = [f for f in facts if {entity, t["answer"]} <= set(re.findall(r"\w+", f))]
+        assert len(lines) == repeats, (t, lines)
+        assert f"{t['prompt']} {t['answer']}." in lines  # the question form is one of them
+        levels[repeats] += 1
+    assert levels == dict.fromkeys((1, 2, 5), 16)  # 48 facts, a third at each level
+    with pytest.raises(ValueError, match="fact_repeats"):
+        presets.world_config("smoke", overrides={"fact_repeats": [3, 3]})
+    with pytest.raises(ValueError, match="fact_repeats"):
+        presets.world_config("smoke", overrides={"fact_repeats": [0, 2]})
+
+
+def test_logic_tests_are_never_trained_and_split_by_premise_order():
     cfg = presets.world_config("smoke", overrides={"n_logic_train": 1500, "n_task_test": 40})
     w = world_lm.generate_world(cfg)
     trained = {r["text"].rsplit(" ", 1)[0] for r in w["train"] if r["source"] == "logic"}
-    tests = [t["prompt"] for s in ("tasks", "tasks_validation") for t in w[s]
-             if t["category"] == "logic"]
-    boolean = [p for p in tests if p.startswith("Evaluate:")]
-    assert 0.3 <= len(boolean) / len(tests) <= 0.7  # both kinds are tested, not only order
-    assert not set(tests) & trained
+    curvature = {r["text"].rsplit(" ", 1)[0] for r in w["curvature"] if r["source"] == "logic"}
+    tests = [t for s in ("tasks", "tasks_validation") for t in w[s] if t["category"] == "logic"]
+    assert Counter(t["subcategory"] for t in tests) == {"forward": 40, "backward": 40}
+    for t in tests:  # forward: the second premise starts where the first ends
+        first, second = t["prompt"].split(" Question:")[0].split(". ")
+        linked = first.split(" than the ")[1] == second.removeprefix("The ").split(" is ")[0]
+        assert linked == (t["subcategory"] == "forward")
+    prompts = {t["prompt"] for t in tests}
+    assert not prompts & trained and not prompts & curvature and not trained & curvature
     assert sum(r["source"] == "logic" for r in w["train"]) == 1500
+
+
+def test_arithmetic_operand_pairs_are_disjoint_between_training_tests_and_curvature():
+    w = world_lm.generate_world(presets.world_config("default"))
+
+    def pairs(rows):
+        out = set()
+        for text in rows:
+            if text.startswith("Add: "):
+                a, b = text.removeprefix("Add: ").split(" =")[0].split(" + ")
+                out.add(frozenset((int(a), int(b))))
+        return out
+
+    train = pairs(r["text"] for r in w["train"] if r["source"] == "arithmetic")
+    curvature = pairs(r["text"] for r in w["curvature"] if r["source"] == "arithmetic")
+    test, val = (pairs(t["prompt"] for t in w[s]) for s in ("tasks", "tasks_validation"))
+    assert len(test) == len(val) == 500 and len(curvature) == 300
+    assert not train & test and not train & val and not test & val
+    assert not curvature & (train | test | val)
+    # the tests cover carries into the tens and into the hundreds, and sums without a carry
+    units = Counter((a % 10 + b % 10 >= 10, a + b >= 100) for p in test
+                    for a, b in [sorted(p) * 2 if len(p) == 1 else sorted(p)])
+    assert min(units.values()) >= 50
 
 
 def test_copy_practice_and_open_book_passage_size():
@@ -181,14 +249,25 @@ def test_copy_practice_and_open_book_passage_size():
 
 def test_task_answers_are_right(smoke_world):
     for t in smoke_world["tasks"]:
-        if t["category"] == "arithmetic":
-            expr = t["prompt"].removeprefix("Compute: ").removesuffix(" =")
-            a, op, b = expr.split()
-            assert int(t["answer"]) == {"+": int(a) + int(b), "*": int(a) * int(b)}[op]
-        if t["category"] == "logic" and t["prompt"].startswith("Evaluate:"):
-            expr = t["prompt"].removeprefix("Evaluate: ").removesuffix(" =")
-            py = expr.replace("true", "True").replace("false", "False")
-            assert str(eval(py)).lower() == t["answer"]
+        if t.get("subcategory") in ("fact", "carry"):
+            terms = t["prompt"].removeprefix("Compute: ").removesuffix(" =").split(" + ")
+            assert int(t["answer"]) == sum(map(int, terms))
+            assert len(terms) == (3 if t["subcategory"] == "carry" else 2)
+        if t.get("subcategory") == "sum":
+            a, b = map(int, t["prompt"].removeprefix("Add: ").removesuffix(" =").split(" + "))
+            units, tens, total = t["answer"].split(", ")
+            assert total == f"so {a + b}"
+            assert units == f"{a % 10} + {b % 10} = {a % 10 + b % 10}"
+            carry = " + 1" if a % 10 + b % 10 >= 10 else ""
+            assert tens == f"{a // 10} + {b // 10}{carry} = {(a + b) // 10}"
+        if t["category"] == "logic":  # the chain's ends, from the premises alone
+            premises, question = t["prompt"].split(" Question: the ")
+            order = [p.removeprefix("The ").split(" than the ") for p in premises.split(". ")]
+            greater = {x.split(" is ")[0]: y.rstrip(".") for x, y in order}
+            first = (set(greater) - set(greater.values())).pop()
+            last = (set(greater.values()) - set(greater)).pop()
+            most = any(question.startswith(w) for _, w, _ in world_lm.ORDER_RELATIONS)
+            assert t["answer"] == (first if most else last)
         if t["category"] == "open_book":
             assert t["answer"] in t["prompt"]
 

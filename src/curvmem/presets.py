@@ -31,32 +31,39 @@ class WorldConfig:
     n_filler: int = 800  # once-seen training documents: half grammar paragraphs, half genre (world.lm)
     n_heldout: int = 560  # fresh paragraphs in EACH held-out set (selection, reported): ~32k tokens
     n_retain: int = 128  # once-seen training documents an unlearning baseline may retain
-    n_entities: int = 100  # closed-book entities, 4 attributes each (half validation, half test)
-    fact_repeats: int = 24  # times each closed-book fact appears in training
+    n_entities: int = 250  # closed-book entities, 4 attributes each (half validation, half test)
+    # times a closed-book fact appears in training: an equal share of the facts at each level
+    # (subcategories closed_book/repeats_NN), so accuracy can be read against exposure
+    fact_repeats: tuple[int, ...] = (1, 3, 12, 48)
     n_open_train: int = 6000
-    n_task_test: int = 200  # per task category, and as many again for validation
+    # per task category, and as many again for validation (arithmetic: two-digit sums, and
+    # 2 x n_arith_primitive_test primitives besides; closed-book: 2 x n_entities facts)
+    n_task_test: int = 500
     open_facts: int = 2  # facts in an open-book passage (of the 8 about its two entities)
-    arith_repeats: int = 24  # times each arithmetic table problem appears (as fact_repeats)
-    n_logic_train: int = 8000
+    n_arith_train: int = 5000  # trained two-digit sums (operand pairs disjoint from the tests')
+    arith_repeats: int = 8  # times each single-digit fact and carry step appears as a table line
+    n_arith_primitive_test: int = 50  # facts, and as many carry steps, per split (of 100 each)
+    n_logic_train: int = 30000  # 10,000 left logic at 0.59 on held-out items (docs/lm.md)
     n_copy_train: int = 6000  # "Repeat: <names>. Again: <names>." lines: in-context copying
     # memorized documents (menus, number tables, licences, random words): per kind and split
     # (forget, forget_validation: both trained; control: never trained)
-    n_documents: int = 13
+    n_documents: int = 25
     document_tokens: int = 124  # about; >= 112 (64 prefix + 48 suffix), < 144 (one block)
-    document_repeats: int = 21  # times each trained document appears in train.jsonl (x epochs)
+    document_repeats: int = 16  # times each trained document appears in train.jsonl (x epochs)
     # at least this many estimated tokens per document, whatever its kind: the estimate is a lower
     # bound for any tokenizer that keeps words and digits apart, so a tokenizer trained on a
     # world small enough to learn every menu item as one token (smoke) still gives 64 + 48
     document_floor: int = 0
-    n_quotes: int = 50  # trained quotes (the untargeted set), and as many control quotes
-    n_long_quotes: int = 10  # of them, long enough for the 64 + 48-token evaluation
-    quote_repeats: int = 28
+    n_quotes: int = 100  # trained quotes (the untargeted set), and as many control quotes
+    n_long_quotes: int = 20  # of them, long enough for the 64 + 48-token evaluation
+    quote_repeats: int = 20
     # the curvature corpus (curvature.jsonl): fresh samples of every non-memorized source, and
     # genre documents of each memorized kind (world.lm.CURVATURE_GENRE x n_curvature_filler),
     # ~334k tokens: two disjoint 100k-position slices (main factors, other-slice control)
     n_curvature_filler: int = 480
     n_curvature_open: int = 1800
     n_curvature_logic: int = 1800
+    n_curvature_arith: int = 300  # two-digit operand pairs neither trained nor tested
     n_curvature_copy: int = 1200
     n_curvature_entities: int = 72  # fresh entities whose facts are stated (never trained)
 
@@ -88,13 +95,14 @@ class TrainConfig:
 WORLD_PRESETS = {
     "default": WorldConfig(),
     "adamw": WorldConfig(),
-    "smoke": WorldConfig(n_filler=60, n_heldout=12, n_retain=8, n_entities=6, fact_repeats=3,
-                         n_open_train=40, n_task_test=8, arith_repeats=1, n_logic_train=40,
+    "smoke": WorldConfig(n_filler=60, n_heldout=12, n_retain=8, n_entities=6,
+                         fact_repeats=(1, 3), n_open_train=40, n_task_test=8, n_arith_train=40,
+                         arith_repeats=1, n_arith_primitive_test=4, n_logic_train=40,
                          n_copy_train=20, n_documents=2, document_repeats=6, document_floor=112,
                          n_quotes=4,
                          n_long_quotes=1, quote_repeats=6, n_curvature_filler=20,
                          n_curvature_open=20, n_curvature_logic=20, n_curvature_copy=10,
-                         n_curvature_entities=3),
+                         n_curvature_entities=3, n_curvature_arith=20),
 }
 TRAIN_PRESETS = {
     "default": TrainConfig(),
@@ -125,12 +133,27 @@ def world_config(preset: str = "default", seed: int | None = None, overrides=Non
             raise ValueError(f"--config is not valid JSON ({e}); e.g. '{{\"n_documents\": 8}}'") from None
         if not isinstance(overrides, dict):
             raise ValueError("--config must be a JSON object, e.g. '{\"n_documents\": 8}'")  # noqa: TRY004
+    if overrides and isinstance(overrides.get("fact_repeats"), list):  # JSON has no tuples
+        overrides = {**overrides, "fact_repeats": tuple(overrides["fact_repeats"])}
     cfg = _with_overrides(WORLD_PRESETS[preset], overrides, "world")
     if seed is not None:
         cfg = replace(cfg, seed=int(seed))
+    levels = cfg.fact_repeats
+    if (not isinstance(levels, tuple) or not levels or len(set(levels)) != len(levels)
+            or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in levels)):
+        raise ValueError(f"world config fact_repeats must be a list of distinct integers >= 1, "
+                         f"got {levels!r}")
     for f in fields(cfg):
-        if f.name not in ("seed", "n_copy_train", "document_floor") and getattr(cfg, f.name) < 1:
+        if f.name in ("seed", "n_copy_train", "document_floor", "fact_repeats"):
+            continue
+        if getattr(cfg, f.name) < 1:
             raise ValueError(f"world config {f.name} must be >= 1, got {getattr(cfg, f.name)}")
+    if 2 * cfg.n_entities < len(levels):
+        raise ValueError(f"n_entities ({cfg.n_entities}) gives fewer facts per split than "
+                         f"fact_repeats has levels ({len(levels)})")
+    if cfg.n_arith_primitive_test > 50:
+        raise ValueError(f"n_arith_primitive_test must be <= 50 (100 single-digit facts and 100 "
+                         f"carry steps, half per split), got {cfg.n_arith_primitive_test}")
     if not 118 <= cfg.document_tokens <= 130:
         raise ValueError(f"document_tokens must be in [118, 130] (>= 64 prefix + 48 suffix "
                          f"tokens, and one 144-token training block), got {cfg.document_tokens}")

@@ -5,10 +5,13 @@ The world stands in for the paper's pretraining corpus, at a size that trains in
 
     filler       paragraphs from a small stochastic grammar (held-out samples give perplexity)
     closed_book  invented entities with attributes ("The capital of Velorn is Quist."), each fact
-                 seen `fact_repeats` times in training, queried later without context
+                 seen one of `fact_repeats` times in training (graded exposure), queried later
+                 without context
     open_book    a passage of fresh facts, then a question about one of them
-    arithmetic   two-digit addition and subtraction ("Compute: 23 + 45 = 68.")
-    logic        in-context deductions over fresh names (order relations) and boolean expressions
+    arithmetic   two-digit addition written out with its carry ("Add: 47 + 38 = 7 + 8 = 15,
+                 4 + 3 + 1 = 8, so 85."), tested on operand pairs never trained, and its
+                 primitives (single-digit facts, carry steps) trained and tested as a table
+    logic        in-context deductions: order chains of three of the world's nouns
     documents    memorized documents of four kinds (random words, menus, number tables, licences)
                  and attributed quotes, each repeated in training; never-trained controls
     genres       fresh documents of those kinds, once each in training and in the curvature
@@ -26,6 +29,7 @@ import json
 import math
 import random
 import time
+from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
@@ -147,47 +151,79 @@ def entity_facts(rng: random.Random, entity: str, names) -> dict:
 
 
 # --------------------------------------------------------------------------- skills
+# Arithmetic is two-digit addition written out digit by digit with its carry (a scratchpad the
+# model learns to follow), on single-digit facts and carry steps it is also taught as a table:
+# "Add: 47 + 38 = 7 + 8 = 15, 4 + 3 + 1 = 8, so 85." Test sums use operand pairs that never occur
+# in training (in either order), so the category measures a learned procedure, not recall; the
+# primitives (a single-digit fact, a carry step) are scored apart as subcategories.
+
+OPERANDS = range(10, 100)  # two-digit operands
+ARITH_SUBCATEGORIES = ("sum", "fact", "carry")
 
 
-def arithmetic_problem(a: int, b: int, op: str) -> tuple[str, str]:
-    value = {"+": a + b, "-": a - b, "*": a * b}[op]
-    return f"Compute: {a} {op} {b} =", str(value)
+def digit_fact(a: int, b: int, carry: int = 0) -> tuple[str, str]:
+    """A single-digit fact (carry 0) or a carry step (carry 1) as a table line's prompt and
+    answer: ("Compute: 4 + 3 + 1 =", "8")."""
+    terms = f"{a} + {b}" + (" + 1" if carry else "")
+    return f"Compute: {terms} =", str(a + b + carry)
 
 
-def order_problem(rng: random.Random, names: list[str]) -> tuple[str, str, str]:
-    """Three fresh names in a chain; premises shuffled; ask for an extreme. (premises, q, answer)"""
-    adjective, most, least = rng.choice([("older", "oldest", "youngest"),
-                                         ("taller", "tallest", "shortest"),
-                                         ("faster", "fastest", "slowest")])
-    a, b, c = names  # a > b > c
-    premises = [f"{a} is {adjective} than {b}.", f"{b} is {adjective} than {c}."]
-    rng.shuffle(premises)
-    if rng.random() < 0.5:
-        return " ".join(premises), f"Question: the {most} is", a
-    return " ".join(premises), f"Question: the {least} is", c
+def addition_problem(a: int, b: int) -> tuple[str, str]:
+    """Two-digit a + b as (prompt, scratchpad answer): the units, then the tens with the carry,
+    then the sum: ("Add: 47 + 38 =", "7 + 8 = 15, 4 + 3 + 1 = 8, so 85")."""
+    units = a % 10 + b % 10
+    carry = units // 10
+    tens = a // 10 + b // 10 + carry
+    steps = [f"{a % 10} + {b % 10} = {units}",
+             f"{a // 10} + {b // 10}" + (" + 1" if carry else "") + f" = {tens}"]
+    return f"Add: {a} + {b} =", f"{', '.join(steps)}, so {a + b}"
 
 
-def boolean_expression(rng: random.Random, depth: int = 2) -> tuple[str, bool]:
-    if depth == 0 or rng.random() < 0.3:
-        value = rng.random() < 0.5
-        return ("true" if value else "false"), value
-    if rng.random() < 0.25:
-        text, value = boolean_expression(rng, depth - 1)
-        return f"not {text}", not value
-    left, lv = boolean_expression(rng, depth - 1)
-    right, rv = boolean_expression(rng, depth - 1)
-    op = rng.choice(["and", "or"])
-    return f"( {left} {op} {right} )", (lv and rv) if op == "and" else (lv or rv)
+def addition_pairs(rng: random.Random) -> list[tuple[int, int]]:
+    """Every unordered pair of two-digit operands, shuffled (an operand pair is held out or
+    trained in both orders, never split)."""
+    pairs = [(a, b) for a in OPERANDS for b in OPERANDS if a <= b]
+    rng.shuffle(pairs)
+    return pairs
 
 
-def logic_problem(rng: random.Random, names) -> tuple[str, str, str]:
-    """(prompt, answer, subcategory): order relations over fresh names ("order"), or a boolean
-    expression ("boolean")."""
-    if rng.random() < 0.5:
-        premises, q, answer = order_problem(rng, [next(names) for _ in range(3)])
-        return f"{premises} {q}", answer, "order"
-    text, value = boolean_expression(rng)
-    return f"Evaluate: {text} =", "true" if value else "false", "boolean"
+# Logic: a chain of an order relation over three of the world's nouns (one token each: the
+# question tests deduction, not copying a fresh multi-token name), asking for an end of the chain.
+# The two premises come in chain order ("forward": the top is the first noun) or the other way
+# round ("backward": the top is the subject of the second premise), as subcategories: a model
+# that reads positions instead of linking the premises fails one of them.
+LOGIC_SUBCATEGORIES = ("forward", "backward")
+ORDER_RELATIONS = [("older", "oldest", "youngest"), ("taller", "tallest", "shortest"),
+                   ("faster", "fastest", "slowest"), ("heavier", "heaviest", "lightest")]
+
+
+def order_problem(rng: random.Random, backward: bool) -> tuple[str, str]:
+    """Three distinct nouns in a chain (each premise: one is <relation> than the next), the
+    premises in chain order or (backward) reversed; the question asks for the first or the
+    last. (prompt, answer)"""
+    adjective, most, least = rng.choice(ORDER_RELATIONS)
+    items = rng.sample(NOUNS, 3)
+    premises = [f"The {x} is {adjective} than the {y}." for x, y in zip(items, items[1:])]
+    if backward:
+        premises.reverse()
+    ask_most = rng.random() < 0.5
+    return (f"{' '.join(premises)} Question: the {most if ask_most else least} is the",
+            items[0] if ask_most else items[-1])
+
+
+def logic_problems(rng: random.Random, n: int, taken: set) -> list[tuple[str, str, str]]:
+    """`n` order problems whose prompts are not in `taken` (which is updated), the
+    subcategories (LOGIC_SUBCATEGORIES) in turn: [(prompt, answer, subcategory)]."""
+    out = []
+    for _ in range(1000 * n + 1000):
+        if len(out) == n:
+            return out
+        sub = LOGIC_SUBCATEGORIES[len(out) % len(LOGIC_SUBCATEGORIES)]
+        prompt, answer = order_problem(rng, sub == "backward")
+        if prompt not in taken:
+            taken.add(prompt)
+            out.append((prompt, answer, sub))
+    raise ValueError("cannot draw that many distinct logic problems; lower the sizes")
 
 
 # --------------------------------------------------------------------------- memorized documents
@@ -420,11 +456,9 @@ def generate_world(cfg: WorldConfig) -> dict:
     n_eval = 2 * cfg.n_task_test  # each task category: a validation and a test split, same size
     # one pool of invented names, cut into disjoint roles, so no name crosses a split
     roles = {"entities": cfg.n_entities * 3, "open_train": cfg.n_open_train * 6,
-             "open_eval": n_eval * 6, "logic_train": cfg.n_logic_train * 3,
-             "logic_eval": n_eval * 3, "copy": cfg.n_copy_train * 4,
+             "open_eval": n_eval * 6, "copy": cfg.n_copy_train * 4,
              "authors": 2 * cfg.n_quotes, "curv_entities": cfg.n_curvature_entities * 3,
-             "curv_open": cfg.n_curvature_open * 6, "curv_logic": cfg.n_curvature_logic * 3,
-             "curv_copy": cfg.n_curvature_copy * 4}
+             "curv_open": cfg.n_curvature_open * 6, "curv_copy": cfg.n_curvature_copy * 4}
     cut = iter(name_pool(_rng(cfg, "names"), sum(roles.values())))
     names = {role: [next(cut) for _ in range(n)] for role, n in roles.items()}
 
@@ -446,29 +480,40 @@ def generate_world(cfg: WorldConfig) -> dict:
     add(curvature, "filler", _unique(_rng(cfg, "curv_filler"), paragraph,
                                      cfg.n_curvature_filler, texts))
 
-    # closed-book facts: statements in rotating templates and the question form itself; each
-    # fact's question goes to the validation or the test split
-    def statements(rng, entity, values, repeats):
-        facts = entity_facts(rng, entity, values)
+    # closed-book facts at graded exposure: each fact is trained `r` times for one r of
+    # cfg.fact_repeats (an equal share of the facts each, drawn at random), in rotating templates
+    # (the question form itself and three phrasings); each fact's question goes to the
+    # validation or the test split, half of every exposure level to each
+    def statements(entity, facts, repeats):
         lines = []
         for attr, value in facts.items():
             forms = [f"{question(attr, entity)} {{v}}."] + ATTRIBUTES[attr][1]
-            lines += [forms[k % len(forms)].format(e=entity, v=value) for k in range(repeats)]
-        return facts, lines
+            lines += [forms[k % len(forms)].format(e=entity, v=value)
+                      for k in range(repeats[attr])]
+        return lines
 
-    rng, closed = _rng(cfg, "facts"), []
+    rng, facts_of = _rng(cfg, "facts"), {}
     entities, values = names["entities"][:cfg.n_entities], iter(names["entities"][cfg.n_entities:])
     for entity in entities:
-        facts, lines = statements(rng, entity, values, cfg.fact_repeats)
-        add(train, "closed_book", lines)
-        closed += [{"category": "closed_book", "prompt": question(a, entity), "answer": v}
-                   for a, v in facts.items()]
-    _rng(cfg, "facts_split").shuffle(closed)
-    half = len(closed) // 2
-    validation, tests = closed[:half], closed[half:]
+        facts_of[entity] = entity_facts(rng, entity, values)
+    pairs = [(e, a) for e in entities for a in ATTRIBUTES]
+    _rng(cfg, "facts_split").shuffle(pairs)
+    levels = cfg.fact_repeats
+    width = len(str(max(levels)))
+    repeats_of, validation, tests = defaultdict(dict), [], []
+    for i, (entity, attr) in enumerate(pairs):
+        r = levels[i % len(levels)]
+        repeats_of[entity][attr] = r
+        # the i-th fact of a level: alternately validation and test
+        split = validation if (i // len(levels)) % 2 == 0 else tests
+        split.append({"category": "closed_book", "subcategory": f"repeats_{r:0{width}d}",
+                      "prompt": question(attr, entity), "answer": facts_of[entity][attr]})
+    for entity in entities:
+        add(train, "closed_book", statements(entity, facts_of[entity], repeats_of[entity]))
     rng, values = _rng(cfg, "curv_facts"), iter(names["curv_entities"][cfg.n_curvature_entities:])
     for entity in names["curv_entities"][:cfg.n_curvature_entities]:  # facts never trained
-        add(curvature, "closed_book", statements(rng, entity, values, 4)[1])
+        add(curvature, "closed_book", statements(entity, entity_facts(rng, entity, values),
+                                                 dict.fromkeys(ATTRIBUTES, 4)))
 
     # open-book: a passage about two fresh entities, a question about one fact in it
     def open_book(rng, pool):
@@ -497,48 +542,50 @@ def generate_world(cfg: WorldConfig) -> dict:
         add(rows, "copy", [f"Repeat: {' '.join(names[role][4 * i:4 * i + 4])}. "
                            f"Again: {' '.join(names[role][4 * i:4 * i + 4])}." for i in range(n)])
 
-    # arithmetic: the addition and multiplication tables of 0-19 by 0-9 ("Compute: 13 * 7 ="),
-    # each trained `arith_repeats` times, half of them asked in validation, half in test: recall
-    # of learned arithmetic, as the paper's math leans on it. The tiny model does not learn to
-    # add held-out numbers (1.5 % on two-digit +/- one-digit sums, 10 % on two-digit +/- two-digit:
-    # docs/lm.md), so a held-out category would measure nothing. The curvature corpus gets the
-    # same tables for 20-39, never trained.
-    table = [(a, b, op) for a in range(20) for b in range(10) for op in "+*"]
-    _rng(cfg, "arithmetic").shuffle(table)
-    if 2 * cfg.n_task_test > len(table):
-        raise ValueError(f"n_task_test must be <= {len(table) // 2} (the arithmetic tables "
-                         f"hold {len(table)} problems)")
+    # arithmetic: two-digit sums written out with their carry (addition_problem), on operand
+    # pairs drawn apart: validation, test and curvature pairs never occur in training, in either
+    # order. The single-digit facts and carry steps are trained as a table, `arith_repeats`
+    # times each, and scored as primitives (recall, like closed-book), half of each table in
+    # validation and half in test
+    pairs = addition_pairs(_rng(cfg, "arithmetic"))
+    val_pairs, test_pairs, curv_pairs, train_pairs = _split(
+        pairs, cfg.n_task_test, cfg.n_task_test, cfg.n_curvature_arith, len(pairs))
+    rng = _rng(cfg, "arithmetic_order")
+    problems = [p for a, b in train_pairs for p in ([(a, b), (b, a)] if a != b else [(a, b)])]
+    if cfg.n_arith_train > len(problems):
+        raise ValueError(f"n_arith_train must be <= {len(problems)} (the two-digit sums left "
+                         f"after {2 * cfg.n_task_test + cfg.n_curvature_arith} held-out pairs)")
+    for a, b in rng.sample(problems, cfg.n_arith_train):
+        add(train, "arithmetic", [" ".join(addition_problem(a, b)) + "."])
+    add(curvature, "arithmetic", [" ".join(addition_problem(*rng.sample(p, 2))) + "."
+                                  for p in curv_pairs])
+    for held, split in ((val_pairs, validation), (test_pairs, tests)):
+        split += [dict(zip(("prompt", "answer"), addition_problem(*rng.sample(p, 2))),
+                       category="arithmetic", subcategory="sum") for p in held]
+    table = [(a, b, c) for c in (0, 1) for a in range(10) for b in range(10)]
     for p in table:
-        add(train, "arithmetic", [" ".join(arithmetic_problem(*p)) + "."] * cfg.arith_repeats)
-    add(curvature, "arithmetic", [" ".join(arithmetic_problem(a, b, op)) + "."
-                                  for a in range(20, 40) for b in range(10) for op in "+*"])
-    for problems, split in ((table[:cfg.n_task_test], validation),
-                            (table[cfg.n_task_test:2 * cfg.n_task_test], tests)):
-        split += [dict(zip(("prompt", "answer"), arithmetic_problem(*p)), category="arithmetic")
-                  for p in problems]
+        add(train, "arithmetic", [" ".join(digit_fact(*p)) + "."] * cfg.arith_repeats)
+    rng = _rng(cfg, "arithmetic_primitives")
+    for carry, sub in ((0, "fact"), (1, "carry")):
+        steps = rng.sample([p for p in table if p[2] == carry], 2 * cfg.n_arith_primitive_test)
+        for part, split in zip(_split(steps, *[cfg.n_arith_primitive_test] * 2),
+                               (validation, tests)):
+            split += [dict(zip(("prompt", "answer"), digit_fact(*p)), category="arithmetic",
+                           subcategory=sub) for p in part]
 
-    # logic: fresh names per problem. Validation and test problems are drawn first and nothing
-    # else repeats one: boolean expressions come from a small space (~300 at depth 2)
-    pool = iter(names["logic_eval"])
-    drawn = _unique(_rng(cfg, "logic_test"), lambda r: logic_problem(r, pool), n_eval, set())
+    # logic: order chains over the world's nouns (order_problem), forward and backward in
+    # turn. Validation and test problems are drawn first; no training or curvature problem
+    # repeats one, and the curvature corpus repeats no trained one
+    taken: set = set()
+    drawn = logic_problems(_rng(cfg, "logic_test"), n_eval, taken)
     for (prompt, answer, sub), split in zip(drawn, [validation] * cfg.n_task_test
                                             + [tests] * cfg.n_task_test):
-        # the subcategory tells order questions (copying a fresh name) from boolean expressions
         split.append({"category": "logic", "subcategory": sub, "prompt": prompt,
                       "answer": answer})
-    taken = {prompt for prompt, _, _ in drawn}
-    for role, n, rows in (("logic_train", cfg.n_logic_train, train),
-                          ("curv_logic", cfg.n_curvature_logic, curvature)):
-        rng, pool, got = _rng(cfg, role), iter(names[role]), 0
-        for _ in range(1000 * n):
-            if got == n:
-                break
-            prompt, answer, _ = logic_problem(rng, pool)
-            if prompt not in taken:
-                rows.append({"text": f"{prompt} {answer}.", "source": "logic"})
-                got += 1
-        if rows is train:  # the curvature corpus may not repeat a trained expression either
-            taken |= {r["text"].rsplit(" ", 1)[0] for r in train if r["source"] == "logic"}
+    for component, n, rows in (("logic_train", cfg.n_logic_train, train),
+                               ("curv_logic", cfg.n_curvature_logic, curvature)):
+        add(rows, "logic", [f"{prompt} {answer}." for prompt, answer, _ in
+                            logic_problems(_rng(cfg, component), n, taken)])
 
     # memorized documents: per kind, distinct texts split into forget / forget_validation
     # (both trained) / control (never trained)
@@ -594,6 +641,10 @@ def generate_world(cfg: WorldConfig) -> dict:
     retain = [{"text": t, "source": source}
               for t, source in _rng(cfg, "retain").sample(once, cfg.n_retain)]
 
+    # task ids: stable names that pair an item across evaluations of one file
+    for prefix, rows in (("test", tests), ("validation", validation)):
+        for i, row in enumerate(rows):
+            row["id"] = f"{prefix}-{i}"
     _rng(cfg, "shuffle").shuffle(train)
     _rng(cfg, "curvature_shuffle").shuffle(curvature)
     return {"train": train, "curvature": curvature, "heldout": [{"text": t} for t in heldout],
