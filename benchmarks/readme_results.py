@@ -1,31 +1,45 @@
-"""Write the README's generated parts: the results section from the committed multi-seed snapshot
-(docs/results/paper/), and the default DAG's figures from its committed runs (docs/results/default*/).
+"""Write the generated parts of README.md and docs/: the embedded study's results from the
+committed multi-seed snapshot (docs/results/paper/), and the default DAG's figures from its
+committed runs (docs/results/default*/).
 
-    python benchmarks/readme_results.py          # rewrite the section in README.md
-    python benchmarks/readme_results.py --check  # exit 1 if README.md is not what this writes
+    python benchmarks/readme_results.py          # rewrite every generated block
+    python benchmarks/readme_results.py --check  # exit 1 if a file is not what this writes
 
-The section's tables are docs/results/paper/readme_tables.md as `curvmem report-seeds` wrote
-them; its sentences name each claim with the number of seeds it holds in and quote the tables'
-own cells (curvmem.report.seeds.cell), so no number of the section is typed by hand.
-tests/test_readme.py checks every number of the section against the snapshot.
+Three blocks, each between its markers: the README's summary of the study (the headline table and
+the claims), docs/results.md's whole study (every table, the fronts, the claims and what was
+measured beside them) and docs/benchmarks.md's default-DAG timings. The tables are
+docs/results/paper/readme_tables.md as `curvmem report-seeds` wrote them; the sentences name each
+claim with the number of seeds it holds in and quote the tables' own cells
+(curvmem.report.seeds.cell), so no number of a generated block is typed by hand.
+tests/test_readme.py checks every number of the study's blocks against the snapshot.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
 
+from curvmem import io
 from curvmem.report.seeds import cell, rate_cell, ratio_cell, verdict_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = ROOT / "docs" / "results" / "paper"
 WEIGHT_DECAY = ROOT / "docs" / "results" / "lm-weight-decay" / "lm_weight_decay.json"
-HEADING = "## What the embedded study shows (measured)"
-NEXT = "\n## Using curvmem on any model"
-# the default DAG's runs (benchmarks/bench_default.py --snapshot), in the order the README shows
+README = ROOT / "README.md"
+STUDY_DOC = ROOT / "docs" / "results.md"
+BENCHMARKS_DOC = ROOT / "docs" / "benchmarks.md"
+SUMMARY_BEGIN = ("<!-- study-summary: written by benchmarks/readme_results.py from "
+                 "docs/results/paper/ -->")
+SUMMARY_END = "<!-- /study-summary -->"
+STUDY_BEGIN = "<!-- study: written by benchmarks/readme_results.py from docs/results/paper/ -->"
+STUDY_END = "<!-- /study -->"
+FRONTS = "![Each seed's Pareto fronts](docs/results/paper/fronts.png)"
+CLAIMS_INTRO = "The paper's claims, each with the number of seeds it holds in:"
+# the default DAG's runs (benchmarks/bench_default.py --snapshot), in the order the table shows
 DEFAULT_RUNS = [ROOT / "docs" / "results" / name for name in ("default", "default-avx2")]
 DAG_BEGIN = "<!-- default-dag: written by benchmarks/readme_results.py from docs/results/default*/run.json -->"
 DAG_END = "<!-- /default-dag -->"
@@ -82,23 +96,60 @@ def readme_tables(snapshot: Path | None = None) -> str:
     return tables + "\n" + costs.read_text() if costs.is_file() else tables
 
 
-def section(snapshot: Path | None = None) -> str:
-    """The results section from a committed study: its sentences by the claim rules' version
-    that judged it (seeds_summary.json's `claims_version`; none: version 1)."""
+def _study(snapshot: Path | None) -> tuple[dict, str, dict, dict]:
+    """(seeds_summary.json, the tables, each seed's run.json, the sentences) of a snapshot; the
+    sentences by the claim rules' version that judged it (`claims_version`; none: version 1)."""
     snapshot = SNAPSHOT if snapshot is None else snapshot
     agg = json.loads((snapshot / "seeds_summary.json").read_text())
-    tables = readme_tables(snapshot)
     runs = {s: json.loads((snapshot / f"seed-{s}" / "run.json").read_text())
             for s in agg["seeds"]}
     write = _sentences_v1 if agg.get("claims_version", 1) == 1 else _sentences_v2
-    out = write(agg, tables, runs)
-    head, prose = out[:3], out[4:]
+    return agg, readme_tables(snapshot), runs, write(agg, runs)
 
-    def flowed(parts):
-        return "\n".join(reflow(block) for block in "\n".join(parts).split("\n\n"))
 
-    # the tables exactly as report-seeds wrote them; the sentences around them at 100 columns
-    return flowed(head) + "\n" + tables + "\n" + flowed(prose)
+def _flow(text: str) -> str:
+    """Each blank-line-separated block of `text` at 100 columns (tables and images as they are)."""
+    return "\n".join(reflow(block.strip("\n")) for block in text.strip("\n").split("\n\n"))
+
+
+def section(snapshot: Path | None = None) -> str:
+    """The whole study (docs/results.md): how it was run, every table as report-seeds wrote
+    it, the fronts, the claims and what was measured beside them."""
+    _, tables, _, text = _study(snapshot)
+    parts = [_flow(text["head"]), tables, FRONTS + "\n", _flow(CLAIMS_INTRO + "\n" + text["claims"])]
+    if text["beside"]:
+        parts.append(_flow(text["beside"]))
+    # the page lives in docs/: its links are relative to it
+    text = re.sub(r"\[docs/([^\]]*)\]\(docs/", r"[\1](", "\n".join(parts))
+    return re.sub(r"\]\(docs/", "](", text)
+
+
+def headline_table(tables: str) -> str:
+    """The first table of report-seeds' tables with its caption: each method's selected edit
+    beside the base and the paper's rows."""
+    caption, table = tables.split("\n\n")[:2]
+    return caption + "\n\n" + table.rstrip("\n") + "\n"
+
+
+def summary(snapshot: Path | None = None) -> str:
+    """The README's summary of the study: where it comes from, the headline table, the claims."""
+    agg, tables, runs, text = _study(snapshot)
+    first = next(iter(runs.values()))
+    commits = ", ".join(sorted({r["commit"] for r in runs.values()}))
+    version = agg.get("claims_version", 1)
+    rules = (f"version {version}: the point-estimate rules of a study made before the covered "
+             "world, kept in `curvmem.report.claims` to report it as it was judged; a study under "
+             "the current rules (paired item bootstraps against margins and same-kind controls) "
+             "replaces it" if version == 1 else agg["claims_rules"])
+    intro = f"""The study: {len(agg['seeds'])} seeds of `workflow/config/paper.yaml` (the default's
+world and model in each seed, equal budgets for every method, every control), run at commit
+{commits} ({first['machine']}; {first['cpu']}). Every number here is generated from the committed
+snapshot `docs/results/paper/` by `benchmarks/readme_results.py`; `tests/test_readme.py` fails on
+any number the snapshot does not hold. Cells are means ± 95 % Student-t intervals across the seeds;
+each claim says in how many seeds it holds, by the claim rules of {rules}. Every table, the Pareto
+fronts, the world and what was measured beside the claims: [docs/results.md](docs/results.md)."""
+    return "\n".join([_flow(intro), headline_table(tables),
+                      _flow(CLAIMS_INTRO + "\n" + text["claims"])])
 
 
 def _runs_sentence(runs: dict) -> str:
@@ -111,9 +162,10 @@ def _runs_sentence(runs: dict) -> str:
             f"{first['lm_muon_ns_dtype']}), one after another: {walls}.")
 
 
-def _sentences_v1(agg: dict, tables: str, runs: dict) -> list[str]:
+def _sentences_v1(agg: dict, runs: dict) -> dict[str, str]:
     """The sentences of a study judged by the version-1 rules (the point-estimate rules of the
-    study made before the covered world), as they were, labelled so."""
+    study made before the covered world), as they were, labelled so: {"head": how it was run,
+    "claims": the claims' bullets, "beside": what was measured beside them}."""
     n = len(agg["seeds"])
     m, ctl, an, vit = agg["methods"], agg["controls"], agg["analyses"], agg["vit"]
     first = runs[agg["seeds"][0]]
@@ -128,7 +180,7 @@ def _sentences_v1(agg: dict, tables: str, runs: dict) -> list[str]:
     bottom, random_mass = ctl_row("kfac-bottom-"), ctl_row("kfac-random-mass-")
     middle, basis = ctl_row("kfac-ablate-middle-"), ctl_row("kfac-random-basis-")
     shard, slice_ = ctl_row("kfac-shard-"), ctl_row("kfac-other-slice-")
-    out = [HEADING, "", f"""Every number in this section is generated, not typed: the tables are
+    head = f"""Every number on this page is generated, not typed: the tables are
 `docs/results/paper/readme_tables.md` as `curvmem report-seeds` wrote them from {n} seeds' runs
 of `workflow/config/paper.yaml` committed under `docs/results/paper/seed-N/` (each seed's
 summaries, analyses, tables and `run.json`: commit, machine, versions, per-rule times), and the
@@ -157,10 +209,8 @@ validation tasks), and every control
 {', '.join(commits)} on this project's machine ({first['machine']}; {first['cpu']}; Muon's
 iterations in {first['lm_muon_ns_dtype']}), one after another, sharing the 2 cores with the
 test suite for part of the time: {walls}.
-""", tables, f"""![Each seed's Pareto fronts](docs/results/paper/fronts.png)
-
-The paper's claims, each with the number of seeds it holds in:
-- **K-FAC removes memorization it never saw** ({_claim(agg, 'kfac_suppresses_forget_validation')}:
+"""
+    claims = f"""- **K-FAC removes memorization it never saw** ({_claim(agg, 'kfac_suppresses_forget_validation')}:
   at most half the base's forget-validation recited). The selected K-FAC edit recites
   {cell(m['kfac']['forget_validation'], 100)} % of forget-validation (paper 3.4 %) and
   {cell(m['kfac']['untargeted'], 100)} % of the quotes, another kind that no method and no
@@ -208,8 +258,8 @@ The paper's claims, each with the number of seeds it holds in:
   `workflow/config/vit-study.yaml`, `docs/results/vit-study/`, [docs/vision.md](docs/vision.md))
   reaches it either.
 {weight_decay_bullet()}
-
-Measured beside the claims:
+"""
+    beside = f"""Measured beside the claims:
 - **Shifted prompts** (the paper's Table 6): the selected K-FAC edit goes from
   {cell(an['stress']['kfac']['original'], digits=2)} to
   {cell(an['stress']['kfac']['perturbed'], digits=2)} exact-match tokens when the prompt is
@@ -233,11 +283,11 @@ Measured beside the claims:
   pair sets of disjoint slices overlap {cell(an['stability']['data'], digits=3)}, of two label
   seeds {cell(an['stability']['seed'], digits=3)}. The same edit in a random orthonormal basis
   with the same spectra wrecks the model ({cell(basis['ppl_rise'], 100, sign=True)} %).
-"""]
-    return out
+"""
+    return {"head": head, "claims": claims, "beside": beside}
 
 
-def _sentences_v2(agg: dict, tables: str, runs: dict) -> list[str]:
+def _sentences_v2(agg: dict, runs: dict) -> dict[str, str]:
     """The sentences of a study judged by the current rules (curvmem.report.claims): each claim
     with its k of n seeds and the tables' own cells, each seed's verdict as the claims table
     writes it."""
@@ -300,7 +350,7 @@ def _sentences_v2(agg: dict, tables: str, runs: dict) -> list[str]:
   K-FAC band {cell(ar['kfac_pairs'][-1], 100, sign=True)} %, the top-10 %
   {cell(ar['kfac_pairs'][0], 100, sign=True)} %, the full output
   {cell(ar['full'], 100, sign=True)} % (paper, against clean text: +23.1 % and −26.0 %).""")
-    return [HEADING, "", f"""Every number in this section is generated, not typed: the tables are
+    head = f"""Every number on this page is generated, not typed: the tables are
 `docs/results/paper/readme_tables.md` as `curvmem report-seeds` wrote them from {n} seeds' runs
 of `workflow/config/paper.yaml` committed under `docs/results/paper/seed-N/`, and the sentences
 are written by `benchmarks/readme_results.py` from `seeds_summary.json`; `tests/test_readme.py`
@@ -312,9 +362,8 @@ claim was tested in each seed by the rules of {agg['claims_rules']}; each is a p
 bootstrap with a stated margin, reported as the number of seeds it holds in (a claim with too few
 items to be sure does not hold; one whose inputs are missing is not tested).
 {_runs_sentence(runs)}
-""", tables, "![Each seed's Pareto fronts](docs/results/paper/fronts.png)\n\n"
-            "The paper's claims, each with the number of seeds it holds in:\n"
-            + "\n".join(bullets) + "\n"]
+"""
+    return {"head": head, "claims": "\n".join(bullets) + "\n", "beside": ""}
 
 
 def _minutes(seconds: float) -> str:
@@ -409,29 +458,47 @@ def reflow(block: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def render(readme: str) -> str:
-    start = readme.index(HEADING)
-    end = readme.index(NEXT, start)
-    readme = readme[:start] + section().rstrip() + "\n" + readme[end:]
-    start = readme.index(DAG_BEGIN)
-    end = readme.index(DAG_END, start) + len(DAG_END)
-    return readme[:start] + default_dag_block() + readme[end:]
+def _block(begin: str, end: str, body: str) -> str:
+    return f"{begin}\n\n{body.rstrip()}\n\n{end}"
+
+
+def blocks() -> dict[Path, list[tuple[str, str, str]]]:
+    """{file: [(begin marker, end marker, the block with its markers), ...]}."""
+    return {README: [(SUMMARY_BEGIN, SUMMARY_END, _block(SUMMARY_BEGIN, SUMMARY_END, summary()))],
+            STUDY_DOC: [(STUDY_BEGIN, STUDY_END, _block(STUDY_BEGIN, STUDY_END, section()))],
+            BENCHMARKS_DOC: [(DAG_BEGIN, DAG_END, default_dag_block())]}
+
+
+def render(text: str, path: Path, parts: list[tuple[str, str, str]]) -> str:
+    """`text` with each generated block between its markers replaced."""
+    for begin, end, block in parts:
+        start = text.find(begin)
+        stop = text.find(end, start)
+        if start < 0 or stop < 0:
+            raise SystemExit(f"{path.relative_to(ROOT)}: no block between '{begin}' and '{end}'")
+        text = text[:start] + block + text[stop + len(end):]
+    return text
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 if a file's generated blocks are not what this writes")
     args = ap.parse_args()
-    path = ROOT / "README.md"
-    text = path.read_text()
-    new = render(text)
-    if args.check:
-        if new != text:
-            print("README.md's generated parts are not what benchmarks/readme_results.py writes",
-                  file=sys.stderr)
-            return 1
-        return 0
-    path.write_text(new)
+    stale = []
+    for path, parts in blocks().items():
+        text = path.read_text()
+        new = render(text, path, parts)
+        if new == text:
+            continue
+        stale.append(str(path.relative_to(ROOT)))
+        if not args.check:
+            with io.atomic_output(path) as tmp:
+                tmp.write_text(new)
+    if args.check and stale:
+        print(f"{', '.join(stale)}: the generated blocks are not what "
+              "benchmarks/readme_results.py writes (run it)", file=sys.stderr)
+        return 1
     return 0
 
 

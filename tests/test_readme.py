@@ -1,5 +1,5 @@
-"""The README's results are generated: rows chosen by rule, and every number in the README's
-results section comes from the committed snapshot of a run (docs/results/)."""
+"""The README's and docs/results.md's study results are generated: rows chosen by rule, and every
+number of their generated blocks comes from the committed snapshot of a run (docs/results/)."""
 
 from __future__ import annotations
 
@@ -63,9 +63,14 @@ def _numbers(text: str) -> set[str]:
     return set(re.findall(r"\d+(?:\.\d+)?", text))
 
 
-def _results_section(readme: str) -> str:
-    start = readme.index("## What the embedded study shows")
-    return readme[start:readme.index("\n## ", start + 1)]
+def _generated(text: str, begin: str, end: str) -> str:
+    """The block of `text` between a generator's markers."""
+    start = text.index(begin)
+    return text[start + len(begin):text.index(end, start)]
+
+
+# a link's target, a list's ordinal or a section number is not a result
+NOT_RESULTS = r"\]\([^)]*\)|`[^`]*`|\bL\d[\d+]*\b|\b(?:Fig\.|Figure|Table|issue) \d+"
 
 
 SNAPSHOT = ROOT / "docs" / "results" / "paper"
@@ -76,16 +81,13 @@ def _seed_dirs() -> list[Path]:
     return sorted(SNAPSHOT.glob("seed-*"))
 
 
-def test_every_number_of_the_readme_results_is_in_the_committed_snapshot():
-    readme = (ROOT / "README.md").read_text()
-    section = _results_section(readme)
+def _snapshot_numbers() -> tuple[set[str], str]:
+    """Every number the committed snapshots hold, and the tables as the generator shows them."""
     tables = (SNAPSHOT / "readme_tables.md").read_text()
-    assert tables in section, "the README must show docs/results/paper/readme_tables.md as is"
     known = _numbers(tables) | _numbers((SNAPSHOT / "seeds_summary.json").read_text())
     # a snapshot from a report-seeds that writes its costs apart: its cost table follows
     costs = SNAPSHOT / "readme_costs.md"
     if costs.is_file():
-        assert tables + "\n" + costs.read_text() in section
         known |= _numbers(costs.read_text())
         tables += "\n" + costs.read_text()
     for seed_dir in _seed_dirs():
@@ -95,12 +97,25 @@ def test_every_number_of_the_readme_results_is_in_the_committed_snapshot():
     wd = ROOT / "docs" / "results" / "lm-weight-decay"  # the weight-decay study's bullet
     known |= _numbers((wd / "lm_weight_decay.md").read_text())
     known |= _numbers((wd / "lm_weight_decay.json").read_text())
-    prose = section.replace(tables, "")
-    # a link's target, a list's ordinal or a section number is not a result
-    prose = re.sub(r"\]\([^)]*\)|`[^`]*`|\bL\d[\d+]*\b|\b(?:Fig\.|Figure|Table|issue) \d+", "",
-                   prose)
-    typed = sorted(_numbers(prose) - known)
-    assert not typed, f"numbers in the README's results section that no snapshot holds: {typed}"
+    return known, tables
+
+
+def test_every_number_of_the_study_blocks_is_in_the_committed_snapshot():
+    """The README's summary shows the snapshot's headline table as report-seeds wrote it,
+    docs/results.md all of its tables; no number of either block's sentences is typed."""
+    gen = _readme_generator()
+    known, tables = _snapshot_numbers()
+    summary = _generated((ROOT / "README.md").read_text(), gen.SUMMARY_BEGIN, gen.SUMMARY_END)
+    study = _generated(gen.STUDY_DOC.read_text(), gen.STUDY_BEGIN, gen.STUDY_END)
+    headline = gen.headline_table(tables)
+    assert headline in summary, "the README must show the first table of readme_tables.md as is"
+    assert headline.count("\n|") >= 3, "the headline table has a header, a rule and rows"
+    assert tables in study, "docs/results.md must show docs/results/paper/readme_tables.md as is"
+    assert "[docs/results.md](docs/results.md)" in summary, "the README links the whole study"
+    for name, block, shown in (("README.md", summary, headline), ("docs/results.md", study, tables)):
+        prose = re.sub(NOT_RESULTS, "", block.replace(shown, ""))
+        typed = sorted(_numbers(prose) - known)
+        assert not typed, f"numbers in {name}'s study block that no snapshot holds: {typed}"
 
 
 def test_the_committed_study_has_three_seeds_equal_budgets_and_validation_only_selection():
@@ -132,8 +147,9 @@ def test_the_committed_study_has_three_seeds_equal_budgets_and_validation_only_s
 
 
 def test_the_results_prose_is_what_the_generator_writes():
-    """The section's sentences come from benchmarks/readme_results.py (numbers quoted from the
-    tables' cells, claims with their k of n seeds), not from a hand edit."""
+    """Every generated block (README's study summary, docs/results.md's study, docs/benchmarks.md's
+    default-DAG timings) is what benchmarks/readme_results.py writes (numbers quoted from the
+    tables' cells and run.json files, claims with their k of n seeds), not a hand edit."""
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_results.py"),
                            "--check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -164,15 +180,20 @@ def test_a_study_under_the_current_rules_gets_sentences_from_its_own_cells(tmp_p
         (tmp_path / f"seed-{s}" / "run.json").write_text(json.dumps(
             {"commit": "abc1234", "machine": "2 CPU cores", "cpu": "x86", "wall_seconds": 60.5,
              "jobs": 9, "lm_training_seconds": 30.25, "lm_muon_ns_dtype": "bfloat16"}))
-    text = _readme_generator().section(tmp_path)
+    gen = _readme_generator()
+    text = gen.section(tmp_path)
     assert (tmp_path / "readme_tables.md").read_text() in text
     assert "version 2: curvmem.report.claims" in text
     c = agg["claims"]["removes_memorization_forget_validation_kfac"]
     assert c["holds"] == 3 and "for forget-validation in 3 of 3 seeds" in " ".join(text.split())
     known = _numbers(text.split("The paper's claims")[0]) | _numbers(
         (tmp_path / "readme_tables.md").read_text()) | _numbers(json.dumps(agg))
-    prose = re.sub(r"\]\([^)]*\)|`[^`]*`|\bL\d[\d+]*\b|\b(?:Fig\.|Figure|Table|issue) \d+", "",
-                   text.split("The paper's claims")[1])
+    prose = re.sub(NOT_RESULTS, "", text.split("The paper's claims")[1])
     # the paper's own numbers and the rules' stated margins are quoted, not measured
     stated = {"5", "10", "1", "1.10", "23.1", "26.0", "93", "99", "95", "106", "74", "86", "66"}
     assert not sorted(_numbers(prose) - known - stated)
+    # the README's summary: the headline table as written, the same claims, a link to the rest
+    short = gen.summary(tmp_path)
+    assert gen.headline_table(tables(agg)) in short and "Controls" not in short
+    assert " ".join(text.split("The paper's claims")[1].split()) in " ".join(short.split())
+    assert "version 2: curvmem.report.claims" in short
