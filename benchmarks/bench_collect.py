@@ -7,7 +7,7 @@ the graph at the lowest requested block, computes activation gradients only, and
 between gate_proj and up_proj. Both use the sampled Fisher with the same per-sequence seeds, so
 their factors must agree to float32 rounding.
 
-    python benchmarks/bench_collect.py                      # the README's figures (CPU)
+    python benchmarks/bench_collect.py                      # docs/benchmarks.md's figures (CPU)
     python benchmarks/bench_collect.py --device cuda        # adds the FLOP-floor comparison
 """
 

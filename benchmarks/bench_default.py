@@ -1,6 +1,6 @@
 """Time and peak memory of the embedded default, end to end: a fresh clone, `snakemake --cores N`.
 
-The README's figures for the default (wall time, jobs, LM training time, memory) come from this.
+docs/benchmarks.md's figures for the default (wall time, jobs, LM training time, memory) come from this.
 It clones the repository's committed HEAD (uncommitted changes are not measured) into a scratch
 directory, runs the whole DAG there with the installed curvmem, and samples memory every
 `--interval` seconds: the machine's used memory (MemTotal - MemAvailable) above its level before
@@ -11,7 +11,7 @@ Where the time goes, per rule: the sum of its jobs' wall times (Snakemake's `ben
 split into process start-up (interpreter, imports, model load: until the job's model is ready)
 and compute, from the `curvmem timing:` line each CLI process writes to its job log.
 
-    python benchmarks/bench_default.py                       # the README's figures
+    python benchmarks/bench_default.py                       # docs/benchmarks.md's figures
     python benchmarks/bench_default.py --cores 2 --keep /tmp/run   # keep the run's results/
     python benchmarks/bench_default.py --configfile workflow/config/adamw.yaml  # AdamW, 8 layers
     python benchmarks/bench_default.py --snapshot docs/results/default   # the README's numbers

@@ -5,7 +5,7 @@ default, 4 layers and Muon; adamw, 8 layers and AdamW); the batches are random t
 world is needed. Compiling fuses the many small element-wise kernels (RMSNorms, rotary embeddings, SwiGLU)
 that take about a fifth of an eager step on CPU; the matrix products are the same either way.
 
-    python benchmarks/bench_train.py                 # the README's figures (2 threads)
+    python benchmarks/bench_train.py                 # docs/benchmarks.md's figures (2 threads)
     python benchmarks/bench_train.py --preset adamw --default-steps 5856
     python benchmarks/bench_train.py --threads 1 --steps 50
     python benchmarks/bench_train.py --ns-dtype bfloat16   # Muon as torch runs it (bf16 iterations)

@@ -99,11 +99,6 @@ def natural_text(rng: random.Random, n_words: int) -> str:
     return " ".join(words[:n_words])
 
 
-def random_text(rng: random.Random, n_words: int) -> str:
-    """Uniformly random words of the lexicon: no structure to lean on, only memory."""
-    return " ".join(rng.choice(LEXICON) for _ in range(n_words))
-
-
 # --------------------------------------------------------------------------- names and facts
 
 ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr",
@@ -158,7 +153,6 @@ def entity_facts(rng: random.Random, entity: str, names) -> dict:
 # primitives (a single-digit fact, a carry step) are scored apart as subcategories.
 
 OPERANDS = range(10, 100)  # two-digit operands
-ARITH_SUBCATEGORIES = ("sum", "fact", "carry")
 
 
 def digit_fact(a: int, b: int, carry: int = 0) -> tuple[str, str]:
