@@ -1,9 +1,56 @@
-"""Shared fixtures: tiny random models of each supported family (CPU, seconds)."""
+"""Shared fixtures: tiny random models of each supported family (CPU, seconds).
+
+The suite runs on two workers (`python -m pytest -n 2 --dist loadgroup`, pytest-xdist). Tests
+that must share one worker carry `@pytest.mark.xdist_group(NAME)`:
+- "slurm": the one-node SLURM cluster writes /etc/slurm and runs one slurmctld; two at once
+  would overwrite each other's config (tests/slurm_cluster.py).
+- "smoke-run": tests reading the smoke DAG run that `slurm_cluster.smoke_run()` makes once per
+  process; in one worker it is made once. (test_slurm's test reads it too: it is made a second
+  time there, in parallel, rather than running the cluster test after all of these.)
+Everything else writes only under its own tmp_path (per worker) and may run side by side.
+
+Under CI (the environment variable CI set, as `.ci/run` is run), a test skipped because a
+package it imports is missing fails instead: `pip install -e ".[test]"` installs every such
+package, so a skip there would hide a missing install step.
+"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def _missing_package(longrepr) -> str | None:
+    """The message of a skip that pytest.importorskip raised, or None for any other skip."""
+    message = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else ""
+    return message if "could not import" in message else None
+
+
+def _fail_under_ci(report) -> None:
+    message = _missing_package(report.longrepr) if IN_CI and report.skipped else None
+    if message:
+        path, line, _ = report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (f"{path}:{line}: {message.removeprefix('Skipped: ')}; under CI "
+                           "every test package is installed (pip install -e \".[test]\")")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A module-level importorskip (the module's tests never collected) fails under CI."""
+    outcome = yield
+    _fail_under_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """An importorskip inside a test or fixture fails under CI."""
+    outcome = yield
+    _fail_under_ci(outcome.get_result())
 
 
 def tiny_olmo2(layers: int = 3, d: int = 16, ff: int = 24, vocab: int = 61, seed: int = 0):

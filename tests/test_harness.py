@@ -1,6 +1,7 @@
 """lm-evaluation-harness on the embedded world's task categories, written as local harness tasks:
 its accuracy per category equals `curvmem evaluate tasks` on the same items (tiny model, CPU).
-Skipped when the optional `[eval]` extra (lm_eval) is not installed."""
+The `[eval]` extra (lm_eval) is part of `[test]`; without it these tests are skipped, except
+under CI, where the skip fails (tests/conftest.py)."""
 
 from __future__ import annotations
 
