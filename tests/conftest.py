@@ -8,6 +8,8 @@ that must share one worker carry `@pytest.mark.xdist_group(NAME)`:
   process; in one worker it is made once. (test_slurm's test reads it too: it is made a second
   time there, in parallel, rather than running the cluster test after all of these.)
 Everything else writes only under its own tmp_path (per worker) and may run side by side.
+A run on workers that would not keep a group together (another --dist; a pytest whose node ids
+pytest-xdist cannot tag, as pytest 9.2 with pytest-xdist 3.8) stops with one error instead.
 
 Under CI (the environment variable CI set, as `.ci/run` is run), a test skipped because a
 package it imports is missing fails instead: `pip install -e ".[test]"` installs every such
@@ -37,6 +39,35 @@ def _fail_under_ci(report) -> None:
         report.outcome = "failed"
         report.longrepr = (f"{path}:{line}: {message.removeprefix('Skipped: ')}; under CI "
                            "every test package is installed (pip install -e \".[test]\")")
+
+
+GROUPING_ERROR = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """On an xdist worker: every test of an xdist_group must carry its group's tag (by which the
+    scheduler keeps the group on one worker); if not, those tests fail in setup, before any of
+    them touches what they share."""
+    grouped = [item for item in items if item.get_closest_marker("xdist_group")]
+    if not hasattr(config, "workerinput") or not grouped:
+        return  # one process: nothing runs side by side
+    if not config.getvalue("loadgroup"):  # pytest-xdist sets it on its workers
+        config.stash[GROUPING_ERROR] = ("run with --dist loadgroup: the xdist_group tests must "
+                                        "share a worker (tests/conftest.py)")
+    elif untagged := [item.nodeid for item in grouped if "@" not in item.nodeid]:
+        import xdist
+
+        config.stash[GROUPING_ERROR] = (
+            f"--dist loadgroup does not group with pytest {pytest.__version__} and pytest-xdist "
+            f"{xdist.__version__} ({untagged[0]} has no @group tag), so tests that must not run "
+            "side by side could: install the versions pyproject.toml's test extra allows")
+
+
+def pytest_runtest_setup(item):
+    error = item.config.stash.get(GROUPING_ERROR, None)
+    if error and item.get_closest_marker("xdist_group"):
+        pytest.fail(error, pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)

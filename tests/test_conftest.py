@@ -1,6 +1,7 @@
-"""tests/conftest.py's rule: under CI a test skipped for a missing package fails (at module level
-and inside a test), every other skip stays a skip, and outside CI nothing changes. Checked by
-running pytest on a small suite that uses this conftest."""
+"""tests/conftest.py's rules, checked by running pytest on small suites that use this conftest:
+under CI a test skipped for a missing package fails (at module level and inside a test), every
+other skip stays a skip, and outside CI nothing changes; on two workers the tests of one
+xdist_group run on one worker, and a run that would not keep them together fails them."""
 
 from __future__ import annotations
 
@@ -23,15 +24,24 @@ SUITE = {
 }
 
 
-def run_suite(tmp_path: Path, ci: str | None) -> str:
-    for name, text in SUITE.items():
+# each test writes the worker it ran on; two of them must share one
+GROUPED = ("import os\nfrom pathlib import Path\n\nimport pytest\n\n\n"
+           "def ran(name):\n"
+           "    Path(name).write_text(os.environ.get('PYTEST_XDIST_WORKER', 'none'))\n\n\n"
+           + "".join(f"{mark}def test_{i}():\n    ran('{i}.worker')\n\n\n"
+                     for i, mark in enumerate(['@pytest.mark.xdist_group("shared")\n'] * 2
+                                              + [""] * 6)))
+
+
+def run_suite(tmp_path: Path, ci: str | None, suite=SUITE, *options: str) -> str:
+    for name, text in suite.items():
         (tmp_path / name).write_text(text)
     shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci is not None:
         env["CI"] = ci
-    argv = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p",
-            "no:xdist", "--continue-on-collection-errors", str(tmp_path)]
+    argv = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
+            *(options or ("-p", "no:xdist")), "--continue-on-collection-errors", str(tmp_path)]
     proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
     return proc.stdout + proc.stderr
@@ -51,3 +61,19 @@ def test_outside_ci_a_missing_package_is_a_skip(tmp_path, ci):
     out = run_suite(tmp_path, ci)
     assert "1 passed, 3 skipped" in out, out
     assert "failed" not in out and "error" not in out, out
+
+
+def test_an_xdist_group_runs_on_one_worker(tmp_path):
+    out = run_suite(tmp_path, None, {"test_grouped.py": GROUPED}, "-n", "2", "--dist",
+                    "loadgroup")
+    assert "8 passed" in out, out
+    workers = {i: (tmp_path / f"{i}.worker").read_text() for i in range(8)}
+    assert workers[0] == workers[1] and workers[0].startswith("gw"), workers
+    assert len(set(workers.values())) == 2, workers  # the others did spread over both
+
+
+def test_workers_that_would_split_a_group_fail_its_tests(tmp_path):
+    out = run_suite(tmp_path, None, {"test_grouped.py": GROUPED}, "-n", "2", "--dist", "load")
+    assert "6 passed, 2 errors" in out, out
+    assert "run with --dist loadgroup" in out
+    assert not (tmp_path / "0.worker").exists() and not (tmp_path / "1.worker").exists()
