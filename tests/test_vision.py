@@ -178,16 +178,23 @@ def _direct_cls_factors(model, images, labels, modules):
     return A, G, all_tokens
 
 
-def test_cls_only_factors_equal_direct_float64_computation():
-    from curvmem import factors
+def toy_float64_vit(n_images: int):
+    """An untrained smoke ViT in float64, `n_images` seeded random images with 4-class labels
+    and its blocks 0 and 5 fc1/fc2: the toy case factor tests compare against autograd."""
     from curvmem.model import mlp_modules
 
     model, _ = vit.build_model(4, (1, 8, 8), preset="smoke", seed=0)
     model = model.double().eval()
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(10, 1, 8, 8, generator=g, dtype=torch.float64)
-    labels = torch.randint(0, 4, (10,), generator=g)
-    modules = mlp_modules(model, [0, 5], ["mlp.fc1", "mlp.fc2"])
+    images = torch.randn(n_images, 1, 8, 8, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4, (n_images,), generator=g)
+    return model, images, labels, mlp_modules(model, [0, 5], ["mlp.fc1", "mlp.fc2"])
+
+
+def test_cls_only_factors_equal_direct_float64_computation():
+    from curvmem import factors
+
+    model, images, labels, modules = toy_float64_vit(10)
     got = factors.collect(model, factors.batched((images, labels), 4), modules,
                           factors.ClassificationTask(), fisher="empirical", dtype=torch.float64)
     A, G, all_tokens = _direct_cls_factors(model, images, labels, modules)

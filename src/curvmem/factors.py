@@ -14,6 +14,11 @@ A is accumulated during the forward pass; gate_proj and up_proj, which read the 
 share one A. For a plain LM head the gradient at the head's input is formed directly from the
 softmax the sampler already needs (`LMTask.backward_roots`), and covariances are accumulated on
 their block upper triangle only (`add_gram_`). Nothing is held beyond the current batch.
+
+Effective sample size (ViT collections, `position_mass`). Each position's share of trace(G) is
+w = ‖g_p‖² (of trace(A): ‖a_p‖²; of the trace of the exact weight-gradient Fisher: ‖a_p‖²‖g_p‖²).
+ESS = (Σ w)² / Σ w² counts how many positions carry that mass: n when all carry the same, 1
+when one carries all of it. Only Σ w and Σ w² are kept, so shards merge exactly.
 """
 
 from __future__ import annotations
@@ -193,6 +198,9 @@ class Factors:
     G: dict = field(default_factory=dict)
     n_tokens: int = 0
     batches_done: int = 0
+    # (side, layer, module name) -> float64 [Σ w, Σ w²] of the positions' trace shares (side A,
+    # G, or W: the weight gradient); empty unless `collect(position_mass=True)`
+    mass: dict = field(default_factory=dict)
 
     def means(self) -> Factors:
         if self.n_tokens == 0:
@@ -200,7 +208,35 @@ class Factors:
         return Factors({k: symmetrized(v) / self.n_tokens for k, v in self.A.items()},
                        {k: symmetrized(v) / self.n_tokens for k, v in self.G.items()},
                        self.n_tokens,
-                       self.batches_done)
+                       self.batches_done,
+                       dict(self.mass))
+
+
+MASS_SIDES = ("A", "G", "W")
+
+
+def effective_sample_size(w_sum: float, w_sq_sum: float) -> float:
+    """(Σ w)² / Σ w²: how many positions carry the mass Σ w (0 when there is none)."""
+    return float(w_sum) ** 2 / float(w_sq_sum) if w_sq_sum > 0 else 0.0
+
+
+def mass_summary(mass: dict, layer: int, names) -> dict:
+    """{module: {side: {ess, w_sum, w_sq_sum}}} of one layer from `Factors.mass` (the
+    `effective_sample_size` attribute of a factor file)."""
+    out = {}
+    for name in names:
+        out[name] = {}
+        for side in MASS_SIDES:
+            w_sum, w_sq = (float(x) for x in mass[(side, layer, name)])
+            out[name][side] = {"ess": effective_sample_size(w_sum, w_sq), "w_sum": w_sum,
+                               "w_sq_sum": w_sq}
+    return out
+
+
+def _add_mass_(mass: dict, key: tuple, w: torch.Tensor) -> None:
+    w = w.double()
+    add = torch.stack([w.sum(), w.pow(2).sum()]).cpu()
+    mass[key] = mass[key] + add if key in mass else add
 
 
 def _replace_hidden_input(args, kwargs):
@@ -235,6 +271,8 @@ def _save_checkpoint(path: Path, sums: Factors, key: str) -> None:
 
     tensors = {f"A|{layer}|{name}": t for (layer, name), t in sums.A.items()}
     tensors.update({f"G|{layer}|{name}": t for (layer, name), t in sums.G.items()})
+    tensors.update({f"mass_{side}|{layer}|{name}": t
+                    for (side, layer, name), t in sums.mass.items()})
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {"key": key, "n_tokens": str(sums.n_tokens), "batches_done": str(sums.batches_done)}
     meta["sha256"] = _checkpoint_digest(tensors, meta)
@@ -274,7 +312,10 @@ def _load_checkpoint(path: Path, key: str, device, n_batches: int | None = None)
         sums = Factors(n_tokens=int(meta["n_tokens"]), batches_done=int(meta["batches_done"]))
         for name, t in tensors.items():
             kind, layer, module = name.split("|")
-            getattr(sums, kind)[(int(layer), module)] = t.to(device)
+            if kind.startswith("mass_"):
+                sums.mass[(kind.removeprefix("mass_"), int(layer), module)] = t
+            else:
+                getattr(sums, kind)[(int(layer), module)] = t.to(device)
     except (KeyError, ValueError, AttributeError, TypeError) as e:
         _discard_checkpoint(path, f"not a collection checkpoint ({type(e).__name__}: {e})")
         return None
@@ -295,12 +336,15 @@ def run_key(**settings) -> str:
 def collect(model, batches, modules: list[MLPModule], task, *, fisher: str = "sampled",
             seed: int = 0, dtype: torch.dtype = torch.float32, first_index: int = 0,
             progress: bool = False, autocast: bool | None = None, checkpoint=None,
-            checkpoint_every: int = 0, checkpoint_key: str = "") -> Factors:
+            checkpoint_every: int = 0, checkpoint_key: str = "",
+            position_mass: bool = False) -> Factors:
     """Accumulate A and G over `batches` (a sequence) for `modules`; returns the means.
 
     checkpoint / checkpoint_every: save the running sums every N batches to `checkpoint`
     (safetensors) and, when a checkpoint with the same `checkpoint_key` exists, resume after the
     batches it already holds. The result equals an uninterrupted run.
+    position_mass: also keep Σ w and Σ w² of each position's trace share (`Factors.mass`, see
+    the module docstring: the effective sample size).
     """
     if fisher not in ("sampled", "empirical"):
         raise ValueError(f"--fisher must be 'sampled' or 'empirical', got '{fisher}'")
@@ -318,6 +362,9 @@ def collect(model, batches, modules: list[MLPModule], task, *, fisher: str = "sa
         if sums is not None:
             tqdm.write(f"resuming from {checkpoint}: {sums.batches_done} batches, "
                        f"{sums.n_tokens} positions already collected", file=sys.stderr)
+        if sums is not None and position_mass and not sums.mass:  # it cannot give the ESS
+            _discard_checkpoint(Path(checkpoint), "holds no position masses")
+            sums = None
     if sums is None:
         sums = Factors()
         for m in modules:
@@ -330,11 +377,15 @@ def collect(model, batches, modules: list[MLPModule], task, *, fisher: str = "sa
                                                         device=device)
 
     outputs: dict = {}
+    input_norms: dict = {}  # this batch's ‖a_p‖² per input source (position_mass only)
+    source_of = {(m.layer, m.name): (m.layer, m.input_of) for m in modules}
 
     def input_hook(key):
         def hook(module, args):
             x = task.positions(args[0].detach()).to(dtype)
             add_gram_(sums.A[key], x)
+            if position_mass:
+                input_norms[key] = x.double().pow(2).sum(-1)
         return hook
 
     def output_hook(key):
@@ -367,8 +418,15 @@ def collect(model, batches, modules: list[MLPModule], task, *, fisher: str = "sa
             keys = list(outputs)
             grads = torch.autograd.grad(root, [outputs[k] for k in keys], grad_outputs=grad_root)
             for k, g in zip(keys, grads):
-                add_gram_(sums.G[k], task.positions(g).to(dtype))
+                rows = task.positions(g).to(dtype)
+                add_gram_(sums.G[k], rows)
+                if position_mass:
+                    g_norms, a_norms = rows.double().pow(2).sum(-1), input_norms[source_of[k]]
+                    _add_mass_(sums.mass, ("A", *k), a_norms)
+                    _add_mass_(sums.mass, ("G", *k), g_norms)
+                    _add_mass_(sums.mass, ("W", *k), a_norms * g_norms)
             outputs.clear()
+            input_norms.clear()
             sums.n_tokens += task.n_positions(batch)
             sums.batches_done = i + 1
             index += task.batch_size(batch)
@@ -410,13 +468,18 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
                         fisher: str = "sampled", seed: int = 0, shard: str | None = None,
                         dtype: str = "float32", checkpoint_every: int = 0, device=None,
                         trust_remote_code: bool = False,
-                        memorized=None, image_set: str = "train") -> tuple[int, list[int]]:
+                        memorized=None, image_set: str = "train",
+                        augment_seed: int = 0) -> tuple[int, list[int]]:
     """`curvmem collect`: load the model and data, collect, write OUT/layer_<L>.nc per layer.
 
     A ViT directory (`train-vit`) reads `data` as its vision dataset file, uses the
     classification loss and the CLS position only, and `tokens` counts images; `image_set` picks
     them (IMAGE_SETS: all training images with their noisy labels, the paper's; the clean ones
-    only; the held-out split). With
+    only; the held-out split), optionally with augmented copies (`SET+augK[sS]`,
+    `vit.fisher_image_set`: the first `tokens` images of SET and K copies of them shifted by up to
+    S pixels, seeded by `augment_seed`). A ViT's files also record the Fisher's effective sample
+    size (`effective_sample_size`: per module, how many images carry trace(A), trace(G) and the
+    weight-gradient trace; `Factors.mass`). With
     `checkpoint_every`, running sums are saved in OUT/.checkpoint-<key>.safetensors, resumed when
     rerun with the same settings and deleted once the layer files are written. `memorized`
     (JSONL files of memorized items, LM only) makes each file record how many collected positions
@@ -433,14 +496,20 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
                        trust_remote_code=trust_remote_code, device=device)
     adapter = adapter_for(model, blocks_path, modules)
     modules = mlp_modules(model, layers, modules, adapter=adapter)
+    augment = {}
     if is_vit:
-        if image_set not in images.IMAGE_SETS:
-            raise ValueError(f"--images must be one of {images.IMAGE_SETS}, got '{image_set}'")
-        imgs, labels = images.load_images(data, split=image_set)
+        try:
+            base_set, copies, shift = vit.fisher_image_set(image_set, images.IMAGE_SETS)
+        except ValueError as e:
+            raise ValueError(f"--images: {e}") from None
+        imgs, labels = images.load_images(data, split=base_set)
         if imgs.shape[0] == 0:
-            raise ValueError(f"{data}: no {image_set} images")
-        _require_images(data, tokens, imgs.shape[0], image_set)
-        imgs, labels = imgs[:tokens], labels[:tokens]
+            raise ValueError(f"{data}: no {base_set} images")
+        _require_images(data, tokens, imgs.shape[0], base_set)
+        imgs, labels = vit.augmented_copies(imgs[:tokens], labels[:tokens], copies, shift,
+                                            augment_seed)
+        if copies:
+            augment = {"augment": {"copies": copies, "shift": shift, "seed": augment_seed}}
         full = torch.cat([imgs.reshape(imgs.shape[0], -1), labels[:, None].float()], 1)
         start, stop = corpus.shard_bounds(imgs.shape[0], shard)
         items, task, seq_len = (imgs[start:stop], labels[start:stop]), ClassificationTask(), 1
@@ -469,14 +538,14 @@ def collect_layer_files(model_path, data, layers: list[int], out, *, tokens: int
     result = collect(model, batches, modules, task, fisher=fisher, seed=seed,
                      dtype=getattr(torch, dtype), first_index=start, progress=True,
                      checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                     checkpoint_key=key)
+                     checkpoint_key=key, position_mass=is_vit)
     layers = write_layer_files(out, result, modules, {
         "model_id": model_id(model_path), "model_fingerprint": fp, "model_digest": digest,
         "fisher": fisher, "n_tokens": result.n_tokens, "seq_len": seq_len,
         "corpus_fingerprint": corpus_fp, "seed": seed, "shard": shard or "",
         "task": task.name, "data": str(data), "corpus": str(data), "dtype": dtype,
         "memorized_positions": n_memorized, "memorized_sets": ",".join(map(str, memorized)),
-        **({"images": image_set} if is_vit and image_set != "train" else {})},
+        **({"images": image_set} if is_vit and image_set != "train" else {}), **augment},
         time.perf_counter() - t0)
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()
@@ -546,9 +615,25 @@ def write_layer_files(out, means: Factors, modules: list[MLPModule], attrs: dict
                            "G": means.G[(layer, m.name)].cpu().numpy()}
                   for m in modules if m.layer == layer}
         path = schema.layer_path(out, layer)
-        schema.write_layer(path, "factors", layer, groups, attrs)
+        layer_attrs = dict(attrs, effective_sample_size=mass_summary(
+            means.mass, layer, groups)) if means.mass else attrs
+        schema.write_layer(path, "factors", layer, groups, layer_attrs)
         write_cost(path, {"seconds": round(share, 3), "peak_rss_mb": round(peak_rss_mb(), 1)})
     return layers
+
+
+def merged_mass(summaries: list[dict]) -> dict:
+    """The `effective_sample_size` attribute of the union of shards from theirs (`mass_summary`):
+    their Σ w and Σ w² add up."""
+    out = {}
+    for name, sides in summaries[0].items():
+        out[name] = {}
+        for side in sides:
+            w_sum = sum(s[name][side]["w_sum"] for s in summaries)
+            w_sq = sum(s[name][side]["w_sq_sum"] for s in summaries)
+            out[name][side] = {"ess": effective_sample_size(w_sum, w_sq), "w_sum": w_sum,
+                               "w_sq_sum": w_sq}
+    return out
 
 
 # root attributes older curvmem versions wrote their costs in (now in `<file>.cost.json`)
@@ -634,6 +719,10 @@ def merge_layer_files(paths, out) -> None:
     counts = [int(f.attrs.get("memorized_positions", -1)) for f in files]
     attrs.update(n_tokens=total, shard="",
                  memorized_positions=-1 if min(counts) < 0 else sum(counts))
+    attrs.pop("effective_sample_size", None)  # the shards' masses add up; their ESS do not
+    masses = [f.attrs.get("effective_sample_size") for f in files]
+    if all(masses):
+        attrs["effective_sample_size"] = merged_mass([json.loads(m) for m in masses])
     schema.write_layer(out, "factors", int(first.layer), groups, attrs)
     shard_costs = [schema.layer_cost(p, f.attrs) for p, f in zip(paths, files)]  # merged: the shards'
     write_cost(out, {"seconds": round(sum(c["seconds"] for c in shard_costs), 3),

@@ -13,6 +13,7 @@ selection rule to the cells.
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,7 @@ from curvmem.eigen import eigen_layer
 from curvmem.evaluate.vit import check_compatible
 from curvmem.factors import collect_layer_files
 from curvmem.model import vit
-from curvmem.schema import layer_path
+from curvmem.schema import layer_path, read_layer
 from curvmem.world.images import IMAGE_SETS, load_dataset, unmarked_train_images
 
 # where an edit applies: every token (`all`, the weights replaced) or the CLS token only (`cls`:
@@ -56,7 +57,8 @@ def model_settings(model_dir) -> dict:
     return {"embed_dim": kw["embed_dim"], "depth": kw["depth"], "num_heads": kw["num_heads"],
             "patch_size": patch, "tokens": (h // patch) * (w // patch),
             "weight_decay": recipe["weight_decay"], "decay": recipe.get("decay", "all"),
-            "epochs": recipe["epochs"], "lr": recipe["lr"], "seed": cfg["seed"]}
+            "epochs": recipe["epochs"], "lr": recipe["lr"], "seed": cfg["seed"],
+            "shift": recipe.get("shift", 0), "shift_prob": recipe.get("shift_prob", 0.0)}
 
 
 def model_train_seconds(model_dir) -> float | None:
@@ -160,10 +162,12 @@ def run_cell(model_dir, data_path, *, image_sets=("train",), kfac_layers=((0,), 
              rhos=(0.6, 0.75, 0.9), svd_layers=((0, -1),), svd_drops=(0.1, 0.25, 0.5),
              modules=("mlp.fc1", "mlp.fc2"), fisher: str = "sampled", seed: int = 0,
              batch_size: int = 128, positions=("all",), selection_fraction=None,
-             selection_seed: int = 0, plant=None) -> dict:
-    """Base metrics, SVD edits (layers x drop) and, per Fisher image set (IMAGE_SETS), K-FAC
+             selection_seed: int = 0, plant=None, augment_seed: int = 0) -> dict:
+    """Base metrics, SVD edits (layers x drop) and, per Fisher image set (IMAGE_SETS, or one with
+    augmented copies: `train+aug4`, `vit.fisher_image_set`, seeded by `augment_seed`), K-FAC
     edits (layers x rho x position) with factors from all images of that set, at the CLS
-    position. With `selection_fraction` every entry also has the selection and reported halves'
+    position; each set's `fisher_ess` holds its effective sample size per block and module
+    (`curvmem.factors.mass_summary`). With `selection_fraction` every entry also has the selection and reported halves'
     metrics (`split_metrics`). A dataset without noisy images (a noise-free model: the
     validation ceiling) gets its base metrics only; a watermarked one also the base metrics
     with the marks taken off (`base_unmarked`: how much of the memorization the marks carry).
@@ -177,17 +181,17 @@ def run_cell(model_dir, data_path, *, image_sets=("train",), kfac_layers=((0,), 
             image_sets=image_sets, kfac_layers=kfac_layers, rhos=rhos, svd_layers=svd_layers,
             svd_drops=svd_drops, modules=modules, fisher=fisher, seed=seed,
             batch_size=batch_size, positions=positions, selection_fraction=selection_fraction,
-            selection_seed=selection_seed))
-    bad = [s for s in image_sets if s not in IMAGE_SETS]
-    if bad or not image_sets:
-        raise ValueError(f"Fisher image sets must be some of {IMAGE_SETS}, got {list(image_sets)}")
+            selection_seed=selection_seed, augment_seed=augment_seed))
+    if not image_sets:
+        raise ValueError(f"no Fisher image sets (some of {IMAGE_SETS}, optionally +augK)")
+    base_sets = {spec: vit.fisher_image_set(spec, IMAGE_SETS)[0] for spec in image_sets}
     bad = [p for p in positions if p not in POSITIONS]
     if bad or not positions:
         raise ValueError(f"edit positions must be some of {POSITIONS}, got {list(positions)}")
     if selection_fraction is not None and not 0.0 < selection_fraction < 1.0:
         raise ValueError(f"--selection-fraction must be in (0, 1), got {selection_fraction}")
     tensors, data_cfg = load_dataset(data_path)
-    if "heldout" in image_sets and "heldout_images" not in tensors:
+    if "heldout" in base_sets.values() and "heldout_images" not in tensors:
         raise ValueError(f"{data_path}: no held-out images for the 'heldout' Fisher (make the "
                          "dataset with curvmem vision-data --heldout-fraction F)")
     model = vit.load_model(model_dir)
@@ -229,9 +233,11 @@ def run_cell(model_dir, data_path, *, image_sets=("train",), kfac_layers=((0,), 
             with tempfile.TemporaryDirectory(prefix="vit-study-") as scratch:
                 factors, eigen = Path(scratch) / "factors", Path(scratch) / "eigen"
                 n, _ = collect_layer_files(model_dir, data_path, all_layers, factors,
-                                           tokens=n_images[image_set], modules=modules,
-                                           batch_size=batch_size, fisher=fisher, seed=seed,
-                                           device="cpu", image_set=image_set)
+                                           tokens=n_images[base_sets[image_set]],
+                                           modules=modules, batch_size=batch_size,
+                                           fisher=fisher, seed=seed, device="cpu",
+                                           image_set=image_set, augment_seed=augment_seed)
+                ess = {str(layer): fisher_ess(layer_path(factors, layer)) for layer in all_layers}
                 eigen.mkdir()
                 for layer in all_layers:
                     eigen_layer(layer_path(factors, layer), layer_path(eigen, layer))
@@ -245,8 +251,19 @@ def run_cell(model_dir, data_path, *, image_sets=("train",), kfac_layers=((0,), 
                             if position != "all":
                                 entry["position"] = position
                             entries[_label("kfac", layers, rho, position)] = entry
-            result["kfac"][image_set] = {"n_images": n, "entries": entries}
+            result["kfac"][image_set] = {"n_images": n, "fisher_ess": ess, "entries": entries}
     return result
+
+
+def fisher_ess(factors_file) -> dict:
+    """{module: {A, G, W}}: the effective sample sizes a ViT factor file records (how many of
+    its images carry trace(A), trace(G) and the weight-gradient trace)."""
+    attrs = read_layer(factors_file, "factors").attrs
+    if "effective_sample_size" not in attrs:
+        raise ValueError(f"{factors_file}: records no effective sample size (collected by an "
+                         "older curvmem, or not a ViT's factors)")
+    return {name: {side: round(v["ess"], 2) for side, v in sides.items()}
+            for name, sides in json.loads(attrs["effective_sample_size"]).items()}
 
 
 def _planted_cell(model_dir, data_path, plant: dict, cell_options: dict) -> dict:

@@ -49,10 +49,13 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--memorized", default=None,
                    help="memorized-set JSONL files, comma-separated: each factor file records "
                         "how many collected positions are their content (memorized_positions)")
-    p.add_argument("--images", choices=["train", "clean", "heldout"], default="train",
-                   help="ViT only: the Fisher's images: all training images with their noisy "
-                   "labels (the paper's), the clean ones only, or the dataset's held-out split "
-                   "(vision-data --heldout-fraction)")
+    p.add_argument("--images", default="train",
+                   help="ViT only: the Fisher's images: train (all training images with their "
+                   "noisy labels, the paper's), clean (the clean ones only) or heldout (the "
+                   "dataset's held-out split, vision-data --heldout-fraction); SET+augK adds K "
+                   "copies of each image shifted by up to 1 pixel, SET+augKsS by up to S")
+    p.add_argument("--augment-seed", type=int, default=0,
+                   help="ViT only: seed of the augmented copies' shifts")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=run_collect)
@@ -162,10 +165,22 @@ def _spec_agrees(args, layers, modules) -> None:
                          f"{spec_modules}): give the same modules, or --spec alone")
 
 
+def check_fisher_images(spec: str) -> None:
+    """Refuse a bad `--images` before any model or data is read."""
+    from curvmem.model.vit import fisher_image_set
+    from curvmem.world.images import IMAGE_SETS
+
+    try:
+        fisher_image_set(spec, IMAGE_SETS)
+    except ValueError as e:
+        raise ValueError(f"--images: {e}") from None
+
+
 def run_collect(args) -> None:
     from curvmem.factors import collect_layer_files
 
     check_seq_len(args.model, args.seq_len)
+    check_fisher_images(args.images)
     memorized = _memorized_files(args.memorized)
     n_tokens, layers = collect_layer_files(
         args.model, args.data, _layer_list(args.layers), args.out, tokens=args.tokens,
@@ -173,7 +188,7 @@ def run_collect(args) -> None:
         seq_len=args.seq_len, batch_size=args.batch_size, fisher=args.fisher, seed=args.seed,
         shard=args.shard, dtype=args.dtype, checkpoint_every=args.checkpoint_every,
         device=args.device, trust_remote_code=args.trust_remote_code, image_set=args.images,
-        memorized=memorized)
+        memorized=memorized, augment_seed=args.augment_seed)
     print(f"collected {n_tokens} positions for layers {layers} -> {Path(args.out)}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from curvmem.cli.common import check_name, unique
+from curvmem.cli.core import check_fisher_images
 
 
 def register(sub, evaluate_sub) -> None:
@@ -55,6 +56,12 @@ def register(sub, evaluate_sub) -> None:
     sizes.add_argument("--decay", choices=["all", "matrices"], default=None,
                        help="decay every parameter (the presets) or weight matrices only (not "
                        "norms, biases, position embeddings, CLS token)")
+    sizes.add_argument("--shift", type=int, default=None,
+                       help="augmentation: translate training images by up to N pixels (the "
+                       "presets: 0, none; 1 suits 8x8 digits, 2-3 28x28 ones)")
+    sizes.add_argument("--shift-prob", type=float, default=None,
+                       help="augmentation: the probability that an image is shifted (the "
+                       "presets: 0); needed with --shift")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("vit-study-cell", help="one cell of the ViT study: base metrics and every "
@@ -66,7 +73,10 @@ def register(sub, evaluate_sub) -> None:
     p.add_argument("--out", required=True, help="FILE.json")
     p.add_argument("--images", default="train",
                    help="comma-separated Fisher image sets: train (all training images, the "
-                   "paper's), clean, heldout")
+                   "paper's), clean, heldout; SET+augK adds K copies of each image shifted by "
+                   "up to 1 pixel, SET+augKsS by up to S (e.g. heldout+aug4)")
+    p.add_argument("--augment-seed", type=int, default=0,
+                   help="seed of the augmented copies' shifts")
     p.add_argument("--kfac-layers", default="0;-1;0,-1",
                    help="';'-separated layer sets of the K-FAC edits (-1: the last block)")
     p.add_argument("--rho", default="0.6,0.75,0.9", help="K-FAC mass fractions kept")
@@ -214,11 +224,14 @@ def run_study_cell(args) -> None:
     from curvmem.io import write_cost, write_json
 
     _check_out(args.out, ".json")
+    image_sets = unique(args.images.split(","), "--images", "image set")
+    for spec in image_sets:
+        check_fisher_images(spec)
     plant = None if args.plant_epochs is None else {
         "layers": _blocks(args.plant_layers, "--plant-layers"),
         "modules": unique(args.plant_modules.split(","), "--plant-modules", "module"),
         "epochs": args.plant_epochs, "lr": args.plant_lr}
-    result = run_cell(args.model, args.data, image_sets=args.images.split(","),
+    result = run_cell(args.model, args.data, image_sets=image_sets,
                       kfac_layers=_layer_sets(args.kfac_layers, "--kfac-layers"),
                       rhos=_floats(args.rho, "--rho"),
                       svd_layers=_layer_sets(args.svd_layers, "--svd-layers"),
@@ -228,7 +241,8 @@ def run_study_cell(args) -> None:
                       batch_size=args.batch_size,
                       positions=unique(args.positions.split(","), "--positions", "position"),
                       selection_fraction=args.selection_fraction,
-                      selection_seed=args.selection_seed, plant=plant)
+                      selection_seed=args.selection_seed, plant=plant,
+                      augment_seed=args.augment_seed)
     write_json(args.out, result)
     write_cost(args.out, {"train_seconds": model_train_seconds(args.model)})  # not a result
     n = len(result["svd"]) + sum(len(v["entries"]) for v in result["kfac"].values())

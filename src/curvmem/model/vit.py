@@ -17,6 +17,7 @@ A model directory (`train-vit`) holds `model.safetensors` and `timm_config.json`
 from __future__ import annotations
 
 import math
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,8 +89,9 @@ def cached_pretrained_file(model_name: str) -> Path:
 # the preset model's sizes a run may override (train-vit --embed-dim ...); e.g. a ViT-Tiny-shaped
 # width 192 with 3 heads, or 2x2 patches (16 tokens on 8x8 images)
 MODEL_OVERRIDES = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio")
-# the preset recipe's settings a run may override; `decay` picks the weight-decay groups
-TRAIN_OVERRIDES = ("epochs", "lr", "weight_decay", "decay")
+# the preset recipe's settings a run may override; `decay` picks the weight-decay groups, `shift`
+# and `shift_prob` the augmentation (`random_shift`)
+TRAIN_OVERRIDES = ("epochs", "lr", "weight_decay", "decay", "shift", "shift_prob")
 DECAY_GROUPS = ("all", "matrices")
 
 
@@ -107,6 +109,10 @@ def split_overrides(overrides) -> tuple[dict, dict]:
             raise ValueError(f"--{k.replace('_', '-')} must be a positive integer, got {given[k]}")
     if given.get("weight_decay", 0) < 0 or given.get("lr", 1) <= 0 or given.get("mlp_ratio", 1) <= 0:
         raise ValueError("--weight-decay must be >= 0, --lr and --mlp-ratio > 0")
+    if "shift" in given and (int(given["shift"]) != given["shift"] or given["shift"] < 0):
+        raise ValueError(f"--shift must be a whole number of pixels >= 0, got {given['shift']}")
+    if not 0.0 <= given.get("shift_prob", 0.0) <= 1.0:  # also refuses NaN
+        raise ValueError(f"--shift-prob must be in [0, 1], got {given['shift_prob']}")
     return ({k: given[k] for k in MODEL_OVERRIDES if k in given},
             {k: given[k] for k in TRAIN_OVERRIDES if k in given})
 
@@ -227,6 +233,41 @@ def random_shift(x: torch.Tensor, shift: int, prob: float, g: torch.Generator) -
                         for i in range(x.shape[0])])
 
 
+# Fisher image sets with augmented copies: "SET+augK" adds K shifted copies of every image of SET
+# (shifts of up to 1 pixel), "SET+augKsS" of up to S pixels (curvmem collect --images)
+FISHER_AUGMENT = re.compile(r"(?P<set>[a-z]+)(?:\+aug(?P<copies>[0-9]+)(?:s(?P<shift>[0-9]+))?)?")
+
+
+def fisher_image_set(spec: str, base_sets) -> tuple[str, int, int]:
+    """(base set, copies, shift) of a Fisher image set name: one of `base_sets` (e.g. `train`),
+    or one with augmented copies: `train+aug4` (4 copies shifted by up to 1 pixel),
+    `heldout+aug4s2` (up to 2 pixels). Raises ValueError naming the accepted forms."""
+    found = FISHER_AUGMENT.fullmatch(str(spec))
+    if found is None or found["set"] not in base_sets or found["copies"] == "0" \
+            or (found["copies"] and int(found["shift"] or 1) < 1):
+        raise ValueError(f"Fisher image set '{spec}': expected one of {list(base_sets)}, "
+                         "optionally with augmented copies: SET+augK (K >= 1 copies of each "
+                         "image shifted by up to 1 pixel) or SET+augKsS (up to S >= 1 pixels)")
+    copies = int(found["copies"] or 0)
+    return found["set"], copies, int(found["shift"] or 1) if copies else 0
+
+
+def augmented_copies(images: torch.Tensor, labels: torch.Tensor, copies: int, shift: int,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images followed by `copies` seeded copies of all of them, each image translated by
+    up to `shift` pixels (`random_shift`; flips would change a digit), labels repeated: the
+    Fisher on augmented data. One generator for the whole set, so a shard of a collection
+    sees the copies the whole run sees. `copies` 0 returns the inputs."""
+    if copies < 0 or shift < 0:
+        raise ValueError(f"augmented copies need copies >= 0 and shift >= 0, got {copies}, "
+                         f"{shift}")
+    if copies == 0:
+        return images, labels
+    g = torch.Generator().manual_seed(int(seed))
+    shifted = [random_shift(images, shift, 1.0, g) for _ in range(copies)]
+    return torch.cat([images, *shifted]), labels.repeat(copies + 1)
+
+
 def decays(name: str, param: torch.nn.Parameter, model) -> bool:
     """Whether weight decay applies to a parameter in the `matrices` groups: weight matrices
     (linear and patch-projection weights) only; norms, biases, position embeddings and the CLS
@@ -303,15 +344,21 @@ def train_vit(data_path, out, preset: str = "default", seed: int = 0, epochs=Non
     from safetensors.torch import save_file
 
     sizes, recipe_overrides = split_overrides(overrides)
-    tensors, data_cfg = load_dataset(data_path)
-    model, cfg = build_model(data_cfg["num_classes"], tensors["train_images"].shape[1:], preset,
-                             model_name, pretrained, seed, sizes)
-    io.note_model_ready()
+    if preset not in VISION_PRESETS:
+        raise ValueError(f"unknown --preset '{preset}'; choose from {sorted(VISION_PRESETS)}")
     recipe = dict(VISION_PRESETS[preset]["train"], **recipe_overrides)
     if epochs is not None:
         recipe["epochs"] = int(epochs)
     if recipe["epochs"] < 1:
         raise ValueError(f"--epochs must be >= 1, got {recipe['epochs']}")
+    if (recipe["shift"] > 0) != (recipe["shift_prob"] > 0) and \
+            {"shift", "shift_prob"} & set(recipe_overrides):
+        raise ValueError(f"--shift {recipe['shift']} with --shift-prob {recipe['shift_prob']} "
+                         "augments nothing: give both (e.g. --shift 1 --shift-prob 0.5)")
+    tensors, data_cfg = load_dataset(data_path)
+    model, cfg = build_model(data_cfg["num_classes"], tensors["train_images"].shape[1:], preset,
+                             model_name, pretrained, seed, sizes)
+    io.note_model_ready()
     t0 = time.perf_counter()
     history = train(model, tensors, seed=seed, progress=progress, **recipe)
     final = metrics(model, tensors)
