@@ -564,3 +564,14 @@ def test_unknown_optimizer_is_refused(tmp_path, smoke_lm_inputs):
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
         model_lm.train_lm(w, tok, tmp_path / "model", cfg, progress=False)
     assert not (tmp_path / "model").exists()
+
+
+def test_every_memorized_menu_holds_the_window_whatever_the_tokenizer():
+    """One token per menu item and per separator is the only bound that holds for every trained
+    tokenizer (seed 0's learned some items whole and cut a menu to 109 tokens): every memorized
+    or control menu has at least 64 + 48 of them."""
+    world = world_lm.generate_world(presets.world_config("default", seed=0))
+    menus = [r["text"] for split in ("canaries_forget", "canaries_forget_validation",
+                                     "canaries_control") for r in world[split] if r["kind"] == "menu"]
+    assert len(menus) == 3 * presets.world_config("default").n_documents
+    assert min(world_lm.estimated_tokens(t) for t in menus) >= world_lm.WINDOW_TOKENS
