@@ -1,13 +1,15 @@
 """curvmem.plan: the workflow's keys, sweeps, checks and flags, without Snakemake or torch.
 
 tests/data/plan_keys.json was recorded from workflow/rules/common.smk before the plan moved into
-the package (commit 54b2284): every shipped config must still give the same content keys, paths
-and flags, so an existing results/ directory is reused, not recomputed.
+the package (commit 54b2284), and tests/data/make_plan_keys.py writes it: every shipped config
+must still give the same content keys, paths and flags, so an existing results/ directory is
+reused, not recomputed.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import shlex
 import subprocess
@@ -15,14 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from snakemake.utils import validate
 
 from curvmem.plan import (
     ANALYSES,
     ANALYSIS_DATA,
     ANALYSIS_JOBS,
     VIT_ANALYSES,
+    Layout,
     Plan,
     PlanError,
     digest,
@@ -33,52 +34,28 @@ from curvmem.plan import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = json.loads((Path(__file__).parent / "data/plan_keys.json").read_text())
-CONFIGS = sorted(p.stem for p in (ROOT / "workflow/config").glob("*.yaml"))
-
-
-def config(name: str) -> dict:
-    cfg = yaml.safe_load((ROOT / f"workflow/config/{name}.yaml").read_text())
-    validate(cfg, str(ROOT / "workflow/schemas/config.schema.yaml"))  # fills the defaults
-    return cfg
-
-
-def record(plan: Plan) -> dict:
-    """What tests/data/plan_keys.json holds for one config."""
-    rec = {"outdir": plan.out, "domains": plan.domains}
-    for d in plan.domains:
-        rec[d] = {
-            "model_key": plan.model_key(d), "base": plan.base[d], "model_arg": plan.model_arg(d),
-            "factor_sets": plan.factor_sets[d], "edits": plan.edits[d],
-            "collect_flags": {k: plan.collect_flags(d, k) for k in plan.factor_sets[d]},
-            "edit_paths": {k: plan.edit_path(d, k) for k in plan.edits[d]},
-            "report_entries": plan.report_entries(d),
-        }
-        flags_, inputs = {}, {}
-        for k, s in plan.edits[d].items():
-            if s["method"] == "bsn":
-                flags_[k] = plan.bsn_flags(k)
-            else:
-                flags_[k] = plan.edit_flags(d, k)
-                inputs[k] = plan.edit_inputs(d, k)
-        rec[d]["edit_flags"] = flags_
-        if inputs:
-            rec[d]["edit_inputs"] = inputs
-        if d == "lm":
-            rec[d]["eval_files"] = {k: plan.lm_eval_files(k) for k in plan.eval_keys("lm")}
-    if plan.study():  # the ViT study came after the move (a config with only `vit_study`)
-        rec["vit_study"] = {"models": plan.study_models(), "data": plan.study_data_flags(),
-                            "cell": plan.study_cell_flags(),
-                            "train": {k: plan.study_train_flags(k) for k in plan.study_models()}}
-    # the analyses' outputs, the README tables and the index came after the move; the rest is
-    # as before
-    later = plan.analysis_targets() + [plan.readme_tables(), plan.index_file()]
-    rec["final_targets"] = [t for t in plan.final_targets() if t not in later]
-    return json.loads(json.dumps(rec))
+_spec = importlib.util.spec_from_file_location("make_plan_keys",
+                                               ROOT / "tests/data/make_plan_keys.py")
+make_plan_keys = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_plan_keys)
+GOLDEN = json.loads(make_plan_keys.GOLDEN.read_text())
+CONFIGS = make_plan_keys.CONFIGS
+config = make_plan_keys.config
+record = make_plan_keys.record
 
 
 def test_golden_file_covers_every_shipped_config():
     assert sorted(GOLDEN) == CONFIGS
+
+
+def test_the_generator_writes_the_golden_file_byte_for_byte(tmp_path, monkeypatch):
+    assert make_plan_keys.render() == make_plan_keys.GOLDEN.read_text()
+    assert make_plan_keys.main(["--check"]) == 0
+    changed = tmp_path / "plan_keys.json"  # a stale file: --check fails, a rewrite restores it
+    changed.write_text(make_plan_keys.GOLDEN.read_text().replace('"smoke"', '"smoky"', 1))
+    monkeypatch.setattr(make_plan_keys, "GOLDEN", changed)
+    assert make_plan_keys.main(["--check"]) == 1
+    assert make_plan_keys.main([]) == 0 and make_plan_keys.main(["--check"]) == 0
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -105,7 +82,7 @@ def test_flags_quote_join_lists_and_drop_none():
 def test_the_plan_has_one_quoting_helper():
     """Every flag string of the plan is built by `flags` (shlex.quote is called nowhere else),
     and the rules' glue calls no quoting of its own."""
-    plan_source = (ROOT / "src/curvmem/plan.py").read_text()
+    plan_source = "".join(p.read_text() for p in (ROOT / "src/curvmem/plan").glob("*.py"))
     assert plan_source.count("shlex.quote(") == 1
     for path in [ROOT / "Snakefile", *(ROOT / "workflow/rules").glob("*.smk")]:
         assert "shlex" not in path.read_text(), path
@@ -460,3 +437,48 @@ def test_vit_study_grid_trains_each_setting_once_and_spells_its_flags():
     cfg["vit_study"]["grid"]["d"] = {"preset": ["tiny"]}
     with pytest.raises(PlanError, match="unknown preset"):
         Plan(cfg).study_models()
+
+
+def test_resources_and_threads_take_the_per_domain_override():
+    """floor < resources.default < resources.RULE < {domain}.resources.RULE, threads included;
+    one job of several steps asks the most of each (and the sum of their runtimes)."""
+    cfg = config("smoke")
+    cfg["threads"] = 1
+    cfg["resources"] = {"default": {"mem_mb": 3000}, "collect": {"threads": 2, "runtime": 40}}
+    cfg["lm"]["resources"] = {"collect": {"threads": 6}, "evaluate": {"threads": 3}}
+    plan = Plan(cfg)
+    assert plan.res("collect") == {"mem_mb": 3000, "runtime": 40, "gpu": 0, "threads": 2}
+    assert plan.res("collect", "lm") == {"mem_mb": 3000, "runtime": 40, "gpu": 0, "threads": 6}
+    assert plan.res("collect", "vit")["threads"] == 2  # the other domain keeps the rule's
+    assert plan.res("eigen", "lm")["threads"] == 1  # the config's `threads`
+    assert plan.res_together(("edit", "evaluate"), "lm") == {
+        "mem_mb": 3000, "runtime": 60, "gpu": 0, "threads": 3}
+
+
+def test_the_rules_templates_are_the_plans_paths():
+    """A rule's output template (the layout with its wildcards left in), filled with a job's
+    wildcards, is the path the plan names for that job."""
+    plan = Plan(config("paper"))
+    paths = plan.paths
+    assert paths.layer_file("eigen") == f"{plan.out}/{{domain}}/eigen/{{fkey}}/layer_{{layer}}.nc"
+    for fkey, fs in plan.factor_sets["lm"].items():
+        layer = fs["layers"][0]
+        for kind in ("factors", "eigen"):
+            assert paths.layer_file(kind).format(domain="lm", fkey=fkey, layer=layer) == \
+                plan.layer_files("lm", kind, fkey)[layer]
+    sharded = Plan(config("smoke"))
+    fkey = sharded.fkeys(sharded=True)[0]
+    assert sharded.paths.shard_file().format(domain="lm", fkey=fkey, k=1, n=2, layer=2) == \
+        sharded.shard_files("lm", fkey, 2)[1]
+    for key, spec in plan.edits["lm"].items():
+        assert paths.edit("lm", method=spec["method"]).format(key=key) == plan.edit_path("lm", key)
+    edit = next(k for k, s in plan.edits["lm"].items() if s["method"] == "kfac")
+    assert [f.format(key=edit) for f in plan.lm_eval_outputs(base=False)] == \
+        plan.lm_eval_files(edit)
+    base = plan.base["lm"]
+    assert [f.format(key=base) for f in plan.lm_eval_outputs(base=True)] == plan.lm_eval_files(base)
+    assert plan.vit_eval_output().format(key=plan.base["vit"]) == \
+        plan.eval_files("vit", plan.base["vit"])[0]
+    assert Layout("o").log(Layout.layer_job("collect", sharded=True)) == \
+        "o/logs/{domain}/collect/{fkey}/shard-{k}-of-{n}/layer_{layer}.log"
+

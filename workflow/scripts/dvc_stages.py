@@ -32,7 +32,7 @@ DEFAULT = "default"  # the embedded default: run without --configfile, as the RE
 
 # Every stage: the Snakefile, the glue, the planner (it names every path and flag) and the schema.
 COMMON = ["Snakefile", "workflow/rules/common.smk", "workflow/rules/share.smk", SCHEMA,
-          "src/curvmem/plan.py"]
+          *sorted(p.relative_to(ROOT).as_posix() for p in (SRC / "curvmem/plan").glob("*.py"))]
 RULES = {
     "models": ["world.smk", "train.smk", "vision.smk"],
     "factors": ["factors.smk"],
