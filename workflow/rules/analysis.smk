@@ -22,18 +22,11 @@ ANALYSIS_SUBCATEGORY = {
 }
 
 
-def analysis_job_outputs(job):
-    """{name}_json, {name}_figure (report()-ed) per analysis of the job; the slices' eigen files."""
-    out = {}
-    for name in ANALYSIS_JOBS[job]:
-        files = PLAN.analysis_outputs(name)
-        out[f"{name}_json"] = files["json"]
-        out[f"{name}_figure"] = report(files["figure"], caption="../report/analysis.rst",
-                                       category="Analyses",
-                                       subcategory=ANALYSIS_SUBCATEGORY[name])
-    if job in ("lm_stability", "vit"):
-        out["slices"] = PLAN.stability_eigen_files("vit" if job == "vit" else "lm")
-    return out
+def with_figures_reported(outputs):
+    """A job's named outputs (Plan.analysis_job_outputs) with each analysis' figure report()-ed."""
+    return {name: report(path, caption="../report/analysis.rst", category="Analyses",
+                         subcategory=ANALYSIS_SUBCATEGORY[name.removesuffix("_figure")])
+            if name.endswith("_figure") else path for name, path in outputs.items()}
 
 
 for job in PLAN.analysis_jobs():
@@ -45,17 +38,17 @@ for job in PLAN.analysis_jobs():
             **PLAN.analysis_job_inputs(job),
             owner=outdir_owned,
         output:
-            **analysis_job_outputs(job),
+            **with_figures_reported(PLAN.analysis_job_outputs(job)),
         params:
             runs=PLAN.analysis_batch_flags(job),
         log:
-            f"{OUT}/logs/{'vit' if job == 'vit' else 'lm'}/analysis/{job}.log",
+            PATHS.log(PLAN.analysis_job_name(job)),
         benchmark:
-            bench(f"{'vit' if job == 'vit' else 'lm'}/analysis/{job}")
+            PATHS.benchmark(PLAN.analysis_job_name(job))
         conda:
             "../envs/curvmem.yaml"
         threads: res("analysis", "vit" if job == "vit" else "lm")["threads"]
         resources:
-            **resources_of("analysis", "vit" if job == "vit" else "lm"),
+            **resources_of("analysis", PLAN.analysis_job_domain(job)),
         shell:
             "curvmem analyze batch {params.runs} --threads {threads:q} > {log:q} 2>&1"

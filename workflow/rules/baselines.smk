@@ -8,17 +8,17 @@ if "lm" in DOMAINS:
             forget=lm_data("forget") if edit_keys("lm", ["bsn"]) else [],
             retain=lm_data("retain") if edit_keys("lm", ["bsn"]) else [],
         output:
-            edit=f"{OUT}/lm/bsn/{{key}}.safetensors",
-            meta=f"{OUT}/lm/bsn/{{key}}.json",
+            edit=PATHS.edit("lm", method="bsn"),
+            meta=PATHS.edit_sidecar("lm", method="bsn"),
         wildcard_constraints:
             key=one_of(edit_keys("lm", ["bsn"])),
         params:
             model=lambda wc: model_arg("lm"),
             args=bsn_flags,
         log:
-            f"{OUT}/logs/lm/bsn/{{key}}.log",
+            PATHS.log("lm/bsn/{key}"),
         benchmark:
-            bench("lm/bsn/{key}")
+            PATHS.benchmark("lm/bsn/{key}")
         conda:
             "../envs/curvmem.yaml"
         threads: res("bsn")["threads"]
@@ -30,17 +30,17 @@ if "lm" in DOMAINS:
 
     rule compare:
         input:
-            f"{OUT}/lm_summary.json",
+            PATHS.lm_report()["summary"],
             owner=outdir_owned,
         output:
-            figure=report(f"{OUT}/compare.png", caption="../report/compare.rst",
+            figure=report(PATHS.compare()["figure"], caption="../report/compare.rst",
                           category="Language model", subcategory="Method comparison"),
-            table=report(f"{OUT}/compare.md", caption="../report/compare_table.rst",
+            table=report(PATHS.compare()["table"], caption="../report/compare_table.rst",
                          category="Language model", subcategory="Method comparison"),
         log:
-            f"{OUT}/logs/lm/compare.log",
+            PATHS.log("lm/compare"),
         benchmark:
-            bench("lm/compare")
+            PATHS.benchmark("lm/compare")
         conda:
             "../envs/curvmem.yaml"
         resources:

@@ -1,22 +1,22 @@
 """Glue between the config and the rules. The planning itself (content keys, sweep expansion,
-checks beyond the schema, flags) is `curvmem.plan` (torch-free, unit-tested); this file only
-adapts it to Snakemake: wildcards -> plan methods, PlanError -> WorkflowError, resources."""
+checks beyond the schema, flags) is `curvmem.plan` (torch-free, unit-tested), and every path is
+its layout's (`PATHS`, curvmem.plan.layout: no rule spells one, tests/test_rules_layout.py);
+this file only adapts it to Snakemake: wildcards -> plan methods, PlanError -> WorkflowError,
+resources."""
 
 import glob
-import re
 
 from snakemake.exceptions import WorkflowError
 
 from curvmem.io import atomic_output
-from curvmem.plan import (ANALYSIS_JOBS, MADE_WITH_EVALUATION, Plan, PlanError, digest, flags,
-                          one_of)
+from curvmem.plan import MADE_WITH_EVALUATION, Plan, PlanError, digest, flags, one_of
 
 try:
     PLAN = Plan(config, configfiles=workflow.configfiles)
 except PlanError as e:
     raise WorkflowError(str(e)) from None
 
-OUT = PLAN.out
+PATHS = PLAN.paths
 SNAPSHOTS = PLAN.snapshots()
 # the hub off for every job; the download rules run with the user's own setting (hub.smk)
 USER_HUB_OFFLINE = PLAN.hub_offline_for_jobs()
@@ -40,17 +40,13 @@ def planned(method):
 # output (lambda wc, output: ...): Snakemake records the value of the former for its params rerun
 # trigger, not of the latter, so changing one kind into the other reruns a finished DAG.
 embedded = PLAN.embedded
-model_dir = PLAN.model_dir
 model_arg = planned(PLAN.model_arg)
 model_input = planned(PLAN.model_input)
 model_flags = PLAN.model_flags
-world_file = PLAN.world_file
 lm_data = planned(PLAN.lm_data)
 vit_data = planned(PLAN.vit_data)
 edit_keys = PLAN.edit_keys
 edit_path = PLAN.edit_path
-eval_keys = PLAN.eval_keys
-lm_eval_files = PLAN.lm_eval_files
 report_entries = PLAN.report_entries
 summaries = PLAN.summaries
 final_targets = planned(PLAN.final_targets)
@@ -107,11 +103,6 @@ def lm_eval_inputs(wc):
     return planned(PLAN.lm_eval_inputs)(wc.key)
 
 
-def lm_eval_outputs(key):
-    """The evaluation files of the base model (`key` = BASE["lm"]) or of any edit (None)."""
-    return [f"{OUT}/lm/eval/{{key}}/{name}.json" for name in PLAN.lm_evaluations(key)]
-
-
 def lm_eval_runs(wc):
     return planned(PLAN.lm_eval_runs)(wc.key)
 
@@ -165,21 +156,13 @@ def outdir_owned(wildcards=None):
     return []
 
 
-def bench(path):
-    """OUT/benchmarks/{path}.tsv: Snakemake's wall time and memory of a job (docs/workflow.md)."""
-    return f"{OUT}/benchmarks/{path}.tsv"
-
-
-INDEX_MARKS = f"{OUT}/logs/index"
-
-
 def index_marks():
-    """[the mark of a stale index], or []: OUT/logs/index/<digest of the plan's index>.written,
-    an output of the `index` rule that `all` asks for (Snakemake reruns a job for a missing
-    output only where a target or a dependent job asks for that output). A missing index needs
-    no mark: it is a missing output itself."""
+    """[the mark of a stale index], or []: PATHS.index_mark(<digest of the plan's index>), an
+    output of the `index` rule that `all` asks for (Snakemake reruns a job for a missing output
+    only where a target or a dependent job asks for that output). A missing index needs no
+    mark: it is a missing output itself."""
     stale = os.path.exists(PLAN.index_file()) and PLAN.index_stale()
-    return [f"{INDEX_MARKS}/{digest(PLAN.index_text(), 16)}.written"] if stale else []
+    return [PATHS.index_mark(digest(PLAN.index_text(), 16))] if stale else []
 
 
 def write_index(path, marks, log):
@@ -189,8 +172,8 @@ def write_index(path, marks, log):
     with atomic_output(path) as tmp:
         tmp.write_text(PLAN.index_text())
     for mark in marks:
-        for old in glob.glob(f"{glob.escape(INDEX_MARKS)}/*.written"):
-            if re.fullmatch(r"[0-9a-f]{16}\.written", os.path.basename(old)) and old != mark:
+        for old in glob.glob(PATHS.index_marks_glob()):
+            if PATHS.is_index_mark(old) and old != mark:
                 os.remove(old)
         open(mark, "w").close()
     with open(log, "w") as f:

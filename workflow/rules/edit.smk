@@ -10,9 +10,9 @@ if "lm" in DOMAINS:
         input:
             lm_eval_inputs,
         output:
-            edit=f"{OUT}/lm/edits/{{key}}.safetensors",
-            meta=f"{OUT}/lm/edits/{{key}}.json",
-            evaluations=lm_eval_outputs(None),
+            edit=PATHS.edit("lm"),
+            meta=PATHS.edit_sidecar("lm"),
+            evaluations=PLAN.lm_eval_outputs(base=False),
         wildcard_constraints:
             key=one_of(edit_keys("lm", MADE_WITH_EVALUATION)),
         params:
@@ -21,9 +21,9 @@ if "lm" in DOMAINS:
             load=model_flags("lm", "dtype"),
             runs=lm_eval_runs,
         log:
-            f"{OUT}/logs/lm/evaluate/{{key}}.log",
+            PATHS.log("lm/evaluate/{key}"),
         benchmark:
-            bench("lm/evaluate/{key}")
+            PATHS.benchmark("lm/evaluate/{key}")
         conda:
             "../envs/curvmem.yaml"
         threads: res(("edit", "evaluate"), "lm")["threads"]
@@ -41,9 +41,9 @@ if "vit" in DOMAINS:
         input:
             vit_eval_inputs,
         output:
-            edit=f"{OUT}/vit/edits/{{key}}.safetensors",
-            meta=f"{OUT}/vit/edits/{{key}}.json",
-            evaluation=f"{OUT}/vit/eval/{{key}}/vit.json",
+            edit=PATHS.edit("vit"),
+            meta=PATHS.edit_sidecar("vit"),
+            evaluation=PLAN.vit_eval_output(),
         wildcard_constraints:
             key=one_of(edit_keys("vit", MADE_WITH_EVALUATION)),
         params:
@@ -51,9 +51,9 @@ if "vit" in DOMAINS:
             model=model_arg("vit"),
             data=vit_data(),
         log:
-            f"{OUT}/logs/vit/evaluate/{{key}}.log",
+            PATHS.log("vit/evaluate/{key}"),
         benchmark:
-            bench("vit/evaluate/{key}")
+            PATHS.benchmark("vit/evaluate/{key}")
         conda:
             "../envs/curvmem.yaml"
         threads: res(("edit", "evaluate"), "vit")["threads"]

@@ -3,13 +3,13 @@
 
 rule eigen:
     input:
-        f"{OUT}/{{domain}}/factors/{{fkey}}/layer_{{layer}}.nc",
+        PATHS.layer_file("factors"),
     output:
-        f"{OUT}/{{domain}}/eigen/{{fkey}}/layer_{{layer}}.nc",
+        PATHS.layer_file("eigen"),
     log:
-        f"{OUT}/logs/{{domain}}/eigen/{{fkey}}/layer_{{layer}}.log",
+        PATHS.log(PATHS.layer_job("eigen")),
     benchmark:
-        bench("{domain}/eigen/{fkey}/layer_{layer}")
+        PATHS.benchmark(PATHS.layer_job("eigen"))
     conda:
         "../envs/curvmem.yaml"
     threads: res("eigen")["threads"]

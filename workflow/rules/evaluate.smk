@@ -9,7 +9,7 @@ if "lm" in DOMAINS:
         input:
             lm_eval_inputs,
         output:
-            lm_eval_outputs(None),
+            PLAN.lm_eval_outputs(base=False),
         wildcard_constraints:
             key=one_of(edit_keys("lm", ["bsn"])),
         params:
@@ -18,9 +18,9 @@ if "lm" in DOMAINS:
             load=model_flags("lm", "dtype"),
             runs=lm_eval_runs,
         log:
-            f"{OUT}/logs/lm/evaluate/{{key}}.log",
+            PATHS.log("lm/evaluate/{key}"),
         benchmark:
-            bench("lm/evaluate/{key}")
+            PATHS.benchmark("lm/evaluate/{key}")
         conda:
             "../envs/curvmem.yaml"
         threads: res("evaluate")["threads"]
@@ -32,7 +32,7 @@ if "lm" in DOMAINS:
 
     use rule evaluate_lm as evaluate_lm_base with:
         output:
-            lm_eval_outputs(BASE["lm"]),
+            PLAN.lm_eval_outputs(base=True),
         wildcard_constraints:
             key=one_of([BASE["lm"]]),
 
@@ -43,16 +43,16 @@ if "vit" in DOMAINS:
         input:
             vit_eval_inputs,
         output:
-            f"{OUT}/vit/eval/{{key}}/vit.json",
+            PLAN.vit_eval_output(),
         wildcard_constraints:
             key=one_of([BASE["vit"]]),
         params:
             model=model_arg("vit"),
             data=vit_data(),
         log:
-            f"{OUT}/logs/vit/evaluate/{{key}}.log",
+            PATHS.log("vit/evaluate/{key}"),
         benchmark:
-            bench("vit/evaluate/{key}")
+            PATHS.benchmark("vit/evaluate/{key}")
         conda:
             "../envs/curvmem.yaml"
         threads: res("evaluate")["threads"]

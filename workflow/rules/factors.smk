@@ -7,7 +7,7 @@ rule collect:
         memorized=lambda wc: PLAN.memorized_inputs(wc.domain),
         model=domain_model_input,
     output:
-        f"{OUT}/{{domain}}/factors/{{fkey}}/layer_{{layer}}.nc",
+        PATHS.layer_file("factors"),
     wildcard_constraints:
         fkey=one_of(fkeys(sharded=False)),
     params:
@@ -15,9 +15,9 @@ rule collect:
         out=lambda wc, output: os.path.dirname(output[0]),
         args=collect_flags,
     log:
-        f"{OUT}/logs/{{domain}}/collect/{{fkey}}/layer_{{layer}}.log",
+        PATHS.log(PATHS.layer_job("collect")),
     benchmark:
-        bench("{domain}/collect/{fkey}/layer_{layer}")
+        PATHS.benchmark(PATHS.layer_job("collect"))
     conda:
         "../envs/curvmem.yaml"
     threads: res("collect")["threads"]
@@ -34,7 +34,7 @@ rule collect_shard:
         memorized=lambda wc: PLAN.memorized_inputs(wc.domain),
         model=domain_model_input,
     output:
-        temp(f"{OUT}/{{domain}}/factors/{{fkey}}/shard-{{k}}-of-{{n}}/layer_{{layer}}.nc"),
+        temp(PATHS.shard_file()),
     wildcard_constraints:
         fkey=one_of(fkeys(sharded=True)),
         k=r"\d+",
@@ -44,9 +44,9 @@ rule collect_shard:
         out=lambda wc, output: os.path.dirname(output[0]),
         args=collect_flags,
     log:
-        f"{OUT}/logs/{{domain}}/collect/{{fkey}}/shard-{{k}}-of-{{n}}/layer_{{layer}}.log",
+        PATHS.log(PATHS.layer_job("collect", sharded=True)),
     benchmark:
-        bench("{domain}/collect/{fkey}/shard-{k}-of-{n}/layer_{layer}")
+        PATHS.benchmark(PATHS.layer_job("collect", sharded=True))
     conda:
         "../envs/curvmem.yaml"
     threads: res("collect")["threads"]
@@ -61,13 +61,13 @@ rule merge:
     input:
         shard_files,
     output:
-        f"{OUT}/{{domain}}/factors/{{fkey}}/layer_{{layer}}.nc",
+        PATHS.layer_file("factors"),
     wildcard_constraints:
         fkey=one_of(fkeys(sharded=True)),
     log:
-        f"{OUT}/logs/{{domain}}/merge/{{fkey}}/layer_{{layer}}.log",
+        PATHS.log(PATHS.layer_job("merge")),
     benchmark:
-        bench("{domain}/merge/{fkey}/layer_{layer}")
+        PATHS.benchmark(PATHS.layer_job("merge"))
     conda:
         "../envs/curvmem.yaml"
     threads: res("merge")["threads"]

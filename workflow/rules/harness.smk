@@ -8,15 +8,15 @@ if "lm" in DOMAINS and PLAN.harness() is not None:
             model=model_input("lm"),
             edit=lambda wc: edit_path("lm", wc.key),
         output:
-            directory(f"{OUT}/lm/export/{{key}}"),
+            directory(PATHS.export_dir()),
         wildcard_constraints:
             key=one_of(planned(PLAN.harness_keys)()[1:]),
         params:
             model=lambda wc: model_arg("lm"),
         log:
-            f"{OUT}/logs/lm/export_edit/{{key}}.log",
+            PATHS.log("lm/export_edit/{key}"),
         benchmark:
-            bench("lm/export_edit/{key}")
+            PATHS.benchmark("lm/export_edit/{key}")
         conda:
             "../envs/curvmem.yaml"
         threads: res("edit")["threads"]
@@ -36,9 +36,9 @@ if "lm" in DOMAINS and PLAN.harness() is not None:
             params:
                 tokenizer=lambda wc: model_arg("lm"),
             log:
-                f"{OUT}/logs/lm/harness_tasks.log",
+                PATHS.log("lm/harness_tasks"),
             benchmark:
-                bench("lm/harness_tasks")
+                PATHS.benchmark("lm/harness_tasks")
             conda:
                 "../envs/curvmem.yaml"
             resources:
@@ -51,15 +51,15 @@ if "lm" in DOMAINS and PLAN.harness() is not None:
         input:
             lambda wc: PLAN.harness_inputs(wc.key),
         output:
-            f"{OUT}/lm/harness/{{key}}.json",
+            PATHS.harness_result(),
         wildcard_constraints:
             key=one_of(planned(PLAN.harness_keys)()),
         params:
             args=lambda wc: PLAN.harness_flags(wc.key),
         log:
-            f"{OUT}/logs/lm/harness/{{key}}.log",
+            PATHS.log("lm/harness/{key}"),
         benchmark:
-            bench("lm/harness/{key}")
+            PATHS.benchmark("lm/harness/{key}")
         conda:
             "../envs/curvmem.yaml"
         threads: res("evaluate")["threads"]

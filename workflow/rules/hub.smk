@@ -4,16 +4,16 @@ jobs never touch the network: hub model snapshots (lm/vit.model.id + revision)."
 
 rule download_model:
     output:
-        directory(f"{OUT}/hub/{{snapshot}}"),
+        directory(PATHS.snapshot()),
     wildcard_constraints:
         snapshot=one_of([os.path.basename(d) for d in SNAPSHOTS]),
     params:
-        args=lambda wc: snapshot_flags(f"{OUT}/hub/{wc.snapshot}"),
+        args=lambda wc: snapshot_flags(PATHS.snapshot(wc.snapshot)),
         online=USER_HUB_OFFLINE,
     log:
-        f"{OUT}/logs/hub/download_model/{{snapshot}}.log",
+        PATHS.log("hub/download_model/{snapshot}"),
     benchmark:
-        bench("hub/download_model/{snapshot}")
+        PATHS.benchmark("hub/download_model/{snapshot}")
     conda:
         "../envs/curvmem.yaml"
     shell:
@@ -24,16 +24,16 @@ rule tokenize_corpus:
     input:
         model=model_input("lm") if "lm" in DOMAINS else [],
     output:
-        f"{OUT}/lm/data/{{fetched}}.npy",
+        PATHS.fetched(kind="tokens"),
     wildcard_constraints:
         fetched=one_of(fetched_stems("tokens")),
     params:
-        args=lambda wc: FETCHED["tokens"][f"{OUT}/lm/data/{wc.fetched}.npy"],
+        args=lambda wc: FETCHED["tokens"][PATHS.fetched(wc.fetched, "tokens")],
         online=USER_HUB_OFFLINE,
     log:
-        f"{OUT}/logs/hub/tokenize_corpus/{{fetched}}.log",
+        PATHS.log("hub/tokenize_corpus/{fetched}"),
     benchmark:
-        bench("hub/tokenize_corpus/{fetched}")
+        PATHS.benchmark("hub/tokenize_corpus/{fetched}")
     conda:
         "../envs/curvmem.yaml"
     shell:
@@ -43,16 +43,16 @@ rule tokenize_corpus:
 
 rule fetch_texts:
     output:
-        f"{OUT}/lm/data/{{fetched}}.jsonl",
+        PATHS.fetched(kind="texts"),
     wildcard_constraints:
         fetched=one_of(fetched_stems("texts")),
     params:
-        args=lambda wc: FETCHED["texts"][f"{OUT}/lm/data/{wc.fetched}.jsonl"],
+        args=lambda wc: FETCHED["texts"][PATHS.fetched(wc.fetched, "texts")],
         online=USER_HUB_OFFLINE,
     log:
-        f"{OUT}/logs/hub/fetch_texts/{{fetched}}.log",
+        PATHS.log("hub/fetch_texts/{fetched}"),
     benchmark:
-        bench("hub/fetch_texts/{fetched}")
+        PATHS.benchmark("hub/fetch_texts/{fetched}")
     conda:
         "../envs/curvmem.yaml"
     shell:
@@ -62,15 +62,15 @@ rule fetch_texts:
 
 rule fetch_file:
     output:
-        f"{OUT}/lm/data/{{fetched}}",
+        PATHS.fetched(),
     wildcard_constraints:
         fetched=one_of([os.path.basename(p) for p in FETCHED["url"]]),
     params:
-        args=lambda wc: FETCHED["url"][f"{OUT}/lm/data/{wc.fetched}"],
+        args=lambda wc: FETCHED["url"][PATHS.fetched(wc.fetched)],
     log:
-        f"{OUT}/logs/hub/fetch_file/{{fetched}}.log",
+        PATHS.log("hub/fetch_file/{fetched}"),
     benchmark:
-        bench("hub/fetch_file/{fetched}")
+        PATHS.benchmark("hub/fetch_file/{fetched}")
     conda:
         "../envs/curvmem.yaml"
     shell:

@@ -4,24 +4,24 @@ if "lm" in DOMAINS:
 
     rule report_lm:
         input:
-            [f for k in eval_keys("lm") for f in lm_eval_files(k)],
+            PLAN.report_inputs("lm"),
             owner=outdir_owned,
         output:
-            summary=report(f"{OUT}/lm_summary.json", caption="../report/lm_summary.rst",
+            summary=report(PATHS.lm_report()["summary"], caption="../report/lm_summary.rst",
                            category="Language model", subcategory="Summary"),
-            table=report(f"{OUT}/lm_table.md", caption="../report/lm_table.rst",
+            table=report(PATHS.lm_report()["table"], caption="../report/lm_table.rst",
                          category="Language model", subcategory="Summary"),
-            figure=report(f"{OUT}/lm_figure.png", caption="../report/lm_figure.rst",
+            figure=report(PATHS.lm_report()["figure"], caption="../report/lm_figure.rst",
                           category="Language model", subcategory="Summary"),
-            sweep=report(f"{OUT}/lm_sweep.png", caption="../report/lm_sweep.rst",
+            sweep=report(PATHS.lm_report()["sweep"], caption="../report/lm_sweep.rst",
                          category="Language model", subcategory="Summary"),
         params:
             entries=report_entries("lm"),
             columns=PLAN.report_lm_flags(),
         log:
-            f"{OUT}/logs/lm/report_lm.log",
+            PATHS.log("lm/report_lm"),
         benchmark:
-            bench("lm/report_lm")
+            PATHS.benchmark("lm/report_lm")
         conda:
             "../envs/curvmem.yaml"
         resources:
@@ -35,21 +35,21 @@ if "vit" in DOMAINS:
 
     rule report_vit:
         input:
-            [f"{OUT}/vit/eval/{k}/vit.json" for k in eval_keys("vit")],
+            PLAN.report_inputs("vit"),
             owner=outdir_owned,
         output:
-            summary=report(f"{OUT}/vit_summary.json", caption="../report/vit_summary.rst",
+            summary=report(PATHS.vit_report()["summary"], caption="../report/vit_summary.rst",
                            category="Vision transformer", subcategory="Summary"),
-            table=report(f"{OUT}/vit_table.md", caption="../report/vit_table.rst",
+            table=report(PATHS.vit_report()["table"], caption="../report/vit_table.rst",
                          category="Vision transformer", subcategory="Summary"),
-            figure=report(f"{OUT}/vit_figure.png", caption="../report/vit_figure.rst",
+            figure=report(PATHS.vit_report()["figure"], caption="../report/vit_figure.rst",
                           category="Vision transformer", subcategory="Summary"),
         params:
             entries=report_entries("vit"),
         log:
-            f"{OUT}/logs/vit/report_vit.log",
+            PATHS.log("vit/report_vit"),
         benchmark:
-            bench("vit/report_vit")
+            PATHS.benchmark("vit/report_vit")
         conda:
             "../envs/curvmem.yaml"
         resources:
@@ -68,9 +68,9 @@ rule readme_tables:
     params:
         args=PLAN.readme_flags(),
     log:
-        f"{OUT}/logs/readme_tables.log",
+        PATHS.log("readme_tables"),
     benchmark:
-        bench("readme_tables")
+        PATHS.benchmark("readme_tables")
     conda:
         "../envs/curvmem.yaml"
     resources:
@@ -90,9 +90,9 @@ if PLAN.seeds_outputs():
         params:
             args=PLAN.seeds_flags(),
         log:
-            f"{OUT}/logs/seeds_report.log",
+            PATHS.log("seeds_report"),
         benchmark:
-            bench("seeds_report")
+            PATHS.benchmark("seeds_report")
         conda:
             "../envs/curvmem.yaml"
         resources:
@@ -109,12 +109,12 @@ rule report_html:
         summaries(),
         owner=outdir_owned,
     output:
-        f"{OUT}/report.html",
+        PLAN.report_html(),
     params:
         snakefile=os.path.relpath(workflow.main_snakefile),
         config=same_config_args(),
     log:
-        f"{OUT}/logs/report_html.log",
+        PATHS.log("report_html"),
     conda:
         "../envs/curvmem.yaml"
     localrule: True

@@ -19,7 +19,7 @@ rule index:
         index=PLAN.index_file(),
         written=index_marks(),
     log:
-        f"{OUT}/logs/index.log",
+        PATHS.log("index"),
     localrule: True
     run:
         write_index(output.index, output.written, log[0])

@@ -4,18 +4,18 @@ if "lm" in DOMAINS and embedded("lm"):
 
     rule train_lm:
         input:
-            world=world_file("world.json"),
+            world=PLAN.world_manifest(),
             corpus=lm_data("corpus"),
-            tokenizer=f"{model_dir('lm')}/tokenizer",
+            tokenizer=PLAN.tokenizer_dir(),
         output:
             directory(model_arg("lm")),
         params:
-            world=lambda wc: f"{model_dir('lm')}/world",  # not derived from input: see common.smk
+            world=lambda wc: PLAN.world_dir(),  # not derived from input: see common.smk
             args=model_flags("lm", "preset", "seed", "steps", "weight_decay"),
         log:
-            f"{OUT}/logs/lm/train_lm.log",
+            PATHS.log("lm/train_lm"),
         benchmark:
-            bench("lm/train_lm")
+            PATHS.benchmark("lm/train_lm")
         conda:
             "../envs/curvmem.yaml"
         threads: res("train", "lm")["threads"]

@@ -8,9 +8,9 @@ if "vit" in DOMAINS and embedded("vit"):
         params:
             args=model_flags("vit", ("source", "data_source"), "seed", "noise", "image_size"),
         log:
-            f"{OUT}/logs/vit/vision_data.log",
+            PATHS.log("vit/vision_data"),
         benchmark:
-            bench("vit/vision_data")
+            PATHS.benchmark("vit/vision_data")
         conda:
             "../envs/curvmem.yaml"
         threads: res("vision_data")["threads"]
@@ -27,9 +27,9 @@ if "vit" in DOMAINS and embedded("vit"):
         params:
             args=model_flags("vit", "preset", "seed", "model_name", "epochs"),
         log:
-            f"{OUT}/logs/vit/train_vit.log",
+            PATHS.log("vit/train_vit"),
         benchmark:
-            bench("vit/train_vit")
+            PATHS.benchmark("vit/train_vit")
         conda:
             "../envs/curvmem.yaml"
         threads: res("train", "vit")["threads"]

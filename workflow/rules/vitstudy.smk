@@ -5,8 +5,6 @@ knockout, probe, plant; docs/vision.md, "Deciding Table 2"), a report."""
 
 if PLAN.study():
 
-    STUDY = PLAN.study_dir()
-
     wildcard_constraints:
         study_model=one_of(list(PLAN.study_models())),
         study_dataset=one_of([n for n in PLAN.study_datasets() if n != "main"]),
@@ -18,9 +16,9 @@ if PLAN.study():
         params:
             args=PLAN.study_data_flags(),
         log:
-            f"{OUT}/logs/vit_study/data.log",
+            PATHS.log("vit_study/data"),
         benchmark:
-            bench("vit_study/data")
+            PATHS.benchmark("vit_study/data")
         conda:
             "../envs/curvmem.yaml"
         threads: res("vision_data")["threads"]
@@ -31,13 +29,13 @@ if PLAN.study():
 
     rule vit_study_dataset:
         output:
-            f"{STUDY}/data-{{study_dataset}}.safetensors",
+            PATHS.study_data("{study_dataset}"),
         params:
             args=lambda wc: PLAN.study_data_flags(wc.study_dataset),
         log:
-            f"{OUT}/logs/vit_study/data-{{study_dataset}}.log",
+            PATHS.log("vit_study/data-{study_dataset}"),
         benchmark:
-            bench("vit_study/data-{study_dataset}")
+            PATHS.benchmark("vit_study/data-{study_dataset}")
         conda:
             "../envs/curvmem.yaml"
         threads: res("vision_data")["threads"]
@@ -50,13 +48,13 @@ if PLAN.study():
         input:
             lambda wc: PLAN.study_model_data(wc.study_model),
         output:
-            directory(f"{STUDY}/models/{{study_model}}"),
+            directory(PATHS.study_model()),
         params:
             args=lambda wc: PLAN.study_train_flags(wc.study_model),
         log:
-            f"{OUT}/logs/vit_study/train/{{study_model}}.log",
+            PATHS.log("vit_study/train/{study_model}"),
         benchmark:
-            bench("vit_study/train/{study_model}")
+            PATHS.benchmark("vit_study/train/{study_model}")
         conda:
             "../envs/curvmem.yaml"
         threads: res("train")["threads"]
@@ -68,15 +66,15 @@ if PLAN.study():
     rule vit_study_cell:
         input:
             data=lambda wc: PLAN.study_model_data(wc.study_model),
-            model=f"{STUDY}/models/{{study_model}}",
+            model=PATHS.study_model(),
         output:
-            f"{STUDY}/cells/{{study_model}}.json",
+            PATHS.study_cell(),
         params:
             args=PLAN.study_cell_flags(),
         log:
-            f"{OUT}/logs/vit_study/cell/{{study_model}}.log",
+            PATHS.log("vit_study/cell/{study_model}"),
         benchmark:
-            bench("vit_study/cell/{study_model}")
+            PATHS.benchmark("vit_study/cell/{study_model}")
         conda:
             "../envs/curvmem.yaml"
         threads: res("evaluate")["threads"]
@@ -89,15 +87,15 @@ if PLAN.study():
     rule vit_study_experiment:
         input:
             data=lambda wc: PLAN.study_experiment_data(wc.study_experiment, wc.study_model),
-            model=f"{STUDY}/models/{{study_model}}",
+            model=PATHS.study_model(),
         output:
-            f"{STUDY}/experiments/{{study_experiment}}/{{study_model}}.json",
+            PATHS.study_experiment(),
         params:
             command=lambda wc: PLAN.study_experiment_command(wc.study_experiment),
         log:
-            f"{OUT}/logs/vit_study/{{study_experiment}}/{{study_model}}.log",
+            PATHS.log("vit_study/{study_experiment}/{study_model}"),
         benchmark:
-            bench("vit_study/{study_experiment}/{study_model}")
+            PATHS.benchmark("vit_study/{study_experiment}/{study_model}")
         conda:
             "../envs/curvmem.yaml"
         threads: res("evaluate")["threads"]
@@ -119,9 +117,9 @@ if PLAN.study():
             figure=report(PLAN.study_outputs()["figure"], caption="../report/vit_study.rst",
                           category="ViT study", subcategory="Summary"),
         log:
-            f"{OUT}/logs/vit_study/report.log",
+            PATHS.log("vit_study/report"),
         benchmark:
-            bench("vit_study/report")
+            PATHS.benchmark("vit_study/report")
         conda:
             "../envs/curvmem.yaml"
         resources:

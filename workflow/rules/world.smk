@@ -6,12 +6,12 @@ if "lm" in DOMAINS and embedded("lm"):
         output:
             PLAN.world_outputs(),
         params:
-            out=lambda wc: f"{model_dir('lm')}/world",  # not derived from output: see common.smk
+            out=lambda wc: PLAN.world_dir(),  # not derived from output: see common.smk
             args=model_flags("lm", "preset", "seed"),
         log:
-            f"{OUT}/logs/lm/world.log",
+            PATHS.log("lm/world"),
         benchmark:
-            bench("lm/world")
+            PATHS.benchmark("lm/world")
         conda:
             "../envs/curvmem.yaml"
         threads: res("world")["threads"]
@@ -24,13 +24,13 @@ if "lm" in DOMAINS and embedded("lm"):
         input:
             lm_data("corpus"),
         output:
-            directory(f"{model_dir('lm')}/tokenizer"),
+            directory(PLAN.tokenizer_dir()),
         params:
             args=model_flags("lm", "vocab_size"),
         log:
-            f"{OUT}/logs/lm/tokenizer.log",
+            PATHS.log("lm/tokenizer"),
         benchmark:
-            bench("lm/tokenizer")
+            PATHS.benchmark("lm/tokenizer")
         conda:
             "../envs/curvmem.yaml"
         threads: res("tokenizer")["threads"]

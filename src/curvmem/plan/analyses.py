@@ -191,12 +191,14 @@ class AnalysisPlan:
         return inputs
 
     def analysis_job_outputs(self, job):
-        """The JSON and figure of each of the job's analyses, and the stability slices' eigen
-        files (kept: other analyses may read them)."""
-        files = [f for name in ANALYSIS_JOBS[job] for f in self.analysis_outputs(name).values()]
+        """{NAME_json, NAME_figure: file} of each of the job's analyses and, for a job that
+        collects the stability slices, {"slices": their eigen files} (kept: other analyses may
+        read them)."""
+        outputs = {f"{name}_{kind}": path for name in ANALYSIS_JOBS[job]
+                   for kind, path in self.analysis_outputs(name).items()}
         if job in SLICING_JOBS:
-            files += self.stability_eigen_files(job_domain(job))
-        return files
+            outputs["slices"] = self.stability_eigen_files(job_domain(job))
+        return outputs
 
     def analysis_run(self, name):
         """The `curvmem analyze` arguments of one analysis (an `analyze batch --run` string)."""
