@@ -1,15 +1,15 @@
-"""Shared fixtures: tiny random models of each supported family (CPU, seconds).
+"""Shared fixtures: tiny random models of each supported family (CPU, seconds). Each helper
+imports torch itself, so this file stays light for the small suites test_conftest.py runs.
 
 The suite runs on two workers (`python -m pytest -n 2 --dist loadgroup`, pytest-xdist). Tests
 that must share one worker carry `@pytest.mark.xdist_group(NAME)`:
-- "slurm": the one-node SLURM cluster writes /etc/slurm and runs one slurmctld; two at once
-  would overwrite each other's config (tests/slurm_cluster.py).
-- "smoke-run": tests reading the smoke DAG run that `slurm_cluster.smoke_run()` makes once per
-  process; in one worker it is made once. (test_slurm's test reads it too: it is made a second
-  time there, in parallel, rather than running the cluster test after all of these.)
+- "smoke-and-slurm": tests reading the smoke DAG run that `slurm_cluster.smoke_run()` makes once
+  per process (in one worker it is made once), and the tests that start the one-node SLURM
+  cluster, which writes /etc/slurm and must never run twice at once; test_slurm's test is both.
+- "harness-registry": test_harness_tasks.py, whose module fixture indexes lm_eval's tasks.
 Everything else writes only under its own tmp_path (per worker) and may run side by side.
-A run on workers that would not keep a group together (another --dist; a pytest whose node ids
-pytest-xdist cannot tag, as pytest 9.2 with pytest-xdist 3.8) stops with one error instead.
+On workers that would not keep a group together (another --dist; a pytest whose node ids
+pytest-xdist cannot tag, as pytest 9.2 with pytest-xdist 3.8) the grouped tests fail in setup.
 
 Under CI (the environment variable CI set, as `.ci/run` is run), a test skipped because a
 package it imports is missing fails instead: `pip install -e ".[test]"` installs every such
@@ -21,9 +21,14 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
-IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+def in_ci(environ=os.environ) -> bool:
+    """Whether this is a CI run: CI set to anything but empty, 0 or false."""
+    return environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+IN_CI = in_ci()
 
 
 def _missing_package(longrepr) -> str | None:
@@ -85,6 +90,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def tiny_olmo2(layers: int = 3, d: int = 16, ff: int = 24, vocab: int = 61, seed: int = 0):
+    import torch
     from transformers import Olmo2Config, Olmo2ForCausalLM
 
     torch.manual_seed(seed)
@@ -96,6 +102,7 @@ def tiny_olmo2(layers: int = 3, d: int = 16, ff: int = 24, vocab: int = 61, seed
 
 
 def tiny_gpt2(layers: int = 3, d: int = 16, vocab: int = 61, seed: int = 0):
+    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
@@ -105,6 +112,7 @@ def tiny_gpt2(layers: int = 3, d: int = 16, vocab: int = 61, seed: int = 0):
 
 
 def tiny_neox(layers: int = 3, d: int = 16, vocab: int = 61, seed: int = 0):
+    import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     torch.manual_seed(seed)
@@ -124,6 +132,8 @@ def tiny_lm(request):
 
 @pytest.fixture
 def token_batches():
+    import torch
+
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 61, (6, 12), generator=g)
 

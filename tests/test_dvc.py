@@ -174,7 +174,7 @@ def index_of(repo) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("smoke-run")
+@pytest.mark.xdist_group("smoke-and-slurm")
 def test_a_pull_everything_touch_and_nothing_to_do(shared, tmp_path):
     origin, work = shared
     repo = clone(origin, tmp_path / "a")
@@ -199,7 +199,7 @@ def test_a_pull_everything_touch_and_nothing_to_do(shared, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("smoke-run")
+@pytest.mark.xdist_group("smoke-and-slurm")
 def test_b_pull_eigenbases_add_a_rho_and_run_only_its_edit_and_evaluations(shared, tmp_path):
     origin, _ = shared
     repo = clone(origin, tmp_path / "b")
@@ -225,7 +225,7 @@ def test_b_pull_eigenbases_add_a_rho_and_run_only_its_edit_and_evaluations(share
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("smoke-run")
+@pytest.mark.xdist_group("smoke-and-slurm")
 def test_c_pull_summaries_and_rebuild_the_report(shared, tmp_path):
     origin, work = shared
     repo = clone(origin, tmp_path / "c")
@@ -241,7 +241,7 @@ def test_c_pull_summaries_and_rebuild_the_report(shared, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("smoke-run")
+@pytest.mark.xdist_group("smoke-and-slurm")
 def test_d_a_code_change_off_the_artifacts_inputs_recomputes_nothing(shared, tmp_path):
     origin, _ = shared
     producer = clone(origin, tmp_path / "producer")

@@ -115,7 +115,7 @@ class Run:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("smoke-run")
+@pytest.mark.xdist_group("smoke-and-slurm")
 def test_sigkill_at_ten_job_counts_then_resume(tmp_path):
     # the shared uninterrupted run, in another directory: results name paths relative to the
     # repository, so they are the same bytes in any checkout
@@ -178,7 +178,7 @@ def test_sigkill_at_ten_job_counts_then_resume(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm")
+@pytest.mark.xdist_group("smoke-and-slurm")
 def test_a_cancelled_slurm_job_is_retried_once_by_the_profile(tmp_path):
     from slurm_cluster import install_slurm, slurm_cluster
 

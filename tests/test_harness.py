@@ -66,9 +66,11 @@ def test_harness_accuracy_equals_curvmem_tasks(setup, monkeypatch):
 
 def test_harness_refuses_unknown_tasks_and_bad_task_files(setup, tmp_path):
     tmp, _, tok, _ = setup
+    # task files of its own: on two workers the other test may run elsewhere, or later
+    harness.write_task_files(tmp / "tasks.jsonl", tok, tmp_path / "tasks")
     with pytest.raises(ValueError, match="knows no task"):
         harness.run_harness(tmp / "model", ["curvmem_nope"], tmp_path / "x.json",
-                            include_path=tmp / "tasks", device="cpu")
+                            include_path=tmp_path / "tasks", device="cpu")
     assert not (tmp_path / "x.json").exists()
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="empty"):

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 pytest.importorskip("lm_eval")
+pytestmark = pytest.mark.xdist_group("harness-registry")  # the index, built once
 
 from curvmem.evaluate.harness import TASK_PREFIX  # noqa: E402
 

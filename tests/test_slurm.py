@@ -41,7 +41,7 @@ def same_layer_file(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm")
+@pytest.mark.xdist_group("smoke-and-slurm")
 def test_smoke_lm_path_on_slurm_matches_a_local_run(tmp_path):
     install_slurm()
     local = smoke_run()

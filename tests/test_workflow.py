@@ -193,7 +193,7 @@ def test_7b_dry_run_on_slurm_lists_one_gpu_collection_job_per_layer_offline(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("smoke-run")
+@pytest.mark.xdist_group("smoke-and-slurm")
 def test_smoke_dag_completes_and_a_second_run_has_nothing_to_do():
     work = smoke_run()
     out = work / "results/smoke"
@@ -205,7 +205,7 @@ def test_smoke_dag_completes_and_a_second_run_has_nothing_to_do():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("smoke-run")
+@pytest.mark.xdist_group("smoke-and-slurm")
 def test_a_finished_run_moved_to_another_checkout_has_nothing_to_do(tmp_path):
     """Shared artifacts (DVC pull, a copied results/ tree) must not rerun for a different path."""
     moved = tmp_path / "elsewhere"
@@ -214,7 +214,7 @@ def test_a_finished_run_moved_to_another_checkout_has_nothing_to_do(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("smoke-run")
+@pytest.mark.xdist_group("smoke-and-slurm")
 def test_adding_one_rho_runs_only_that_edit_and_its_evaluations(tmp_path):
     work = tmp_path / "work"  # the config edited in place: the outdir's index names its file
     shutil.copytree(smoke_run(), work, symlinks=True)
