@@ -1,9 +1,10 @@
-"""The rules take every path from the planner.
+"""The rules take every path and every resource from the planner.
 
 Each artifact path template is written once, in curvmem.plan.layout; the Snakefile and
 workflow/rules/*.smk call it (`PATHS.layer_file("eigen")`, `PATHS.log(...)`), so a rule that
 spells a path itself (`f"{OUT}/.../layer_{{layer}}.nc"`, a planner value joined with a path
-component) is found here.
+component) is found here. And a rule's `threads:` honours the config's per-domain override
+(`lm.resources.RULE.threads`) exactly as its `resources:` do (`resources_of`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import re
 import tokenize
 
 import pytest
+import yaml
 
-from slurm_cluster import REPO
+from slurm_cluster import REPO, copy_repo, snakemake
 
 RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflow/rules").glob("*.smk"))]
 # an artifact's suffix, a layer file, or the outdir's name: no rule spells one
@@ -130,3 +132,54 @@ rule x:
 '''
     assert hand_written_paths(text) == []
 
+
+# --------------------------------------------------------------------------- threads
+
+
+# per-domain threads of each resource rule (distinct, so each job shows whose it took); the
+# top level asks 2 of every rule, which a rule ignoring the domain's override would take
+DOMAIN_THREADS = {"lm": {"collect": 3, "merge": 4, "eigen": 5, "evaluate": 6, "bsn": 7,
+                         "edit": 8, "analysis": 9},
+                  "vit": {"collect": 10, "eigen": 11, "evaluate": 12, "edit": 13,
+                          "analysis": 14}}
+# {workflow rule: (resource rule(s) of its job, its domain: a name, or the `domain` wildcard)}
+RULE_RESOURCES = {"collect": ("collect", None), "collect_shard": ("collect", None),
+                  "merge": ("merge", None), "eigen": ("eigen", None),
+                  "evaluate_lm": ("evaluate", "lm"), "evaluate_lm_base": ("evaluate", "lm"),
+                  "evaluate_vit": ("evaluate", "vit"), "bsn": ("bsn", "lm"),
+                  "export_edit": ("edit", "lm"), "harness": ("evaluate", "lm"),
+                  "edit_evaluate_lm": (("edit", "evaluate"), "lm"),
+                  "edit_evaluate_vit": (("edit", "evaluate"), "vit"),
+                  "analysis_lm_model": ("analysis", "lm"), "analysis_vit": ("analysis", "vit")}
+
+
+def test_threads_take_the_per_domain_override(tmp_path):
+    """Every job whose resources honour `{domain}.resources.RULE` takes its threads from there
+    too (the dry run's `threads:` per job): both domains, sharded factors, the harness and the
+    analyses."""
+    repo = copy_repo(tmp_path / "repo")
+    cfg = yaml.safe_load((repo / "workflow/config/default.yaml").read_text())
+    cfg["outdir"] = "results/threads"
+    cfg["threads"] = 1
+    cfg["resources"] = {rule: {"threads": 2} for d in DOMAIN_THREADS.values() for rule in d}
+    for domain, threads in DOMAIN_THREADS.items():
+        cfg[domain]["resources"] = {rule: {"threads": n} for rule, n in threads.items()}
+    cfg["lm"]["factors"]["shards"] = 2  # collect_shard and merge
+    cfg["lm"]["harness"] = {"tasks": ["arc_easy"], "edits": ["kfac-L2-rho0.6"]}
+    (repo / "threads.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(repo, "-n", "--cores", "64", "--configfile=threads.yaml").stdout
+    seen = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if not rule or rule.group(1) not in RULE_RESOURCES:
+            continue
+        name = rule.group(1)
+        wanted, domain = RULE_RESOURCES[name]
+        domain = domain or re.search(r"wildcards: .*domain=(\w+)", block).group(1)
+        threads = re.search(r"^\s+threads: (\d+)", block, flags=re.M)
+        expected = max(DOMAIN_THREADS[domain][r] for r in (
+            wanted if isinstance(wanted, tuple) else (wanted,)))
+        assert (int(threads.group(1)) if threads else 1) == expected, (name, domain, block)
+        seen.add((name, domain))
+    assert {name for name, _ in seen} == set(RULE_RESOURCES)
+    assert {d for name, d in seen if name in ("collect", "eigen")} == {"lm", "vit"}

@@ -47,7 +47,7 @@ for job in PLAN.analysis_jobs():
             PATHS.benchmark(PLAN.analysis_job_name(job))
         conda:
             "../envs/curvmem.yaml"
-        threads: res("analysis", "vit" if job == "vit" else "lm")["threads"]
+        threads: resources_of("analysis", PLAN.analysis_job_domain(job)).threads
         resources:
             **resources_of("analysis", PLAN.analysis_job_domain(job)),
         shell:

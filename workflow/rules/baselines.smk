@@ -21,7 +21,7 @@ if "lm" in DOMAINS:
             PATHS.benchmark("lm/bsn/{key}")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("bsn")["threads"]
+        threads: resources_of("bsn", "lm").threads
         resources:
             **resources_of("bsn", "lm"),
         shell:

@@ -118,23 +118,31 @@ def edit_flag(domain):
 # --------------------------------------------------------------------------- resources, logs
 
 
-def res(rule, domain=None):
-    """A rule's resources; for a tuple of rules, those of one job that runs each in turn."""
-    if isinstance(rule, tuple):
-        return PLAN.res_together(rule, domain)
-    return PLAN.res(rule, domain)
+class JobResources(dict):
+    """A rule's cluster resources (`resources: **r`) and its threads (`threads: r.threads`)."""
+
+    def __init__(self, resources, threads):
+        super().__init__(resources)
+        self.threads = threads
 
 
 def resources_of(rule, domain=None):
-    """The `resources:` keywords of a rule (or of a tuple of rules run in one job); `domain` may
-    be a wildcard name ("{domain}")."""
+    """The `resources:` keywords and the `threads:` of a rule (or of a tuple of rules run in one
+    job), both with the config's per-domain override; `domain` may be a wildcard name
+    ("{domain}"), and then each is a function of the job's wildcards."""
+
+    def res(domain):
+        if isinstance(rule, tuple):
+            return PLAN.res_together(rule, domain)
+        return PLAN.res(rule, domain)
 
     def pick(key):
         if domain == "{domain}":
-            return lambda wildcards: res(rule, wildcards.domain)[key]
-        return res(rule, domain)[key]
+            return lambda wildcards: res(wildcards.domain)[key]
+        return res(domain)[key]
 
-    return {key: pick(key) for key in ("mem_mb", "runtime", "gpu")}
+    return JobResources({key: pick(key) for key in ("mem_mb", "runtime", "gpu")},
+                        threads=pick("threads"))
 
 
 def same_config_args():

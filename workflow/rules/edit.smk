@@ -26,7 +26,7 @@ if "lm" in DOMAINS:
             PATHS.benchmark("lm/evaluate/{key}")
         conda:
             "../envs/curvmem.yaml"
-        threads: res(("edit", "evaluate"), "lm")["threads"]
+        threads: resources_of(("edit", "evaluate"), "lm").threads
         resources:
             **resources_of(("edit", "evaluate"), "lm"),
         shell:
@@ -56,7 +56,7 @@ if "vit" in DOMAINS:
             PATHS.benchmark("vit/evaluate/{key}")
         conda:
             "../envs/curvmem.yaml"
-        threads: res(("edit", "evaluate"), "vit")["threads"]
+        threads: resources_of(("edit", "evaluate"), "vit").threads
         resources:
             **resources_of(("edit", "evaluate"), "vit"),
         shell:

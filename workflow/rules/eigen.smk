@@ -12,7 +12,7 @@ rule eigen:
         PATHS.benchmark(PATHS.layer_job("eigen"))
     conda:
         "../envs/curvmem.yaml"
-    threads: res("eigen")["threads"]
+    threads: resources_of("eigen", "{domain}").threads
     resources:
         **resources_of("eigen", "{domain}"),
     shell:

@@ -23,7 +23,7 @@ if "lm" in DOMAINS:
             PATHS.benchmark("lm/evaluate/{key}")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("evaluate")["threads"]
+        threads: resources_of("evaluate", "lm").threads
         resources:
             **resources_of("evaluate", "lm"),
         shell:
@@ -55,7 +55,7 @@ if "vit" in DOMAINS:
             PATHS.benchmark("vit/evaluate/{key}")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("evaluate")["threads"]
+        threads: resources_of("evaluate", "vit").threads
         resources:
             **resources_of("evaluate", "vit"),
         shell:

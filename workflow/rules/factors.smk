@@ -20,7 +20,7 @@ rule collect:
         PATHS.benchmark(PATHS.layer_job("collect"))
     conda:
         "../envs/curvmem.yaml"
-    threads: res("collect")["threads"]
+    threads: resources_of("collect", "{domain}").threads
     resources:
         **resources_of("collect", "{domain}"),
     shell:
@@ -49,7 +49,7 @@ rule collect_shard:
         PATHS.benchmark(PATHS.layer_job("collect", sharded=True))
     conda:
         "../envs/curvmem.yaml"
-    threads: res("collect")["threads"]
+    threads: resources_of("collect", "{domain}").threads
     resources:
         **resources_of("collect", "{domain}"),
     shell:
@@ -70,7 +70,7 @@ rule merge:
         PATHS.benchmark(PATHS.layer_job("merge"))
     conda:
         "../envs/curvmem.yaml"
-    threads: res("merge")["threads"]
+    threads: resources_of("merge", "{domain}").threads
     resources:
         **resources_of("merge", "{domain}"),
     shell:

@@ -19,7 +19,7 @@ if "lm" in DOMAINS and PLAN.harness() is not None:
             PATHS.benchmark("lm/export_edit/{key}")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("edit")["threads"]
+        threads: resources_of("edit", "lm").threads
         resources:
             **resources_of("edit", "lm"),
         shell:
@@ -62,7 +62,7 @@ if "lm" in DOMAINS and PLAN.harness() is not None:
             PATHS.benchmark("lm/harness/{key}")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("evaluate")["threads"]
+        threads: resources_of("evaluate", "lm").threads
         resources:
             **resources_of("evaluate", "lm"),
         shell:

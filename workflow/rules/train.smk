@@ -18,7 +18,7 @@ if "lm" in DOMAINS and embedded("lm"):
             PATHS.benchmark("lm/train_lm")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("train", "lm")["threads"]
+        threads: resources_of("train", "lm").threads
         resources:
             **resources_of("train", "lm"),
         shell:

@@ -13,7 +13,7 @@ if "vit" in DOMAINS and embedded("vit"):
             PATHS.benchmark("vit/vision_data")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("vision_data")["threads"]
+        threads: resources_of("vision_data").threads
         resources:
             **resources_of("vision_data"),
         shell:
@@ -32,7 +32,7 @@ if "vit" in DOMAINS and embedded("vit"):
             PATHS.benchmark("vit/train_vit")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("train", "vit")["threads"]
+        threads: resources_of("train", "vit").threads
         resources:
             **resources_of("train", "vit"),
         shell:

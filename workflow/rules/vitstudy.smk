@@ -21,7 +21,7 @@ if PLAN.study():
             PATHS.benchmark("vit_study/data")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("vision_data")["threads"]
+        threads: resources_of("vision_data").threads
         resources:
             **resources_of("vision_data"),
         shell:
@@ -38,7 +38,7 @@ if PLAN.study():
             PATHS.benchmark("vit_study/data-{study_dataset}")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("vision_data")["threads"]
+        threads: resources_of("vision_data").threads
         resources:
             **resources_of("vision_data"),
         shell:
@@ -57,7 +57,7 @@ if PLAN.study():
             PATHS.benchmark("vit_study/train/{study_model}")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("train")["threads"]
+        threads: resources_of("train").threads
         resources:
             **resources_of("train"),
         shell:
@@ -77,7 +77,7 @@ if PLAN.study():
             PATHS.benchmark("vit_study/cell/{study_model}")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("evaluate")["threads"]
+        threads: resources_of("evaluate").threads
         resources:
             **resources_of("evaluate"),
         shell:
@@ -98,7 +98,7 @@ if PLAN.study():
             PATHS.benchmark("vit_study/{study_experiment}/{study_model}")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("evaluate")["threads"]
+        threads: resources_of("evaluate").threads
         resources:
             **resources_of("evaluate"),
         shell:

@@ -14,7 +14,7 @@ if "lm" in DOMAINS and embedded("lm"):
             PATHS.benchmark("lm/world")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("world")["threads"]
+        threads: resources_of("world").threads
         resources:
             **resources_of("world"),
         shell:
@@ -33,7 +33,7 @@ if "lm" in DOMAINS and embedded("lm"):
             PATHS.benchmark("lm/tokenizer")
         conda:
             "../envs/curvmem.yaml"
-        threads: res("tokenizer")["threads"]
+        threads: resources_of("tokenizer").threads
         resources:
             **resources_of("tokenizer"),
         shell:
