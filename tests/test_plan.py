@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -363,13 +364,16 @@ def test_revision_keys_and_snapshot_paths():
 
 
 def test_jobs_run_with_the_hub_off_and_downloads_with_the_users_setting():
+    """The plan says which environment the jobs need; it changes none (the glue sets it)."""
     env = {"HF_HUB_OFFLINE": "0"}
-    assert Plan(config("olmo2-7b")).hub_offline_for_jobs(env) == "0"
-    assert env == {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                   "CURVMEM_USER_HF_HUB_OFFLINE": "0"}
-    assert Plan(config("olmo2-7b")).hub_offline_for_jobs(env) == "0"  # parsed again in a job
-    env = {}
-    assert Plan(config("smoke")).hub_offline_for_jobs(env) == "0" and env == {}
+    hub_off = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "CURVMEM_USER_HF_HUB_OFFLINE": "0"}
+    assert Plan(config("olmo2-7b")).hub_environment(env) == (hub_off, "0")
+    assert env == {"HF_HUB_OFFLINE": "0"}
+    env.update(hub_off)  # parsed again inside a cluster job: the user's setting is kept
+    assert Plan(config("olmo2-7b")).hub_environment(env) == (hub_off, "0")
+    assert Plan(config("smoke")).hub_environment({}) == ({}, "0")
+    assert Plan(config("smoke")).hub_environment({"HF_HUB_OFFLINE": "1"}) == ({}, "1")
 
 
 def test_public_data_sources_are_fetched_files():
@@ -484,3 +488,20 @@ def test_the_rules_templates_are_the_plans_paths():
     assert Layout("o").log(Layout.layer_job("collect", sharded=True)) == \
         "o/logs/{domain}/collect/{fkey}/shard-{k}-of-{n}/layer_{layer}.log"
 
+
+
+def test_the_plan_neither_reads_the_outdir_nor_changes_the_environment(tmp_path, monkeypatch):
+    """The index's text is handed in (the glue reads the file), and no method of the plan
+    changes the environment, hub or not."""
+    monkeypatch.chdir(tmp_path)
+    environ = dict(os.environ)
+    plan = Plan(config("smoke"), configfiles=["workflow/config/smoke.yaml"])
+    assert plan.index_stale(None) and not plan.index_stale(plan.index_text())
+    assert plan.owner_problem(None) is None and plan.owner_problem(plan.index_text()) is None
+    theirs = json.dumps({"configfiles": ["mine.yaml"]})
+    assert "this run's config workflow/config/smoke.yaml would overwrite" in \
+        plan.owner_problem(theirs)
+    for name in ("olmo2-7b", "smoke"):
+        plan = Plan(config(name))
+        plan.final_targets(), plan.hub_environment(os.environ), plan.index()
+    assert dict(os.environ) == environ

@@ -2,7 +2,7 @@
 checks beyond the schema, flags) is `curvmem.plan` (torch-free, unit-tested), and every path is
 its layout's (`PATHS`, curvmem.plan.layout: no rule spells one, tests/test_rules_layout.py);
 this file only adapts it to Snakemake: wildcards -> plan methods, PlanError -> WorkflowError,
-resources."""
+resources, and what the plan leaves to its caller (the environment, reading the index)."""
 
 import glob
 
@@ -19,7 +19,8 @@ except PlanError as e:
 PATHS = PLAN.paths
 SNAPSHOTS = PLAN.snapshots()
 # the hub off for every job; the download rules run with the user's own setting (hub.smk)
-USER_HUB_OFFLINE = PLAN.hub_offline_for_jobs()
+_HUB_ENVIRONMENT, USER_HUB_OFFLINE = PLAN.hub_environment(os.environ)
+os.environ.update(_HUB_ENVIRONMENT)
 DOMAINS = PLAN.domains
 BASE = PLAN.base
 
@@ -153,12 +154,21 @@ def same_config_args():
     return flags(("--configfile", *files), ("--config", *overrides))
 
 
+def index_on_disk():
+    """The outdir's index.json as it is now, or None (missing, unreadable)."""
+    try:
+        with open(PLAN.index_file()) as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def outdir_owned(wildcards=None):
     """A named input (always empty) of every rule that writes a file without a content key
     (summaries, tables, figures, analyses, report, index): building such a job into the DAG
     fails, before anything runs, when the outdir's index names another config
     (Plan.owner_problem). A run of content-keyed targets only may share the outdir."""
-    problem = PLAN.owner_problem()
+    problem = PLAN.owner_problem(index_on_disk())
     if problem:
         raise WorkflowError(problem)
     return []
@@ -169,7 +179,7 @@ def index_marks():
     output of the `index` rule that `all` asks for (Snakemake reruns a job for a missing output
     only where a target or a dependent job asks for that output). A missing index needs no
     mark: it is a missing output itself."""
-    stale = os.path.exists(PLAN.index_file()) and PLAN.index_stale()
+    stale = os.path.exists(PLAN.index_file()) and PLAN.index_stale(index_on_disk())
     return [PATHS.index_mark(digest(PLAN.index_text(), 16))] if stale else []
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -68,17 +67,26 @@ class ModelPlan:
         return bool(self.snapshots() or self.fetched_data("tokens")
                     or self.fetched_data("texts"))
 
-    def hub_offline_for_jobs(self, environ=None) -> str:
-        """Turn the hub off (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE = 1) in `environ` (default:
-        this process's) when the workflow fetches from a hub, so jobs load only what the
-        download rules fetched; returns the user's own HF_HUB_OFFLINE for those rules. The
-        Snakefile is parsed again inside each cluster job, where the saved value is found."""
-        env = os.environ if environ is None else environ
-        user = env.get("CURVMEM_USER_HF_HUB_OFFLINE", env.get("HF_HUB_OFFLINE", "0"))
-        if self.uses_hub():
-            env.update(CURVMEM_USER_HF_HUB_OFFLINE=user, HF_HUB_OFFLINE="1",
-                       HF_DATASETS_OFFLINE="1")
-        return user
+    def hub_environment(self, environ) -> tuple[dict, str]:
+        """The environment the jobs need, and the user's own HF_HUB_OFFLINE.
+
+        When the workflow fetches from a hub, jobs run with it off (HF_HUB_OFFLINE,
+        HF_DATASETS_OFFLINE = 1), so they load only what the download rules fetched; those rules
+        run with the user's own setting. It is kept as CURVMEM_USER_HF_HUB_OFFLINE because the
+        Snakefile is parsed again inside each cluster job, whose environment has the hub off.
+        The rules' glue sets the variables (the plan never changes the environment).
+
+        Args:
+            environ: the environment Snakemake runs in (read only).
+
+        Returns:
+            ({variable: value} to set, empty without a hub; the user's HF_HUB_OFFLINE).
+        """
+        user = environ.get("CURVMEM_USER_HF_HUB_OFFLINE", environ.get("HF_HUB_OFFLINE", "0"))
+        if not self.uses_hub():
+            return {}, user
+        return {"CURVMEM_USER_HF_HUB_OFFLINE": user, "HF_HUB_OFFLINE": "1",
+                "HF_DATASETS_OFFLINE": "1"}, user
 
     def model_arg(self, domain):
         """The --model argument: a directory built or downloaded here, or a local path."""

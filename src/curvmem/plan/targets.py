@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 from curvmem.plan.analyses import ANALYSES
 from curvmem.plan.common import PlanError, flags
@@ -206,28 +205,39 @@ class TargetPlan:
         """index.json as the `index` rule writes it (and git holds it)."""
         return json.dumps(self.index(), indent=1) + "\n"
 
-    def _index_on_disk(self) -> str | None:
-        try:
-            return Path(self.index_file()).read_text()
-        except (OSError, UnicodeDecodeError):
-            return None
-
-    def index_stale(self) -> bool:
+    def index_stale(self, on_disk: str | None) -> bool:
         """Whether index.json must be written: it is missing or its text is not the plan's. The
         one reason the `index` rule runs: never a file's time (git gives a fresh clone's files
-        the checkout's times, in any order), never Snakemake's metadata (a clone has none)."""
-        return self._index_on_disk() != self.index_text()
+        the checkout's times, in any order), never Snakemake's metadata (a clone has none).
 
-    def owner_problem(self) -> str | None:
+        Args:
+            on_disk: the index file's text (None: missing or unreadable); the rules' glue reads
+                it, the plan reads no file.
+
+        Returns:
+            True when it differs from `index_text`.
+        """
+        return on_disk != self.index_text()
+
+    def owner_problem(self, on_disk: str | None) -> str | None:
         """Why this run may not write the outdir's shared files (summaries, tables, figures,
-        report, index: paths without a content key), or None: the outdir's index.json names
-        other config files than this run's. Two configs sharing an outdir share its content-
-        keyed artifacts, but each would overwrite the other's summaries; the index says whose
-        they are. Where the index is missing, unreadable or older than this record, none."""
+        report, index: paths without a content key), or None.
+
+        Two configs sharing an outdir share its content-keyed artifacts, but each would
+        overwrite the other's summaries; the index says whose they are.
+
+        Args:
+            on_disk: the outdir's index.json text, as the rules' glue read it (None: missing or
+                unreadable).
+
+        Returns:
+            The reason when that index names other config files than this run's; None where it
+            is missing, unreadable or older than this record, or outside a run.
+        """
         if self.configfiles is None:
             return None
         try:
-            theirs = json.loads(self._index_on_disk() or "null")["configfiles"]
+            theirs = json.loads(on_disk or "null")["configfiles"]
         except (ValueError, TypeError, KeyError):
             return None
         if not isinstance(theirs, list) or theirs == self.configfiles:
