@@ -205,3 +205,28 @@ def test_a_second_config_file_on_an_outdir_is_refused_naming_both(repo):
     for seed in (0, 2):
         assert dry_run_jobs(repo, "--configfile=workflow/config/paper.yaml", "--config",
                             f"seed={seed}")["all"] == 1
+
+
+# --------------------------------------------------------------------------- a multi-seed study
+
+
+def test_the_seeds_report_is_a_target_of_its_own(repo):
+    """A seed's run plans the same jobs whichever other seeds' runs lie on disk (the plan never
+    looks); the report across the seeds runs when asked for by name (`seeds`)."""
+    paper = "--configfile=workflow/config/paper.yaml"
+    alone = dry_run_jobs(repo, paper, "--config", "seed=2")
+    cfg = yaml.safe_load((repo / "workflow/config/paper.yaml").read_text())
+    validate(cfg, SCHEMA)
+    others = [f for f in Plan({**cfg, "seed": 2}).seeds_inputs() if "/seed-2/" not in f]
+    assert others and not any((repo / f).exists() for f in others)
+    for f in others:
+        (repo / f).parent.mkdir(parents=True, exist_ok=True)
+        (repo / f).write_text("{}\n")
+    try:
+        assert dry_run_jobs(repo, paper, "--config", "seed=2") == alone
+        assert "seeds_report" not in alone
+        asked = dry_run_jobs(repo, paper, "seeds", "--config", "seed=2")
+        assert asked["seeds_report"] == asked["seeds"] == 1
+    finally:
+        for f in others:
+            (repo / f).unlink()

@@ -122,7 +122,7 @@ def hostile_config(root: Path) -> dict:
                                  "svd_layers": [[0]], "svd_drop": [0.5],
                                  "modules": [f"mlp.{hostile('cellmodule')}"]}}
     cfg["outdir"] = f"results/{hostile('outdir')}"
-    cfg["seeds"] = [0, 1]  # seed 1's files are there: this run also writes the seeds' report
+    cfg["seeds"] = [0, 1]  # seed 1's files are there: the target `seeds` writes their report
     seed1 = Path(root / cfg["outdir"] / "seed-1")
     for name in ["lm_summary.json", "vit_summary.json",
                  *(f"analysis/{n}.json" for n in ("activation_ratio", "task_interaction",
@@ -156,7 +156,8 @@ def commands(request, tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("inject") / "repo")
     cfg = hostile_config(repo) if request.param == "pretrained" else embedded_config()
     (repo / "hostile.yaml").write_text(yaml.safe_dump(cfg))
-    out = snakemake(repo, "-n", "-p", "--configfile=hostile.yaml").stdout
+    targets = ["all", "seeds"] if request.param == "pretrained" else []
+    out = snakemake(repo, "-n", "-p", "--configfile=hostile.yaml", *targets).stdout
     rules = re.findall(r"^(?:local)?rule (\w+):", out, flags=re.M)
     lines = [line.removeprefix("Shell command: ") for line in out.splitlines()
              if line.startswith("Shell command: ") and line != "Shell command: None"]

@@ -31,6 +31,7 @@ from curvmem.plan import (
     flags,
     method_tag,
     one_of,
+    seed_outdirs,
     sweep_specs,
 )
 
@@ -505,3 +506,26 @@ def test_the_plan_neither_reads_the_outdir_nor_changes_the_environment(tmp_path,
         plan = Plan(config(name))
         plan.final_targets(), plan.hub_environment(os.environ), plan.index()
     assert dict(os.environ) == environ
+
+
+def test_a_seeds_run_plans_the_same_targets_whatever_lies_on_disk(tmp_path, monkeypatch):
+    """With the other seeds' summaries on disk, a seed's run plans what it plans without them:
+    the report across the seeds is the explicit target `seeds` (report.smk), never in `all`."""
+    monkeypatch.chdir(tmp_path)
+    cfg = {**config("paper"), "seed": 2}
+    alone = Plan(cfg)
+    outs = alone.seeds_outputs()
+    assert outs == {"summary": "results/paper/seeds/seeds_summary.json",
+                    "tables": "results/paper/seeds/readme_tables.md",
+                    "figure": "results/paper/seeds/fronts.png"}
+    for s, out in seed_outdirs(cfg).items():
+        if s != 2:
+            (tmp_path / out).mkdir(parents=True)
+            (tmp_path / out / "lm_summary.json").write_text("{}")
+    plan = Plan(cfg)
+    assert plan.final_targets() == alone.final_targets()
+    assert not set(outs.values()) & set(plan.final_targets())
+    assert "results/paper/seed-1/analysis/stress.json" in plan.seeds_inputs()
+    assert plan.seeds_flags() == ("--seed-dir 0=results/paper/seed-0 --seed-dir 1=results/paper/seed-1 "
+                                  "--seed-dir 2=results/paper/seed-2")
+    assert Plan({k: v for k, v in cfg.items() if k not in ("seeds", "seed")}).seeds_outputs() == {}

@@ -101,6 +101,13 @@ if PLAN.seeds_outputs():
             "curvmem report-seeds {params.args} --out {output.summary:q} --tables {output.tables:q}"
             " --figure {output.figure:q} > {log:q} 2>&1"
 
+    # A target of its own (`snakemake ... seeds`), never part of `all`: it reads every seed's
+    # run, and a plan never looks on disk for the runs of the others (docs/workflow.md).
+    rule seeds:
+        input:
+            **PLAN.seeds_outputs(),
+        localrule: True
+
 
 # The report is a DAG output: once every table and figure exists, a nested snakemake (sharing
 # .snakemake/ metadata, --nolock because this run holds the lock) renders them into one HTML file.

@@ -26,8 +26,8 @@ class Plan(ModelPlan, EditPlan, EvaluationPlan, AnalysisPlan, StudyPlan, TargetP
     Each part (a base class, one module each) plans one concern; all read the attributes set
     here: `config` (this run's: `seeded_config`), `study_config` (as written), `out` and
     `paths` (its `Layout`), `domains`, `edits`, `base`, `factor_sets`, `configfiles`.
-    Every method returns data: none changes the environment, and the outdir's index is read by
-    the rules' glue (workflow/rules/common.smk), which hands its text in.
+    Every method returns data: none reads a file of the outdir or changes the environment
+    (the rules' glue, workflow/rules/common.smk, does both).
 
     Construction checks what the schema cannot (sweeps, factor modules, report evaluations) and
     raises `PlanError` before any job runs.

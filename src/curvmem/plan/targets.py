@@ -4,7 +4,6 @@ artifact kinds DVC shares, and the index of human labels -> paths."""
 from __future__ import annotations
 
 import json
-import os
 
 from curvmem.plan.analyses import ANALYSES
 from curvmem.plan.common import PlanError, flags
@@ -57,13 +56,14 @@ class TargetPlan:
         return files + self.analysis_targets()
 
     def final_targets(self):
+        """What `snakemake` (rule `all`) builds; the multi-seed report is a target of its own
+        (`seeds`), since it reads the other seeds' runs."""
         if not self.domains and not self.study():
             raise PlanError("the config has neither an `lm` nor a `vit` section (nor a `vit_study`): "
                             "nothing to do")
         readme = [self.readme_tables()] if self.domains else []
-        seeds = list(self.seeds_outputs().values()) if self.seeds_complete() else []
         return self.summaries() + readme + [self.report_html(), self.index_file()] + \
-            self.harness_targets() + seeds
+            self.harness_targets()
 
     def report_html(self):
         return self.paths.report_html()
@@ -87,7 +87,8 @@ class TargetPlan:
     # ------------------------------------------------------------------- a multi-seed study
 
     def seeds_outputs(self) -> dict:
-        """Across the seeds of a multi-seed study (`curvmem report-seeds`); {} for one run."""
+        """Across the seeds of a multi-seed study (`curvmem report-seeds`, the `seeds` target);
+        {} for one run."""
         if len(self.study_config.get("seeds", [])) < 2 or "lm" not in self.domains:
             return {}
         return seeds_outputs(self.study_config["outdir"])
@@ -102,15 +103,6 @@ class TargetPlan:
                 [run.analysis_outputs(n)["json"] for n in ANALYSES]
                 if self.analysis() is not None else [])
         return files
-
-    def seeds_complete(self) -> bool:
-        """Whether this run completes the study: every other seed's summary is on disk (so the
-        run of the last seed also writes the seeds' report)."""
-        if not self.seeds_outputs():
-            return False
-        return all(os.path.isfile(Layout(out).lm_report()["summary"])
-                   for s, out in seed_outdirs(self.study_config).items()
-                   if s != self.config["seed"])
 
     def seeds_flags(self) -> str:
         return flags(*(("--seed-dir", f"{s}={out}")
