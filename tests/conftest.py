@@ -22,6 +22,13 @@ import os
 
 import pytest
 
+# OpenMP threads that wait by spinning hold a core that another process (the other worker, a
+# workflow job) needs: on this 2-core machine, with another job running, two workers ran
+# test_evaluate_batch.py's two tests in about 50 s each spinning and 4 s waiting passively. Set
+# before torch is imported (the OpenMP runtime reads it once); the workflow's jobs inherit it.
+# It changes how threads wait, never what they compute.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def in_ci(environ=os.environ) -> bool:
     """Whether this is a CI run: CI set to anything but empty, 0 or false."""
