@@ -24,6 +24,7 @@ A multi-seed study (workflow/config/paper.yaml) is snapshotted per seed, then ac
 
     for s in 0 1 2; do python benchmarks/bench_default.py --existing LOG_s \
         --configfile workflow/config/paper.yaml --seed $s --snapshot docs/results/paper/seed-$s; done
+    snakemake --cores 1 --configfile workflow/config/paper.yaml seeds   # the report across seeds
     cp results/paper/seeds/* docs/results/paper/      # seeds_summary.json, readme_tables.md
 """
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from curvmem.plan import Plan, PlanError, seed_outdirs, seeded_config
+from curvmem.plan import Plan, PlanError, seeded_config
 from curvmem.report.claims import claims_v1 as seed_claims
 from curvmem.report.seeds import (
     aggregate,
@@ -75,30 +75,6 @@ def test_seed_config_errors():
     bad = {**cfg, "seeds": [0, -1]}
     with pytest.raises(Exception, match="minimum"):
         validate(bad, str(ROOT / "workflow/schemas/config.schema.yaml"))
-
-
-def test_the_run_that_completes_the_study_writes_the_seeds_report(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    cfg = {**config("paper"), "seed": 2}
-    plan = Plan(cfg)
-    outs = plan.seeds_outputs()
-    assert outs == {"summary": "results/paper/seeds/seeds_summary.json",
-                    "tables": "results/paper/seeds/readme_tables.md",
-                    "figure": "results/paper/seeds/fronts.png"}
-    assert not plan.seeds_complete() and outs["tables"] not in plan.final_targets()
-    for s, out in seed_outdirs(cfg).items():
-        if s != 2:
-            (tmp_path / out).mkdir(parents=True)
-            (tmp_path / out / "lm_summary.json").write_text("{}")
-    plan = Plan(cfg)
-    assert plan.seeds_complete() and outs["tables"] in plan.final_targets()
-    assert "results/paper/seed-1/analysis/stress.json" in plan.seeds_inputs()
-    assert plan.seeds_flags() == ("--seed-dir 0=results/paper/seed-0 --seed-dir 1=results/paper/seed-1 "
-                                  "--seed-dir 2=results/paper/seed-2")
-    assert Plan({k: v for k, v in cfg.items() if k not in ("seeds", "seed")}).seeds_outputs() == {}
-
-
-# --------------------------------------------------------------------------- intervals
 
 
 def test_interval_is_the_student_t_interval():

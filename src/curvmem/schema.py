@@ -48,6 +48,7 @@ from curvmem.io import (  # noqa: F401
     verify_checksum,
     write_json,
 )
+from curvmem.plan.layout import layer_file_name
 
 SCHEMA_VERSION = 1
 
@@ -219,7 +220,7 @@ def read_layer(path, kind: str, modules=None) -> LayerFile:
 
 
 def layer_path(directory, layer: int) -> Path:
-    return Path(directory) / f"layer_{int(layer)}.nc"
+    return Path(directory) / layer_file_name(int(layer))
 
 
 # --------------------------------------------------------------------------- edit files

@@ -25,7 +25,7 @@ import signal
 import sys
 from contextlib import ExitStack
 
-from curvmem import __version__
+from curvmem import __version__, schema
 from curvmem.cli import analyze, baselines, core, export, harness, hub, lm, mine, vision
 from curvmem.cli.common import check_seed
 from curvmem.io import begin_command, check_new_dir, check_output, exclusive, startup_split
@@ -81,7 +81,7 @@ def locked_paths(args, targets) -> list[tuple[str, str]]:
         if args.command == "collect" and flag == "--out":
             from curvmem.cli.core import _layer_list
 
-            paths += [(os.path.join(path, f"layer_{layer}.nc"), flag)
+            paths += [(str(schema.layer_path(path, layer)), flag)
                       for layer in _layer_list(args.layers)]
         else:
             paths.append((path, flag))
