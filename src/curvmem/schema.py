@@ -48,7 +48,6 @@ from curvmem.io import (  # noqa: F401
     verify_checksum,
     write_json,
 )
-from curvmem.plan.layout import layer_file_name
 
 SCHEMA_VERSION = 1
 
@@ -220,7 +219,7 @@ def read_layer(path, kind: str, modules=None) -> LayerFile:
 
 
 def layer_path(directory, layer: int) -> Path:
-    return Path(directory) / layer_file_name(int(layer))
+    return Path(directory) / f"layer_{int(layer)}.nc"  # the workflow's plan.layout.LAYER_FILE too
 
 
 # --------------------------------------------------------------------------- edit files
