@@ -71,6 +71,7 @@ def test_what_counts_as_ci(value, ci):
     assert in_ci({} if value is None else {"CI": value}) is ci
 
 
+@pytest.mark.slow  # three pytest processes: what CI's two workers rely on
 def test_an_xdist_group_runs_on_one_worker(tmp_path):
     out = run_suite(tmp_path, None, {"test_grouped.py": GROUPED}, "-n", "2", "--dist",
                     "loadgroup")
@@ -80,6 +81,7 @@ def test_an_xdist_group_runs_on_one_worker(tmp_path):
     assert len(set(workers.values())) == 2, workers  # the others did spread over both
 
 
+@pytest.mark.slow  # three pytest processes: what CI's two workers rely on
 def test_workers_that_would_split_a_group_fail_its_tests(tmp_path):
     out = run_suite(tmp_path, None, {"test_grouped.py": GROUPED}, "-n", "2", "--dist", "load")
     assert "6 passed, 2 errors" in out, out
