@@ -73,6 +73,7 @@ def test_what_counts_as_ci(value, ci):
 
 @pytest.mark.slow  # three pytest processes: what CI's two workers rely on
 def test_an_xdist_group_runs_on_one_worker(tmp_path):
+    pytest.importorskip("xdist")  # in [test]; under CI a missing one fails
     out = run_suite(tmp_path, None, {"test_grouped.py": GROUPED}, "-n", "2", "--dist",
                     "loadgroup")
     assert "8 passed" in out, out
@@ -83,6 +84,7 @@ def test_an_xdist_group_runs_on_one_worker(tmp_path):
 
 @pytest.mark.slow  # three pytest processes: what CI's two workers rely on
 def test_workers_that_would_split_a_group_fail_its_tests(tmp_path):
+    pytest.importorskip("xdist")  # in [test]; under CI a missing one fails
     out = run_suite(tmp_path, None, {"test_grouped.py": GROUPED}, "-n", "2", "--dist", "load")
     assert "6 passed, 2 errors" in out, out
     assert "run with --dist loadgroup" in out
