@@ -506,3 +506,17 @@ def test_a_wide_perplexity_range_gets_a_log_axis(tmp_path):
                "selected": "kfac-L1-rho0.6"}
     sweep_figure(summary, tmp_path / "sweep.png", max_ppl_rise=0.1)
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+def test_readme_tables_name_each_subcategory_by_its_own_category(tmp_path):
+    from curvmem.report.readme import lm_tables
+
+    subs = {"arithmetic/sum": 0.9, "closed_book/repeats_12": 0.7, "logic/forward": 0.8}
+    entries = [_entry(tmp_path, "base", 1.0, 1.0, 10.0, subtasks=subs),
+               _entry(tmp_path, "k", 0.0, 0.0, 10.5, "kfac", subtasks=subs)]
+    out = tmp_path / "summary.json"
+    assert main(["report-lm", *[a for e in entries for a in ("--entry", e)], "--out", str(out)]) == 0
+    header = next(line for line in "\n".join(lm_tables(json.loads(out.read_text()))).splitlines()
+                  if line.startswith("| model | closed_book"))
+    assert "| arithmetic: sum | closed_book: repeats_12 | logic: forward |" in header
+    assert "logic: sum" not in header

@@ -94,7 +94,7 @@ def lm_tables(summary: dict) -> list[str]:
     cats = list(TASK_CATEGORIES)
     out += ["", "Retention by skill, edited ÷ base in % (the shape of the paper's Figure 3; "
             "memorization = quotes strict):", "",
-            "| model | " + " | ".join(cats + [f"logic: {s.split('/')[-1]}" for s in subs]
+            "| model | " + " | ".join(cats + [s.replace('/', ': ') for s in subs]
                                     + ["memorization"]) + " |",
             "|---|" + "---|" * (len(cats) + len(subs) + 1)]
     base = models["base"]
